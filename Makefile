@@ -1,0 +1,59 @@
+# HaBa workbench. `make app` opens the workbench, `make test` runs the whole suite; both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PORT ?= 8501
+PYTEST_ARGS ?=
+
+.PHONY: setup data app test test-fast test-slow demo lint format clean-venv
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP) data
+
+# Debian's Fashion-MNIST (the default dataset); without apt it is downloaded by torchvision on first use.
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+	    || echo "warning: could not install dataset-fashion-mnist; torchvision will try to download it"; \
+	  else echo "note: $(FMNIST) missing and apt unavailable; torchvision will try to download Fashion-MNIST"; fi; \
+	fi
+
+# Chromium for the end-to-end browser test
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) \
+	    || echo "warning: could not install chromium; browser tests will be skipped"; \
+	  else echo "note: /usr/bin/chromium missing; browser tests will be skipped"; fi; \
+	fi
+
+app: setup
+	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+
+test: setup browser
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check haba_core workbench tests scripts app.py
+	$(PY) -m ruff format --check haba_core workbench tests scripts app.py
+
+format: $(STAMP)
+	$(PY) -m ruff format haba_core workbench tests scripts app.py
+	$(PY) -m ruff check --fix haba_core workbench tests scripts app.py

@@ -1,0 +1,203 @@
+"""Command line: ``python -m haba_core {distill,evaluate,budget,export} ...``.
+
+Errors that haba_core raises on purpose are printed as one ``error: ...`` line (exit code 2); anything
+else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from haba_core import io
+from haba_core.errors import HabaError
+
+
+def _add_common_distill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="dataset name (default fashion_mnist)")
+    p.add_argument("--method", help="DD objective: dm, dc, dsa, mtt")
+    p.add_argument("--synset", help="synset kind: haba or pixels")
+    p.add_argument("--budget-ipc", type=float, help="storage budget in images-per-class equivalents")
+    p.add_argument("--n-bases", type=int, help="bases per class (overrides the budget solve)")
+    p.add_argument("--n-hallucinators", type=int, help="HaBa hallucinators (default 5)")
+    p.add_argument("--basis-size", type=int, help="stored basis resolution (default: the image size)")
+    p.add_argument("--single-channel", action="store_true", default=None, help="1-channel bases (HaBa)")
+
+
+def _config_overrides(a: argparse.Namespace) -> dict:
+    o = {}
+    for flag, key in [
+        ("dataset", "data.name"),
+        ("method", "method.name"),
+        ("synset", "synset.kind"),
+        ("budget_ipc", "synset.budget_ipc"),
+        ("n_bases", "synset.n_bases"),
+        ("n_hallucinators", "synset.n_hallucinators"),
+        ("basis_size", "synset.basis_size"),
+        ("single_channel", "synset.single_channel"),
+        ("iterations", "iterations"),
+        ("seed", "seed"),
+        ("device", "device"),
+        ("data_root", "data.root"),
+    ]:
+        v = getattr(a, flag, None)
+        if v is not None:
+            o[key] = v
+    return o
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from haba_core.config import RunConfig, apply_overrides, resolve_config
+    from haba_core.engine import distill
+
+    run_dir = Path(a.run_dir)
+    if a.resume and (run_dir / "config.json").exists():
+        saved = io.read_json(run_dir / "config.json")
+        if a.iterations:
+            saved["iterations"] = a.iterations
+        cfg = RunConfig.from_dict(saved)
+    else:
+        cfg = resolve_config(files=a.config or [], overrides=[])
+        d = apply_overrides(cfg.to_dict(), _config_overrides(a))
+        d = apply_overrides(d, a.set or [])
+        if a.eval:
+            d["eval_at_end"] = True
+        cfg = RunConfig.from_dict(d)
+    d = distill(cfg, run_dir, resume=a.resume, progress=not a.quiet)
+    status = io.read_json(run_dir / "status.json")
+    print(json.dumps({"run_dir": str(run_dir), "state": status["state"], "step": d.step,
+                      "sec_per_iter": d.seconds_per_iteration(), "storage": d.plan.to_dict()}, indent=2))
+    return 0 if status["state"] == "finished" else 3
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from haba_core.config import EvalConfig, RunConfig, apply_overrides
+    from haba_core.data import load_dataset
+    from haba_core.engine import resolve_device
+    from haba_core.evaluate import evaluate_synset, random_real_baseline
+    from haba_core.synsets import load_synset
+
+    run = Path(a.run)
+    if not (run / "config.json").exists():
+        raise HabaError(f"{run} is not a run folder (no config.json); pass --run with a folder made by distill.")
+    cfg = RunConfig.from_dict(io.read_json(run / "config.json"))
+    ev = apply_overrides(cfg.to_dict(), a.set or [])["eval"]
+    if a.nets:
+        ev["nets"] = a.nets.split(",")
+    if a.seeds:
+        ev["seeds"] = a.seeds
+    if a.epochs:
+        ev["epochs"] = a.epochs
+    ecfg = RunConfig.from_dict({**cfg.to_dict(), "eval": ev}).eval
+    path = Path(a.synset) if a.synset else run / "synset.safetensors"
+    if not path.exists():
+        snaps = sorted((run / "snapshots").glob("step_*.safetensors"))
+        if not snaps:
+            raise HabaError(f"{run} has no synset.safetensors and no snapshots yet; let the run reach a snapshot.")
+        path = snaps[-1]
+    device = resolve_device(a.device or cfg.device)
+    d = cfg.data
+    dataset = load_dataset(d.name, root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit,
+                           **d.options).to(device)
+    synset = load_synset(path, device)
+    dsa = cfg.dsa_strategy if ecfg.dsa else ""
+    t0 = time.time()
+    result = {"synset_file": str(path.relative_to(run) if path.is_relative_to(run) else path), "started_at": t0}
+    result["synset"] = evaluate_synset(synset, dataset, ecfg, ecfg.nets, ecfg.seeds, dsa_strategy=dsa)
+    print("synset:", result["synset"]["summary"])
+    if a.baseline == "random":
+        ipc = max(1, math.floor(synset.storage()["ipc_equivalent"] + 1e-9))
+        result["random_real"] = random_real_baseline(dataset, ipc, ecfg, ecfg.nets, ecfg.seeds, dsa)
+        print(f"random real (ipc {ipc}):", result["random_real"]["summary"])
+    result["wall_s"] = time.time() - t0
+    out = run / "eval" / f"eval_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    io.write_json(out, result)
+    io.write_json(run / "evaluation.json", result)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_budget(a: argparse.Namespace) -> int:
+    from haba_core.budget import plan, solve
+    from haba_core.data import dataset_info
+
+    info = dataset_info(a.dataset)
+    k = a.n_hallucinators if a.n_hallucinators is not None else 5
+    if a.n_bases:
+        p = plan(info, a.synset, a.n_bases, k, bool(a.single_channel), a.basis_size, a.budget_ipc)
+    else:
+        p = solve(info, a.synset, a.budget_ipc, k, bool(a.single_channel), a.basis_size)
+    print(json.dumps(p.to_dict(), indent=2) if a.json else p.describe())
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from haba_core.synsets import load_synset
+
+    synset = load_synset(a.synset)
+    images, labels = synset.materialize(pairing="all")
+    io.save_tensors(a.out, {"images": images, "labels": labels},
+                    {"format": "haba-images", "version": io.FORMAT_VERSION, "dataset": synset.info.to_dict(),
+                     "source": str(a.synset)})
+    print(f"wrote {len(images)} images to {a.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m haba_core", description="Dataset distillation by factorization.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("distill", help="distill a synthetic set into a run folder")
+    _add_common_distill(d)
+    d.add_argument("--iterations", type=int, help="outer iterations")
+    d.add_argument("--run-dir", required=True, help="run folder to create (or to resume)")
+    d.add_argument("--seed", type=int)
+    d.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
+    d.add_argument("--data-root", help="where datasets are looked up (default ./data)")
+    d.add_argument("--config", action="append", help="YAML/JSON experiment file(s), applied in order")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. method.lr_img=100")
+    d.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    d.add_argument("--eval", action="store_true", help="evaluate the final set (eval.* settings)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("evaluate", help="train fresh networks on a run's synset and test them")
+    e.add_argument("--run", required=True, help="run folder")
+    e.add_argument("--synset", help="synset file (default: the run's final set, else its latest snapshot)")
+    e.add_argument("--nets", help="comma-separated architectures, e.g. convnet,resnet18")
+    e.add_argument("--seeds", type=int, help="networks per architecture")
+    e.add_argument("--epochs", type=int)
+    e.add_argument("--device")
+    e.add_argument("--baseline", choices=["random"], help="also evaluate a random real subset at the same storage")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override eval.*, e.g. eval.pairing=all")
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("budget", help="print what a storage budget buys")
+    b.add_argument("--dataset", default="fashion_mnist")
+    b.add_argument("--synset", default="haba", choices=["haba", "pixels"])
+    b.add_argument("--budget-ipc", type=float, default=1.0)
+    b.add_argument("--n-bases", type=int, help="plan this many bases per class instead of solving")
+    b.add_argument("--n-hallucinators", type=int)
+    b.add_argument("--basis-size", type=int)
+    b.add_argument("--single-channel", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_budget)
+
+    x = sub.add_parser("export", help="write every image a synset yields to a safetensors file")
+    x.add_argument("--synset", required=True)
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HabaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,226 @@
+"""Run configuration: frozen dataclasses with defaults in code (after dinov2 / nanoGPT).
+
+An experiment file (YAML or JSON) lists only what differs from the defaults; dotted overrides such as
+``method.lr_img=100`` or ``synset.n_hallucinators=3`` are applied on top. The resolved config is written
+into the run folder before step 0 and is enough to rebuild the run.
+
+Method-specific hyperparameters live in ``method.params`` as a plain mapping, validated by the chosen
+method's own dataclass (see ``haba_core.methods``); ``method.lr_img=100`` is shorthand for
+``method.params.lr_img=100``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from haba_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str = "data"
+    zca: bool = False
+    train_limit: int | None = None  # class-balanced subset of the training set (fast profiles, tests)
+    test_limit: int | None = None
+    options: dict = field(default_factory=dict)  # extra kwargs for the source (e.g. toy's im_size)
+
+
+@dataclass(frozen=True)
+class SynsetConfig:
+    kind: str = "haba"  # "pixels" | "haba"
+    budget_ipc: float | None = 1.0  # storage budget in images-per-class equivalents; solves n_bases
+    n_bases: int | None = None  # per class; overrides the budget solve when set (then storage is reported)
+    n_hallucinators: int = 5  # haba only
+    single_channel: bool = False  # haba only: 1-channel bases on RGB data (3x the bases per budget)
+    basis_size: int | None = None  # stored resolution (square); None = the dataset's size
+    init: str = "real"  # "real" | "noise"
+    lr_images: float | None = None  # None: the method's lr_img
+    lr_hallucinators: float | None = None  # None: the method's lr_img
+    momentum_hallucinators: float | None = None  # None: the method's momentum
+
+
+@dataclass(frozen=True)
+class HabaLossConfig:
+    """HaBa's adversarial contrastive constraint (DESIGN §3); active only for the haba synset."""
+
+    enabled: bool = True
+    lambda_cos: float = 0.1  # weight of L_cos added to the DD loss on the synthetic side
+    extractor_width: int = 128
+    extractor_depth: int = 3
+    extractor_lr: float = 1e-3
+    extractor_momentum: float = 0.9
+    ce_weight: float = 1.0
+    likelihood_weight: float = 0.1  # mean((1 - cos) / 2) on the extractor side
+    supcon_weight: float = 0.1
+    temperature: float = 0.07
+    batch: int = 256  # bases per contrastive batch (capped at the number of bases)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    nets: tuple[str, ...] = ("convnet",)
+    seeds: int = 3
+    epochs: int = 300
+    batch: int = 256
+    lr: float | None = None  # None: the learned synthetic lr (MTT) if any, else 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dsa: bool = True
+    pairing: str = "random"  # haba: "random" (each basis once per epoch, random hallucinator) | "all"
+    standardize: bool | None = None  # per-batch (x - mean) / std; None: on for haba (HaBa's protocol)
+    test_batch: int = 1000
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    synset: SynsetConfig = field(default_factory=SynsetConfig)
+    method: dict = field(default_factory=lambda: {"name": "dm", "params": {}})
+    haba: HabaLossConfig = field(default_factory=HabaLossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    net: dict = field(default_factory=lambda: {"name": "convnet", "params": {}})  # distillation network
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    iterations: int = 1000
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    eval_every: int = 0  # 0: evaluate only at the end (when eval_at_end)
+    eval_at_end: bool = False
+    snapshot_every: int = 50
+    checkpoint_every: int = 50
+    log_every: int = 1
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method.get("name", "dm")).lower()
+
+    @property
+    def method_params(self) -> dict:
+        return dict(self.method.get("params", {}))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        return _build(cls, d, "")
+
+    def replace(self, **kw: Any) -> "RunConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def _build(cls: type, d: Mapping[str, Any] | None, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys with close matches."""
+    d = dict(d or {})
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=2)
+            hint = f" Did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+            raise ConfigError(f"Unknown config key {prefix + key!r}.{hint} Valid: {', '.join(sorted(known))}.")
+        f = known[key]
+        sub = _DATACLASS_FIELDS.get((cls, key))
+        if sub is not None:
+            kwargs[key] = _build(sub, value, f"{prefix}{key}.")
+        elif f.type in ("tuple[str, ...]",) and value is not None:
+            kwargs[key] = tuple(value.split(",") if isinstance(value, str) else value)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - guarded by the key check above
+        raise ConfigError(str(e)) from e
+
+
+_DATACLASS_FIELDS = {
+    (RunConfig, "data"): DataConfig,
+    (RunConfig, "synset"): SynsetConfig,
+    (RunConfig, "haba"): HabaLossConfig,
+    (RunConfig, "eval"): EvalConfig,
+}
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value: JSON when it parses (numbers, true/false/null, lists), else the string."""
+    low = text.strip()
+    if low.lower() in ("true", "false"):
+        return low.lower() == "true"
+    if low.lower() in ("none", "null"):
+        return None
+    try:
+        return json.loads(low)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(d: dict, overrides: list[str] | Mapping[str, Any]) -> dict:
+    """Apply ``key.sub=value`` overrides to a nested config dict (returns a new dict).
+
+    ``method.X`` and ``net.X`` (other than ``name``/``params``) go to ``method.params.X`` / ``net.params.X``.
+    """
+    d = json.loads(json.dumps(d))
+    items = overrides.items() if isinstance(overrides, Mapping) else [_split(o) for o in overrides]
+    for key, value in items:
+        if isinstance(value, str) and not isinstance(overrides, Mapping):
+            value = parse_value(value)
+        parts = key.split(".")
+        if parts[0] in ("method", "net") and len(parts) == 2 and parts[1] not in ("name", "params"):
+            parts = [parts[0], "params", parts[1]]
+        node = d
+        for p in parts[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"Cannot set {key!r}: {p!r} is not a section.")
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return d
+
+
+def _split(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"Override {text!r} must look like key=value, e.g. method.lr_img=100.")
+    k, v = text.split("=", 1)
+    return k.strip(), v
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML or JSON experiment file into a nested dict."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Config file {path} does not exist.")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping at top level.")
+    return data
+
+
+def resolve_config(
+    base: Mapping[str, Any] | None = None, files: list[str | Path] = (), overrides: list[str] | Mapping = ()
+) -> RunConfig:
+    """Defaults <- files (in order) <- overrides, validated into a RunConfig."""
+    d = RunConfig().to_dict()
+    for layer in [base or {}] + [load_config_file(f) for f in files]:
+        d = _deep_merge(d, layer)
+    d = apply_overrides(d, overrides)
+    return RunConfig.from_dict(d)
+
+
+def _deep_merge(a: dict, b: Mapping) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out

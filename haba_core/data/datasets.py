@@ -1,0 +1,355 @@
+"""Datasets held in memory as normalized float32 tensors, and ``load_dataset``, the one way to get them.
+
+A dataset *source* (registered in :data:`DATASETS`, see ``sources.py``) knows its static facts
+(:class:`DatasetInfo`) and how to decode its files into uint8 tensors. ``load_dataset`` then does the part
+that is common to all of them, in this order: class-balanced ``train_limit`` / ``test_limit`` subsets,
+normalization ``(x / 255 - mean) / std`` per channel, and optional ZCA whitening fitted on the (limited)
+training images and applied to train and test alike (the KIP / MTT convention, see ``zca.py``).
+
+Decoded uint8 splits and fitted ZCA transforms are kept in a small in-process LRU cache, so a second
+``load_dataset`` with the same arguments only re-normalizes (fresh tensors every call: callers may modify
+what they get without touching the cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from haba_core.data.zca import ZCA, fit_zca
+from haba_core.errors import ConfigError, HabaError
+from haba_core.registry import Registry
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a run config or a synset file records about its dataset (JSON-serializable via ``to_dict``)."""
+
+    name: str
+    channels: int
+    im_size: tuple[int, int]  # (H, W)
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, of x / 255
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    zca: bool = False  # whether the images are ZCA-whitened after normalization
+
+    def __post_init__(self) -> None:
+        # Accept lists (as JSON gives them back) but store tuples, so infos compare and hash reliably.
+        object.__setattr__(self, "im_size", tuple(int(s) for s in self.im_size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if len(self.im_size) != 2:
+            raise ConfigError(f"DatasetInfo.im_size must be (H, W), got {self.im_size}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(f"DatasetInfo {self.name!r}: mean/std need {self.channels} values each")
+        if len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"DatasetInfo {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes"
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return (self.channels, *self.im_size)
+
+    @property
+    def pixels_per_image(self) -> int:
+        """C * H * W: the floats one stored image costs (the unit of storage budgets)."""
+        return self.channels * self.im_size[0] * self.im_size[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetInfo:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"Unknown DatasetInfo fields {unknown}; expected {sorted(names)}")
+        return cls(**d)
+
+
+def _class_index(labels: Tensor, num_classes: int) -> list[Tensor]:
+    """Per class, the (sorted) LongTensor of positions of that class in ``labels``."""
+    return [torch.nonzero(labels == c, as_tuple=True)[0] for c in range(num_classes)]
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A dataset in memory: normalized (then optionally ZCA-whitened) float32 images and int64 labels.
+
+    images_train: (N, C, H, W) float32, labels_train: (N,) int64; likewise for test.
+    ``zca`` is the fitted transform when ``info.zca`` (use ``zca.invert`` to display whitened images).
+    """
+
+    info: DatasetInfo
+    images_train: Tensor
+    labels_train: Tensor
+    images_test: Tensor
+    labels_test: Tensor
+    zca: ZCA | None = None
+    _by_class: list[Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            images, labels = getattr(self, f"images_{split}"), getattr(self, f"labels_{split}")
+            if images.ndim != 4 or tuple(images.shape[1:]) != self.info.image_shape:
+                raise ConfigError(f"images_{split} must be (N, *{self.info.image_shape}), got {tuple(images.shape)}")
+            if labels.shape != (images.shape[0],):
+                raise ConfigError(f"labels_{split} must be ({images.shape[0]},), got {tuple(labels.shape)}")
+        self._by_class = _class_index(self.labels_train, self.info.num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def device(self) -> torch.device:
+        return self.images_train.device
+
+    def indices_of_class(self, c: int) -> Tensor:
+        """Positions in the training set of the images of class ``c``: (count_c,) int64, on the data's device."""
+        return self._by_class[c]
+
+    def class_counts(self) -> list[int]:
+        return [int(idx.numel()) for idx in self._by_class]
+
+    def _pick(self, c: int, n: int, generator: torch.Generator | None, replace: bool | None) -> Tensor:
+        idx = self._by_class[c]
+        count = idx.numel()
+        if count == 0:
+            raise ConfigError(f"class {c} has no training images")
+        if replace is None:
+            replace = n > count
+        if not replace and n > count:
+            raise ConfigError(f"class {c} has {count} training images, cannot draw {n} without replacement")
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        if replace:
+            pos = torch.randint(count, (n,), generator=generator, device=gen_device)
+        else:
+            pos = torch.randperm(count, generator=generator, device=gen_device)[:n]
+        return idx[pos.to(idx.device)]
+
+    def sample_class(self, c: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` random real training images of class ``c``: (n, C, H, W); without replacement when n <= count."""
+        return self.images_train[self._pick(c, n, generator, replace=None)]
+
+    def sample_balanced(self, n_per_class: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n_per_class`` random training images of each class, class-major: (K * n, C, H, W), (K * n,)."""
+        picks = [self._pick(c, n_per_class, generator, replace=None) for c in range(self.num_classes)]
+        idx = torch.cat(picks)
+        return self.images_train[idx], self.labels_train[idx]
+
+    def subset_random(self, ipc: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The random-real-subset baseline: ``ipc`` distinct images per class, (K * ipc, C, H, W), (K * ipc,)."""
+        picks = [self._pick(c, ipc, generator, replace=False) for c in range(self.num_classes)]
+        idx = torch.cat(picks)
+        return self.images_train[idx].clone(), self.labels_train[idx].clone()
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A Dataset whose tensors live on ``device`` (self if they already do)."""
+        device = torch.device(device)
+        if self.images_train.device == device:
+            return self
+        return Dataset(
+            info=self.info,
+            images_train=self.images_train.to(device),
+            labels_train=self.labels_train.to(device),
+            images_test=self.images_test.to(device),
+            labels_test=self.labels_test.to(device),
+            zca=self.zca,
+        )
+
+    def __repr__(self) -> str:
+        c, h, w = self.info.image_shape
+        return (
+            f"Dataset({self.info.name!r}, train={len(self.labels_train)}, test={len(self.labels_test)}, "
+            f"image={c}x{h}x{w}, classes={self.num_classes}, zca={self.info.zca}, device={self.device})"
+        )
+
+
+@dataclass(frozen=True)
+class RawSplits:
+    """Decoded files before normalization: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images_train: Tensor
+    labels_train: Tensor
+    images_test: Tensor
+    labels_test: Tensor
+    origin: str = ""  # where the data was read from, for messages and logs
+
+
+class DatasetSource(Protocol):
+    """What a registered dataset factory returns (``DATASETS.create(name, **options)``).
+
+    Sources are frozen dataclasses of their options, hence hashable: the load cache is keyed by them.
+    """
+
+    @property
+    def info(self) -> DatasetInfo: ...
+
+    def load(self, root: Path, download: bool) -> RawSplits: ...
+
+
+DATASETS: Registry[Callable[..., DatasetSource]] = Registry("dataset")
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.list()
+
+
+def dataset_info(name: str = "fashion_mnist", **options: Any) -> DatasetInfo:
+    """Static facts about dataset ``name`` (shape, classes, mean/std, class names) without loading its images."""
+    return DATASETS.create(name, **options).info
+
+
+class _LRU:
+    """A tiny thread-safe LRU map; values are treated as read-only by their users."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()  # outside the lock: decoding can take seconds
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_CACHE = _LRU(maxsize=6)
+
+
+def clear_cache() -> None:
+    """Forget every decoded dataset and fitted ZCA kept by ``load_dataset``."""
+    _CACHE.clear()
+
+
+def balanced_indices(labels: Tensor, num_classes: int, limit: int | None) -> Tensor | None:
+    """Deterministic class-balanced subset: the first ``limit // K`` images of each class (the first
+    ``limit % K`` classes get one more), in their original order. None when no limit applies."""
+    if limit is None or limit >= labels.numel():
+        return None
+    if limit < num_classes:
+        raise ConfigError(f"a limit of {limit} images cannot hold one image of each of the {num_classes} classes")
+    quota, extra = divmod(limit, num_classes)
+    picks = [idx[: quota + (c < extra)] for c, idx in enumerate(_class_index(labels, num_classes))]
+    return torch.cat(picks).sort().values
+
+
+def _normalize(images: Tensor, info: DatasetInfo) -> Tensor:
+    """uint8 (N, C, H, W) -> float32 (x / 255 - mean) / std, per channel."""
+    mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
+    out = images.to(torch.float32).div_(255.0)
+    return out.sub_(mean).div_(std)
+
+
+def _hashable(options: dict[str, Any]) -> bool:
+    try:
+        hash(tuple(sorted(options.items())))
+    except TypeError:
+        return False
+    return True
+
+
+def load_dataset(
+    name: str = "fashion_mnist",
+    root: str | Path = "data",
+    zca: bool = False,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    download: bool = True,
+    zca_reg: float = 0.1,
+    cache: bool = True,
+    **options: Any,
+) -> Dataset:
+    """Load dataset ``name`` into memory as a :class:`Dataset` (CPU tensors; move with ``.to(device)``).
+
+    root: folder holding the dataset's files (each source documents where it looks, and its fallbacks).
+    zca: ZCA-whiten after normalization, fitted on the training images kept after ``train_limit``.
+    train_limit / test_limit: keep a deterministic class-balanced subset of that many images.
+    download: allow a torchvision download when the files are not found (never in tests).
+    options: the source's own options, e.g. ``load_dataset("toy", channels=3, im_size=32)``.
+    Raises DatasetNotFoundError (with instructions) when the files are missing and cannot be fetched.
+    """
+    source = DATASETS.create(name, **options)
+    info: DatasetInfo = source.info
+    root = Path(root).expanduser()
+    use_cache = cache and _hashable(options)
+    key = (name.lower(), repr(source), str(root.resolve()))
+
+    def read() -> RawSplits:
+        raw = source.load(root, download)
+        _check_raw(raw, info)
+        return raw
+
+    raw = _CACHE.get_or_make(("raw", *key), read) if use_cache else read()
+
+    splits = {}
+    for split, limit in (("train", train_limit), ("test", test_limit)):
+        images, labels = getattr(raw, f"images_{split}"), getattr(raw, f"labels_{split}")
+        keep = balanced_indices(labels, info.num_classes, limit)
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
+        splits[split] = (_normalize(images, info), labels.clone())
+
+    fitted = None
+    if zca:
+        images_train = splits["train"][0]
+
+        def fit() -> ZCA:
+            return fit_zca(images_train, reg=zca_reg)
+
+        zkey = ("zca", *key, train_limit, float(zca_reg))
+        fitted = _CACHE.get_or_make(zkey, fit) if use_cache else fit()
+        splits = {s: (fitted.apply(x), y) for s, (x, y) in splits.items()}
+
+    return Dataset(
+        info=dataclasses.replace(info, zca=bool(zca)),
+        images_train=splits["train"][0],
+        labels_train=splits["train"][1],
+        images_test=splits["test"][0],
+        labels_test=splits["test"][1],
+        zca=fitted,
+    )
+
+
+def _check_raw(raw: RawSplits, info: DatasetInfo) -> None:
+    """Fail early, naming the files, when decoded data does not match the source's static facts."""
+    for split in ("train", "test"):
+        images, labels = getattr(raw, f"images_{split}"), getattr(raw, f"labels_{split}")
+        where = f"{info.name} {split} split ({raw.origin})"
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != info.image_shape:
+            raise HabaError(
+                f"{where}: expected uint8 images (N, *{info.image_shape}), got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
+            raise HabaError(
+                f"{where}: expected {images.shape[0]} int64 labels, got {labels.dtype} {tuple(labels.shape)}"
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
+            raise HabaError(f"{where}: labels outside [0, {info.num_classes})")

@@ -1,0 +1,396 @@
+"""The distillation loop: build everything from a RunConfig, step the method, and keep the run folder.
+
+One ``Distiller`` owns the optimizers, HaBa's adversarial step, the RNG state, checkpoints and resume.
+Callbacks (``on_start``, ``on_step``, ``on_eval``, ``on_snapshot``, ``on_end``) observe it; the run folder
+is one such subscriber. Seeding happens once here: ``cfg.seed`` seeds the global torch RNG (network inits)
+and one ``torch.Generator`` that every sampler receives; both are saved in each checkpoint, so a resumed
+run continues exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from haba_core import io
+from haba_core.budget import plan_from_config
+from haba_core.config import RunConfig
+from haba_core.data import load_dataset
+from haba_core.errors import CheckpointError, ConfigError, HabaError
+from haba_core.haba_losses import ContrastiveConstraint
+from haba_core.methods import Context, create_method
+from haba_core.synsets import create_synset
+
+CHECKPOINT_FORMAT = "haba-checkpoint"
+KEEP_CHECKPOINTS = 2
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} asked for CUDA but none is available; use device=auto or cpu.")
+    return dev
+
+
+class Cancelled(HabaError):
+    """Raised inside the loop when the run was asked to stop (SIGTERM/SIGINT)."""
+
+
+class Callback:
+    def on_start(self, d: "Distiller") -> None: ...
+    def on_step(self, d: "Distiller", step: int, logs: dict) -> None: ...
+    def on_eval(self, d: "Distiller", step: int, results: dict) -> None: ...
+    def on_snapshot(self, d: "Distiller", step: int) -> None: ...
+    def on_checkpoint(self, d: "Distiller", step: int) -> None: ...
+    def on_end(self, d: "Distiller", state: str, error: str | None) -> None: ...
+
+
+class Distiller:
+    """Builds and runs one distillation from a config. ``step`` counts completed outer iterations."""
+
+    def __init__(self, cfg: RunConfig, callbacks: Iterable[Callback] = (), dataset=None):
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        d = cfg.data
+        self.dataset = dataset or load_dataset(
+            d.name, root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit, **d.options
+        )
+        self.dataset = self.dataset.to(self.device)
+        info = self.dataset.info
+        self.plan = plan_from_config(info, cfg.synset)
+        s = cfg.synset
+        kwargs: dict[str, Any] = {"n_bases": self.plan.n_bases, "basis_size": s.basis_size}
+        if s.kind == "haba":
+            kwargs.update(n_hallucinators=s.n_hallucinators, single_channel=s.single_channel)
+        self.synset = create_synset(s.kind, info, generator=self.generator, **kwargs).to(self.device)
+        if s.init == "real":
+            self.synset.init_from_real(self.dataset, self.generator)
+        elif s.init == "noise":
+            self.synset.init_noise(self.generator)
+        else:
+            raise ConfigError(f"synset.init must be 'real' or 'noise', not {s.init!r}.")
+        self.ctx = Context(
+            dataset=self.dataset,
+            device=self.device,
+            dsa_strategy=cfg.dsa_strategy if cfg.dsa_strategy not in ("none",) else "",
+            net_name=cfg.net.get("name", "convnet"),
+            net_params=dict(cfg.net.get("params", {})),
+        )
+        self.method = create_method(cfg.method_name, cfg.method_params, self.ctx)
+        self.method.setup(self.synset) if hasattr(self.method, "setup") else None
+        lr_i = s.lr_images if s.lr_images is not None else self.method.lr_img
+        lr_h = s.lr_hallucinators if s.lr_hallucinators is not None else self.method.lr_img
+        groups = self.synset.param_groups(lr_i, lr_h)
+        if s.momentum_hallucinators is not None:
+            for g in groups:
+                if g["name"] == "hallucinators":
+                    g["momentum"] = s.momentum_hallucinators
+        self.optimizer = torch.optim.SGD(groups + self.method.param_groups(), lr=lr_i, momentum=self.method.momentum)
+        use_constraint = s.kind == "haba" and cfg.haba.enabled and s.n_hallucinators >= 2
+        self.constraint = (
+            ContrastiveConstraint(cfg.haba, info, self.device, self.ctx.dsa_strategy) if use_constraint else None
+        )
+        self.step = 0
+        self.step_times: list[float] = []
+        self._stop = False
+
+    # -- one synthetic-set update (what methods call) ------------------------------------------------------
+    def update(self, loss: torch.Tensor) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        if self.constraint is not None and self.cfg.haba.lambda_cos > 0:
+            cos = self.constraint.synthetic_loss(self.synset, self.generator)
+            loss = loss + cos
+            logs["haba_cos"] = cos.item()
+        if not torch.isfinite(loss):
+            raise HabaError(
+                f"The distillation loss became {loss.item()} at step {self.step}; lower the learning rates "
+                "(method.lr_img, synset.lr_hallucinators) or resume from the last checkpoint."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if hasattr(self.method, "after_update"):
+            self.method.after_update()
+        if self.constraint is not None:
+            logs.update(self.constraint.update_extractor(self.synset, self.generator))
+        return logs
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self) -> "Distiller":
+        """Run from ``self.step`` to ``cfg.iterations``; callbacks see every step."""
+        cfg = self.cfg
+        self._emit("on_start")
+        state, error = "finished", None
+        try:
+            while self.step < cfg.iterations:
+                if self._stop:
+                    raise Cancelled("cancelled")
+                t0 = time.perf_counter()
+                self.synset.train()
+                losses = self.method.step(self.synset, self.update, self.generator)
+                dt = time.perf_counter() - t0
+                self.step_times.append(dt)
+                self.step += 1
+                logs = {"step": self.step, "time_s": dt, **losses}
+                self._emit("on_step", self.step, logs)
+                last = self.step == cfg.iterations
+                if cfg.snapshot_every and (self.step % cfg.snapshot_every == 0 or last):
+                    self._emit("on_snapshot", self.step)
+                if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or last):
+                    self._emit("on_checkpoint", self.step)
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or (last and cfg.eval_at_end):
+                    self._emit("on_eval", self.step, self.evaluate())
+        except Cancelled:
+            state = "cancelled"
+            self._emit("on_checkpoint", self.step)
+        except BaseException as e:  # noqa: BLE001 - recorded in the run folder, then re-raised
+            state, error = "failed", "".join(traceback.format_exception_only(type(e), e)).strip()
+            self._emit("on_end", state, error + "\n" + traceback.format_exc())
+            raise
+        self._emit("on_end", state, error)
+        return self
+
+    def evaluate(self, nets: Iterable[str] | None = None, seeds: int | None = None) -> dict:
+        from haba_core.evaluate import evaluate_synset
+
+        e = self.cfg.eval
+        return evaluate_synset(
+            self.synset,
+            self.dataset,
+            e,
+            nets=tuple(nets or e.nets),
+            seeds=seeds or e.seeds,
+            lr=self.method.eval_lr(),
+            dsa_strategy=self.ctx.dsa_strategy,
+            seed=self.cfg.seed + 1000 * self.step,
+        )
+
+    def seconds_per_iteration(self) -> float | None:
+        return statistics.median(self.step_times) if self.step_times else None
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # -- state --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step,
+            "synset": self.synset.state_dict(),
+            "synset_extra": dict(self.synset.extra),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if self.constraint is not None:
+            state["constraint"] = self.constraint.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.synset.load_state_dict(state["synset"])
+        self.synset.extra = dict(state.get("synset_extra") or {})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
+        if self.constraint is not None:
+            self.constraint.load_state_dict(state["constraint"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        skeleton, tensors = io.flatten_state(self.state_dict())
+        io.save_tensors(
+            path,
+            tensors,
+            {"format": CHECKPOINT_FORMAT, "version": io.FORMAT_VERSION, "state": skeleton, "config": self.cfg.to_dict()},
+        )
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        tensors, meta = io.load_tensors(path, expect_format=CHECKPOINT_FORMAT)
+        try:
+            self.load_state_dict(io.unflatten_state(meta["state"], tensors))
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(
+                f"{path} does not fit this run's config ({e}). Resume with the config the run was started with."
+            ) from e
+
+
+class RunFolder(Callback):
+    """Keeps a run folder: config.json, status.json, metrics.jsonl, snapshots/, checkpoints/, synset.safetensors.
+
+    Every file is written atomically; ``metrics.jsonl`` is append-only and is trimmed back to the last
+    checkpoint on resume, so a resumed run's metrics hold each step exactly once.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.started = time.time()
+
+    # paths
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.path / "snapshots" / f"step_{step:07d}.safetensors"
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.path / "checkpoints" / f"ckpt_{step:07d}.safetensors"
+
+    def latest_checkpoint(self) -> Path | None:
+        ptr = self.path / "checkpoints" / "latest.json"
+        if not ptr.exists():
+            return None
+        return self.path / "checkpoints" / io.read_json(ptr)["file"]
+
+    # status
+    def write_status(self, d: Distiller | None, state: str, **extra: Any) -> None:
+        old = io.read_json(self.status_path) if self.status_path.exists() else {}
+        status = {**old, "state": state, "updated_at": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+        if d is not None:
+            spi = d.seconds_per_iteration()
+            status.update(
+                step=d.step,
+                iterations=d.cfg.iterations,
+                sec_per_iter=spi,
+                eta_s=None if spi is None else spi * (d.cfg.iterations - d.step),
+                storage=d.plan.to_dict(),
+            )
+        status.update(extra)
+        io.write_json(self.status_path, status)
+
+    # callbacks
+    def on_start(self, d: Distiller) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        io.write_json(self.path / "config.json", d.cfg.to_dict())
+        io.write_json(self.path / "storage.json", {**d.plan.to_dict(), "dataset": d.dataset.info.to_dict()})
+        self.write_status(d, "running", started_at=self.started, error=None, device=str(d.device))
+
+    def on_step(self, d: Distiller, step: int, logs: dict) -> None:
+        if step % max(1, d.cfg.log_every) == 0 or step == d.cfg.iterations:
+            io.append_jsonl(self.metrics_path, {**logs, "wall": time.time()})
+        self.write_status(d, "running")
+
+    def on_eval(self, d: Distiller, step: int, results: dict) -> None:
+        io.append_jsonl(self.path / "evals.jsonl", {"step": step, **results})
+
+    def on_snapshot(self, d: Distiller, step: int) -> None:
+        d.synset.save(self.snapshot_path(step), {"step": step})
+
+    def on_checkpoint(self, d: Distiller, step: int) -> None:
+        path = self.checkpoint_path(step)
+        d.save_checkpoint(path)
+        io.write_json(self.path / "checkpoints" / "latest.json", {"file": path.name, "step": step})
+        ckpts = sorted((self.path / "checkpoints").glob("ckpt_*.safetensors"))
+        for old in ckpts[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
+
+    def on_end(self, d: Distiller, state: str, error: str | None) -> None:
+        if state == "finished":
+            d.synset.save(self.path / "synset.safetensors", {"step": d.step})
+        self.write_status(d, state, error=error, finished_at=time.time())
+
+
+class Progress(Callback):
+    """tqdm progress bar with the latest losses."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_start(self, d: Distiller) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=d.cfg.iterations, initial=d.step, desc="distill", dynamic_ncols=True)
+
+    def on_step(self, d: Distiller, step: int, logs: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "haba_cos")})
+
+    def on_eval(self, d: Distiller, step: int, results: dict) -> None:
+        self.bar.write(f"step {step}: {results.get('summary', '')}")
+
+    def on_end(self, d: Distiller, state: str, error: str | None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def distill(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    callbacks: Iterable[Callback] = (),
+    dataset=None,
+) -> Distiller:
+    """Run a distillation, keeping ``run_dir`` when given. ``resume`` continues from its last checkpoint.
+
+    SIGTERM/SIGINT stop the run between iterations, write a checkpoint and mark it ``cancelled``.
+    """
+    cbs = list(callbacks)
+    folder = None
+    if run_dir is not None:
+        folder = RunFolder(run_dir)
+        if resume:
+            cfg_path = folder.path / "config.json"
+            if not cfg_path.exists():
+                raise CheckpointError(f"{folder.path} holds no run to resume (no config.json).")
+            saved = RunConfig.from_dict(io.read_json(cfg_path))
+            cfg = saved.replace(iterations=cfg.iterations) if cfg is not None else saved
+        elif folder.path.exists() and any(folder.path.iterdir()):
+            raise ConfigError(
+                f"Run folder {folder.path} already exists and is not empty; pass --resume to continue it "
+                "or choose another --run-dir."
+            )
+        cbs.insert(0, folder)
+    if progress:
+        cbs.append(Progress())
+    d = Distiller(cfg, cbs, dataset=dataset)
+    if folder is not None and resume:
+        ckpt = folder.latest_checkpoint()
+        if ckpt is not None:
+            d.load_checkpoint(ckpt)
+            io.truncate_jsonl(folder.metrics_path, lambda r: r.get("step", 0) <= d.step)
+            io.truncate_jsonl(folder.path / "evals.jsonl", lambda r: r.get("step", 0) <= d.step)
+        else:  # killed before the first checkpoint: start over, dropping partial metrics
+            io.truncate_jsonl(folder.metrics_path, lambda r: False)
+    handlers = {}
+    if hasattr(signal, "SIGTERM"):
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, d.request_stop)
+        except ValueError:  # not in the main thread: no signal handling
+            handlers = {}
+    try:
+        d.run()
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+    return d
+
+

@@ -1,0 +1,28 @@
+"""Exceptions raised by haba_core. Every message says what was wrong and what to do about it."""
+
+
+class HabaError(Exception):
+    """Base class for every error haba_core raises on purpose."""
+
+
+class ConfigError(HabaError, ValueError):
+    """A configuration value is invalid or inconsistent with another one."""
+
+
+class UnknownNameError(HabaError, KeyError):
+    """A registry lookup failed; the message lists the valid names and close matches."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class BudgetError(ConfigError):
+    """The storage budget cannot hold the requested synthetic set."""
+
+
+class DatasetNotFoundError(HabaError, FileNotFoundError):
+    """A dataset's files are not in the data root and could not be fetched."""
+
+
+class CheckpointError(HabaError):
+    """A checkpoint or synset file is missing, corrupted or of a foreign format."""

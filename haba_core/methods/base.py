@@ -1,0 +1,110 @@
+"""The DD-objective interface.
+
+A method gets a :class:`Context` (real data, device, the distillation network factory, DSA) and, for each
+outer iteration, ``step(synset, update, generator)``: it builds losses from differentiable synthetic
+batches and calls ``update(loss)`` once per synthetic-set update (DC does several per iteration). The
+engine's ``update`` adds HaBa's constraint, back-propagates and steps every optimizer. Methods return a
+dict of named float losses and do no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from haba_core.augment import apply_dsa, sample_dsa_params
+from haba_core.errors import ConfigError
+from haba_core.nets import create_net
+from haba_core.registry import Registry
+
+METHODS: Registry = Registry("method")
+
+Update = Callable[[Tensor], dict]
+
+
+@dataclass
+class Context:
+    """What a method may use: the real data on ``device``, the net recipe and the DSA strategy."""
+
+    dataset: Any  # haba_core.data.Dataset, tensors on ``device``
+    device: torch.device
+    dsa_strategy: str = ""
+    net_name: str = "convnet"
+    net_params: dict = field(default_factory=dict)
+
+    @property
+    def info(self):
+        return self.dataset.info
+
+    def make_net(self) -> nn.Module:
+        i = self.info
+        return create_net(self.net_name, i.channels, i.num_classes, i.im_size, **self.net_params).to(self.device)
+
+    def augment(self, *batches: Tensor, generator: torch.Generator | None) -> list[Tensor]:
+        """Siamese DSA: one parameter draw applied to every batch (row i of each gets the same transform)."""
+        if not self.dsa_strategy:
+            return list(batches)
+        n = max(len(b) for b in batches)
+        p = sample_dsa_params(self.dsa_strategy, n, generator, self.device, tuple(self.info.im_size))
+        return [apply_dsa(b, p) for b in batches]
+
+
+class Method:
+    """Base class; subclasses set ``Config`` (a dataclass of hyperparameters) and implement ``step``."""
+
+    Config: type = object
+
+    def __init__(self, cfg, ctx: Context):
+        self.cfg = cfg
+        self.ctx = ctx
+
+    @classmethod
+    def make_config(cls, params: dict) -> Any:
+        known = {f.name for f in dataclasses.fields(cls.Config)}
+        for k in params:
+            if k not in known:
+                close = difflib.get_close_matches(k, known, n=2)
+                hint = f" Did you mean {' or '.join(close)}?" if close else ""
+                raise ConfigError(
+                    f"Unknown hyperparameter method.{k} for {cls.__name__}.{hint} Valid: {', '.join(sorted(known))}."
+                )
+        return cls.Config(**params)
+
+    @property
+    def lr_img(self) -> float:
+        return float(self.cfg.lr_img)
+
+    @property
+    def momentum(self) -> float:
+        return float(getattr(self.cfg, "momentum", 0.5))
+
+    def param_groups(self) -> list[dict]:
+        """Extra learnable parameters the method owns (MTT's student lr)."""
+        return []
+
+    def step(self, synset, update: Update, generator: torch.Generator) -> dict[str, float]:
+        raise NotImplementedError
+
+    def eval_lr(self) -> float | None:
+        """The lr the evaluation should use (MTT's learned lr), or None for the protocol default."""
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def create_method(name: str, params: dict, ctx: Context) -> Method:
+    cls = METHODS.get(name)
+    return cls(cls.make_config(params or {}), ctx)
+
+
+def list_methods() -> list[str]:
+    return METHODS.list()

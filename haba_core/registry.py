@@ -1,0 +1,54 @@
+"""A small name -> factory registry (after timm's model registry).
+
+Every pluggable family (datasets, nets, synsets, methods) owns one ``Registry``; entries are added with
+the ``@REGISTRY.register("name")`` decorator and looked up by lowercase snake-case key. An unknown name
+raises :class:`UnknownNameError` listing the valid names and the closest matches.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Generic, TypeVar
+
+from haba_core.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to factories (classes or functions) of one kind of thing."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Decorator adding a factory under ``name`` (default: its ``__name__`` lowercased)."""
+
+        def wrap(obj: T) -> T:
+            key = (name or getattr(obj, "__name__")).lower()
+            if key in self._entries:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._entries[key] = obj
+            return obj
+
+        return wrap
+
+    def get(self, name: str) -> T:
+        key = str(name).lower()
+        if key not in self._entries:
+            close = difflib.get_close_matches(key, self._entries, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(
+                f"Unknown {self.kind} {name!r}.{hint} Valid choices: {', '.join(sorted(self._entries))}."
+            )
+        return self._entries[key]
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name)(*args, **kwargs)
+
+    def list(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return str(name).lower() in self._entries

@@ -1,0 +1,200 @@
+"""The synthetic-set interface shared by every parameterization (plain pixels, HaBa).
+
+A synset stores ``n_bases`` learnable images per class (at ``basis_size`` resolution) and, for HaBa, the
+hallucinators that turn each basis into several training images. Everything a method or the evaluator
+needs goes through four calls:
+
+- ``sample(batch, generator)``: a differentiable random mini-batch ``(images (B, C, H, W), labels (B,))``;
+- ``class_images(c, generator)``: differentiable images of class ``c`` (one per basis);
+- ``materialize(generator, pairing)``: the whole set, for evaluation and export;
+- ``storage()``: what the set stores, in floats, against the IPC-equivalent of plain pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from haba_core.data import DatasetInfo
+from haba_core.io import FORMAT_VERSION, load_tensors, save_tensors
+from haba_core.registry import Registry
+
+SYNSETS: Registry = Registry("synset")
+SYNSET_FORMAT = "haba-synset"
+
+
+def upsample_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (B, C, h, w) -> (B, C, *size); identity when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class Synset(nn.Module):
+    """Base class: learnable bases with fixed class labels, stored at ``basis_size``."""
+
+    kind = "base"
+
+    def __init__(self, info: DatasetInfo, n_bases: int, basis_size: int | None = None, basis_channels=None):
+        super().__init__()
+        self.info = info
+        self.n_bases = int(n_bases)
+        h, w = info.im_size
+        self.basis_size = int(basis_size) if basis_size else None
+        self.basis_hw = (self.basis_size, self.basis_size) if self.basis_size else (h, w)
+        self.basis_channels = int(basis_channels or info.channels)
+        n = info.num_classes * self.n_bases
+        # (N, C_b, h_b, w_b), class-major: bases of class c are rows c*n_bases ... (c+1)*n_bases - 1
+        self.bases = nn.Parameter(torch.randn(n, self.basis_channels, *self.basis_hw))
+        self.register_buffer("labels_base", torch.arange(info.num_classes).repeat_interleave(self.n_bases))
+        self.extra: dict[str, Any] = {}  # small JSON-able facts saved with the set (e.g. MTT's learned lr)
+
+    # -- shapes -------------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.info.channels, *self.info.im_size)
+
+    @property
+    def images_per_class(self) -> int:
+        return self.n_bases * self.n_variants
+
+    @property
+    def n_variants(self) -> int:
+        """Training images each basis yields (1 for pixels, n_hallucinators for HaBa)."""
+        return 1
+
+    # -- what subclasses implement ------------------------------------------------------------------------
+    def render(self, bases: Tensor, variant: Tensor | None) -> Tensor:
+        """Turn bases (B, C_b, h_b, w_b) and per-row variant indices (B,) into images (B, C, H, W)."""
+        raise NotImplementedError
+
+    def hallucinator_floats(self) -> int:
+        return 0
+
+    def config(self) -> dict:
+        return {"n_bases": self.n_bases, "basis_size": self.basis_size}
+
+    def param_groups(self, lr_images: float, lr_hallucinators: float) -> list[dict]:
+        return [{"params": [self.bases], "lr": lr_images, "name": "bases"}]
+
+    # -- sampling -----------------------------------------------------------------------------------------
+    def random_variants(self, n: int, generator: torch.Generator | None) -> Tensor:
+        return torch.randint(self.n_variants, (n,), generator=generator).to(self.bases.device)
+
+    def images_of(self, idx: Tensor, variant: Tensor | None = None, generator=None) -> tuple[Tensor, Tensor]:
+        """Images and labels of bases ``idx`` (B,), each with ``variant`` (B,) or a random one."""
+        if variant is None:
+            variant = self.random_variants(len(idx), generator)
+        return self.render(self.bases[idx], variant), self.labels_base[idx]
+
+    def sample(self, batch: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """A random mini-batch of min(batch, N) distinct bases, each with a random variant."""
+        n = self.bases.shape[0]
+        idx = torch.randperm(n, generator=generator)[: min(batch, n)].to(self.bases.device)
+        return self.images_of(idx, generator=generator)
+
+    def class_indices(self, c: int) -> Tensor:
+        return torch.arange(c * self.n_bases, (c + 1) * self.n_bases, device=self.bases.device)
+
+    def class_images(self, c: int, generator: torch.Generator | None = None) -> Tensor:
+        """(n_bases, C, H, W): every basis of class c, each with a random variant."""
+        return self.images_of(self.class_indices(c), generator=generator)[0]
+
+    def materialize(self, generator: torch.Generator | None = None, pairing: str = "all") -> tuple[Tensor, Tensor]:
+        """The whole set. ``pairing="all"``: every basis x every variant; ``"random"``: one variant per basis."""
+        n = self.bases.shape[0]
+        idx = torch.arange(n, device=self.bases.device)
+        if pairing == "random" or self.n_variants == 1:
+            return self.images_of(idx, generator=generator)
+        if pairing != "all":
+            raise ValueError(f"pairing must be 'all' or 'random', not {pairing!r}")
+        idx = idx.repeat(self.n_variants)
+        variant = torch.arange(self.n_variants, device=idx.device).repeat_interleave(n)
+        return self.images_of(idx, variant)
+
+    # -- storage ------------------------------------------------------------------------------------------
+    def storage(self) -> dict:
+        c, h, w = self.image_shape
+        image_floats = c * h * w
+        bases = self.bases.numel()
+        halluc = self.hallucinator_floats()
+        total = bases + halluc
+        return {
+            "kind": self.kind,
+            "n_bases": self.n_bases,
+            "n_hallucinators": self.n_variants if self.kind == "haba" else 0,
+            "images_per_class": self.images_per_class,
+            "basis_shape": [self.basis_channels, *self.basis_hw],
+            "floats_bases": bases,
+            "floats_hallucinators": halluc,
+            "floats_total": total,
+            "ipc_equivalent": total / (self.num_classes * image_floats),
+        }
+
+    # -- files --------------------------------------------------------------------------------------------
+    def to_meta(self) -> dict:
+        return {
+            "format": SYNSET_FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "dataset": self.info.to_dict(),
+            "config": self.config(),
+            "extra": self.extra,
+            "storage": self.storage(),
+        }
+
+    def save(self, path, meta: dict | None = None) -> None:
+        """Write the set to one safetensors file that rebuilds it alone (see :func:`load_synset`)."""
+        save_tensors(path, self.state_dict(), {**self.to_meta(), **(meta or {})})
+
+    def init_from_real(self, dataset, generator: torch.Generator | None = None) -> None:
+        """Initialise every basis from a random real image of its class (channel mean if single-channel)."""
+        with torch.no_grad():
+            for c in range(self.num_classes):
+                real = dataset.sample_class(c, self.n_bases, generator).to(self.bases.device)  # (n, C, H, W)
+                if self.basis_channels == 1 and real.shape[1] != 1:
+                    real = real.mean(dim=1, keepdim=True)
+                real = F.interpolate(real, size=self.basis_hw, mode="area") if real.shape[-2:] != self.basis_hw else real
+                self.bases[self.class_indices(c)] = real
+
+    def init_noise(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.bases.copy_(torch.randn(self.bases.shape, generator=generator))
+
+
+def create_synset(kind: str, info: DatasetInfo, **kwargs) -> Synset:
+    return SYNSETS.create(kind, info, **kwargs)
+
+
+def list_synsets() -> list[str]:
+    return SYNSETS.list()
+
+
+def load_synset(path, device: str | torch.device = "cpu") -> Synset:
+    """Rebuild a synset from its file alone."""
+    tensors, meta = load_tensors(path, expect_format=SYNSET_FORMAT)
+    from haba_core.errors import CheckpointError
+
+    try:
+        info = DatasetInfo.from_dict(meta["dataset"])
+        synset = create_synset(meta["kind"], info, **meta["config"])
+        synset.load_state_dict(tensors)
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is a synset file but does not match its own description: {e}") from e
+    synset.extra = dict(meta.get("extra") or {})
+    return synset.to(device)
+
+
+def fan_in_uniform_(t: Tensor, fan_in: int, generator: torch.Generator | None) -> None:
+    """PyTorch's default conv init (kaiming-uniform, a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        t.copy_(torch.rand(t.shape, generator=generator) * 2 * bound - bound)

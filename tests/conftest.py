@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny configs on the generated ``toy`` dataset (seconds on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from haba_core.config import resolve_config
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+TINY = [
+    "data.name=toy",
+    "net.width=16",
+    "method.batch_real=16",
+    "haba.extractor_width=16",
+    "haba.batch=32",
+    "iterations=4",
+    "snapshot_every=2",
+    "checkpoint_every=2",
+    "eval.epochs=3",
+    "eval.seeds=1",
+    "eval.test_batch=200",
+]
+
+
+def tiny_config(*overrides: str):
+    """A seconds-long run on toy data; later overrides win."""
+    return resolve_config(overrides=TINY + list(overrides))
+
+
+@pytest.fixture
+def toy():
+    from haba_core.data import load_dataset
+
+    return load_dataset("toy")

@@ -1,0 +1,53 @@
+import json
+import os
+import subprocess
+import sys
+
+from haba_core import io
+from haba_core.cli import main
+
+
+def run_cli(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "haba_core", *args], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_budget_command(capsys):
+    assert main(["budget", "--dataset", "cifar10", "--synset", "haba", "--budget-ipc", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "bases per class      9" in out and "27,840" in out
+    assert main(["budget", "--dataset", "fashion_mnist", "--synset", "haba", "--budget-ipc", "1", "--json",
+                 "--basis-size", "14"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_bases"] == 3
+
+
+def test_clear_errors_for_bad_input(capsys):
+    assert main(["budget", "--dataset", "fashion_mnst"]) == 2
+    err = capsys.readouterr().err
+    assert "fashion_mnist" in err and "Valid choices" in err
+    assert main(["budget", "--dataset", "fashion_mnist", "--budget-ipc", "1"]) == 2
+    assert "basis_size" in capsys.readouterr().err
+
+
+def test_distill_and_evaluate_on_toy(tmp_path):
+    run = tmp_path / "r"
+    sets = ["data.name=toy", "net.width=16", "method.batch_real=16", "haba.extractor_width=16", "eval.test_batch=200"]
+    args = ["distill", "--run-dir", str(run), "--method", "dm", "--synset", "haba", "--budget-ipc", "2",
+            "--n-hallucinators", "2", "--iterations", "3", "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    r = run_cli(*args)
+    assert json.loads(r.stdout)["state"] == "finished"
+    r = run_cli("evaluate", "--run", str(run), "--seeds", "2", "--epochs", "5", "--baseline", "random",
+                "--nets", "convnet,mlp")
+    ev = io.read_json(run / "evaluation.json")
+    assert set(ev["synset"]["nets"]) == {"convnet", "mlp"} and len(ev["synset"]["nets"]["mlp"]["per_seed"]) == 2
+    assert ev["random_real"]["storage"]["n_bases"] >= 1
+    assert ev["synset"]["protocol"]["standardize"] is True  # HaBa protocol default
+    bad = run_cli("distill", "--run-dir", str(tmp_path / "x"), "--method", "dmm", check=False)
+    assert bad.returncode == 2 and "Did you mean 'dm'" in bad.stderr
+    bad = run_cli("evaluate", "--run", str(tmp_path / "nothing"), check=False)
+    assert bad.returncode == 2 and "not a run folder" in bad.stderr

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from haba_core import io
+from haba_core.config import RunConfig, apply_overrides, resolve_config
+from haba_core.errors import CheckpointError, ConfigError
+
+
+def test_defaults_round_trip():
+    cfg = RunConfig()
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.data.name == "fashion_mnist" and cfg.synset.kind == "haba" and cfg.method_name == "dm"
+
+
+def test_overrides_and_method_shorthand(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("synset:\n  n_hallucinators: 3\nmethod:\n  name: dm\n")
+    cfg = resolve_config(files=[f], overrides=["method.lr_img=100", "synset.single_channel=true", "eval.nets=convnet,mlp"])
+    assert cfg.synset.n_hallucinators == 3 and cfg.synset.single_channel is True
+    assert cfg.method_params == {"lr_img": 100}
+    assert cfg.eval.nets == ("convnet", "mlp")
+
+
+def test_unknown_key_suggests_close_match():
+    with pytest.raises(ConfigError, match="synset.n_hallucinators"):
+        resolve_config(overrides=["synset.n_halucinators=2"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["nonsense"])
+
+
+def test_atomic_json_and_jsonl(tmp_path):
+    io.write_json(tmp_path / "a.json", {"x": 1})
+    assert io.read_json(tmp_path / "a.json") == {"x": 1}
+    assert not list(tmp_path.glob(".*tmp"))
+    io.append_jsonl(tmp_path / "m.jsonl", {"step": 1})
+    with open(tmp_path / "m.jsonl", "a") as fh:
+        fh.write('{"step": 2, "lo')  # torn line from a crash
+    assert io.read_jsonl(tmp_path / "m.jsonl") == [{"step": 1}]
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        io.read_json(tmp_path / "bad.json")
+
+
+def test_flatten_state_round_trip():
+    state = {"a": torch.ones(2), "opt": {"state": {0: {"m": torch.zeros(3)}}, "groups": [{"lr": 0.1, "params": [0]}]},
+             "t": (1, torch.arange(3))}
+    skel, tensors = io.flatten_state(state)
+    back = io.unflatten_state(skel, tensors)
+    assert torch.equal(back["a"], state["a"]) and 0 in back["opt"]["state"]
+    assert back["opt"]["groups"][0]["lr"] == 0.1 and isinstance(back["t"], tuple)

@@ -1,0 +1,137 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from haba_core import io
+from haba_core.engine import Distiller, distill
+from haba_core.errors import ConfigError
+from haba_core.synsets import load_synset
+from tests.conftest import tiny_config
+
+
+def synset_tensors(d):
+    return {k: v.detach().clone() for k, v in d.synset.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["pixels", "haba"])
+def test_dm_run_changes_synset_and_writes_run_folder(tmp_path, kind):
+    cfg = tiny_config(f"synset.kind={kind}", "synset.budget_ipc=2", "synset.n_hallucinators=2")
+    d = Distiller(cfg)
+    before = synset_tensors(d)
+    d = distill(cfg, tmp_path / "run")
+    after = d.synset.state_dict()
+    assert not torch.equal(before["bases"], after["bases"])
+    if kind == "haba":
+        assert not torch.equal(before["scale"], after["scale"])  # hallucinators learn too
+    run = tmp_path / "run"
+    status = io.read_json(run / "status.json")
+    assert status["state"] == "finished" and status["step"] == 4
+    metrics = io.read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+    if kind == "haba":
+        assert {"haba_cos", "extractor_ce", "extractor_supcon", "extractor_likelihood"} <= set(metrics[0])
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step_0000002.safetensors", "step_0000004.safetensors"]
+    cfg_saved = json.loads((run / "config.json").read_text())
+    assert cfg_saved["synset"]["kind"] == kind
+    s = load_synset(run / "synset.safetensors")
+    torch.testing.assert_close(s.bases, d.synset.bases.detach())
+
+
+def test_same_seed_same_result():
+    cfg = tiny_config("iterations=3")
+    a = distill(cfg).synset.state_dict()
+    b = distill(cfg).synset.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    c = distill(cfg.replace(seed=1)).synset.state_dict()
+    assert not torch.equal(a["bases"], c["bases"])
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = tiny_config("iterations=6", "checkpoint_every=2")
+    full = distill(cfg, tmp_path / "full").synset.state_dict()
+    # run 4 iterations of the same config, then "resume" to 6: identical to the uninterrupted run
+    distill(cfg.replace(iterations=4), tmp_path / "part")
+    (tmp_path / "part" / "synset.safetensors").unlink()
+    io.append_jsonl(tmp_path / "part" / "metrics.jsonl", {"step": 5, "loss": 1.0})  # a step after the checkpoint
+    resumed = distill(cfg, tmp_path / "part", resume=True).synset.state_dict()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    steps = [m["step"] for m in io.read_jsonl(tmp_path / "part" / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_kill_and_resume_subprocess(tmp_path):
+    """A real process killed with SIGKILL mid-run resumes from its last checkpoint, nothing lost."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet",
+            "--iterations", "400", "--synset", "haba", "--budget-ipc", "2", "--n-hallucinators", "2"]
+    sets = ["data.name=toy", "net.width=16", "method.batch_real=16", "haba.extractor_width=16",
+            "checkpoint_every=5", "snapshot_every=1000"]
+    for s in sets:
+        args += ["--set", s]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run / "checkpoints" / "latest.json").exists() and io.read_json(run / "checkpoints" / "latest.json")["step"] >= 10:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    ckpt_step = io.read_json(run / "checkpoints" / "latest.json")["step"]
+    assert ckpt_step >= 10
+    assert io.read_json(run / "status.json")["state"] == "running"  # killed: never marked finished
+    r = subprocess.run(args[:args.index("400")] + [str(ckpt_step + 5)] + args[args.index("400") + 1:] + ["--resume"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert io.read_json(run / "status.json")["state"] == "finished"
+    steps = [m["step"] for m in io.read_jsonl(run / "metrics.jsonl")]
+    assert steps == list(range(1, ckpt_step + 6))
+
+
+def test_sigterm_cancels_with_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet", "--iterations", "100000",
+            "--synset", "pixels", "--set", "data.name=toy", "--set", "net.width=16", "--set", "method.batch_real=8",
+            "--set", "checkpoint_every=100000"]
+    p = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": os.getcwd()}, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 3
+    status = io.read_json(run / "status.json")
+    assert status["state"] == "cancelled"
+    assert io.read_json(run / "checkpoints" / "latest.json")["step"] == status["step"] > 0
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    cfg = tiny_config("iterations=1")
+    distill(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="--resume"):
+        distill(cfg, tmp_path / "run")
+
+
+def test_nan_loss_fails_clearly_and_keeps_checkpoint(tmp_path):
+    cfg = tiny_config("iterations=6", "checkpoint_every=2", "synset.kind=pixels", "method.lr_img=1e30")
+    with pytest.raises(Exception, match="lower the learning rates"):
+        distill(cfg, tmp_path / "run")
+    status = io.read_json(tmp_path / "run" / "status.json")
+    assert status["state"] == "failed" and "learning rates" in status["error"]
+
+
+def test_eval_at_end_records_results(tmp_path):
+    cfg = tiny_config("iterations=2", "eval_at_end=true", "synset.kind=pixels")
+    distill(cfg, tmp_path / "run")
+    evals = io.read_jsonl(tmp_path / "run" / "evals.jsonl")
+    assert evals and 0 <= evals[0]["nets"]["convnet"]["mean"] <= 1
+    assert evals[0]["protocol"]["reported"] == "final"

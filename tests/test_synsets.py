@@ -1,0 +1,155 @@
+import pytest
+import torch
+
+from haba_core.budget import plan, solve
+from haba_core.data import dataset_info, load_dataset
+from haba_core.errors import BudgetError, CheckpointError, UnknownNameError
+from haba_core.synsets import HabaSynset, create_synset, hallucinator_floats, list_synsets, load_synset
+
+
+def info(name="toy", **kw):
+    return load_dataset(name, **kw).info
+
+
+def test_registry_lists_both_kinds():
+    assert list_synsets() == ["haba", "pixels"]
+    with pytest.raises(UnknownNameError, match="haba"):
+        create_synset("hab", info(), n_bases=1)
+
+
+def test_hallucinator_parameter_count_matches_design():
+    # DESIGN §3: 5,568 parameters per hallucinator at 3x32x32
+    assert hallucinator_floats(3, 3, (32, 32)) == 5568
+    s = create_synset("haba", dataset_info("cifar10"), n_bases=1, n_hallucinators=5)
+    assert s.hallucinator_floats() == 5 * 5568
+    # Fashion-MNIST: derived from the dataset (1x28x28)
+    s = create_synset("haba", dataset_info("fashion_mnist"), n_bases=2, n_hallucinators=3)
+    assert s.hallucinator_floats() == 3 * (10 + 2 * 26 * 26 + 10)
+
+
+def test_official_storage_ratios():
+    # DESIGN §3: IPC k bases + 5 hallucinators is 1.91x / 1.09x / 1.02x the pixel storage on CIFAR10
+    c10 = dataset_info("cifar10")
+    for ipc, ratio in [(1, 1.91), (10, 1.09), (50, 1.02)]:
+        p = plan(c10, "haba", ipc, 5)
+        assert p.ipc_equivalent / ipc == pytest.approx(ratio, abs=0.005)
+
+
+def test_haba_shapes_and_gradients_reach_bases_and_hallucinators():
+    i = info(channels=3, im_size=32)
+    s = create_synset("haba", i, n_bases=2, n_hallucinators=3)
+    x, y = s.sample(7, torch.Generator().manual_seed(0))
+    assert x.shape == (7, 3, 32, 32) and y.shape == (7,)
+    x.square().mean().backward()
+    assert s.bases.grad is not None and s.bases.grad.abs().sum() > 0
+    used = [p.grad is not None and p.grad.abs().sum() > 0 for p in s.hallucinator_parameters()]
+    assert all(used)
+
+
+def test_hallucinator_is_affine_and_identity_structure():
+    s = create_synset("haba", info(), n_bases=1, n_hallucinators=2)
+    a, b = s.bases[:2].detach(), s.bases[2:4].detach()
+    v = torch.zeros(2, dtype=torch.long)
+    # affine: h(a) + h(b) - h(0) == h(a + b)
+    h = lambda t: s.render(t, v)  # noqa: E731
+    torch.testing.assert_close(h(a) + h(b) - h(torch.zeros_like(a)), h(a + b), atol=1e-4, rtol=1e-4)
+
+
+def test_mixed_hallucinators_in_one_batch_keep_row_order():
+    s = create_synset("haba", info(), n_bases=2, n_hallucinators=4)
+    idx = torch.arange(8)
+    variant = torch.tensor([3, 0, 2, 1, 0, 3, 1, 2])
+    x, _ = s.images_of(idx, variant)
+    for r in range(8):
+        torch.testing.assert_close(x[r], s.hallucinate(s.bases[r : r + 1], int(variant[r]))[0])
+
+
+def test_materialize_all_pairs_and_random():
+    s = create_synset("haba", info(), n_bases=2, n_hallucinators=3)
+    x, y = s.materialize(pairing="all")
+    assert x.shape[0] == 10 * 2 * 3 and torch.equal(y.bincount(), torch.full((10,), 6))
+    x, y = s.materialize(torch.Generator().manual_seed(0), pairing="random")
+    assert x.shape[0] == 20
+
+
+def test_pair_uses_different_hallucinators():
+    s = create_synset("haba", info(), n_bases=3, n_hallucinators=2)
+    idx = torch.arange(30)
+    x0, x1, y = s.pair(idx, torch.Generator().manual_seed(1))
+    assert not torch.allclose(x0, x1)
+    assert torch.equal(y, s.labels_base)
+
+
+def test_single_channel_bases_on_rgb():
+    i = info(channels=3, im_size=32)
+    s = create_synset("haba", i, n_bases=1, n_hallucinators=2, single_channel=True)
+    assert s.bases.shape[1] == 1
+    assert s.sample(4)[0].shape == (4, 3, 32, 32)
+    # triples the bases per budget at IPC 50 (bases dominate)
+    c10 = dataset_info("cifar10")
+    assert solve(c10, "haba", 50, 5, single_channel=True).n_bases >= 3 * solve(c10, "haba", 50, 5).n_bases - 3
+
+
+def test_basis_size_upsamples_to_image_size():
+    s = create_synset("haba", info(), n_bases=1, n_hallucinators=2, basis_size=14)
+    assert s.bases.shape[-2:] == (14, 14)
+    assert s.sample(3)[0].shape == (3, 1, 28, 28)
+    p = create_synset("pixels", info(), n_bases=2, basis_size=14)
+    assert p.sample(3)[0].shape == (3, 1, 28, 28)
+
+
+def test_init_from_real_uses_class_images(toy):
+    s = create_synset("pixels", toy.info, n_bases=2)
+    s.init_from_real(toy, torch.Generator().manual_seed(0))
+    for c in range(10):
+        train_c = toy.images_train[toy.indices_of_class(c)]
+        for b in s.bases[s.class_indices(c)]:
+            assert (train_c - b).abs().flatten(1).max(1).values.min() < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["pixels", "haba"])
+def test_save_load_round_trip(tmp_path, kind):
+    kw = {"n_hallucinators": 3, "basis_size": 20} if kind == "haba" else {}
+    s = create_synset(kind, info(), n_bases=2, **kw)
+    s.extra["syn_lr"] = 0.02
+    s.save(tmp_path / "s.safetensors")
+    t = load_synset(tmp_path / "s.safetensors")
+    assert type(t) is type(s) and t.extra == {"syn_lr": 0.02}
+    for (k, a), (_, b) in zip(s.state_dict().items(), t.state_dict().items()):
+        assert torch.equal(a, b), k
+    x, _ = s.materialize(pairing="all")
+    torch.testing.assert_close(x, t.materialize(pairing="all")[0])
+    assert t.storage() == s.storage()
+
+
+def test_corrupted_and_foreign_files_raise_clear_errors(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="corrupted or foreign"):
+        load_synset(bad)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(CheckpointError, match="not one written by haba_core"):
+        load_synset(tmp_path / "foreign.safetensors")
+    s = create_synset("pixels", info(), n_bases=1)
+    s.save(tmp_path / "ok.safetensors")
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_synset(tmp_path / "trunc.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_synset(tmp_path / "missing.safetensors")
+
+
+def test_haba_needs_a_hallucinator():
+    with pytest.raises(ValueError):
+        HabaSynset(info(), n_bases=1, n_hallucinators=0)
+
+
+def test_budget_error_explains_what_fits():
+    fm = dataset_info("fashion_mnist")
+    with pytest.raises(BudgetError) as e:
+        solve(fm, "haba", 1, 5)
+    msg = str(e.value)
+    assert "7,840 floats" in msg and "basis_size=" in msg and "raise budget_ipc" in msg
