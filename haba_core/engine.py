@@ -26,8 +26,9 @@ from haba_core.config import RunConfig
 from haba_core.data import load_dataset
 from haba_core.errors import CheckpointError, ConfigError, HabaError
 from haba_core.haba_losses import ContrastiveConstraint
-from haba_core.methods import Context, create_method
-from haba_core.synsets import create_synset
+from haba_core.methods import METHODS, Context, create_method
+from haba_core.nets import NETS
+from haba_core.synsets import SYNSETS, create_synset
 
 CHECKPOINT_FORMAT = "haba-checkpoint"
 KEEP_CHECKPOINTS = 2
@@ -63,6 +64,10 @@ class Distiller:
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.device = resolve_device(cfg.device)
+        # validate names and hyperparameters before any data is loaded: bad input fails in milliseconds
+        METHODS.get(cfg.method_name).make_config(cfg.method_params)
+        SYNSETS.get(cfg.synset.kind)
+        NETS.get(cfg.net.get("name", "convnet"))
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         d = cfg.data

@@ -414,3 +414,65 @@ def test_real_fashion_mnist_from_debian(tmp_path):
     assert abs(d.images_train.mean().item()) < 0.01 and abs(d.images_train.std().item() - 1) < 0.01
     assert seconds < 10, seconds
     print(f"real Fashion-MNIST loaded in {seconds:.2f} s")
+
+
+# ------------------------------------------------------------------------- torchvision fallback (faked, offline)
+
+
+class _FakeTorchvisionSet:
+    """Stands in for a torchvision dataset constructed with download=True: bulk .data/.targets, no network."""
+
+    def __init__(self, root, train=True, download=False, split=None):
+        assert download, "the fallback is only used to download"
+        n = 20 if (train and split is None) or split == "train" else 10
+        rng = np.random.default_rng(n)
+        self.data = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)  # CIFAR: NHWC numpy
+        self.targets = [i % 10 for i in range(n)]
+        self.labels = np.array(self.targets)  # SVHN keeps (N, 3, 32, 32) and .labels
+        if split is not None:
+            self.data = np.ascontiguousarray(self.data.transpose(0, 3, 1, 2))
+
+
+class _FakeMnistSet:
+    def __init__(self, root, train=True, download=False):
+        n = 30 if train else 10
+        self.data = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8)
+        self.targets = torch.arange(n) % 10
+
+
+def test_torchvision_fallback_converts_in_bulk(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(tvd, "CIFAR10", _FakeTorchvisionSet)
+    monkeypatch.setattr(tvd, "SVHN", _FakeTorchvisionSet)
+    monkeypatch.setattr(tvd, "FashionMNIST", _FakeMnistSet)
+    c = load_dataset("cifar10", root=tmp_path, download=True, cache=False)
+    fake = _FakeTorchvisionSet(None, train=True, download=True)
+    assert c.images_train.shape == (20, 3, 32, 32) and c.labels_test.shape == (10,)
+    expected = (fake.data[3, 4, 5, 1] / 255 - 0.4822) / 0.1994  # NHWC pixel (h=4, w=5, c=1)
+    assert c.images_train[3, 1, 4, 5].item() == pytest.approx(expected, abs=1e-5)
+    assert load_dataset("svhn", root=tmp_path, download=True, cache=False).images_train.shape == (20, 3, 32, 32)
+    f = load_dataset("fashion_mnist", root=tmp_path, download=True, system_dir=None, cache=False)
+    assert f.images_train.shape == (30, 1, 28, 28)
+
+
+def test_failed_download_is_reported(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("network unreachable")
+
+    monkeypatch.setattr(tvd, "FashionMNIST", offline)
+    with pytest.raises(DatasetNotFoundError, match="network unreachable") as err:
+        load_dataset("fashion_mnist", root=tmp_path, download=True, system_dir=None)
+    assert "apt-get install dataset-fashion-mnist" in str(err.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_cuda_and_sample_with_either_generator(toy):
+    d = toy.to("cuda")
+    assert d.images_train.is_cuda and d.indices_of_class(0).is_cuda
+    x = d.sample_class(2, 5, torch.Generator().manual_seed(0))
+    y = d.sample_class(2, 5, torch.Generator(device="cuda").manual_seed(0))
+    assert x.is_cuda and y.is_cuda and x.shape == y.shape == (5, 1, 28, 28)
+    assert torch.equal(x.cpu(), toy.sample_class(2, 5, torch.Generator().manual_seed(0)))

@@ -46,11 +46,12 @@ class Context:
         return create_net(self.net_name, i.channels, i.num_classes, i.im_size, **self.net_params).to(self.device)
 
     def augment(self, *batches: Tensor, generator: torch.Generator | None) -> list[Tensor]:
-        """Siamese DSA: one parameter draw applied to every batch (row i of each gets the same transform)."""
+        """Siamese DSA: one parameter draw applied to every batch, one transform for the whole batch (as the
+        official DSA code does when matching: a shared seed switches it to batch mode)."""
         if not self.dsa_strategy:
             return list(batches)
         n = max(len(b) for b in batches)
-        p = sample_dsa_params(self.dsa_strategy, n, generator, self.device, tuple(self.info.im_size))
+        p = sample_dsa_params(self.dsa_strategy, n, generator, self.device, tuple(self.info.im_size), batchwise=True)
         return [apply_dsa(b, p) for b in batches]
 
 

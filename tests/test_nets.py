@@ -1,0 +1,124 @@
+"""Every registered network forward and backward on both image formats, plus the ConvNet recipe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from haba_core.errors import ConfigError, UnknownNameError
+from haba_core.nets import create_net, list_nets, net_options
+
+FORMATS = [(1, 28, 10), (3, 32, 100)]  # (channels, size, classes): Fashion-MNIST-like, CIFAR100-like
+
+
+def test_registry_lists_the_baselines():
+    assert set(list_nets()) >= {"convnet", "resnet18", "vgg11", "alexnet", "lenet", "mlp"}
+
+
+@pytest.mark.parametrize("name", list_nets())
+@pytest.mark.parametrize("channels,size,classes", FORMATS)
+def test_forward_backward(name, channels, size, classes):
+    torch.manual_seed(0)
+    net = create_net(name, channels, classes, (size, size))
+    x = torch.randn(2, channels, size, size)
+    logits = net(x)
+    assert logits.shape == (2, classes)
+    logits.square().mean().backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+
+    net.eval()
+    with torch.no_grad():
+        feats = net.forward_features(x)
+        assert feats.shape == (2, net.num_features)
+        torch.testing.assert_close(net.forward_head(feats), net(x))
+
+
+def test_unknown_name_suggests_close_match():
+    with pytest.raises(UnknownNameError, match="convnet"):
+        create_net("convnt", 1, 10, 28)
+
+
+def test_unknown_option_and_layer_names():
+    with pytest.raises(ConfigError, match="width"):
+        create_net("convnet", 1, 10, 28, widht=64)
+    with pytest.raises(ConfigError, match="instancenorm"):
+        create_net("convnet", 1, 10, 28, norm="instnacenorm")
+    with pytest.raises(ConfigError, match="maxpooling"):
+        create_net("convnet", 1, 10, 28, pool="maxpool")
+    with pytest.raises(ConfigError):
+        create_net("convnet", 1, 10, 28, act="swishh")
+
+
+def test_convnet_default_recipe():
+    net = create_net("convnet", 1, 10, 28)
+    assert net.num_features == 128 * 3 * 3  # 28 -> 14 -> 7 -> 3
+    assert create_net("convnet", 3, 10, 32).num_features == 128 * 4 * 4
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 3 and all(m.num_groups == m.num_channels == 128 and m.affine for m in norms)
+    assert sum(isinstance(m, nn.AvgPool2d) for m in net.modules()) == 3
+    assert net_options("convnet") == {
+        "width": 128,
+        "depth": 3,
+        "norm": "instancenorm",
+        "act": "relu",
+        "pool": "avgpooling",
+    }
+
+
+@pytest.mark.parametrize("channels,size,classes", FORMATS)
+def test_convnet_variants(channels, size, classes):
+    net = create_net("convnet", channels, classes, size, width=64, depth=2, norm="batchnorm", pool="maxpooling")
+    assert net.num_features == 64 * (size // 4) ** 2
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2
+    assert sum(isinstance(m, nn.MaxPool2d) for m in net.modules()) == 2
+    net(torch.randn(2, channels, size, size)).sum().backward()
+    for norm in ("layernorm", "none"):
+        for act in ("leakyrelu", "sigmoid"):
+            out = create_net("convnet", channels, classes, size, width=8, norm=norm, act=act, pool="none")
+            assert out(torch.randn(2, channels, size, size)).shape == (2, classes)
+
+
+def test_resnet18_norm_variants():
+    bn = create_net("resnet18", 3, 10, 32)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in bn.modules())
+    inn = create_net("resnet18", 3, 10, 32, norm="instancenorm")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in inn.modules())
+    assert all(m.num_groups == m.num_channels for m in inn.modules() if isinstance(m, nn.GroupNorm))
+
+
+def test_construction_leaves_batchnorm_statistics_alone():
+    net = create_net("resnet18", 3, 10, 32)
+    assert net.training
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert int(m.num_batches_tracked) == 0 and m.running_mean.abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", list_nets())
+def test_init_is_deterministic_under_manual_seed(name):
+    torch.manual_seed(3)
+    a = create_net(name, 1, 10, 28).state_dict()
+    torch.manual_seed(3)
+    b = create_net(name, 1, 10, 28).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_im_size_forms_agree():
+    assert create_net("convnet", 1, 10, 28).num_features == create_net("convnet", 1, 10, (28, 28)).num_features
+    assert create_net("convnet", 1, 10, (1, 28, 28)).num_features == 128 * 9
+
+
+def test_too_small_images_raise_config_error():
+    with pytest.raises(ConfigError, match="depth|pool|shrink|cannot"):
+        create_net("convnet", 1, 10, 16, depth=5)
+
+
+def test_functional_call_matches_module():
+    """MTT unrolls the student with torch.func.functional_call over a flat parameter dict."""
+    net = create_net("convnet", 1, 10, 28, width=16)
+    x = torch.randn(4, 1, 28, 28)
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    torch.testing.assert_close(torch.func.functional_call(net, params, (x,)), net(x))
