@@ -44,6 +44,38 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window: Linux's peak RSS (``VmHWM``, via ``/proc/self/clear_refs``) and CUDA's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the peak then covers the whole process
+        pass
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory since :func:`reset_peak_memory` (``peak_rss_mb``; ``peak_cuda_mb`` on CUDA)."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    out["peak_rss_mb"] = int(line.split()[1]) / 1024
+                    break
+    except OSError:
+        try:
+            import resource
+
+            out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        except ImportError:  # pragma: no cover - Windows
+            pass
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 class Cancelled(HabaError):
     """Raised inside the loop when the run was asked to stop (SIGTERM/SIGINT)."""
 
@@ -147,13 +179,14 @@ class Distiller:
             while self.step < cfg.iterations:
                 if self._stop:
                     raise Cancelled("cancelled")
+                reset_peak_memory(self.device)
                 t0 = time.perf_counter()
                 self.synset.train()
                 losses = self.method.step(self.synset, self.update, self.generator)
                 dt = time.perf_counter() - t0
                 self.step_times.append(dt)
                 self.step += 1
-                logs = {"step": self.step, "time_s": dt, **losses}
+                logs = {"step": self.step, "time_s": dt, **peak_memory_mb(self.device), **losses}
                 self._emit("on_step", self.step, logs)
                 last = self.step == cfg.iterations
                 if cfg.snapshot_every and (self.step % cfg.snapshot_every == 0 or last):
@@ -176,16 +209,18 @@ class Distiller:
         from haba_core.evaluate import evaluate_synset
 
         e = self.cfg.eval
-        return evaluate_synset(
-            self.synset,
-            self.dataset,
-            e,
-            nets=tuple(nets or e.nets),
-            seeds=seeds or e.seeds,
-            lr=self.method.eval_lr(),
-            dsa_strategy=self.ctx.dsa_strategy,
-            seed=self.cfg.seed + 1000 * self.step,
-        )
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # evaluation must not shift the run's RNG stream
+            return evaluate_synset(
+                self.synset,
+                self.dataset,
+                e,
+                nets=tuple(nets or e.nets),
+                seeds=seeds or e.seeds,
+                lr=self.method.eval_lr(),
+                dsa_strategy=self.ctx.dsa_strategy,
+                seed=self.cfg.seed + 1000 * self.step,
+            )
 
     def seconds_per_iteration(self) -> float | None:
         return statistics.median(self.step_times) if self.step_times else None

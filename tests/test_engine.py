@@ -55,7 +55,8 @@ def test_same_seed_same_result():
 
 
 def test_resume_continues_exactly(tmp_path):
-    cfg = tiny_config("iterations=6", "checkpoint_every=2")
+    # eval_every: evaluations in between must not shift the run's RNG stream
+    cfg = tiny_config("iterations=6", "checkpoint_every=2", "eval_every=3", "eval.epochs=1")
     full = distill(cfg, tmp_path / "full").synset.state_dict()
     # run 4 iterations of the same config, then "resume" to 6: identical to the uninterrupted run
     distill(cfg.replace(iterations=4), tmp_path / "part")
