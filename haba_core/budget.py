@@ -72,8 +72,9 @@ class Plan:
             f"bases floats         {self.floats_bases:,}",
         ]
         if self.kind == "haba":
+            each = self.floats_hallucinators // self.n_hallucinators
             lines += [
-                f"hallucinators        {self.n_hallucinators}  ({self.floats_hallucinators // self.n_hallucinators:,} floats each)",
+                f"hallucinators        {self.n_hallucinators}  ({each:,} floats each)",
                 f"hallucinator floats  {self.floats_hallucinators:,}",
             ]
         lines += [
@@ -172,7 +173,9 @@ def plan_from_config(info: DatasetInfo, cfg) -> Plan:
     if cfg.n_bases is not None:
         if cfg.n_bases < 1:
             raise ConfigError(f"synset.n_bases must be >= 1, got {cfg.n_bases}.")
-        return plan(info, cfg.kind, cfg.n_bases, cfg.n_hallucinators, cfg.single_channel, cfg.basis_size, cfg.budget_ipc)
+        return plan(
+            info, cfg.kind, cfg.n_bases, cfg.n_hallucinators, cfg.single_channel, cfg.basis_size, cfg.budget_ipc
+        )
     if cfg.budget_ipc is None:
         raise ConfigError("Set synset.budget_ipc (storage budget) or synset.n_bases (bases per class).")
     return solve(info, cfg.kind, cfg.budget_ipc, cfg.n_hallucinators, cfg.single_channel, cfg.basis_size)

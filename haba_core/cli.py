@@ -1,4 +1,4 @@
-"""Command line: ``python -m haba_core {distill,evaluate,budget,export} ...``.
+"""Command line: ``python -m haba_core {distill,experts,evaluate,budget,export} ...``.
 
 Errors that haba_core raises on purpose are printed as one ``error: ...`` line (exit code 2); anything
 else is a bug and shows its traceback.
@@ -69,13 +69,23 @@ def cmd_distill(a: argparse.Namespace) -> int:
         cfg = RunConfig.from_dict(d)
     d = distill(cfg, run_dir, resume=a.resume, progress=not a.quiet)
     status = io.read_json(run_dir / "status.json")
-    print(json.dumps({"run_dir": str(run_dir), "state": status["state"], "step": d.step,
-                      "sec_per_iter": d.seconds_per_iteration(), "storage": d.plan.to_dict()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run_dir": str(run_dir),
+                "state": status["state"],
+                "step": d.step,
+                "sec_per_iter": d.seconds_per_iteration(),
+                "storage": d.plan.to_dict(),
+            },
+            indent=2,
+        )
+    )
     return 0 if status["state"] == "finished" else 3
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from haba_core.config import EvalConfig, RunConfig, apply_overrides
+    from haba_core.config import RunConfig, apply_overrides
     from haba_core.data import load_dataset
     from haba_core.engine import resolve_device
     from haba_core.evaluate import evaluate_synset, random_real_baseline
@@ -101,8 +111,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         path = snaps[-1]
     device = resolve_device(a.device or cfg.device)
     d = cfg.data
-    dataset = load_dataset(d.name, root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit,
-                           **d.options).to(device)
+    dataset = load_dataset(
+        d.name, root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit, **d.options
+    ).to(device)
     synset = load_synset(path, device)
     dsa = cfg.dsa_strategy if ecfg.dsa else ""
     t0 = time.time()
@@ -140,10 +151,49 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     synset = load_synset(a.synset)
     images, labels = synset.materialize(pairing="all")
-    io.save_tensors(a.out, {"images": images, "labels": labels},
-                    {"format": "haba-images", "version": io.FORMAT_VERSION, "dataset": synset.info.to_dict(),
-                     "source": str(a.synset)})
+    io.save_tensors(
+        a.out,
+        {"images": images, "labels": labels},
+        {
+            "format": "haba-images",
+            "version": io.FORMAT_VERSION,
+            "dataset": synset.info.to_dict(),
+            "source": str(a.synset),
+        },
+    )
     print(f"wrote {len(images)} images to {a.out}")
+    return 0
+
+
+def cmd_experts(a: argparse.Namespace) -> int:
+    """Train MTT expert trajectories (skips finished experts, resumes unfinished ones)."""
+    from haba_core.methods.experts import resolve_expert_config, train_experts
+
+    fields = {
+        "dataset": a.dataset,
+        "epochs": a.epochs,
+        "zca": True if a.zca else None,
+        "seed": a.seed,
+        "data_root": a.data_root,
+        "device": a.device,
+        "lr": a.lr,
+        "batch": a.batch,
+        "train_limit": a.train_limit,
+    }
+    cfg = resolve_expert_config(a.set or [], **fields)
+    t0 = time.time()
+    paths = train_experts(cfg, a.out, a.num_experts, workers=a.workers, log=None if a.quiet else print)
+    print(
+        json.dumps(
+            {
+                "out": str(a.out),
+                "experts": [str(p) for p in paths],
+                "wall_s": round(time.time() - t0, 1),
+                "config": cfg.to_dict(),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -191,6 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--synset", required=True)
     x.add_argument("--out", required=True)
     x.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("experts", help="train MTT expert trajectories on real data")
+    t.add_argument("--dataset", default="fashion_mnist")
+    t.add_argument("--out", required=True, help="expert folder (created; rerun the command to resume it)")
+    t.add_argument("--num-experts", type=int, default=10)
+    t.add_argument("--epochs", type=int, help="epochs per expert (default 50)")
+    t.add_argument("--zca", action="store_true", help="ZCA-whiten the data (must match the distillation)")
+    t.add_argument("--workers", type=int, default=1, help="experts trained at once (processes; cores are shared)")
+    t.add_argument("--seed", type=int, help="expert i uses seed + i (default 0)")
+    t.add_argument("--lr", type=float, help="SGD lr (default 0.01)")
+    t.add_argument("--batch", type=int, help="batch size (default 256)")
+    t.add_argument("--train-limit", type=int, help="class-balanced subset of the training set")
+    t.add_argument("--data-root", help="where datasets are looked up (default ./data)")
+    t.add_argument("--device", help="cpu (default), cuda, auto")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. net.width=64, dsa_strategy=none")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.set_defaults(func=cmd_experts)
     return p
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from haba_core.errors import ConfigError
 
@@ -107,10 +108,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
         return _build(cls, d, "")
 
-    def replace(self, **kw: Any) -> "RunConfig":
+    def replace(self, **kw: Any) -> RunConfig:
         return dataclasses.replace(self, **kw)
 
 

@@ -15,8 +15,9 @@ import socket
 import statistics
 import time
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -81,12 +82,12 @@ class Cancelled(HabaError):
 
 
 class Callback:
-    def on_start(self, d: "Distiller") -> None: ...
-    def on_step(self, d: "Distiller", step: int, logs: dict) -> None: ...
-    def on_eval(self, d: "Distiller", step: int, results: dict) -> None: ...
-    def on_snapshot(self, d: "Distiller", step: int) -> None: ...
-    def on_checkpoint(self, d: "Distiller", step: int) -> None: ...
-    def on_end(self, d: "Distiller", state: str, error: str | None) -> None: ...
+    def on_start(self, d: Distiller) -> None: ...
+    def on_step(self, d: Distiller, step: int, logs: dict) -> None: ...
+    def on_eval(self, d: Distiller, step: int, results: dict) -> None: ...
+    def on_snapshot(self, d: Distiller, step: int) -> None: ...
+    def on_checkpoint(self, d: Distiller, step: int) -> None: ...
+    def on_end(self, d: Distiller, state: str, error: str | None) -> None: ...
 
 
 class Distiller:
@@ -170,7 +171,7 @@ class Distiller:
     def request_stop(self, *_: Any) -> None:
         self._stop = True
 
-    def run(self) -> "Distiller":
+    def run(self) -> Distiller:
         """Run from ``self.step`` to ``cfg.iterations``; callbacks see every step."""
         cfg = self.cfg
         self._emit("on_start")
@@ -264,7 +265,12 @@ class Distiller:
         io.save_tensors(
             path,
             tensors,
-            {"format": CHECKPOINT_FORMAT, "version": io.FORMAT_VERSION, "state": skeleton, "config": self.cfg.to_dict()},
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": io.FORMAT_VERSION,
+                "state": skeleton,
+                "config": self.cfg.to_dict(),
+            },
         )
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -432,5 +438,3 @@ def distill(
         for sig, h in handlers.items():
             signal.signal(sig, h)
     return d
-
-

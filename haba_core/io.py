@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -103,9 +104,7 @@ def load_tensors(path: str | Path, expect_format: str | None = None) -> tuple[di
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} is a safetensors file but not one written by haba_core (no metadata).")
     if expect_format is not None and meta.get("format") != expect_format:
-        raise CheckpointError(
-            f"{path} holds {meta.get('format')!r}, not a {expect_format!r}; pass the right file."
-        )
+        raise CheckpointError(f"{path} holds {meta.get('format')!r}, not a {expect_format!r}; pass the right file.")
     return tensors, meta
 
 

@@ -8,7 +8,8 @@ raises :class:`UnknownNameError` listing the valid names and the closest matches
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from haba_core.errors import UnknownNameError
 
@@ -26,7 +27,7 @@ class Registry(Generic[T]):
         """Decorator adding a factory under ``name`` (default: its ``__name__`` lowercased)."""
 
         def wrap(obj: T) -> T:
-            key = (name or getattr(obj, "__name__")).lower()
+            key = (name or obj.__name__).lower()
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._entries[key] = obj

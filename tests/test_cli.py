@@ -8,8 +8,13 @@ from haba_core.cli import main
 
 
 def run_cli(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "haba_core", *args], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "haba_core", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        timeout=300,
+    )
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -19,8 +24,23 @@ def test_budget_command(capsys):
     assert main(["budget", "--dataset", "cifar10", "--synset", "haba", "--budget-ipc", "10"]) == 0
     out = capsys.readouterr().out
     assert "bases per class      9" in out and "27,840" in out
-    assert main(["budget", "--dataset", "fashion_mnist", "--synset", "haba", "--budget-ipc", "1", "--json",
-                 "--basis-size", "14"]) == 0
+    assert (
+        main(
+            [
+                "budget",
+                "--dataset",
+                "fashion_mnist",
+                "--synset",
+                "haba",
+                "--budget-ipc",
+                "1",
+                "--json",
+                "--basis-size",
+                "14",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["n_bases"] == 3
 
 
@@ -35,14 +55,29 @@ def test_clear_errors_for_bad_input(capsys):
 def test_distill_and_evaluate_on_toy(tmp_path):
     run = tmp_path / "r"
     sets = ["data.name=toy", "net.width=16", "method.batch_real=16", "haba.extractor_width=16", "eval.test_batch=200"]
-    args = ["distill", "--run-dir", str(run), "--method", "dm", "--synset", "haba", "--budget-ipc", "2",
-            "--n-hallucinators", "2", "--iterations", "3", "--quiet"]
+    args = [
+        "distill",
+        "--run-dir",
+        str(run),
+        "--method",
+        "dm",
+        "--synset",
+        "haba",
+        "--budget-ipc",
+        "2",
+        "--n-hallucinators",
+        "2",
+        "--iterations",
+        "3",
+        "--quiet",
+    ]
     for s in sets:
         args += ["--set", s]
     r = run_cli(*args)
     assert json.loads(r.stdout)["state"] == "finished"
-    r = run_cli("evaluate", "--run", str(run), "--seeds", "2", "--epochs", "5", "--baseline", "random",
-                "--nets", "convnet,mlp")
+    r = run_cli(
+        "evaluate", "--run", str(run), "--seeds", "2", "--epochs", "5", "--baseline", "random", "--nets", "convnet,mlp"
+    )
     ev = io.read_json(run / "evaluation.json")
     assert set(ev["synset"]["nets"]) == {"convnet", "mlp"} and len(ev["synset"]["nets"]["mlp"]["per_seed"]) == 2
     assert ev["random_real"]["storage"]["n_bases"] >= 1

@@ -15,7 +15,9 @@ def test_defaults_round_trip():
 def test_overrides_and_method_shorthand(tmp_path):
     f = tmp_path / "exp.yaml"
     f.write_text("synset:\n  n_hallucinators: 3\nmethod:\n  name: dm\n")
-    cfg = resolve_config(files=[f], overrides=["method.lr_img=100", "synset.single_channel=true", "eval.nets=convnet,mlp"])
+    cfg = resolve_config(
+        files=[f], overrides=["method.lr_img=100", "synset.single_channel=true", "eval.nets=convnet,mlp"]
+    )
     assert cfg.synset.n_hallucinators == 3 and cfg.synset.single_channel is True
     assert cfg.method_params == {"lr_img": 100}
     assert cfg.eval.nets == ("convnet", "mlp")
@@ -42,8 +44,11 @@ def test_atomic_json_and_jsonl(tmp_path):
 
 
 def test_flatten_state_round_trip():
-    state = {"a": torch.ones(2), "opt": {"state": {0: {"m": torch.zeros(3)}}, "groups": [{"lr": 0.1, "params": [0]}]},
-             "t": (1, torch.arange(3))}
+    state = {
+        "a": torch.ones(2),
+        "opt": {"state": {0: {"m": torch.zeros(3)}}, "groups": [{"lr": 0.1, "params": [0]}]},
+        "t": (1, torch.arange(3)),
+    }
     skel, tensors = io.flatten_state(state)
     back = io.unflatten_state(skel, tensors)
     assert torch.equal(back["a"], state["a"]) and 0 in back["opt"]["state"]

@@ -37,7 +37,10 @@ def test_dm_run_changes_synset_and_writes_run_folder(tmp_path, kind):
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
     if kind == "haba":
         assert {"haba_cos", "extractor_ce", "extractor_supcon", "extractor_likelihood"} <= set(metrics[0])
-    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step_0000002.safetensors", "step_0000004.safetensors"]
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == [
+        "step_0000002.safetensors",
+        "step_0000004.safetensors",
+    ]
     cfg_saved = json.loads((run / "config.json").read_text())
     assert cfg_saved["synset"]["kind"] == kind
     s = load_synset(run / "synset.safetensors")
@@ -72,17 +75,40 @@ def test_resume_continues_exactly(tmp_path):
 def test_kill_and_resume_subprocess(tmp_path):
     """A real process killed with SIGKILL mid-run resumes from its last checkpoint, nothing lost."""
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet",
-            "--iterations", "400", "--synset", "haba", "--budget-ipc", "2", "--n-hallucinators", "2"]
-    sets = ["data.name=toy", "net.width=16", "method.batch_real=16", "haba.extractor_width=16",
-            "checkpoint_every=5", "snapshot_every=1000"]
+    args = [
+        sys.executable,
+        "-m",
+        "haba_core",
+        "distill",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--iterations",
+        "400",
+        "--synset",
+        "haba",
+        "--budget-ipc",
+        "2",
+        "--n-hallucinators",
+        "2",
+    ]
+    sets = [
+        "data.name=toy",
+        "net.width=16",
+        "method.batch_real=16",
+        "haba.extractor_width=16",
+        "checkpoint_every=5",
+        "snapshot_every=1000",
+    ]
     for s in sets:
         args += ["--set", s]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if (run / "checkpoints" / "latest.json").exists() and io.read_json(run / "checkpoints" / "latest.json")["step"] >= 10:
+        if (run / "checkpoints" / "latest.json").exists() and io.read_json(run / "checkpoints" / "latest.json")[
+            "step"
+        ] >= 10:
             break
         time.sleep(0.2)
     p.send_signal(signal.SIGKILL)
@@ -90,8 +116,13 @@ def test_kill_and_resume_subprocess(tmp_path):
     ckpt_step = io.read_json(run / "checkpoints" / "latest.json")["step"]
     assert ckpt_step >= 10
     assert io.read_json(run / "status.json")["state"] == "running"  # killed: never marked finished
-    r = subprocess.run(args[:args.index("400")] + [str(ckpt_step + 5)] + args[args.index("400") + 1:] + ["--resume"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        args[: args.index("400")] + [str(ckpt_step + 5)] + args[args.index("400") + 1 :] + ["--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert io.read_json(run / "status.json")["state"] == "finished"
     steps = [m["step"] for m in io.read_jsonl(run / "metrics.jsonl")]
@@ -100,9 +131,27 @@ def test_kill_and_resume_subprocess(tmp_path):
 
 def test_sigterm_cancels_with_checkpoint(tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet", "--iterations", "100000",
-            "--synset", "pixels", "--set", "data.name=toy", "--set", "net.width=16", "--set", "method.batch_real=8",
-            "--set", "checkpoint_every=100000"]
+    args = [
+        sys.executable,
+        "-m",
+        "haba_core",
+        "distill",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--iterations",
+        "100000",
+        "--synset",
+        "pixels",
+        "--set",
+        "data.name=toy",
+        "--set",
+        "net.width=16",
+        "--set",
+        "method.batch_real=8",
+        "--set",
+        "checkpoint_every=100000",
+    ]
     p = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": os.getcwd()}, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "metrics.jsonl").exists():

@@ -115,7 +115,7 @@ def test_save_load_round_trip(tmp_path, kind):
     s.save(tmp_path / "s.safetensors")
     t = load_synset(tmp_path / "s.safetensors")
     assert type(t) is type(s) and t.extra == {"syn_lr": 0.02}
-    for (k, a), (_, b) in zip(s.state_dict().items(), t.state_dict().items()):
+    for (k, a), (_, b) in zip(s.state_dict().items(), t.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     x, _ = s.materialize(pairing="all")
     torch.testing.assert_close(x, t.materialize(pairing="all")[0])

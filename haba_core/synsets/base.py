@@ -162,7 +162,9 @@ class Synset(nn.Module):
                 real = dataset.sample_class(c, self.n_bases, generator).to(self.bases.device)  # (n, C, H, W)
                 if self.basis_channels == 1 and real.shape[1] != 1:
                     real = real.mean(dim=1, keepdim=True)
-                real = F.interpolate(real, size=self.basis_hw, mode="area") if real.shape[-2:] != self.basis_hw else real
+                real = (
+                    F.interpolate(real, size=self.basis_hw, mode="area") if real.shape[-2:] != self.basis_hw else real
+                )
                 self.bases[self.class_indices(c)] = real
 
     def init_noise(self, generator: torch.Generator | None = None) -> None:
