@@ -15,6 +15,7 @@ import socket
 import statistics
 import time
 import traceback
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,30 @@ class RunFolder(Callback):
             return None
         return self.path / "checkpoints" / io.read_json(ptr)["file"]
 
+    def restore(self, d: Distiller) -> bool:
+        """Load the newest readable checkpoint into ``d``; False when there is none.
+
+        A damaged newest checkpoint (say, a disk filled mid-write outside our atomic path) falls back to the
+        one before it, with a warning; if every checkpoint is damaged the error names them all.
+        """
+        found = sorted((self.path / "checkpoints").glob("ckpt_*.safetensors"), reverse=True)
+        latest = self.latest_checkpoint()
+        if latest is not None and latest in found:
+            found.remove(latest)
+            found.insert(0, latest)
+        errors = []
+        for path in found:
+            try:
+                d.load_checkpoint(path)
+            except CheckpointError as e:
+                errors.append(str(e))
+                warnings.warn(f"skipping unreadable checkpoint {path.name}: {e}", stacklevel=2)
+                continue
+            return True
+        if errors:
+            raise CheckpointError("No readable checkpoint to resume from: " + " | ".join(errors))
+        return False
+
     # status
     def write_status(self, d: Distiller | None, state: str, **extra: Any) -> None:
         old = io.read_json(self.status_path) if self.status_path.exists() else {}
@@ -418,9 +443,7 @@ def distill(
         cbs.append(Progress())
     d = Distiller(cfg, cbs, dataset=dataset)
     if folder is not None and resume:
-        ckpt = folder.latest_checkpoint()
-        if ckpt is not None:
-            d.load_checkpoint(ckpt)
+        if folder.restore(d):
             io.truncate_jsonl(folder.metrics_path, lambda r: r.get("step", 0) <= d.step)
             io.truncate_jsonl(folder.path / "evals.jsonl", lambda r: r.get("step", 0) <= d.step)
         else:  # killed before the first checkpoint: start over, dropping partial metrics

@@ -185,3 +185,44 @@ def test_eval_at_end_records_results(tmp_path):
     evals = io.read_jsonl(tmp_path / "run" / "evals.jsonl")
     assert evals and 0 <= evals[0]["nets"]["convnet"]["mean"] <= 1
     assert evals[0]["protocol"]["reported"] == "final"
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path):
+    cfg = tiny_config("iterations=4", "checkpoint_every=2", "synset.kind=pixels")
+    distill(cfg, tmp_path / "run")
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("ckpt_*"))
+    assert [p.name for p in ckpts] == ["ckpt_0000002.safetensors", "ckpt_0000004.safetensors"]
+    ckpts[-1].write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        d = distill(cfg.replace(iterations=5), tmp_path / "run", resume=True)
+    assert d.step == 5
+    steps = [m["step"] for m in io.read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_foreign_or_corrupted_checkpoints_raise_clear_errors(tmp_path):
+    from haba_core.errors import CheckpointError
+
+    cfg = tiny_config("iterations=2", "checkpoint_every=2", "synset.kind=pixels")
+    distill(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "ckpt_0000002.safetensors"
+    # a synset file is a safetensors file of ours, but not a checkpoint
+    ckpt.write_bytes((tmp_path / "run" / "synset.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="No readable checkpoint"):
+        distill(cfg.replace(iterations=3), tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        distill(cfg, tmp_path / "empty", resume=True)
+    # a checkpoint of another config (haba) cannot be loaded into a pixels run
+    distill(tiny_config("iterations=2", "checkpoint_every=2"), tmp_path / "haba")
+    d = Distiller(cfg)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        d.load_checkpoint(tmp_path / "haba" / "checkpoints" / "ckpt_0000002.safetensors")
+
+
+def test_engine_imports_no_ui_packages():
+    code = (
+        "import sys, haba_core, haba_core.engine, haba_core.cli, haba_core.evaluate, haba_core.methods;"
+        "bad = [m for m in ('streamlit', 'plotly', 'ipywidgets') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
