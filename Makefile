@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: setup data app test test-fast test-slow demo lint format clean-venv
+.PHONY: setup data browser app test test-slow demo bench lint format
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,9 +51,15 @@ demo: setup
 	$(PY) scripts/demo.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check haba_core workbench tests scripts app.py
-	$(PY) -m ruff format --check haba_core workbench tests scripts app.py
+	$(PY) -m ruff check haba_core workbench tests scripts bench app.py
+	$(PY) -m ruff format --check haba_core workbench tests scripts bench app.py
 
 format: $(STAMP)
-	$(PY) -m ruff format haba_core workbench tests scripts app.py
-	$(PY) -m ruff check --fix haba_core workbench tests scripts app.py
+	$(PY) -m ruff format haba_core workbench tests scripts bench app.py
+	$(PY) -m ruff check --fix haba_core workbench tests scripts bench app.py
+
+# The benchmark protocol (bench/): `make bench` runs the CPU profile (about an hour, resumable);
+# BENCH_ARGS="--profile paper" for the published settings on a GPU.
+BENCH_ARGS ?= --profile cpu
+bench: setup
+	$(PY) -m bench.run $(BENCH_ARGS)

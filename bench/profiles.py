@@ -1,0 +1,111 @@
+"""Benchmark profiles as data: which cells run, on which data, with which settings.
+
+A *cell* is one row of the headline table: a storage budget and a method x synset (or the random real
+subset at the same storage). ``cpu`` is sized to finish in about an hour on 2 cores; ``paper`` holds the
+published settings for GPU users; ``smoke`` runs in seconds on generated data to keep the harness working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    budget_ipc: float
+    method: str | None  # None: the random real subset at the same storage
+    synset: str = "pixels"
+    config: str | None = None  # preset file, relative to the repo root
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    common: tuple[str, ...]  # overrides for every distillation cell (data.*, eval.*, ...)
+    eval_nets: tuple[str, ...]
+    eval_seeds: int
+    eval_epochs: int
+    cells: tuple[Cell, ...]
+    experts: tuple[str, ...] = ()  # `python -m haba_core experts` arguments (MTT cells), without --out
+    profile_iterations: int = 2  # iterations run under torch.profiler for the convolution share
+    data: dict = field(default_factory=dict)  # how the random-real cells load data
+
+
+def _matrix(budgets, methods, presets, haba_sizes, extra=()) -> tuple[Cell, ...]:
+    cells = []
+    for b in budgets:
+        cells.append(Cell(f"ipc{b:g}_random_real", b, None))
+        for m in methods:
+            for kind in ("pixels", "haba"):
+                ov = list(extra)
+                size = haba_sizes.get(b)
+                if kind == "haba" and size:
+                    ov.append(f"synset.basis_size={size}")
+                cells.append(Cell(f"ipc{b:g}_{m}_{kind}", b, m, kind, presets.get(m), tuple(ov)))
+    return tuple(cells)
+
+
+CPU = Profile(
+    name="cpu",
+    description="Fashion-MNIST, CPU-sized iterations (about an hour on 2 cores), ConvNet, 3 evaluation networks",
+    common=("data.name=fashion_mnist", "eval.nets=convnet"),
+    eval_nets=("convnet",),
+    eval_seeds=3,
+    eval_epochs=300,
+    cells=_matrix(
+        budgets=(1, 10),
+        methods=("dm", "dc", "dsa", "mtt"),
+        presets={m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")},
+        # full-size bases + 5 hallucinators do not fit IPC 1 on 28x28: store 14x14 bases there
+        haba_sizes={1: 14},
+    ),
+    experts=("--dataset", "fashion_mnist", "--num-experts", "3", "--epochs", "6", "--set", "net.width=64"),
+    data={"name": "fashion_mnist"},
+)
+
+PAPER = Profile(
+    name="paper",
+    description="Published settings (CIFAR10/100, SVHN; IPC 1/10/50; 1000 epochs, 5 networks): for GPUs",
+    common=(),
+    eval_nets=("convnet",),
+    eval_seeds=5,
+    eval_epochs=1000,
+    cells=tuple(
+        Cell(f"{ds}_ipc{ipc}_{m}_{kind}", ipc, m, kind, f"configs/paper/{ds}_{m}_ipc{ipc}.yaml")
+        for ds in ("cifar10", "cifar100", "svhn")
+        for ipc in (1, 10, 50)
+        for m in ("dc", "dsa", "dm", "mtt")
+        for kind in ("pixels", "haba")
+    ),
+    experts=("--dataset", "cifar10", "--num-experts", "100", "--epochs", "50", "--zca"),
+)
+
+SMOKE = Profile(
+    name="smoke",
+    description="Generated toy data, a few iterations: keeps the harness working (seconds)",
+    common=(
+        "data.name=toy",
+        "net.width=16",
+        "haba.extractor_width=16",
+        "haba.batch=32",
+        "synset.n_hallucinators=2",
+        "snapshot_every=0",
+        "checkpoint_every=2",
+        "eval.test_batch=200",
+    ),
+    eval_nets=("convnet",),
+    eval_seeds=2,
+    eval_epochs=3,
+    cells=(
+        Cell("ipc2_random_real", 2, None),
+        Cell("ipc2_dm_pixels", 2, "dm", "pixels", None, ("iterations=2", "method.batch_real=16")),
+        Cell("ipc2_dm_haba", 2, "dm", "haba", None, ("iterations=2", "method.batch_real=16")),
+    ),
+    profile_iterations=1,
+    data={"name": "toy"},
+)
+
+PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE)}

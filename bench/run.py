@@ -1,0 +1,281 @@
+"""Run a benchmark profile: ``python -m bench.run --profile cpu`` (``make bench``), ``--smoke`` for CI.
+
+Each cell runs in its own process (so peak memory is per cell) and writes one JSON file when it is done;
+a rerun skips finished cells, so a stopped benchmark continues where it stopped (distillations inside a
+cell also resume from their checkpoints). Results: ``bench/results/<profile>.json`` and ``<profile>.md``
+with accuracy (mean +- std over networks), storage, seconds per iteration, evaluation time, peak memory,
+the share of each iteration spent in convolutions, the machine, the git commit and the exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.profiles import PROFILES, Cell, Profile
+
+ROOT = Path(__file__).resolve().parent.parent
+CONV_OPS = ("conv",)  # aten::convolution, mkldnn_convolution, convolution_backward, conv2d, ...
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------ one cell (child)
+
+
+def conv_share(d, iterations: int) -> dict:
+    """Profile ``iterations`` outer iterations; the share of operator self-time spent in convolutions."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iterations):
+            d.method.step(d.synset, d.update, d.generator)
+    total = conv = 0.0
+    for e in prof.key_averages():
+        total += e.self_cpu_time_total
+        if any(k in e.key.lower() for k in CONV_OPS):
+            conv += e.self_cpu_time_total
+    return {"conv_share": conv / total if total else None, "profiled_iterations": iterations}
+
+
+def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
+    """Distill (unless random real) and evaluate one cell in this process."""
+    import torch
+
+    from haba_core.config import EvalConfig, resolve_config
+    from haba_core.data import load_dataset
+    from haba_core.engine import distill
+    from haba_core.evaluate import random_real_baseline
+
+    ecfg = EvalConfig(nets=profile.eval_nets, seeds=profile.eval_seeds, epochs=profile.eval_epochs)
+    t0 = time.time()
+    if cell.method is None:
+        ds = load_dataset(profile.data.get("name", "fashion_mnist"), root=str(ROOT / "data"))
+        ipc = max(1, math.floor(cell.budget_ipc + 1e-9))
+        ev = random_real_baseline(ds, ipc, ecfg, profile.eval_nets, profile.eval_seeds,
+                                  "color_crop_cutout_flip_scale_rotate")  # fmt: skip
+        return {"eval": ev, "sec_per_iter": None, "iterations": 0, "wall_s": time.time() - t0}
+    overrides = list(profile.common) + [
+        f"method.name={cell.method}",
+        f"synset.kind={cell.synset}",
+        f"synset.budget_ipc={cell.budget_ipc}",
+        f"eval.epochs={profile.eval_epochs}",
+        f"eval.seeds={profile.eval_seeds}",
+        f"data.root={ROOT / 'data'}",
+    ]
+    if cell.method == "mtt":
+        overrides.append(f"method.expert_dir={workdir.parent / 'experts'}")
+    overrides += list(cell.overrides)
+    files = [ROOT / cell.config] if cell.config else []
+    cfg = resolve_config(files=files, overrides=overrides)
+    run_dir = workdir / "run"
+    resume = (run_dir / "config.json").exists()
+    d = distill(cfg, run_dir, resume=resume)
+    spi = d.seconds_per_iteration()
+    with torch.random.fork_rng():
+        ev = d.evaluate(profile.eval_nets, profile.eval_seeds)
+    speed = conv_share(d, profile.profile_iterations)
+    if spi is None:  # resumed a finished run: time the profiled iterations instead
+        spi = d.seconds_per_iteration()
+    return {"eval": ev, "sec_per_iter": spi, "iterations": cfg.iterations, "wall_s": time.time() - t0,
+            "config": cfg.to_dict(), **speed}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- driver (parent)
+
+
+def ensure_experts(profile: Profile, out: Path, log) -> None:
+    if not profile.experts or not any(c.method == "mtt" for c in profile.cells):
+        return
+    cmd = [sys.executable, "-m", "haba_core", "experts", "--out", str(out / "experts"), "--quiet",
+           "--data-root", str(ROOT / "data"), *profile.experts]  # fmt: skip
+    log("$ " + shlex.join(cmd))
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    log(f"experts ready ({time.time() - t0:.0f} s)")
+
+
+def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=print) -> dict:
+    out = out_root / profile.name
+    cells_dir = out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    cells = [c for c in profile.cells if not only or any(o in c.name for o in only)]
+    if any(c.method == "mtt" for c in cells):
+        ensure_experts(profile, out, log)
+    for cell in cells:
+        result_path = cells_dir / f"{cell.name}.json"
+        if result_path.exists():
+            log(f"[skip] {cell.name}: done earlier")
+            continue
+        log(f"[run ] {cell.name}")
+        cmd = [sys.executable, "-m", "bench.run", "--profile", profile.name, "--cell", cell.name,
+               "--out", str(out_root)]  # fmt: skip
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if r.returncode != 0:
+            err = (r.stderr or r.stdout).strip().splitlines()[-12:]
+            log(f"[fail] {cell.name}:\n  " + "\n  ".join(err))
+            from haba_core import io
+
+            io.write_json(cells_dir / f"{cell.name}.failed.json", {"cell": cell.name, "error": "\n".join(err)})
+            continue
+        (cells_dir / f"{cell.name}.failed.json").unlink(missing_ok=True)
+        res = json.loads(result_path.read_text())
+        log(f"       {res['summary']}")
+    return aggregate(profile, out_root)
+
+
+def child(profile: Profile, cell_name: str, out_root: Path) -> int:
+    from haba_core import io
+
+    cell = next((c for c in profile.cells if c.name == cell_name), None)
+    if cell is None:
+        raise SystemExit(f"unknown cell {cell_name!r}; cells: {', '.join(c.name for c in profile.cells)}")
+    workdir = out_root / profile.name / "runs" / cell.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    res = run_cell(profile, cell, workdir)
+    ev = res["eval"]
+    net = profile.eval_nets[0]
+    acc = ev["nets"][net]
+    record = {
+        "cell": dataclasses.asdict(cell),
+        "accuracy_mean": acc["mean"],
+        "accuracy_std": acc["std"],
+        "accuracy_per_seed": acc["per_seed"],
+        "eval_net": net,
+        "eval_train_s_median": acc.get("train_s"),
+        "storage": ev["storage"],
+        "protocol": ev["protocol"],
+        "sec_per_iter": res["sec_per_iter"],
+        "iterations": res["iterations"],
+        "conv_share": res.get("conv_share"),
+        "peak_rss_mb": peak_rss_mb(),
+        "wall_s": res["wall_s"],
+        "summary": f"{100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} % ({net}, {len(acc['per_seed'])} nets)",
+    }
+    io.write_json(out_root / profile.name / "cells" / f"{cell.name}.json", record)
+    return 0
+
+
+def aggregate(profile: Profile, out_root: Path) -> dict:
+    from haba_core import io
+
+    cells_dir = out_root / profile.name / "cells"
+    rows, failed = [], []
+    for cell in profile.cells:
+        p = cells_dir / f"{cell.name}.json"
+        if p.exists():
+            rows.append(json.loads(p.read_text()))
+        elif (cells_dir / f"{cell.name}.failed.json").exists():
+            failed.append(json.loads((cells_dir / f"{cell.name}.failed.json").read_text()))
+    result = {
+        "profile": profile.name,
+        "description": profile.description,
+        "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cells": rows,
+        "failed": failed,
+        "complete": len(rows) == len(profile.cells),
+    }
+    io.write_json(out_root / f"{profile.name}.json", result)
+    md = markdown(result)
+    (out_root / f"{profile.name}.md").write_text(md)
+    return result
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"### Benchmark `{result['profile']}`: {result['description']}",
+        "",
+        f"Command: `{result['command']}` at commit `{result['git_commit'][:12]}`, {result['finished_at']}; "
+        f"{m['cpu'] or 'unknown CPU'}, {m['cores']} cores, torch {m['torch']}"
+        + (f", {m['cuda']}" if m.get("cuda") else "")
+        + ".",
+        "",
+        "| budget (IPC) | cell | accuracy % | stored floats | IPC-equiv | images/class | s/iter | conv share "
+        "| eval s/net | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["cells"]:
+        c, st = r["cell"], r["storage"]
+        name = "random real" if c["method"] is None else f"{c['method'].upper()} + {c['synset']}"
+        spi = "" if r["sec_per_iter"] is None else f"{r['sec_per_iter']:.3f}"
+        share = "" if r.get("conv_share") is None else f"{100 * r['conv_share']:.0f}%"
+        ev = "" if r.get("eval_train_s_median") is None else f"{r['eval_train_s_median']:.1f}"
+        lines.append(
+            f"| {c['budget_ipc']:g} | {name} | {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} "
+            f"| {st['floats_total']:,} | {st['ipc_equivalent']:.3f} | {st['images_per_class']} | {spi} | {share} "
+            f"| {ev} | {r['peak_rss_mb']:.0f} |"
+        )
+    for f in result["failed"]:
+        lines.append(f"| | {f['cell']} | failed | | | | | | | |")
+    if not result["complete"]:
+        lines += ["", "_Incomplete: rerun the same command to finish the missing cells._"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    p.add_argument("--smoke", action="store_true", help="shorthand for --profile smoke")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--only", action="append", help="run only cells whose name contains this (repeatable)")
+    p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
+    a = p.parse_args(argv)
+    profile = PROFILES["smoke" if a.smoke else a.profile]
+    out_root = Path(a.out)
+    if a.cell:
+        return child(profile, a.cell, out_root)
+    result = run_profile(profile, out_root, a.only)
+    print(markdown(result))
+    return 0 if result["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The benchmark harness on generated data: every cell runs, results are written, reruns skip done cells."""
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_smoke_runs_and_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "smoke.json").read_text())
+    assert res["complete"] and not res["failed"]
+    names = [c["cell"]["name"] for c in res["cells"]]
+    assert names == ["ipc2_random_real", "ipc2_dm_pixels", "ipc2_dm_haba"]
+    for c in res["cells"]:
+        assert 0 <= c["accuracy_mean"] <= 1 and len(c["accuracy_per_seed"]) == 2
+        assert c["storage"]["floats_total"] <= 2 * 10 * 784  # equal storage: within the IPC-2 budget
+        assert c["peak_rss_mb"] > 0
+    haba = res["cells"][2]
+    assert haba["sec_per_iter"] > 0 and 0 < haba["conv_share"] < 1
+    assert res["machine"]["cores"] and res["git_commit"] and "bench.run --smoke" in res["command"]
+    md = (tmp_path / "smoke.md").read_text()
+    assert "| 2 | DM + haba |" in md and "random real" in md
+    # a rerun skips finished cells and leaves their results untouched
+    before = (tmp_path / "smoke" / "cells" / "ipc2_dm_haba.json").stat().st_mtime_ns
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.count("[skip]") == 3
+    assert (tmp_path / "smoke" / "cells" / "ipc2_dm_haba.json").stat().st_mtime_ns == before
