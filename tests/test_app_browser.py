@@ -1,0 +1,191 @@
+"""End to end: the real app in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Starts ``streamlit run app.py`` on a free localhost port with a temporary runs folder, launches a short run on
+the toy dataset from the New-run page, watches the loss curve grow on the Live page, opens the explorer grid
+and enlarges a cell by clicking it. Screenshots of every page go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from workbench import jobs as J
+from workbench import runs as R
+from workbench import testing as T
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+TIMEOUT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (make browser)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The app served on 127.0.0.1:<free port>, with its runs in a temporary folder."""
+    runs = tmp_path / "runs"
+    port = free_port()
+    env = {**os.environ, R.RUNS_ENV: str(runs), "PYTHONPATH": str(ROOT)}
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the app did not start:\n{(tmp_path / 'server.log').read_text()}") from None
+                time.sleep(0.3)
+        yield url, runs
+    finally:
+        try:
+            for run in R.list_runs(runs):
+                if run.is_active:
+                    J.cancel_run(run.name, runs)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def loss_points(page) -> int:
+    """Points of the 'loss' curve in the Live page's first plotly chart (0 if there is none yet)."""
+    return page.evaluate(
+        """() => {
+            const plot = document.querySelector('.js-plotly-plot');
+            if (!plot || !plot.data) return 0;
+            const t = plot.data.find(d => d.name === 'loss');
+            return t ? t.x.length : 0;
+        }"""
+    )
+
+
+def wait_until(page, predicate, timeout_s: float = 120, what: str = "condition"):
+    end = time.time() + timeout_s
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        page.wait_for_timeout(500)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def goto_page(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    page.get_by_role("heading", name=title if title != "Explorer" else "Hallucinator x basis explorer").wait_for(
+        timeout=TIMEOUT_MS
+    )
+
+
+def test_launch_watch_and_explore_in_a_real_browser(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, runs = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1900})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            # New run: the defaults are ready to launch; switch to the toy data and tiny settings
+            page.goto(url)
+            page.get_by_text("Ready to launch").wait_for()
+            shot(page, "1_new_run_defaults")
+            page.get_by_role("combobox", name="Dataset").click()
+            page.get_by_role("option", name="toy", exact=True).click()
+            wait_until(page, lambda: page.get_by_role("combobox", name="Dataset").input_value() == "toy", what="toy")
+            iterations = page.get_by_role("spinbutton", name="Iterations")
+            iterations.fill("60")
+            iterations.press("Enter")
+            page.get_by_text("Advanced: every hyperparameter").click()
+            page.get_by_role("tab", name="Overrides").click()
+            box = page.locator("[data-testid='stTextArea'] textarea")
+            box.fill("\n".join([*T.TINY_SET_LINES, "snapshot_every=1", "checkpoint_every=20"]))
+            box.press("Control+Enter")
+            name = page.get_by_role("textbox", name="Run name")
+            name.fill("browser_run")
+            name.press("Enter")
+            page.wait_for_timeout(1500)
+            page.get_by_text("Ready to launch").wait_for()
+            shot(page, "2_new_run_toy")
+            page.get_by_role("button", name="Launch").click()
+
+            # Live: the loss curve grows while the run trains
+            page.get_by_role("heading", name="Live run").wait_for()
+            first = wait_until(page, lambda: loss_points(page), what="the first loss points")
+            wait_until(page, lambda: loss_points(page) > first, what="the loss curve to grow")
+            page.locator("[data-testid='stImage'] img").first.wait_for()  # the first snapshot's images
+            shot(page, "3_live")
+            run = R.get_run("browser_run", runs)
+            assert run is not None and run.dataset == "toy" and run.config["iterations"] == 60
+
+            # Explorer: the hallucinator x basis grid; a click on a cell enlarges it
+            goto_page(page, "Explorer")
+            page.locator(".js-plotly-plot").first.wait_for()
+            page.get_by_text("Pixel, within").wait_for()
+            points = page.locator(".js-plotly-plot .scatterlayer .point")
+            wait_until(page, lambda: points.count() >= 3, what="grid cells")
+            box = points.nth(points.count() - 1).bounding_box()  # last row (a hallucinator), last basis
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.get_by_text("hallucinator 1", exact=False).last.wait_for()
+            shot(page, "4_explorer")
+
+            for title, name in (("Runs", "5_runs"), ("Evaluate", "6_evaluate"), ("Compare", "7_compare")):
+                goto_page(page, title)
+                page.wait_for_timeout(1000)
+                shot(page, name)
+            assert not page.locator("[data-testid='stException']").count()
+        except Exception:
+            shot(page, "failure")
+            raise
+        finally:
+            browser.close()

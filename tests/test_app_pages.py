@@ -1,0 +1,303 @@
+"""Every page of the Streamlit app under ``streamlit.testing``, against real tiny run folders made by the engine.
+
+Error states covered: no runs yet, a failed run, a run whose process died, a run with no snapshot yet and a
+corrupted snapshot file. ``AppTest`` does not fire ``st.fragment(run_every=...)``; calling ``run()`` again is
+the poll.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from workbench import jobs as J
+from workbench import runs as R
+from workbench import testing as T
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ("new_run", "runs", "live", "explorer", "evaluate", "compare")
+
+
+@pytest.fixture(scope="session")
+def source_runs(tmp_path_factory) -> Path:
+    return T.source_runs(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def empty_runs(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "runs"
+    monkeypatch.setenv(R.RUNS_ENV, str(root))
+    return root
+
+
+@pytest.fixture
+def runs_root(source_runs, empty_runs) -> Path:
+    shutil.copytree(source_runs, empty_runs, ignore=shutil.ignore_patterns(".complete"))
+    return empty_runs
+
+
+def open_page(page: str, run: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    if run:
+        at.session_state["wb.run"] = run
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if page != "new_run":
+        at.switch_page(f"workbench/app_pages/{page}.py")
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def plotly_charts(at: AppTest) -> list:
+    return at.get("plotly_chart")
+
+
+def wait_for(predicate, timeout: float = 120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def set_status(path: Path, **fields) -> None:
+    status = json.loads((path / "status.json").read_text())
+    status.update(fields)
+    (path / "status.json").write_text(json.dumps(status))
+
+
+# -- no runs yet --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "new_run"])
+def test_pages_without_runs(page, empty_runs):
+    at = open_page(page)
+    assert "No runs yet" in texts(at.info)
+    assert not at.error
+
+
+# -- New run ------------------------------------------------------------------------------------------------------
+def test_new_run_defaults_are_launchable(empty_runs):
+    at = open_page("new_run")
+    assert at.selectbox(key="new.v.data.name").value == "fashion_mnist"
+    assert at.selectbox(key="new.v.method.name").value == "dm"
+    assert at.radio(key="new.v.synset.kind").value == "haba"
+    assert at.number_input(key="new.v.synset.budget_ipc").value == 1.0
+    assert not at.error and "Ready to launch" in texts(at.success)
+    assert "14x14" in texts(at.info)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images per class"] == "15"
+    assert not at.button(key="new.launch").disabled
+    # every hyperparameter is on the page with its default
+    assert at.number_input(key="new.v.method.params.lr_img").value == 1.0
+    assert at.number_input(key="new.v.haba.lambda_cos").value == 0.1
+    assert at.number_input(key="new.v.net.params.width").value == 64
+
+
+def test_new_run_explains_invalid_choices(empty_runs):
+    at = open_page("new_run")
+    at.selectbox(key="new.v.synset.basis_size").set_value(28).run()
+    assert "cannot hold one basis per class" in texts(at.error)
+    assert at.button(key="new.launch").disabled
+    at.selectbox(key="new.v.synset.basis_size").set_value("auto").run()
+    at.text_area(key="new.set_lines").input("method.lr_imgg=3").run()
+    assert "lr_imgg" in texts(at.error) and at.button(key="new.launch").disabled
+    at.text_area(key="new.set_lines").input("").run()
+    at.selectbox(key="new.v.method.name").set_value("mtt").run()
+    assert not at.exception
+    assert "expert" in texts(at.error).lower() or "not available" in texts(at.error)
+    assert at.button(key="new.launch").disabled
+
+
+def test_new_run_launches_a_toy_run(empty_runs):
+    at = open_page("new_run")
+    at.selectbox(key="new.v.data.name").set_value("toy").run()
+    at.number_input(key="new.v.iterations").set_value(2000).run()
+    at.text_area(key="new.set_lines").input("\n".join(T.TINY_SET_LINES)).run()
+    at.text_input(key="new.name").input("from_the_form").run()
+    assert not at.error, texts(at.error)
+    at.button(key="new.launch").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["wb.run"] == "from_the_form"
+    run = R.get_run("from_the_form")
+    try:
+        assert run is not None and run.state in ("queued", "running")
+        cfg = run.config
+        assert cfg["data"]["name"] == "toy" and cfg["iterations"] == 2000 and cfg["net"]["params"]["width"] == 16
+        assert cfg["synset"]["n_hallucinators"] == 2 and cfg["method"]["name"] == "dm"
+        assert "Live run" in texts(at.title)  # the app moved on to the Live page
+    finally:
+        J.cancel_run("from_the_form")
+        wait_for(lambda: not R.get_run("from_the_form").is_active)
+
+
+# -- Runs -----------------------------------------------------------------------------------------------------------
+def test_runs_lists_states_and_shows_a_failure(runs_root):
+    at = open_page("runs", run="failed")
+    df = at.dataframe[0].value
+    assert set(df["run"]) == {"tiny", "failed"}
+    assert dict(zip(df["run"], df["state"], strict=True)) == {"tiny": "finished", "failed": "failed"}
+    assert "simulated failure for the test" in texts(at.error)
+    assert not at.button(key="runs.resume").disabled and at.button(key="runs.cancel").disabled
+    at.run()  # the poll
+    assert not at.exception
+
+
+def test_runs_shows_a_dead_process_and_deletes_with_confirmation(runs_root):
+    set_status(runs_root / "tiny", state="running", pid=dead_pid())
+    at = open_page("runs", run="tiny")
+    assert R.DIED in set(at.dataframe[0].value["state"])
+    assert "process" in texts(at.error).lower()
+    assert not at.button(key="runs.resume").disabled
+    assert at.button(key="runs.delete").disabled  # not confirmed yet
+    at.text_input(key="runs.confirm").input("tiny").run()
+    at.button(key="runs.delete").click().run()
+    assert not (runs_root / "tiny").exists()
+    assert not at.exception
+
+
+# -- Live -------------------------------------------------------------------------------------------------------------
+def test_live_shows_losses_and_snapshots(runs_root):
+    at = open_page("live", run="tiny")
+    charts = plotly_charts(at)
+    assert charts, "no loss chart"
+    spec = json.loads(charts[0].proto.spec)
+    assert {t["name"] for t in spec["data"]} >= {"loss", "dm", "haba_cos"}
+    assert at.image, "no synthetic images"
+    at.toggle(key="live.log_y").set_value(True).run()
+    at.slider(key="live.smoothing").set_value(0.5).run()
+    at.toggle(key="live.follow").set_value(False).run()
+    at.select_slider(key="live.step").set_value("step 2").run()
+    assert not at.exception and "step 2" in texts(at.caption)
+    at.run()  # the poll
+    assert not at.exception
+
+
+def loss_points(at: AppTest, name: str = "loss") -> int:
+    spec = json.loads(plotly_charts(at)[0].proto.spec)
+    return len(next(t for t in spec["data"] if t["name"] == name)["x"])
+
+
+def test_live_grows_with_the_metrics_file(runs_root):
+    at = open_page("live", run="tiny")
+    n = loss_points(at)
+    with open(runs_root / "tiny" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 5, "loss": 1.0, "dm": 1.0, "time_s": 0.1}) + "\n")
+    at.run()  # what the fragment's poll does
+    assert loss_points(at) == n + 1
+
+
+def test_live_failed_run_and_missing_snapshots(runs_root):
+    at = open_page("live", run="failed")
+    assert "simulated failure for the test" in texts(at.error)
+    shutil.rmtree(runs_root / "tiny" / "snapshots")
+    (runs_root / "tiny" / "synset.safetensors").unlink()
+    at = open_page("live", run="tiny")
+    assert "No snapshot yet" in texts(at.info)
+
+
+def test_live_corrupted_snapshot_is_an_error_not_a_crash(runs_root):
+    (runs_root / "tiny" / "synset.safetensors").write_bytes(b"not a safetensors file")
+    at = open_page("live", run="tiny")
+    assert "Cannot show snapshot" in texts(at.error)
+
+
+# -- Explorer -------------------------------------------------------------------------------------------------------
+def test_explorer_grid_diversity_and_downloads(runs_root):
+    at = open_page("explorer", run="tiny")
+    charts = plotly_charts(at)
+    assert charts, "no grid"
+    labels = {m.label for m in at.metric}
+    assert {"Pixel, within", "Pixel, between", "Feature 1-cos, within", "Feature 1-cos, between"} <= labels
+    downloads = at.get("download_button")
+    assert len(downloads) == 2
+    at.selectbox(key="explorer.class").set_value(7).run()
+    at.selectbox(key="explorer.cell_row").set_value(-1).run()
+    assert at.get("image")[0].proto.imgs[0].caption == "class 7, basis 0, bare basis"
+    at.select_slider(key="explorer.step").set_value("step 2").run()
+    assert not at.exception and not at.error
+
+
+def test_explorer_without_snapshots_and_with_a_broken_one(runs_root):
+    for name in ("tiny", "failed"):
+        shutil.rmtree(runs_root / name / "snapshots", ignore_errors=True)
+        (runs_root / name / "synset.safetensors").unlink(missing_ok=True)
+    at = open_page("explorer")
+    assert "No run has a snapshot yet" in texts(at.info)
+    T.make_run(runs_root / "fresh", "iterations=1", "snapshot_every=1")
+    (runs_root / "fresh" / "synset.safetensors").unlink()
+    (runs_root / "fresh" / "snapshots" / "step_0000001.safetensors").write_bytes(b"\0" * 64)
+    at = open_page("explorer", run="fresh")
+    assert "Cannot open snapshot" in texts(at.error)
+
+
+# -- Evaluate ---------------------------------------------------------------------------------------------------------
+def test_evaluate_shows_results_and_launches_a_job(runs_root):
+    at = open_page("evaluate", run="tiny")
+    assert plotly_charts(at), "no heatmap"
+    table = at.dataframe[0].value
+    assert "±" in table.loc["tiny", "convnet"]
+    assert at.get("download_button")
+    at.multiselect(key="eval.runs").set_value(["tiny"])
+    at.multiselect(key="eval.nets").set_value(["convnet", "mlp"])
+    at.number_input(key="eval.seeds").set_value(1)
+    at.number_input(key="eval.epochs").set_value(1)
+    at.checkbox(key="eval.baseline").uncheck().run()
+    at.button(key="eval.launch").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    job = wait_for(lambda: (j := J.eval_job(runs_root / "tiny")) and j.state != "running" and j, timeout=180)
+    assert job.state == "finished", job.log
+    at.run()  # the poll picks up the new results
+    assert set(at.dataframe[0].value.columns) >= {"convnet", "mlp"}
+
+
+def test_evaluate_failed_job_shows_its_log(runs_root):
+    (runs_root / "tiny" / J.EVAL_JOB).write_text(
+        json.dumps({"state": "running", "pid": dead_pid(), "started_at": time.time() + 5, "nets": ["vgg11"]})
+    )
+    (runs_root / "tiny" / J.EVAL_LOG).write_text("error: something went wrong\n")
+    at = open_page("evaluate")
+    assert "failed" in texts(at.error) and "something went wrong" in texts(at.code)
+
+
+def test_evaluate_without_sets_or_results(runs_root):
+    for name in ("tiny", "failed"):
+        shutil.rmtree(runs_root / name / "snapshots", ignore_errors=True)
+        for f in ("synset.safetensors", "evaluation.json"):
+            (runs_root / name / f).unlink(missing_ok=True)
+    at = open_page("evaluate")
+    assert "No run has a synthetic set yet" in texts(at.info) and "No evaluation results yet" in texts(at.info)
+
+
+# -- Compare ----------------------------------------------------------------------------------------------------------
+def test_compare_overlays_runs_and_plots_accuracy_against_storage(runs_root):
+    at = open_page("compare")
+    at.multiselect(key="compare.runs").set_value(["tiny", "failed"]).run()
+    charts = plotly_charts(at)
+    assert len(charts) == 2
+    curves = json.loads(charts[0].proto.spec)
+    assert {t["name"] for t in curves["data"]} == {"tiny", "failed"}
+    at.radio(key="compare.x").set_value("time").run()
+    at.toggle(key="compare.log_y").set_value(True).run()
+    assert not at.exception
+    at.multiselect(key="compare.runs").set_value(["failed"]).run()
+    assert "None of these runs has been evaluated yet" in texts(at.info)

@@ -1,0 +1,125 @@
+"""Evaluate: train fresh networks of several architectures on runs' synthetic sets, in the background."""
+
+import time
+
+import streamlit as st
+
+from workbench import figures as F
+from workbench import jobs as J
+from workbench import newrun as NR
+from workbench import runs as R
+from workbench import ui
+
+st.title("Evaluate")
+st.caption(
+    "Cross-architecture evaluation: `python -m haba_core evaluate` trains fresh networks on each run's final set "
+    "(else its latest snapshot) and tests them on real data; mean ± std over seeds, with a random-real baseline."
+)
+all_runs = R.list_runs()
+if not all_runs:
+    ui.no_runs()
+    st.stop()
+runs = [r for r in all_runs if ui.snapshot_choices(r)]
+nets = NR.available_nets()
+
+with st.container(border=True):
+    st.markdown("**New evaluation**")
+    if not runs:
+        st.info("No run has a synthetic set yet (none has reached its first snapshot).", icon=":material/info:")
+    else:
+        names = [r.name for r in runs]
+        shared = st.session_state.get(ui.SELECTED_RUN)
+        chosen = st.multiselect("Runs", names, default=[shared] if shared in names else names[:1], key="eval.runs")
+        c1, c2, c3, c4 = st.columns([3, 1, 1, 1.2], vertical_alignment="bottom")
+        picked_nets = c1.multiselect(
+            "Architectures",
+            nets,
+            default=["convnet"] if "convnet" in nets else nets[:1],
+            key="eval.nets",
+            format_func=lambda n: NR.NET_LABELS.get(n, n),
+        )
+        seeds = c2.number_input("Seeds", 1, 20, 3, key="eval.seeds", help="Networks trained per architecture.")
+        default_epochs = int(((runs[0].config or {}).get("eval") or {}).get("epochs") or 300)
+        epochs = c3.number_input("Epochs", 1, 5000, default_epochs, key="eval.epochs")
+        baseline = c4.checkbox(
+            "Baseline",
+            value=True,
+            key="eval.baseline",
+            help="Also train on random real images at the same storage (IPC-equivalent).",
+        )
+        extra = st.text_input(
+            "Extra eval settings (`key=value`, comma-separated)",
+            key="eval.extra",
+            placeholder="eval.pairing=all, eval.batch=128",
+        )
+        if st.button(
+            "Launch evaluation",
+            type="primary",
+            key="eval.launch",
+            disabled=not (chosen and picked_nets),
+            icon=":material/rocket_launch:",
+        ):
+            sets = [s.strip() for s in extra.split(",") if s.strip()]
+            for name in chosen:
+                try:
+                    J.launch_evaluation(name, picked_nets, int(seeds), int(epochs), baseline, sets)
+                    st.toast(f"Evaluating {name}...")
+                except (J.JobError, OSError) as e:
+                    st.error(f"{name}: {e}")
+
+
+@st.fragment(run_every=ui.POLL_S)
+def jobs_and_results() -> None:
+    current = R.list_runs()
+    jobs = {r.name: J.eval_job(r.path) for r in current}
+    jobs = {n: j for n, j in jobs.items() if j is not None}
+    if jobs:
+        st.subheader("Evaluation jobs")
+        for name, job in sorted(jobs.items(), key=lambda kv: -kv[1].started_at):
+            started = time.strftime("%m-%d %H:%M", time.localtime(job.started_at))
+            nets_s = ", ".join(job.info.get("nets", []))
+            color = {"running": "blue", "finished": "green", "failed": "red"}.get(job.state, "gray")
+            c1, c2 = st.columns([5, 1], vertical_alignment="center")
+            c1.markdown(
+                f"**{name}**: :{color}[{job.state}] · {nets_s} · {job.info.get('seeds')} seeds · "
+                f"{job.info.get('epochs')} epochs · started {started}"
+            )
+            if job.state == "running" and c2.button("Cancel", key=f"eval.cancel.{name}"):
+                st.toast(J.cancel_evaluation(name))
+            if job.state == "failed":
+                st.error(f"The evaluation of {name} failed; its log:")
+                st.code(job.log or "(empty log)", language="text")
+            elif job.state == "running":
+                with st.expander(f"Log of {name}"):
+                    st.code(job.log or "(no output yet)", language="text")
+
+    evaluations = {r.name: R.read_evaluation(r) for r in current}
+    evaluations = {n: e for n, e in evaluations.items() if e}
+    st.subheader("Accuracy matrix")
+    if not evaluations:
+        st.info("No evaluation results yet.", icon=":material/table:")
+        return
+    shown = st.multiselect("Show runs", list(evaluations), default=list(evaluations), key="eval.show")
+    df = F.accuracy_records({n: evaluations[n] for n in shown})
+    if df.empty:
+        st.info("Choose runs with results.")
+        return
+    st.plotly_chart(F.accuracy_heatmap(df), key="eval.heatmap", config={"displaylogo": False})
+    st.markdown("Test accuracy (%), mean ± std over seeds; the accuracy of the final network, never the best.")
+    st.dataframe(F.accuracy_table(df), key="eval.table")
+    st.download_button(
+        "Download CSV",
+        df.to_csv(index=False).encode(),
+        file_name="haba_accuracy.csv",
+        mime="text/csv",
+        key="eval.csv",
+        icon=":material/download:",
+    )
+    with st.expander("Protocols"):
+        for n in shown:
+            proto = (evaluations[n].get("synset") or {}).get("protocol")
+            if proto:
+                st.markdown(f"**{n}**: " + ", ".join(f"{k} `{v}`" for k, v in proto.items()))
+
+
+jobs_and_results()

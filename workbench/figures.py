@@ -1,0 +1,308 @@
+"""Plotly figures and tables: loss curves, run overlays, accuracy matrices and accuracy against storage."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.runs import loss_names
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average with bias correction (TensorBoard's smoothing); weight in [0, 1)."""
+    if not weight:
+        return list(values)
+    out, avg, k = [], 0.0, 0
+    for v in values:
+        if v is None or not math.isfinite(v):
+            out.append(v)
+            continue
+        k += 1
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**k))
+    return out
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            xs.append(int(r.get("step", len(xs) + 1)))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _log_safe(ys: list[float]) -> list[float | None]:
+    return [y if y is not None and y > 0 else None for y in ys]
+
+
+def loss_figure(
+    records: list[dict],
+    names: list[str] | None = None,
+    smoothing: float = 0.0,
+    log_y: bool = False,
+    height_per_row: int = 230,
+) -> go.Figure:
+    """Every named loss of one run against the step, one panel each (their scales differ)."""
+    names = names or loss_names(records)
+    if not names:
+        fig = go.Figure()
+        fig.update_layout(height=200, annotations=[dict(text="No losses logged yet", showarrow=False)])
+        return fig
+    cols = 2 if len(names) > 1 else 1
+    rows = math.ceil(len(names) / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=names,
+        horizontal_spacing=0.08,
+        vertical_spacing=min(0.12, 0.5 / max(1, rows)),
+    )
+    for i, name in enumerate(names):
+        r, c = divmod(i, cols)
+        xs, ys = _series(records, name)
+        color = PALETTE[i % len(PALETTE)]
+        if smoothing:
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=_log_safe(ys) if log_y else ys,
+                    mode="lines",
+                    line=dict(color=color, width=1),
+                    opacity=0.3,
+                    name=f"{name} (raw)",
+                    showlegend=False,
+                ),
+                r + 1,
+                c + 1,
+            )
+        sm = smooth(ys, smoothing)
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=_log_safe(sm) if log_y else sm,
+                mode="lines+markers" if len(xs) < 30 else "lines",
+                line=dict(color=color, width=2),
+                marker=dict(size=4),
+                name=name,
+                showlegend=False,
+            ),
+            r + 1,
+            c + 1,
+        )
+        if log_y:
+            fig.update_yaxes(type="log", row=r + 1, col=c + 1)
+    fig.update_xaxes(title_text="step", row=rows)
+    fig.update_layout(height=max(260, rows * height_per_row), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def overlay_figure(
+    runs: dict[str, list[dict]], key: str, smoothing: float = 0.0, log_y: bool = False, x: str = "step"
+) -> go.Figure:
+    """One loss of several runs on one axis (``x``: step, or wall-clock minutes since each run's first step)."""
+    fig = go.Figure()
+    for i, (name, records) in enumerate(runs.items()):
+        xs, ys = _series(records, key)
+        if x == "time":
+            walls = [r.get("wall") for r in records if isinstance(r.get(key), (int, float))]
+            if walls and all(isinstance(w, (int, float)) for w in walls):
+                xs = [(w - walls[0]) / 60 for w in walls]
+        ys = smooth(ys, smoothing)
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=_log_safe(ys) if log_y else ys,
+                mode="lines",
+                name=name,
+                line=dict(color=PALETTE[i % len(PALETTE)], width=2),
+            )
+        )
+    fig.update_layout(
+        height=420,
+        xaxis_title="minutes" if x == "time" else "step",
+        yaxis_title=key,
+        yaxis_type="log" if log_y else "linear",
+        legend=dict(orientation="h", y=-0.2),
+        margin=dict(l=10, r=10, t=30, b=10),
+    )
+    return fig
+
+
+# -- evaluation results --------------------------------------------------------------------------------------
+def accuracy_records(evaluations: dict[str, dict]) -> pd.DataFrame:
+    """Long table of evaluation results: one row per (run, source, net).
+
+    ``evaluations`` maps a run name to its ``evaluation.json`` (``{"synset": {...}, "random_real": {...}}``).
+    """
+    rows = []
+    for run, ev in evaluations.items():
+        if not isinstance(ev, dict):
+            continue
+        for source in ("synset", "random_real"):
+            res = ev.get(source)
+            if not isinstance(res, dict):
+                continue
+            storage = res.get("storage") or {}
+            protocol = res.get("protocol") or {}
+            for net, r in (res.get("nets") or {}).items():
+                rows.append(
+                    {
+                        "run": run,
+                        "source": source,
+                        "row": run if source == "synset" else f"{run} · random real",
+                        "net": net,
+                        "mean": float(r.get("mean", float("nan"))),
+                        "std": float(r.get("std", 0.0)),
+                        "n": int(r.get("n", len(r.get("per_seed", [])))),
+                        "per_seed": " ".join(f"{a:.4f}" for a in r.get("per_seed", [])),
+                        "ipc_equivalent": storage.get("ipc_equivalent"),
+                        "floats_total": storage.get("floats_total"),
+                        "kind": storage.get("kind"),
+                        "epochs": protocol.get("epochs"),
+                        "reported": protocol.get("reported", "final"),
+                    }
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "run",
+            "source",
+            "row",
+            "net",
+            "mean",
+            "std",
+            "n",
+            "per_seed",
+            "ipc_equivalent",
+            "floats_total",
+            "kind",
+            "epochs",
+            "reported",
+        ],
+    )
+
+
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows (runs and baselines) x nets, each cell 'mean +- std' in percent, plus the storage column."""
+    if df.empty:
+        return pd.DataFrame()
+    cell = df.assign(text=[f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(df["mean"], df["std"], strict=True)])
+    table = cell.pivot_table(index="row", columns="net", values="text", aggfunc="first", sort=False)
+    ipc = df.groupby("row", sort=False)["ipc_equivalent"].first()
+    table.insert(0, "storage (IPC-eq.)", [f"{v:.3f}" if isinstance(v, (int, float)) else "" for v in ipc[table.index]])
+    table.index.name = None
+    table.columns.name = None
+    return table
+
+
+def accuracy_heatmap(df: pd.DataFrame) -> go.Figure:
+    """Heatmap of mean test accuracy (%): rows runs (and their random-real baselines), columns nets."""
+    if df.empty:
+        return go.Figure()
+    mean = df.pivot_table(index="row", columns="net", values="mean", aggfunc="first", sort=False) * 100
+    std = df.pivot_table(index="row", columns="net", values="std", aggfunc="first", sort=False) * 100
+    std = std.reindex(index=mean.index, columns=mean.columns)
+    text = [
+        [("" if math.isnan(m) else f"{m:.1f} ± {s:.1f}") for m, s in zip(mr, sr, strict=True)]
+        for mr, sr in zip(mean.values, std.values, strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=mean.values,
+            x=list(mean.columns),
+            y=list(mean.index),
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar=dict(title="acc %"),
+            hovertemplate="%{y}<br>%{x}: %{text}%<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=max(220, 60 + 45 * len(mean.index)),
+        margin=dict(l=10, r=10, t=30, b=10),
+        yaxis=dict(autorange="reversed"),
+    )
+    return fig
+
+
+def accuracy_vs_storage(df: pd.DataFrame, net: str | None = None) -> go.Figure:
+    """Mean accuracy (+- std) against stored floats in IPC-equivalents, one marker per run / baseline."""
+    fig = go.Figure()
+    d = df if net is None else df[df["net"] == net]
+    for i, (source, part) in enumerate(d.groupby("source", sort=False)):
+        fig.add_trace(
+            go.Scatter(
+                x=part["ipc_equivalent"],
+                y=100 * part["mean"],
+                error_y=dict(type="data", array=100 * part["std"]),
+                mode="markers+text",
+                text=part["run"],
+                textposition="top center",
+                name=source.replace("_", " "),
+                marker=dict(size=11, color=PALETTE[i % len(PALETTE)], symbol="circle" if source == "synset" else "x"),
+                hovertemplate="%{text}<br>storage %{x:.3f} IPC-eq.<br>acc %{y:.2f}%<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        height=420,
+        xaxis_title="storage (IPC-equivalents)",
+        yaxis_title="test accuracy (%)",
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def grid_figure(
+    img,
+    n_rows: int,
+    n_cols: int,
+    cell: tuple[int, int],
+    origin: tuple[int, int],
+    pitch: tuple[int, int],
+    row_names: list[str],
+    col_names: list[str],
+) -> go.Figure:
+    """A composed grid image with one invisible, clickable marker per cell (for click-to-enlarge).
+
+    ``origin`` is the top-left pixel of cell (0, 0), ``pitch`` the distance between cells, ``cell`` the size.
+    Point ``customdata`` is (row, col).
+    """
+    import numpy as np
+
+    arr = np.asarray(img)
+    xs, ys, data, text = [], [], [], []
+    for r in range(n_rows):
+        for c in range(n_cols):
+            xs.append(origin[0] + c * pitch[0] + cell[0] / 2)
+            ys.append(origin[1] + r * pitch[1] + cell[1] / 2)
+            data.append([r, c])
+            text.append(f"{row_names[r]} · {col_names[c]}")
+    fig = go.Figure(go.Image(z=arr, hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="markers",
+            customdata=data,
+            text=text,
+            marker=dict(size=max(8, min(cell) * 0.9), symbol="square", color="rgba(0,0,0,0)"),
+            hovertemplate="%{text}<br>click to enlarge<extra></extra>",
+            showlegend=False,
+        )
+    )
+    h, w = arr.shape[:2]
+    fig.update_xaxes(visible=False, range=[0, w])
+    fig.update_yaxes(visible=False, range=[h, 0], scaleanchor="x")
+    fig.update_layout(
+        height=min(900, h + 20), margin=dict(l=0, r=0, t=0, b=0), dragmode=False, clickmode="event+select"
+    )
+    return fig

@@ -1,0 +1,455 @@
+"""The New-run form's model: presets, every hyperparameter with its default, and checks before launch.
+
+Pure Python over ``haba_core.config`` / ``haba_core.budget``: the page renders :func:`field_specs` as
+widgets, collects their values into a flat ``{dotted.key: value}`` mapping and calls :func:`check`, which
+resolves the config exactly as the engine will and explains anything that would fail (an unavailable
+backend, a budget that cannot hold the synset, an unknown hyperparameter) before a process is started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.jobs import REPO_ROOT
+
+BACKENDS = ("dc", "dsa", "dm", "mtt")
+BACKEND_LABELS = {"dc": "DC", "dsa": "DSA", "dm": "DM", "mtt": "MTT"}
+BACKEND_HELP = (
+    "DC: gradient matching. DSA: DC with siamese augmentation. DM: distribution matching of random "
+    "ConvNet embeddings. MTT: matching training trajectories of experts."
+)
+SYNSET_LABELS = {"haba": "HaBa", "pixels": "Pixels"}
+SYNSET_HELP = "HaBa: bases x hallucinators (each pair is a training image). Pixels: plain images."
+NETS = ("convnet", "resnet18", "vgg11", "alexnet", "lenet", "mlp")
+NET_LABELS = {
+    "convnet": "ConvNet",
+    "resnet18": "ResNet18",
+    "vgg11": "VGG11",
+    "alexnet": "AlexNet",
+    "lenet": "LeNet",
+    "mlp": "MLP",
+}
+DEFAULT_PRESET = "fmnist_cpu_dm.yaml"
+# Shown on the form itself; every other field goes to "Advanced".
+MAIN_KEYS = (
+    "data.name",
+    "method.name",
+    "synset.kind",
+    "synset.budget_ipc",
+    "synset.n_hallucinators",
+    "synset.basis_size",
+    "iterations",
+    "seed",
+    "device",
+)
+AUTO = "auto"
+# String fields with a fixed set of values (shown as select boxes)
+CHOICES = {
+    "synset.init": ("real", "noise"),
+    "eval.pairing": ("random", "all"),
+    "method.params.syn_pairing": ("all", "random"),
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One hyperparameter: dotted key, widget kind, engine default and a short help text."""
+
+    key: str
+    kind: str  # bool | int | float | str | opt_int | opt_float | opt_bool | list | json
+    default: Any
+    help: str = ""
+
+    @property
+    def section(self) -> str:
+        return self.key.split(".")[0] if "." in self.key else "run"
+
+    @property
+    def label(self) -> str:
+        return self.key.rsplit(".", 1)[-1].replace("_", " ")
+
+
+def presets(folder: Path | None = None) -> list[Path]:
+    """Experiment files offered as presets: ``configs/*.yaml`` (and ``*.json``), sorted by name."""
+    folder = Path(folder or REPO_ROOT / "configs")
+    if not folder.is_dir():
+        return []
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml"), *folder.glob("*.json")])
+
+
+def default_preset(options: list[Path]) -> Path | None:
+    for p in options:
+        if p.name == DEFAULT_PRESET:
+            return p
+    return None
+
+
+def preset_config(path: Path | None) -> dict:
+    """The resolved config a preset stands for (engine defaults when ``path`` is None)."""
+    from haba_core.config import resolve_config
+
+    return resolve_config(files=[path] if path else []).to_dict()
+
+
+def available_backends() -> tuple[list[str], str | None]:
+    """(backends the engine registers, None) or ([], why the methods could not be loaded)."""
+    try:
+        from haba_core.methods import list_methods
+
+        return list_methods(), None
+    except Exception as e:  # noqa: BLE001 - shown to the user, e.g. a half-installed engine
+        return [], f"{type(e).__name__}: {e}"
+
+
+def available_nets() -> list[str]:
+    try:
+        from haba_core.nets import list_nets
+
+        return list_nets()
+    except Exception:  # noqa: BLE001
+        return list(NETS)
+
+
+def available_datasets() -> list[str]:
+    from haba_core.data import list_datasets
+
+    return list_datasets()
+
+
+# -- field specs from the engine's dataclasses ---------------------------------------------------------------
+_COMMENT = re.compile(r"^\s+(\w+)\s*:[^=#]*=[^#]*#\s*(.+)$")
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """Inline ``# comments`` of a dataclass's fields (the engine documents its config that way)."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return {m.group(1): m.group(2).strip() for m in map(_COMMENT.match, src.splitlines()) if m}
+
+
+def _kind(type_str: str, default: Any) -> str:
+    t = str(type_str).replace(" ", "")
+    optional = "None" in t
+    for base in ("bool", "int", "float"):
+        if t.startswith(base):
+            return f"opt_{base}" if optional else base
+    if t.startswith("tuple"):
+        return "list"
+    if t.startswith("dict"):
+        return "json"
+    return "str"
+
+
+def _specs(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> list[FieldSpec]:
+    helps = _comments(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default) or f.name in ("method", "net"):
+            continue
+        out.append(FieldSpec(prefix + f.name, _kind(f.type, default), default, helps.get(f.name, "")))
+    return out
+
+
+def field_specs() -> list[FieldSpec]:
+    """Every engine-level hyperparameter (run, data, synset, haba, eval) with its engine default."""
+    from haba_core.config import DataConfig, EvalConfig, HabaLossConfig, RunConfig, SynsetConfig
+
+    specs = _specs(RunConfig, "") + _specs(DataConfig, "data.") + _specs(SynsetConfig, "synset.")
+    specs += _specs(HabaLossConfig, "haba.") + _specs(EvalConfig, "eval.")
+    return specs
+
+
+def method_specs(name: str) -> list[FieldSpec] | None:
+    """The backend's own hyperparameters (``method.params.*``) with their defaults, or None if unavailable."""
+    try:
+        from haba_core.methods import METHODS
+
+        cls = METHODS.get(name)
+    except Exception:  # noqa: BLE001
+        return None
+    cfg = getattr(cls, "Config", None)
+    if not dataclasses.is_dataclass(cfg):
+        return []
+    return _specs(cfg, "method.params.")
+
+
+def net_specs(name: str, current: dict) -> list[FieldSpec]:
+    """The distillation network's keyword parameters (``net.params.*``): its signature, else the preset's."""
+    specs: dict[str, FieldSpec] = {}
+    try:
+        from haba_core.nets import NETS as REG
+
+        factory = REG.get(name)
+        for p in inspect.signature(factory).parameters.values():
+            if p.default is inspect.Parameter.empty or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            if isinstance(p.default, (bool, int, float, str)):
+                kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(p.default)]
+                specs[p.name] = FieldSpec(f"net.params.{p.name}", kind, p.default)
+    except Exception:  # noqa: BLE001 - nets not importable: fall back to what the preset sets
+        pass
+    for k, v in (current or {}).items():
+        if k not in specs and isinstance(v, (bool, int, float, str)):
+            kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(v)]
+            specs[k] = FieldSpec(f"net.params.{k}", kind, v)
+    return list(specs.values())
+
+
+# -- values <-> config ---------------------------------------------------------------------------------------
+def get_dotted(d: dict, key: str) -> Any:
+    node: Any = d
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = d
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def widget_value(spec: FieldSpec, value: Any) -> Any:
+    """A config value as its widget holds it (lists as comma text, dicts as JSON text)."""
+    if spec.kind == "list":
+        return ",".join(value or ())
+    if spec.kind == "json":
+        return json.dumps(value or {})
+    if spec.kind == "opt_bool":
+        return AUTO if value is None else ("true" if value else "false")
+    return value
+
+
+def config_value(spec: FieldSpec, value: Any) -> Any:
+    """A widget's value as the config wants it; raises ValueError with a readable message."""
+    if spec.kind == "list":
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        return [v.strip() for v in str(value or "").split(",") if v.strip()]
+    if spec.kind == "json":
+        try:
+            out = json.loads(value or "{}")
+        except json.JSONDecodeError as e:
+            raise ValueError(f'{spec.key} must be JSON, e.g. {{"im_size": 16}} ({e})') from e
+        if not isinstance(out, dict):
+            raise ValueError(f"{spec.key} must be a JSON object.")
+        return out
+    if spec.kind == "opt_bool":
+        return None if value in (None, AUTO) else value == "true"
+    if spec.kind in ("int", "opt_int") and value is not None:
+        return int(value)
+    if spec.kind in ("float", "opt_float") and value is not None:
+        return float(value)
+    if spec.kind == "str" and spec.default is None and not value:
+        return None
+    return value
+
+
+def float_step(value: float | None) -> float:
+    """A +/- step one order of magnitude below ``value`` (0.01 for zero or None)."""
+    import math
+
+    if not value:
+        return 0.01
+    return 10.0 ** (math.floor(math.log10(abs(float(value)))) - 1)
+
+
+def expert_field(specs: list[FieldSpec] | None) -> FieldSpec | None:
+    """The backend hyperparameter naming its expert-trajectory folder (MTT), if it has one."""
+    for s in specs or ():
+        name = s.key.rsplit(".", 1)[-1]
+        if "expert" in name and any(w in name for w in ("dir", "path", "buffer", "root")):
+            return s
+    return None
+
+
+def parse_set_lines(text: str) -> list[str]:
+    """``key=value`` lines of the free-form override box (blank lines and ``#`` comments skipped)."""
+    out = []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def build_config(base: dict, values: dict[str, Any], set_lines: list[str] = ()) -> dict:
+    """``base`` (a preset's resolved config) with the form's ``values`` and ``--set`` lines applied.
+
+    ``synset.basis_size == "auto"`` is resolved later by :func:`check` (it depends on the budget).
+    """
+    from haba_core.config import apply_overrides
+
+    d = json.loads(json.dumps(base))
+    if values.get("method.name") and values["method.name"] != get_dotted(d, "method.name"):
+        d["method"] = {"name": values["method.name"], "params": {}}  # another backend: its own defaults
+    if values.get("net.name") and values["net.name"] != get_dotted(d, "net.name"):
+        d["net"] = {"name": values["net.name"], "params": {}}
+    for key, value in values.items():
+        set_dotted(d, key, value)
+    return apply_overrides(d, list(set_lines)) if set_lines else d
+
+
+def auto_basis_size(info, kind: str, budget_ipc: float | None, k: int, single_channel: bool) -> int | None:
+    """``None`` (full size) if full-size bases fit the budget, else the largest of H/2, H/3, ... that fits.
+
+    Whole-factor reductions (28 -> 14 on Fashion-MNIST, 32 -> 16 on CIFAR) upsample cleanly and leave room for
+    several bases per class next to the hallucinators (IPC 1 Fashion-MNIST: 3 bases of 14x14 + 5 hallucinators).
+    """
+    from haba_core.budget import solve_or_none
+
+    if kind not in ("haba", "pixels") or not budget_ipc or budget_ipc <= 0:
+        return None
+    if solve_or_none(info, kind, budget_ipc, k, single_channel, None):
+        return None
+    full = min(info.im_size)
+    for factor in range(2, full // 3 + 1):
+        size = round(full / factor)
+        if size >= 4 and solve_or_none(info, kind, budget_ipc, k, single_channel, size):
+            return size
+    return None
+
+
+@dataclass
+class Check:
+    """The outcome of checking a form: the config to launch, its storage plan, and what is wrong."""
+
+    config: dict | None = None
+    plan: Any = None  # haba_core.budget.Plan
+    info: Any = None  # haba_core.data.DatasetInfo
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.config is not None
+
+
+def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None = None) -> Check:
+    """Resolve and validate a config dict as the engine will; every problem becomes a sentence."""
+    from haba_core.budget import plan_from_config
+    from haba_core.config import RunConfig
+    from haba_core.data import dataset_info
+    from haba_core.errors import HabaError
+
+    out = Check()
+    d = json.loads(json.dumps(d))
+    if backends is None:
+        backends, why = available_backends()
+        if why:
+            out.errors.append(f"The engine's backends could not be loaded ({why}).")
+    name = str(get_dotted(d, "method.name") or "")
+    if name not in backends:
+        have = ", ".join(b.upper() for b in backends) or "none"
+        out.errors.append(f"The {name.upper()} backend is not available in this engine yet (available: {have}).")
+    try:
+        info = dataset_info(get_dotted(d, "data.name"), **(get_dotted(d, "data.options") or {}))
+        out.info = info
+    except (HabaError, TypeError, ValueError) as e:
+        out.errors.append(f"Dataset: {e}")
+        return out
+    syn = d.get("synset") or {}
+    if syn.get("basis_size") == AUTO:
+        size = auto_basis_size(
+            info,
+            syn.get("kind"),
+            syn.get("budget_ipc"),
+            int(syn.get("n_hallucinators") or 1),
+            bool(syn.get("single_channel")),
+        )
+        syn["basis_size"] = size
+        if size is not None:
+            what = f"bases plus {syn.get('n_hallucinators')} hallucinators" if syn.get("kind") == "haba" else "images"
+            out.notes.append(
+                f"Full-size {info.im_size[0]}x{info.im_size[1]} {what} do not fit IPC {syn.get('budget_ipc'):g}; "
+                f"they are stored at {size}x{size} (the largest whole-factor reduction that fits) and upsampled for "
+                "training. Pick another basis size to trade resolution against bases per class."
+            )
+    try:
+        cfg = RunConfig.from_dict(d)
+    except (HabaError, TypeError, ValueError) as e:
+        out.errors.append(str(e))
+        return out
+    if cfg.iterations < 1:
+        out.errors.append("Iterations must be at least 1.")
+    for key in ("snapshot_every", "checkpoint_every", "log_every", "eval_every"):
+        if getattr(cfg, key) < 0:
+            out.errors.append(f"{key} must be 0 or more.")
+    if cfg.synset.kind == "haba" and cfg.synset.n_hallucinators < 1:
+        out.errors.append("HaBa needs at least one hallucinator.")
+    if cfg.synset.basis_size is not None and cfg.synset.basis_size < 3:
+        out.errors.append("synset.basis_size must be at least 3.")
+    try:
+        out.plan = plan_from_config(info, cfg.synset)
+    except HabaError as e:
+        out.errors.append(f"Storage budget: {e}")
+    if name in backends:
+        try:
+            from haba_core.methods import METHODS
+
+            METHODS.get(name).make_config(cfg.method_params)
+        except HabaError as e:
+            out.errors.append(str(e))
+        except TypeError as e:
+            out.errors.append(f"method.params: {e}")
+    nets = available_nets()
+    if cfg.net.get("name", "convnet") not in nets:
+        out.errors.append(f"Unknown distillation network {cfg.net.get('name')!r}; choose one of {', '.join(nets)}.")
+    bad = [n for n in cfg.eval.nets if n not in nets]
+    if bad:
+        out.errors.append(f"Unknown evaluation network(s) {', '.join(bad)}; choose from {', '.join(nets)}.")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            out.errors.append(f"device={cfg.device} asks for CUDA, but this machine has no CUDA GPU; use auto or cpu.")
+    if cfg.synset.kind == "haba" and not (cfg.synset.n_hallucinators >= 2 and cfg.haba.enabled):
+        out.notes.append("The adversarial contrastive constraint needs 2+ hallucinators and haba.enabled; it is off.")
+    if name == "mtt" and experts_dir is not None:
+        from workbench.jobs import has_experts
+
+        if not has_experts(experts_dir):
+            out.errors.append(f"MTT needs expert trajectories; {experts_dir} holds none yet. Train experts first.")
+    if cfg.synset.n_bases is not None and cfg.synset.budget_ipc is not None and out.plan is not None:
+        used = out.plan.to_dict().get("budget_used")
+        if used and used > 1:
+            out.warnings.append(f"synset.n_bases={cfg.synset.n_bases} uses {100 * used:.0f}% of the budget.")
+    out.config = cfg.to_dict() if not out.errors else None
+    return out
+
+
+def breakdown_rows(plan) -> list[tuple[str, str]]:
+    """What the budget buys, as (label, value) rows for the live breakdown."""
+    p = plan.to_dict()
+    c, h, w = p["basis_shape"]
+    rows = [("Bases per class", f"{p['n_bases']}  ({c}x{h}x{w} each)")]
+    if p["kind"] == "haba":
+        each = p["floats_hallucinators"] // max(1, p["n_hallucinators"])
+        rows.append(("Hallucinators", f"{p['n_hallucinators']}  ({each:,} floats each)"))
+    rows += [
+        ("Images it yields", f"{p['images_per_class']} per class, {p['images_total']} in all"),
+        (
+            "Floats stored",
+            f"{p['floats_total']:,}  (bases {p['floats_bases']:,} + hallucinators {p['floats_hallucinators']:,})",
+        ),
+        ("IPC-equivalent", f"{p['ipc_equivalent']:.3f}"),
+    ]
+    if p.get("budget_floats"):
+        rows.append(("Budget", f"{p['budget_floats']:,} floats, {100 * p['budget_used']:.1f}% used"))
+    return rows

@@ -1,0 +1,424 @@
+"""Widget glue for the step-through tutorials in ``notebooks/`` (ipywidgets 8).
+
+The tutorials call ``haba_core`` (config, distill, budget, evaluate) and ``workbench`` (runs, grids, diversity,
+figures) directly. What is here only connects those to widgets and to a notebook's output, so that cells stay
+short and hold no copied logic:
+
+- :func:`distill_run`: ``haba_core.distill`` into a named run folder, with a live loss plot, a snapshot of the
+  initial set (step 0) and reuse of a finished run with the same config;
+- :class:`LiveLosses`: an engine callback that redraws ``figures.loss_figure`` in an ``Output`` widget;
+- :class:`SnapshotBrowser`: class x snapshot step x hallucinator sliders over a run folder's snapshots, drawn
+  with ``grids`` and measured with ``diversity``;
+- :class:`MethodExplorer`: the DD objective and HaBa's adversarial constraint as toggles, one cached run each;
+- small helpers (:func:`set_diversity`, :func:`real_images`).
+
+Every widget callback is an ordinary method (``show``, ``run``), so headless runs (CI) call the same code paths
+that clicks and slider moves do in JupyterLab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import ipywidgets as W
+import pandas as pd
+import torch
+from IPython.display import clear_output, display
+from PIL import Image
+
+from haba_core.engine import Callback, RunFolder
+from workbench import diversity, figures, grids
+from workbench import runs as R
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO_ROOT / "data"
+
+
+_displayed: set[int] = set()  # ids of Output widgets already placed in the notebook (never shown twice)
+
+
+def default_runs_dir() -> Path:
+    """Where tutorial runs go: ``$HABA_RUNS_DIR`` or the repository's ``runs/`` (the workbench app lists them)."""
+    return Path(os.environ.get(R.RUNS_ENV) or REPO_ROOT / "runs").expanduser().resolve()
+
+
+# -- running ------------------------------------------------------------------------------------------------
+class LiveLosses(Callback):
+    """Redraws the run's loss curves (``figures.loss_figure``) in an ``Output`` widget every ``every`` steps."""
+
+    def __init__(self, every: int = 10, title: str = "", output: W.Output | None = None):
+        self.every = max(1, int(every))
+        self.title = title
+        self.output = output if output is not None else W.Output()
+        self.records: list[dict] = []
+
+    def draw(self) -> None:
+        fig = figures.loss_figure(self.records, R.loss_names(self.records))
+        if self.title:
+            fig.update_layout(title=self.title, margin=dict(t=70))
+        with self.output:
+            clear_output(wait=True)
+            display(fig)
+
+    def on_start(self, d) -> None:
+        self.records = []
+
+    def on_step(self, d, step: int, logs: dict) -> None:
+        self.records.append(dict(logs))
+        if step % self.every == 0:
+            self.draw()
+
+    def on_end(self, d, state: str, error: str | None) -> None:
+        if self.records:
+            self.draw()
+
+
+class InitialSnapshot(Callback):
+    """Saves the set before the first update as ``snapshots/step_0000000.safetensors`` (the browser's step 0)."""
+
+    def __init__(self, run_dir: Path):
+        self.folder = RunFolder(run_dir)
+
+    def on_start(self, d) -> None:
+        if d.step == 0:
+            d.synset.save(self.folder.snapshot_path(0), {"step": 0})
+
+
+def _same_config(run_dir: Path, cfg) -> bool:
+    saved, _ = R.read_json(run_dir / "config.json")
+    return json.dumps(saved, sort_keys=True) == json.dumps(json.loads(json.dumps(cfg.to_dict())), sort_keys=True)
+
+
+def distill_run(cfg, name: str, runs_dir: Path | str | None = None, live: LiveLosses | bool = True,
+                reuse: bool = True, dataset=None) -> Path:  # fmt: skip
+    """Distill ``cfg`` into ``runs_dir/name`` and return the folder.
+
+    A finished run with the same config is reused (delete the folder, or pass ``reuse=False``, to redo it);
+    any other run folder of that name is replaced. ``live``: a :class:`LiveLosses` (or True for a new one,
+    displayed here) draws the losses while it runs. Interrupting the kernel stops the run between iterations
+    and marks it ``cancelled`` (the engine's signal handling).
+    """
+    from haba_core.engine import distill
+
+    root = Path(runs_dir).expanduser().resolve() if runs_dir else default_runs_dir()
+    path = R.run_path(name, root)
+    if path.exists():
+        run = R.read_run(path)
+        if reuse and run.state == "finished" and R.final_synset_path(path) and _same_config(path, cfg):
+            print(f"Reusing the finished run {path} (same config); delete it or pass reuse=False to run it again.")
+            return path
+        if not ((path / "config.json").exists() or (path / "status.json").exists()):
+            raise FileExistsError(f"{path} exists and is not a run folder; choose another name.")
+        shutil.rmtree(path)
+    callbacks: list[Callback] = [InitialSnapshot(path)]
+    if live is True:
+        live = LiveLosses(title=name)
+    if live:
+        if id(live.output) not in _displayed:
+            display(live.output)
+            _displayed.add(id(live.output))
+        callbacks.append(live)
+    t0 = time.perf_counter()
+    d = distill(cfg, path, callbacks=callbacks, dataset=dataset)
+    state = R.read_run(path).state
+    spi = d.seconds_per_iteration()
+    print(f"{name}: {state} after {d.step} iterations in {time.perf_counter() - t0:.1f} s "
+          f"({spi:.2f} s/iteration, median); run folder {path}")  # fmt: skip
+    return path
+
+
+
+# -- measuring ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def set_diversity(synset, seed: int = 0) -> dict:
+    """``diversity.hallucination_diversity`` averaged over classes: within-basis and between-basis distances."""
+    info = synset.info
+    net = diversity.feature_net(info, seed)
+    per_class = [diversity.hallucination_diversity(grids.class_grid(synset, c).images, info, net=net)
+                 for c in range(info.num_classes)]  # fmt: skip
+    out = {}
+    for key in ("pixel_within", "pixel_between", "feature_within", "feature_between"):
+        values = [d[key] for d in per_class if d.get(key) is not None]
+        out[key] = sum(values) / len(values) if values else None
+    return out
+
+
+def real_images(dataset, per_class: int = 8, seed: int = 0, scale: int = 2) -> Image.Image:
+    """A few real training images per class (one row each), drawn like the synthetic grids."""
+    g = torch.Generator().manual_seed(seed)
+    info = dataset.info
+    rows = [list(grids.to_uint8(dataset.sample_class(c, per_class, g).cpu(), info)) for c in range(info.num_classes)]
+    return grids.compose(rows, [str(n)[:14] for n in info.class_names], [""] * per_class, scale, gap=2)
+
+
+def final_grid(run_dir: Path | str, c: int = 0, scale: int = 3) -> Image.Image:
+    """The hallucinator x basis grid of class ``c`` in a run's final set."""
+    path = R.final_synset_path(Path(run_dir))
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no final synset.safetensors (did the run finish?)")
+    return grids.grid_image(grids.class_grid(R.load_snapshot(path), c), scale=scale)
+
+
+def side_by_side(images: dict[str, Image.Image]) -> W.HBox:
+    """Images next to each other, each under its label (e.g. one class with the constraint on and off)."""
+    return W.HBox([W.VBox([W.HTML(f"<b>{label}</b>"), W.Image(value=grids.png_bytes(img), format="png")])
+                   for label, img in images.items()])  # fmt: skip
+
+
+# -- browsing a run -----------------------------------------------------------------------------------------
+class SnapshotBrowser:
+    """Sliders for class, snapshot step and hallucinator over one run folder's snapshots.
+
+    ``hallucinator`` -1 shows the whole grid (bare bases on top, one row per hallucinator, one column per
+    basis); j >= 0 shows the bases and hallucinator j's output on them, larger. The caption measures how far
+    apart the hallucinations of one basis are (``workbench.diversity``) at that step.
+    """
+
+    def __init__(self, run_dir: Path | str, scale: int = 4):
+        self.run_dir = Path(run_dir)
+        self.scale = scale
+        self.paths = R.snapshots(self.run_dir)
+        if not self.paths:
+            raise FileNotFoundError(f"{self.run_dir} has no snapshots yet.")
+        self._cache: dict[int, Any] = {}
+        steps = list(self.paths)
+        first = self.synset(steps[-1])
+        info = first.info
+        k = first.n_variants
+        self.class_slider = W.IntSlider(0, 0, info.num_classes - 1, description="class",
+                                        continuous_update=False)  # fmt: skip
+        self.class_name = W.Label(str(info.class_names[0]))
+        self.step_slider = W.SelectionSlider(options=steps, value=steps[-1], description="step",
+                                             continuous_update=False)  # fmt: skip
+        options = [("all", -1)] + [(f"h{j}", j) for j in range(k)] if first.kind == "haba" else [("all", -1)]
+        self.halluc_slider = W.SelectionSlider(options=options, value=-1, description="hallucinator",
+                                               continuous_update=False)  # fmt: skip
+        self.image = W.Image(format="png")
+        self.caption = W.HTML()
+        self._quiet = False
+        for s in (self.class_slider, self.step_slider, self.halluc_slider):
+            s.observe(self._changed, names="value")
+        self.widget = W.VBox([
+            W.HBox([self.class_slider, self.class_name]), self.step_slider, self.halluc_slider,
+            self.image, self.caption,
+        ])  # fmt: skip
+        self.show()
+
+    @property
+    def steps(self) -> list[int]:
+        return list(self.paths)
+
+    def synset(self, step: int):
+        if step not in self._cache:
+            self._cache[step] = R.load_snapshot(self.paths[step])
+        return self._cache[step]
+
+    def frame(self, c: int, step: int, hallucinator: int = -1) -> tuple[Image.Image, dict]:
+        """The image and the diversity numbers the widget shows for (class, step, hallucinator)."""
+        synset = self.synset(step)
+        g = grids.class_grid(synset, c)
+        if hallucinator < 0:
+            img = grids.grid_image(g, scale=self.scale)
+        else:
+            cols = [f"b{i}" for i in range(g.n_bases)]
+            img = grids.compose([list(g.bases), list(g.cells[hallucinator])], ["basis", f"h{hallucinator}"], cols,
+                                self.scale * 2, title=f"class {c}: {g.class_name}, hallucinator {hallucinator}")  # fmt: skip
+        div = diversity.hallucination_diversity(g.images, synset.info)
+        return img, div
+
+    def show(self, c: int | None = None, step: int | None = None, hallucinator: int | None = None) -> Image.Image:
+        """Move the sliders (None keeps a slider where it is) and redraw once; returns the drawn image."""
+        self._quiet = True
+        try:
+            if c is not None:
+                self.class_slider.value = c
+            if step is not None:
+                self.step_slider.value = step
+            if hallucinator is not None:
+                self.halluc_slider.value = hallucinator
+        finally:
+            self._quiet = False
+        c, step, j = self.class_slider.value, self.step_slider.value, self.halluc_slider.value
+        synset = self.synset(step)
+        self.class_name.value = str(synset.info.class_names[c])
+        img, div = self.frame(c, step, j)
+        self.image.value = grids.png_bytes(img)
+        self.caption.value = _diversity_html(div, synset, step)
+        return img
+
+    def _changed(self, _change) -> None:
+        if not self._quiet:
+            self.show()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _diversity_html(div: dict, synset, step: int) -> str:
+    note = grids.health_note(synset)
+    parts = [f"step {step} &middot; {synset.n_bases} bases/class &middot; {synset.n_variants} hallucinator(s)"]
+    if div.get("pixel_within") is not None:
+        parts.append(
+            "hallucinations of one basis differ by "
+            f"{_fmt(div['pixel_within'])} RMS pixels, {_fmt(div['feature_within'])} feature distance (1 - cos); "
+            f"different bases: {_fmt(div['pixel_between'])} / {_fmt(div['feature_between'])}"
+        )
+    parts.append(f"<i>{grids.display_note(synset.info)}</i>")
+    if note:
+        parts.append(f"<b>{note}</b>")
+    return "<br>".join(parts)
+
+
+# -- one factorization, any backend ------------------------------------------------------------------------
+@dataclass
+class Result:
+    """One finished explorer run: its folder, speed, final losses and the diversity of its hallucinations."""
+
+    method: str
+    constraint: bool
+    path: Path
+    records: list[dict] = field(default_factory=list)
+    diversity: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+class MethodExplorer:
+    """Toggles for the DD objective and for HaBa's adversarial contrastive constraint; "distill" runs the pair.
+
+    Every run is resolved from ``overrides``, then ``method_overrides[method]``, then ``method.name`` and
+    ``haba.enabled`` (dotted keys, as ``resolve_config``), into
+    ``runs_dir/{prefix}_{method}_{on|off}``; results are kept, so switching back shows a finished run at once.
+    ``unavailable`` maps a method to the reason it cannot run here (shown instead of running it).
+    """
+
+    def __init__(self, overrides: dict[str, Any], runs_dir: Path | str | None = None, methods: Iterable[str] = (),
+                 method_overrides: dict[str, dict] | None = None, unavailable: dict[str, str] | None = None,
+                 prefix: str = "tutorial2", live_every: int = 5, grid_class: int = 0):  # fmt: skip
+        from haba_core.methods import list_methods
+
+        self.overrides = dict(overrides)
+        self.runs_dir = runs_dir
+        self.methods = list(methods) or list_methods()
+        self.method_overrides = dict(method_overrides or {})
+        self.unavailable = dict(unavailable or {})
+        self.prefix = prefix
+        self.grid_class = grid_class
+        self.results: dict[tuple[str, bool], Result] = {}
+        self.method = W.ToggleButtons(options=[(m.upper(), m) for m in self.methods], description="objective")
+        self.constraint = W.ToggleButtons(options=[("constraint on", True), ("constraint off", False)],
+                                          description="HaBa")  # fmt: skip
+        self.button = W.Button(description="distill", button_style="primary", icon="play")
+        self.status = W.HTML()
+        self.losses = W.Output()
+        self.image = W.Image(format="png")
+        self.caption = W.HTML()
+        self.live = LiveLosses(every=live_every, output=self.losses)
+        _displayed.add(id(self.losses))
+        self.method.observe(lambda _: self.show(), names="value")
+        self.constraint.observe(lambda _: self.show(), names="value")
+        self.button.on_click(lambda _: self.run())
+        self.widget = W.VBox([self.method, W.HBox([self.constraint, self.button]), self.status, self.losses,
+                              self.image, self.caption])  # fmt: skip
+        self.show()
+
+    def config(self, method: str, constraint: bool):
+        from haba_core.config import resolve_config
+
+        overrides = {**self.overrides, **self.method_overrides.get(method, {}), "method.name": method,
+                     "haba.enabled": bool(constraint)}  # fmt: skip
+        return resolve_config(overrides=overrides)
+
+    def run_name(self, method: str, constraint: bool) -> str:
+        return f"{self.prefix}_{method}_{'on' if constraint else 'off'}"
+
+    def run(self, method: str | None = None, constraint: bool | None = None) -> Result | None:
+        """Distill (method, constraint) — the toggles' values when not given — and show it; returns the result."""
+        method = self.method.value if method is None else method
+        constraint = self.constraint.value if constraint is None else constraint
+        self._select(method, constraint)
+        if method in self.unavailable:
+            self.status.value = f"<b>{method.upper()} is skipped here:</b> {self.unavailable[method]}"
+            return None
+        self.status.value = f"distilling {method.upper()} with the constraint {'on' if constraint else 'off'} ..."
+        self.live.title = self.run_name(method, constraint)
+        self.button.disabled = True
+        try:
+            path = distill_run(self.config(method, constraint), self.run_name(method, constraint), self.runs_dir,
+                               live=self.live)  # fmt: skip
+        finally:
+            self.button.disabled = False
+        final = R.final_synset_path(path)
+        res = Result(method, constraint, path, R.read_metrics(path),
+                     set_diversity(R.load_snapshot(final)) if final else {})  # fmt: skip
+        self.results[(method, constraint)] = res
+        self.show()
+        return res
+
+    def _select(self, method: str, constraint: bool) -> None:
+        if method not in self.methods:
+            raise ValueError(f"unknown method {method!r}; this explorer has {', '.join(self.methods)}")
+        self.method.value, self.constraint.value = method, constraint
+
+    def show(self, method: str | None = None, constraint: bool | None = None) -> None:
+        """Show (method, constraint): its losses, grid and diversity if it ran, else what to do."""
+        if method is not None or constraint is not None:
+            self._select(method or self.method.value, self.constraint.value if constraint is None else constraint)
+        key = (self.method.value, self.constraint.value)
+        res = self.results.get(key)
+        if key[0] in self.unavailable:
+            self.status.value = f"<b>{key[0].upper()} is skipped here:</b> {self.unavailable[key[0]]}"
+        elif res is None:
+            self.status.value = "not distilled yet: press <b>distill</b>"
+        else:
+            spi = [r["time_s"] for r in res.records if "time_s" in r]
+            med = sorted(spi)[len(spi) // 2] if spi else float("nan")
+            self.status.value = f"<b>{res.name}</b>: {len(res.records)} iterations, {med:.2f} s/iteration (median)"
+        if res is None:
+            with self.losses:
+                clear_output()
+            self.image.value = b""
+            self.caption.value = ""
+            return
+        self.live.records = res.records
+        self.live.title = res.name
+        self.live.draw()
+        final = R.final_synset_path(res.path)
+        if final:
+            synset = R.load_snapshot(final)
+            self.image.value = grids.png_bytes(grids.grid_image(grids.class_grid(synset, self.grid_class), scale=3))
+            d = res.diversity
+            self.caption.value = (
+                f"class {self.grid_class} of the final set. Mean over classes: hallucinations of one basis differ by "
+                f"{_fmt(d.get('pixel_within'))} RMS pixels and {_fmt(d.get('feature_within'))} feature distance; "
+                f"different bases by {_fmt(d.get('pixel_between'))} / {_fmt(d.get('feature_between'))}."
+            )
+
+    def table(self) -> pd.DataFrame:
+        """One row per finished run: speed, last losses and diversity."""
+        rows = []
+        for (method, on), res in self.results.items():
+            last = res.records[-1] if res.records else {}
+            times = sorted(r["time_s"] for r in res.records if "time_s" in r)
+            rows.append({
+                "method": method, "constraint": "on" if on else "off", "iterations": len(res.records),
+                "s/iteration": times[len(times) // 2] if times else None, "loss (last)": last.get("loss"),
+                "haba_cos (last)": last.get("haba_cos"),
+                **{f"diversity {k.replace('_', ' ')}": v for k, v in res.diversity.items()},
+            })  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)

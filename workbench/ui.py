@@ -1,0 +1,125 @@
+"""Streamlit helpers shared by the pages: page registry, session keys, run picker, cached loaders.
+
+Session keys are namespaced ``<page>.<name>``; the only key shared between pages is :data:`SELECTED_RUN`,
+and it is written only by :func:`remember_run`. Nothing here keeps module-level mutable state: caches are
+Streamlit's (``st.cache_resource`` / ``st.cache_data``), keyed by file path and modification time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from workbench import runs as R
+
+PAGES_DIR = Path(__file__).parent / "app_pages"
+# (file, title, icon); the first is the default page
+PAGES = (
+    ("new_run.py", "New run", ":material/add_circle:"),
+    ("runs.py", "Runs", ":material/list:"),
+    ("live.py", "Live run", ":material/monitoring:"),
+    ("explorer.py", "Explorer", ":material/grid_view:"),
+    ("evaluate.py", "Evaluate", ":material/fact_check:"),
+    ("compare.py", "Compare", ":material/compare_arrows:"),
+)
+SELECTED_RUN = "wb.run"
+POLL_S = 2.0
+STATE_COLORS = {
+    "queued": "gray",
+    "running": "blue",
+    "finished": "green",
+    "failed": "red",
+    "cancelled": "orange",
+    R.DIED: "red",
+}
+
+
+def page_path(file: str) -> str:
+    """Path of a page file relative to app.py (what st.Page / st.switch_page / st.page_link take)."""
+    return f"workbench/app_pages/{file}"
+
+
+def remember_run(name: str | None) -> None:
+    """The one place that sets the run the pages share (Live, Explorer, Runs, Evaluate)."""
+    st.session_state[SELECTED_RUN] = name
+
+
+def badge(state: str) -> str:
+    return f":{STATE_COLORS.get(state, 'gray')}[**{state}**]"
+
+
+def no_runs(what: str = "No runs yet.") -> None:
+    st.info(f"{what} Start one on the **New run** page; runs are kept in `{R.runs_dir()}`.", icon=":material/info:")
+    st.page_link(page_path("new_run.py"), label="New run", icon=":material/add_circle:")
+
+
+def run_picker(runs: list[R.Run], page: str, label: str = "Run", show_state: bool = False) -> R.Run | None:
+    """A selectbox over ``runs`` that starts on (and updates) the run the pages share."""
+    if not runs:
+        return None
+    names = [r.name for r in runs]
+    key = f"{page}.run"
+    wanted = st.session_state.get(SELECTED_RUN)
+    if key in st.session_state and st.session_state[key] not in names:
+        del st.session_state[key]
+    if key not in st.session_state and wanted in names:
+        st.session_state[key] = wanted
+    by_name = {r.name: r for r in runs}
+    fmt = (lambda n: f"{by_name[n].label}: {by_name[n].state}") if show_state else (lambda n: by_name[n].label)
+    name = st.selectbox(
+        label, names, key=key, format_func=fmt, on_change=lambda: remember_run(st.session_state.get(key))
+    )
+    return by_name.get(name)
+
+
+def status_line(run: R.Run) -> None:
+    """State, progress and time left of a run, in one line plus a progress bar."""
+    parts = [badge(run.state), f"step {run.step} / {run.iterations}"]
+    spi = run.status.get("sec_per_iter")
+    if isinstance(spi, (int, float)):
+        parts.append(f"{spi:.2f} s/iteration")
+    if run.eta_s is not None:
+        parts.append(f"about {R.format_duration(run.eta_s)} left")
+    st.markdown(" · ".join(parts))
+    st.progress(run.progress)
+
+
+def show_error(run: R.Run) -> None:
+    """A failed run's error, with its traceback and the end of its log."""
+    if not run.error:
+        return
+    first, _, rest = str(run.error).partition("\n")
+    st.error(f"**{run.state}**: {first}", icon=":material/error:")
+    with st.expander("Details (traceback and log)"):
+        if rest.strip():
+            st.code(rest.strip(), language="text")
+        log = R.tail(run.path / "log.txt")
+        if log:
+            st.code(log, language="text")
+        if run.state == R.DIED:
+            st.caption("The process is gone without marking the run finished; resume it from the Runs page.")
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _load_synset(path: str, mtime: float):
+    return R.load_snapshot(Path(path))
+
+
+def load_synset(path: Path):
+    """A synset file, loaded once per (path, modification time); raises CheckpointError for bad files."""
+    path = Path(path)
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        mtime = -1.0
+    return _load_synset(str(path), mtime)
+
+
+def snapshot_choices(run: R.Run) -> dict[str, Path]:
+    """{label: file}: every snapshot by step, plus the final set."""
+    out = {f"step {s}": p for s, p in R.snapshots(run).items()}
+    final = R.final_synset_path(run)
+    if final is not None:
+        out["final"] = final
+    return out
