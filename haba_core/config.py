@@ -42,7 +42,7 @@ class SynsetConfig:
     basis_size: int | None = None  # stored resolution (square); None = the dataset's size
     init: str = "real"  # "real" | "noise"
     lr_images: float | None = None  # None: the method's lr_img
-    lr_hallucinators: float | None = None  # None: the method's lr_img
+    lr_hallucinators: float | None = None  # None: the method's lr_hallucinators (else its lr_img)
     momentum_hallucinators: float | None = None  # None: the method's momentum
 
 

@@ -132,7 +132,7 @@ class Distiller:
         self.method = create_method(cfg.method_name, cfg.method_params, self.ctx)
         self.method.setup(self.synset) if hasattr(self.method, "setup") else None
         lr_i = s.lr_images if s.lr_images is not None else self.method.lr_img
-        lr_h = s.lr_hallucinators if s.lr_hallucinators is not None else self.method.lr_img
+        lr_h = s.lr_hallucinators if s.lr_hallucinators is not None else self.method.lr_hallucinators
         groups = self.synset.param_groups(lr_i, lr_h)
         if s.momentum_hallucinators is not None:
             for g in groups:

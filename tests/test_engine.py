@@ -226,3 +226,12 @@ def test_engine_imports_no_ui_packages():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+def test_dm_haba_default_lrs_keep_hallucinations_bounded():
+    """DM's default hallucinator lr (1e-3) keeps images near the data; at lr_img (1.0) they blow up."""
+    cfg = tiny_config("iterations=15", "net.width=32", "method.batch_real=32")
+    d = distill(cfg)
+    assert d.synset.materialize(pairing="all")[0].abs().max() < 20
+    d = distill(cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": 1.0})))
+    assert d.synset.materialize(pairing="all")[0].abs().max() > 20

@@ -82,6 +82,12 @@ class Method:
         return float(self.cfg.lr_img)
 
     @property
+    def lr_hallucinators(self) -> float:
+        """Default lr of HaBa's hallucinators: the method's ``lr_hallucinators`` if it has one, else lr_img."""
+        lr = getattr(self.cfg, "lr_hallucinators", None)
+        return float(lr) if lr is not None else self.lr_img
+
+    @property
     def momentum(self) -> float:
         return float(getattr(self.cfg, "momentum", 0.5))
 
