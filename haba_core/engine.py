@@ -418,10 +418,12 @@ def distill(
     progress: bool = False,
     callbacks: Iterable[Callback] = (),
     dataset=None,
+    handle_signals: bool = False,
 ) -> Distiller:
     """Run a distillation, keeping ``run_dir`` when given. ``resume`` continues from its last checkpoint.
 
-    SIGTERM/SIGINT stop the run between iterations, write a checkpoint and mark it ``cancelled``.
+    With ``handle_signals`` (the CLI's choice), SIGTERM/SIGINT stop the run between iterations, write a
+    checkpoint and mark it ``cancelled``; library callers keep their own signal handling.
     """
     cbs = list(callbacks)
     folder = None
@@ -449,7 +451,7 @@ def distill(
         else:  # killed before the first checkpoint: start over, dropping partial metrics
             io.truncate_jsonl(folder.metrics_path, lambda r: False)
     handlers = {}
-    if hasattr(signal, "SIGTERM"):
+    if handle_signals:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers[sig] = signal.signal(sig, d.request_stop)
