@@ -44,6 +44,8 @@ def _matrix(budgets, methods, presets, haba_sizes, extra=()) -> tuple[Cell, ...]
                 size = haba_sizes.get(b)
                 if kind == "haba" and size:
                     ov.append(f"synset.basis_size={size}")
+                if kind == "haba" and m == "mtt":
+                    ov.append("method.lr_img=100")  # the MTT preset's HaBa setting (HaBa's official lr)
                 cells.append(Cell(f"ipc{b:g}_{m}_{kind}", b, m, kind, presets.get(m), tuple(ov)))
     return tuple(cells)
 
@@ -62,7 +64,9 @@ CPU = Profile(
         # full-size bases + 5 hallucinators do not fit IPC 1 on 28x28: store 14x14 bases there
         haba_sizes={1: 14},
     ),
-    experts=("--dataset", "fashion_mnist", "--num-experts", "3", "--epochs", "6", "--set", "net.width=64"),
+    # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
+    experts=("--dataset", "fashion_mnist", "--num-experts", "3", "--epochs", "6", "--train-limit", "10000",
+             "--set", "net.width=64"),  # fmt: skip
     data={"name": "fashion_mnist"},
 )
 
