@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
         if a.eval:
             d["eval_at_end"] = True
         cfg = RunConfig.from_dict(d)
-    d = distill(cfg, run_dir, resume=a.resume, progress=not a.quiet)
+    d = distill(cfg, run_dir, resume=a.resume, progress=not a.quiet, handle_signals=True)
     status = io.read_json(run_dir / "status.json")
     print(
         json.dumps(
@@ -86,10 +85,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from haba_core.config import RunConfig, apply_overrides
-    from haba_core.data import load_dataset
-    from haba_core.engine import resolve_device
-    from haba_core.evaluate import evaluate_synset, random_real_baseline
-    from haba_core.synsets import load_synset
+    from haba_core.evaluate import evaluate_run, matrix_markdown
+    from haba_core.executors import make_executor
+    from haba_core.nets import NETS
 
     run = Path(a.run)
     if not (run / "config.json").exists():
@@ -103,32 +101,36 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.epochs:
         ev["epochs"] = a.epochs
     ecfg = RunConfig.from_dict({**cfg.to_dict(), "eval": ev}).eval
+    if a.test_limit:  # a class-balanced subset of the test set (recorded with the results)
+        cfg = RunConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "test_limit": a.test_limit}})
+    for name in ecfg.nets:
+        NETS.get(name)  # unknown names fail here, with close matches, before any work
     path = Path(a.synset) if a.synset else run / "synset.safetensors"
     if not path.exists():
         snaps = sorted((run / "snapshots").glob("step_*.safetensors"))
         if not snaps:
             raise HabaError(f"{run} has no synset.safetensors and no snapshots yet; let the run reach a snapshot.")
         path = snaps[-1]
-    device = resolve_device(a.device or cfg.device)
-    d = cfg.data
-    dataset = load_dataset(
-        d.name, root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit, **d.options
-    ).to(device)
-    synset = load_synset(path, device)
-    dsa = cfg.dsa_strategy if ecfg.dsa else ""
-    t0 = time.time()
-    result = {"synset_file": str(path.relative_to(run) if path.is_relative_to(run) else path), "started_at": t0}
-    result["synset"] = evaluate_synset(synset, dataset, ecfg, ecfg.nets, ecfg.seeds, dsa_strategy=dsa)
-    print("synset:", result["synset"]["summary"])
-    if a.baseline == "random":
-        ipc = max(1, math.floor(synset.storage()["ipc_equivalent"] + 1e-9))
-        result["random_real"] = random_real_baseline(dataset, ipc, ecfg, ecfg.nets, ecfg.seeds, dsa)
-        print(f"random real (ipc {ipc}):", result["random_real"]["summary"])
-    result["wall_s"] = time.time() - t0
-    out = run / "eval" / f"eval_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    io.write_json(out, result)
-    io.write_json(run / "evaluation.json", result)
-    print(f"wrote {out}")
+    if a.retries < 0 or a.workers < 1 or (a.threads is not None and a.threads < 1):
+        raise HabaError("--retries must be >= 0, --workers and --threads >= 1.")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    with make_executor(a.executor, workers=a.workers, address=a.address, threads=a.threads) as executor:
+        result = evaluate_run(run, cfg, ecfg, path, baseline=a.baseline, executor=executor, retries=a.retries,
+                              batched=a.batched, device=a.device, log=print)  # fmt: skip
+    for name in ("synset", "random_real"):
+        if name in result:
+            print(f"{name}:", result[name]["summary"])
+    print(matrix_markdown(result))
+    print(f"wrote {run / 'evaluation.json'} and {run / 'eval' / 'matrix.csv'} ({result['wall_s']:.1f} s)")
+    if result["failed"]:
+        tasks = ", ".join(f["task"] for f in result["failed"])
+        print(f"error: {len(result['failed'])} evaluation task(s) failed after {a.retries + 1} attempt(s) each "
+              f"({tasks}); finished cells are kept in {run / 'eval' / 'cells'}. "
+              "Run the same command again to compute only what is missing.", file=sys.stderr)  # fmt: skip
+        return 4
     return 0
 
 
@@ -182,7 +184,17 @@ def cmd_experts(a: argparse.Namespace) -> int:
     }
     cfg = resolve_expert_config(a.set or [], **fields)
     t0 = time.time()
-    paths = train_experts(cfg, a.out, a.num_experts, workers=a.workers, log=None if a.quiet else print)
+    log = None if a.quiet else print
+    if a.executor == "ray":  # one task per expert on a Ray cluster; finished files land in --out here
+        import dataclasses
+
+        from haba_core.executors import make_executor
+
+        cfg = dataclasses.replace(cfg, data_root=str(Path(cfg.data_root).resolve()))  # workers start elsewhere
+        with make_executor("ray", workers=a.workers, address=a.address) as ex:
+            paths = train_experts(cfg, a.out, a.num_experts, log=log, executor=ex, retries=a.retries)
+    else:
+        paths = train_experts(cfg, a.out, a.num_experts, workers=a.workers, log=log)
     print(
         json.dumps(
             {
@@ -224,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--baseline", choices=["random"], help="also evaluate a random real subset at the same storage")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override eval.*, e.g. eval.pairing=all")
+    e.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
+                   help="train an architecture's seeds as one grouped network (default: on CUDA only)")  # fmt: skip
+    e.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this machine (--workers processes); ray: a Ray cluster (--address)")  # fmt: skip
+    e.add_argument("--workers", type=int, default=1,
+                   help="local: processes (threads = cores // workers); ray, no --address: local CPUs")  # fmt: skip
+    e.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001); none starts a local Ray")
+    e.add_argument("--retries", type=int, default=1, help="extra attempts for a failed task (default 1)")
+    e.add_argument("--test-limit", type=int, help="test on a class-balanced subset of this many test images")
+    e.add_argument("--threads", type=int, help="torch threads per task (default: cores // workers)")
     e.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("budget", help="print what a storage budget buys")
@@ -257,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu (default), cuda, auto")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. net.width=64, dsa_strategy=none")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: --workers processes here; ray: one task per expert on a Ray cluster")  # fmt: skip
+    t.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001); none starts a local Ray")
+    t.add_argument("--retries", type=int, default=1, help="ray: extra attempts for a failed expert (default 1)")
     t.set_defaults(func=cmd_experts)
     return p
 

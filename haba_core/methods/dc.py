@@ -1,0 +1,188 @@
+"""Gradient matching: DC (Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021)
+and DSA (Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation", ICML 2021).
+
+Each outer iteration samples a fresh network and alternates, ``outer_loop`` times:
+
+1. per class c, the gradient of the cross-entropy w.r.t. every network parameter on a real batch of c and on
+   the synthetic images of c; the matching loss is ``sum_c sum_layers distance_wb(g_syn, g_real)``
+   (Eq. 5-6 of DC) and drives one synthetic-set update (``update(loss)``);
+2. unless it was the last outer loop, ``inner_loop`` epochs of SGD on the (detached) synthetic set.
+
+``distance_wb`` is the official layer-wise distance: the gradient of a conv weight (out, in, kh, kw) is
+reshaped to (out, in*kh*kw), a linear weight (out, in) is taken as is, and the distance is the sum over
+output units of ``1 - cos``. One-dimensional tensors (biases, norm scales and shifts) contribute **zero**
+in the official code; we follow it (``match_bias=True`` counts them as one row each instead).
+
+``dsa`` is DC whose matching applies one siamese DSA draw to the real and the synthetic batch of each
+class (``Context.augment``), and whose inner-loop training augments too. ``dc`` uses no augmentation.
+With HaBa, class c's synthetic images are its bases hallucinated: one random hallucinator per basis
+(``syn_pairing="random"``, DESIGN §3) or every basis x every hallucinator (``"all"``).
+
+Loops by IPC (DC's ``get_loops``): 1 -> 1/1, 10 -> 10/50, 50 -> 50/10 (otherwise: the next listed IPC up,
+and 50/10 beyond 50), chosen from ``synset.n_bases`` unless ``outer_loop``/``inner_loop`` are set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from haba_core.errors import ConfigError
+from haba_core.methods.base import METHODS, Method
+
+# DC's get_loops: ipc -> (outer_loop, inner_loop)
+LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+def loops_for_ipc(ipc: int) -> tuple[int, int]:
+    """DC's (outer_loop, inner_loop) for ``ipc`` images per class; in-between values take the next one up."""
+    for k in sorted(LOOPS_BY_IPC):
+        if ipc <= k:
+            return LOOPS_BY_IPC[k]
+    return LOOPS_BY_IPC[50]
+
+
+def distance_wb(g_real: Tensor, g_syn: Tensor, match_bias: bool = False) -> Tensor:
+    """Official DC layer distance between two gradients of one parameter: ``sum_rows (1 - cos)``.
+
+    Rows are output units: conv (out, in, kh, kw) -> (out, in*kh*kw); linear (out, in) as is;
+    (C, H, W) -> (C, H*W). 1-d tensors (biases, norm parameters) give 0, as the official code,
+    unless ``match_bias`` (then they count as one row).
+    """
+    shape = g_real.shape
+    if g_real.ndim == 1:
+        if not match_bias:
+            return g_real.new_zeros(())
+        g_real, g_syn = g_real.view(1, -1), g_syn.view(1, -1)
+    elif g_real.ndim != 2:
+        g_real, g_syn = g_real.reshape(shape[0], -1), g_syn.reshape(shape[0], -1)
+    dot = (g_real * g_syn).sum(-1)
+    return (1 - dot / (g_real.norm(dim=-1) * g_syn.norm(dim=-1) + 1e-6)).sum()
+
+
+def match_loss(g_syn: list[Tensor], g_real: list[Tensor], match_bias: bool = False) -> Tensor:
+    """``sum_layers distance_wb``: the DC matching loss for one class."""
+    return sum((distance_wb(r, s, match_bias) for r, s in zip(g_real, g_syn, strict=True)), g_syn[0].new_zeros(()))
+
+
+@dataclass(frozen=True)
+class DCConfig:
+    lr_img: float = 0.1
+    momentum: float = 0.5  # synthetic-set SGD momentum (official)
+    lr_net: float = 0.01  # inner-loop network SGD
+    momentum_net: float = 0.5
+    batch_real: int = 256
+    batch_train: int = 256  # inner-loop mini-batch on the synthetic set
+    outer_loop: int | None = None  # None: from synset.n_bases (DC's get_loops)
+    inner_loop: int | None = None
+    syn_pairing: str = "random"  # haba: "random" (one hallucinator per basis) | "all" (every pair)
+    match_bias: bool = False  # official: 1-d tensors (biases, norm params) do not count
+    bn_size_pc: int = 16  # BatchNorm nets: real images per class to fix the running statistics
+
+
+@METHODS.register("dc")
+class DC(Method):
+    """Gradient matching without augmentation in the matching step (``dsa`` adds siamese DSA)."""
+
+    Config = DCConfig
+    augment_matching = False
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        if cfg.syn_pairing not in ("random", "all"):
+            raise ConfigError(f"method.syn_pairing must be 'random' or 'all', not {cfg.syn_pairing!r}.")
+        if self.augment_matching and not ctx.dsa_strategy:
+            raise ConfigError("method dsa needs a DSA strategy (dsa_strategy=none was set); use method dc instead.")
+
+    def loops(self, synset) -> tuple[int, int]:
+        outer, inner = loops_for_ipc(synset.n_bases)
+        return (self.cfg.outer_loop or outer, self.cfg.inner_loop if self.cfg.inner_loop is not None else inner)
+
+    def _augment(self, *batches: Tensor, generator) -> list[Tensor]:
+        return self.ctx.augment(*batches, generator=generator) if self.augment_matching else list(batches)
+
+    def class_images(self, synset, c: int, generator) -> tuple[Tensor, Tensor]:
+        """Differentiable synthetic images of class c (n, C, H, W) and labels (n,)."""
+        idx = synset.class_indices(c)
+        if self.cfg.syn_pairing == "all" and synset.n_variants > 1:
+            v = synset.n_variants
+            variant = torch.arange(v, device=idx.device).repeat_interleave(len(idx))
+            return synset.images_of(idx.repeat(v), variant)
+        return synset.images_of(idx, generator=generator)
+
+    def step(self, synset, update, generator) -> dict[str, float]:
+        net = self.ctx.make_net()
+        net.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt_net = torch.optim.SGD(params, lr=self.cfg.lr_net, momentum=self.cfg.momentum_net)
+        outer_loop, inner_loop = self.loops(synset)
+        data = self.ctx.dataset
+        num_classes = self.ctx.info.num_classes
+        total = 0.0
+        logs: dict[str, float] = {}
+        for ol in range(outer_loop):
+            self._freeze_batchnorm(net, generator)
+            loss = torch.zeros((), device=self.ctx.device)
+            for c in range(num_classes):
+                real = data.sample_class(c, self.cfg.batch_real, generator)
+                syn, labels_syn = self.class_images(synset, c, generator)
+                real, syn = self._augment(real, syn, generator=generator)
+                labels_real = torch.full((len(real),), c, dtype=torch.long, device=real.device)
+                g_real = torch.autograd.grad(F.cross_entropy(net(real), labels_real), params)
+                g_real = [g.detach() for g in g_real]
+                g_syn = torch.autograd.grad(F.cross_entropy(net(syn), labels_syn), params, create_graph=True)
+                loss = loss + match_loss(g_syn, g_real, self.cfg.match_bias)
+            logs = update(loss)
+            total += loss.item()
+            if ol == outer_loop - 1:
+                break
+            self._train_net(net, opt_net, synset, inner_loop, generator)
+        mean = total / (num_classes * outer_loop)  # the official log: per class and outer loop
+        return {"loss": mean, self.name: mean, **logs}
+
+    @property
+    def name(self) -> str:
+        return "dsa" if self.augment_matching else "dc"
+
+    def _train_net(self, net: nn.Module, opt: torch.optim.Optimizer, synset, epochs: int, generator) -> None:
+        """``epochs`` passes of SGD over the detached synthetic set (DC's inner loop)."""
+        if epochs <= 0:
+            return
+        net.train()
+        with torch.no_grad():
+            pairing = self.cfg.syn_pairing if synset.n_variants > 1 else "random"
+            images, labels = synset.materialize(generator, pairing=pairing)
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator).to(images.device)
+            for i in range(0, len(images), self.cfg.batch_train):
+                idx = order[i : i + self.cfg.batch_train]
+                x = images[idx]
+                if self.augment_matching:
+                    x = self.ctx.augment(x, generator=generator)[0]
+                loss = F.cross_entropy(net(x), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+    def _freeze_batchnorm(self, net: nn.Module, generator) -> None:
+        """Official DC: with BatchNorm, set running statistics from a real batch, then freeze them."""
+        bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        data = self.ctx.dataset
+        real = torch.cat([data.sample_class(c, self.cfg.bn_size_pc, generator) for c in range(data.num_classes)])
+        net.train()
+        with torch.no_grad():
+            net(real)
+        for m in bns:
+            m.eval()
+
+
+@METHODS.register("dsa")
+class DSA(DC):
+    """DC with siamese DSA in the matching step and in the inner-loop training."""
+
+    augment_matching = True

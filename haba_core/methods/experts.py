@@ -1,0 +1,535 @@
+"""Expert trajectories for MTT (Cazenavette et al., "Dataset Distillation by Matching Training Trajectories",
+CVPR 2022; the official ``buffer.py``): networks trained on the real data whose parameters are recorded
+after every epoch.
+
+Defaults follow the official experts: ConvNet, SGD lr 0.01 without momentum or weight decay, batch 256,
+DSA on every batch, 50 epochs; ZCA when the distillation uses it.
+
+Files (one folder per expert set; nothing is pickled)::
+
+    DIR/experts.json                   how the set is made (format, version, ExpertConfig); written first
+    DIR/expert_0000.safetensors        one finished expert: ``trajectory`` (E+1, P) float32, row e = the
+                                       flat parameter vector after e epochs (row 0: the initialisation),
+                                       plus JSON metadata: format + version, dataset info, net name/params,
+                                       parameter names/shapes, lr, epochs, seed, zca, per-epoch train accuracy
+    DIR/expert_0000.partial.safetensors  an unfinished expert (epochs so far + optimizer and RNG states),
+                                       replaced by the finished file when it completes
+
+Every write is atomic, so an interrupted run leaves finished experts and at most one partial file per
+expert in flight; running the same command again skips finished experts and continues partial ones from
+their last epoch, producing the same files as an uninterrupted run (on the same machine and thread count).
+Snapshots are ``detach().clone()``: ``tensor.cpu()`` of a CPU tensor aliases it (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+
+from haba_core import io
+from haba_core.errors import CheckpointError, ConfigError
+from haba_core.methods.memory import reuse_freed_memory
+
+EXPERT_FORMAT = "haba-expert-trajectory"
+EXPERT_SET_FORMAT = "haba-expert-set"
+EXPERT_VERSION = 1
+MANIFEST = "experts.json"
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """How experts are trained; every field is recorded in the manifest and in each expert file."""
+
+    dataset: str = "fashion_mnist"
+    data_root: str = "data"
+    data_options: dict = field(default_factory=dict)  # source options, e.g. toy's im_size
+    zca: bool = False
+    train_limit: int | None = None  # class-balanced subset of the training set (fast CPU profiles)
+    test_limit: int | None = None
+    net: dict = field(default_factory=lambda: {"name": "convnet", "params": {}})
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch: int = 256
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # "" or "none": no augmentation
+    seed: int = 0  # expert i uses seed + i
+    device: str = "cpu"
+    test_every: int = 0  # epochs between test-accuracy measurements (0: only after the last epoch)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExpertConfig:
+        from haba_core.config import _build
+
+        return _build(cls, d, "")
+
+    @property
+    def net_name(self) -> str:
+        return str(self.net.get("name", "convnet"))
+
+    @property
+    def net_params(self) -> dict:
+        return dict(self.net.get("params", {}))
+
+
+def resolve_expert_config(overrides: Iterable[str] | dict = (), **fields: Any) -> ExpertConfig:
+    """Defaults <- ``fields`` <- dotted ``overrides`` (``net.width=64``, ``lr=0.01``, ``data_options.im_size=32``)."""
+    from haba_core.config import apply_overrides
+
+    d = ExpertConfig().to_dict()
+    d.update({k: v for k, v in fields.items() if v is not None})
+    d = apply_overrides(d, overrides)
+    return ExpertConfig.from_dict(d)
+
+
+def expert_path(out: str | Path, index: int, partial: bool = False) -> Path:
+    return Path(out) / f"expert_{index:04d}{'.partial' if partial else ''}.safetensors"
+
+
+def make_experts_hint(
+    out: str | Path, dataset: str = "DATASET", zca: bool = False, net_params: dict | None = None
+) -> str:
+    """The command that makes experts for a run, for error messages."""
+    sets = "".join(f" --set net.{k}={v}" for k, v in (net_params or {}).items())
+    return (
+        f"python -m haba_core experts --dataset {dataset} --out {out} --num-experts 5 --epochs 20"
+        f"{' --zca' if zca else ''}{sets}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def flat_params(net: nn.Module) -> Tensor:
+    """All parameters as one new (P,) float32 vector (a copy, never a view or alias)."""
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).to(torch.float32).clone()
+
+
+def load_flat_(net: nn.Module, flat: Tensor) -> None:
+    """Copy a flat (P,) vector into the net's parameters, in ``net.parameters()`` order."""
+    with torch.no_grad():
+        i = 0
+        for p in net.parameters():
+            n = p.numel()
+            p.copy_(flat[i : i + n].view_as(p))
+            i += n
+
+
+def _load_data(cfg: ExpertConfig):
+    from haba_core.data import load_dataset
+    from haba_core.engine import resolve_device
+
+    ds = load_dataset(
+        cfg.dataset, root=cfg.data_root, zca=cfg.zca, train_limit=cfg.train_limit, test_limit=cfg.test_limit,
+        **cfg.data_options,
+    )  # fmt: skip
+    return ds.to(resolve_device(cfg.device))
+
+
+def _expert_meta(cfg: ExpertConfig, index: int, info, net: nn.Module) -> dict:
+    names, shapes = zip(*[(n, list(p.shape)) for n, p in net.named_parameters()], strict=True)
+    return {
+        "format": EXPERT_FORMAT,
+        "version": EXPERT_VERSION,
+        "index": index,
+        "seed": cfg.seed + index,
+        "dataset": info.to_dict(),
+        "data": {"name": cfg.dataset, "zca": cfg.zca, "train_limit": cfg.train_limit, "options": cfg.data_options},
+        "net": {"name": cfg.net_name, "params": cfg.net_params},
+        "param_names": list(names),
+        "param_shapes": [list(s) for s in shapes],
+        "num_params": sum(p.numel() for p in net.parameters()),
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "momentum": cfg.momentum,
+        "weight_decay": cfg.weight_decay,
+        "batch": cfg.batch,
+        "dsa_strategy": cfg.dsa_strategy,
+        "zca": cfg.zca,
+        "config": cfg.to_dict(),
+    }
+
+
+@torch.no_grad()
+def _test_accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch: int = 1000) -> float:
+    was = net.training
+    net.eval()
+    correct = sum(
+        int((net(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(images), batch)
+    )
+    net.train(was)
+    return correct / max(1, len(images))
+
+
+def train_expert(
+    cfg: ExpertConfig,
+    index: int,
+    out: str | Path,
+    dataset=None,
+    stop_after_epochs: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Train expert ``index`` (seed ``cfg.seed + index``) into ``out``; resume its partial file if there is one.
+
+    ``stop_after_epochs`` stops (as an interruption would) once that many epochs are done in total, leaving
+    the partial file; used by tests. Returns the finished file's path (or the partial one when stopped).
+    """
+    from haba_core.augment import apply_dsa, parse_strategy, sample_dsa_params
+    from haba_core.nets import create_net
+
+    final, partial = expert_path(out, index), expert_path(out, index, partial=True)
+    if final.exists():
+        return final
+    ds = dataset if dataset is not None else _load_data(cfg)
+    info = ds.info
+    device = ds.images_train.device
+    if device.type == "cpu":
+        reuse_freed_memory()  # batches of 256 activations exceed glibc's mmap threshold: avoid page-fault churn
+    seed = cfg.seed + index
+    torch.manual_seed(seed)
+    net = create_net(cfg.net_name, info.channels, info.num_classes, info.im_size, **cfg.net_params).to(device)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    meta = _expert_meta(cfg, index, info, net)
+    rows: list[Tensor] = [flat_params(net)]
+    history: dict[str, list] = {"train_acc": [], "train_loss": [], "test_acc": [], "epoch_s": []}
+    if partial.exists():
+        tensors, pmeta = io.load_tensors(partial, expect_format=EXPERT_FORMAT)
+        _check_same_recipe(partial, pmeta, meta)
+        state = io.unflatten_state(pmeta["state"], tensors)
+        rows = list(tensors["trajectory"].unbind(0))
+        load_flat_(net, rows[-1].to(device))
+        opt.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = {k: list(pmeta["history"][k]) for k in history}
+    strategy = cfg.dsa_strategy if parse_strategy(cfg.dsa_strategy) else ""
+    images, labels = ds.images_train, ds.labels_train
+    n = len(images)
+    for epoch in range(len(rows) - 1, cfg.epochs):
+        if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            return partial
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=generator).to(device)
+        correct, loss_sum = 0, 0.0
+        for i in range(0, n, cfg.batch):
+            idx = order[i : i + cfg.batch]
+            x, y = images[idx], labels[idx]
+            if strategy:
+                x = apply_dsa(x, sample_dsa_params(strategy, len(x), generator, device, tuple(info.im_size)))
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.item() * len(y)
+        rows.append(flat_params(net))  # a clone: every epoch is its own snapshot
+        history["train_acc"].append(correct / n)
+        history["train_loss"].append(loss_sum / n)
+        last = epoch + 1 == cfg.epochs
+        test = last or (cfg.test_every and (epoch + 1) % cfg.test_every == 0)
+        history["test_acc"].append(_test_accuracy(net, ds.images_test, ds.labels_test) if test else None)
+        history["epoch_s"].append(round(time.perf_counter() - t0, 3))
+        if log:
+            log(
+                f"expert {index}: epoch {epoch + 1}/{cfg.epochs} train acc {correct / n:.4f}"
+                + (f" test acc {history['test_acc'][-1]:.4f}" if test else "")
+            )
+        if not last:
+            skeleton, tensors = io.flatten_state(
+                {"optimizer": opt.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+            )
+            tensors["trajectory"] = torch.stack(rows)
+            io.save_tensors(partial, tensors, {**meta, "complete": False, "state": skeleton, "history": history})
+    # Timings vary run to run; the finished file keeps only what is reproducible, so that an interrupted and
+    # resumed expert gives the same file as an uninterrupted one. Per-epoch seconds go to the manifest log.
+    epoch_s = history.pop("epoch_s")
+    io.save_tensors(final, {"trajectory": torch.stack(rows)}, {**meta, "complete": True, **history})
+    partial.unlink(missing_ok=True)
+    _append_log(out, {"index": index, "epoch_s": epoch_s, "finished_at": time.time()})
+    return final
+
+
+def _append_log(out: str | Path, record: dict) -> None:
+    io.append_jsonl(Path(out) / "experts_log.jsonl", record)
+
+
+_RECIPE_KEYS = (
+    "dataset",
+    "data",
+    "net",
+    "param_names",
+    "param_shapes",
+    "epochs",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "batch",
+    "dsa_strategy",
+    "zca",
+    "seed",
+)
+
+
+def _check_same_recipe(path: Path, found: dict, expected: dict) -> None:
+    diff = [k for k in _RECIPE_KEYS if found.get(k) != expected.get(k)]
+    if diff:
+        raise CheckpointError(
+            f"{path} was made with other settings ({', '.join(diff)} differ); delete it or use another --out."
+        )
+
+
+# ------------------------------------------------------------------------------------------------ many experts
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _train_in_worker(cfg_dict: dict, index: int, out: str) -> str:
+    cfg = ExpertConfig.from_dict(cfg_dict)
+    return str(train_expert(cfg, index, out, log=lambda s: print(s, flush=True)))
+
+
+def _expert_task(cfg_dict: dict, index: int, out: str) -> dict:
+    """Expert ``index`` where an executor (``haba_core.executors``) sent it. A worker that sees ``out`` (this
+    machine, or storage shared with it) trains into it, partial files and all; one that does not (another
+    machine of a Ray cluster) trains in a temporary folder and returns the finished file's bytes, which
+    :func:`train_experts` writes into ``out``."""
+    import tempfile
+
+    cfg = ExpertConfig.from_dict(cfg_dict)
+    if (Path(out) / MANIFEST).exists():
+        train_expert(cfg, index, out, log=lambda m: print(m, flush=True))
+        return {"index": index, "data": None}
+    with tempfile.TemporaryDirectory(prefix="haba_expert_") as tmp:
+        return {"index": index, "data": train_expert(cfg, index, tmp).read_bytes()}
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
+    """Create ``out/experts.json``, or check that an existing one records the same recipe."""
+    out = Path(out)
+    path = out / MANIFEST
+    manifest = {"format": EXPERT_SET_FORMAT, "version": EXPERT_VERSION, "config": cfg.to_dict()}
+    if path.exists():
+        old = io.read_json(path)
+        if old.get("format") != EXPERT_SET_FORMAT:
+            raise CheckpointError(f"{path} is not an expert-set manifest; choose another --out.")
+        old_cfg = old.get("config", {})
+        ignore = {"device", "test_every", "data_root"}  # how, not what: may change between sessions
+        diff = sorted(k for k in set(old_cfg) | set(manifest["config"]) if k not in ignore
+                      and old_cfg.get(k) != manifest["config"].get(k))  # fmt: skip
+        if diff:
+            raise ConfigError(
+                f"{out} holds experts made with other settings ({', '.join(diff)} differ: "
+                + ", ".join(f"{k}={old_cfg.get(k)!r} there, {manifest['config'].get(k)!r} now" for k in diff)
+                + "); use another --out or the same settings."
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_json(path, manifest)
+
+
+def train_experts(
+    cfg: ExpertConfig,
+    out: str | Path,
+    num_experts: int,
+    workers: int = 1,
+    log: Callable[[str], None] | None = print,
+    executor=None,
+    retries: int = 0,
+) -> list[Path]:
+    """Train experts 0..num_experts-1 into ``out`` (skipping finished ones, resuming partial ones).
+
+    ``workers > 1`` trains that many at once in separate processes, each with ``cores // workers`` threads.
+    ``executor`` (a ``haba_core.executors.Executor``, e.g. Ray) runs one task per expert instead, each tried
+    ``retries + 1`` times; finished experts land in ``out`` whichever machine trained them.
+    """
+    out = Path(out)
+    write_manifest(out, cfg)
+    todo = [i for i in range(num_experts) if not expert_path(out, i).exists()]
+    if log and len(todo) < num_experts:
+        log(f"{num_experts - len(todo)} of {num_experts} experts already finished in {out}; training {len(todo)}")
+    workers = max(1, min(int(workers), len(todo) or 1))
+    if executor is not None:
+        from haba_core.executors import Task
+
+        def save(r) -> None:
+            if r.ok and r.value["data"] is not None:
+                io.atomic_write_bytes(expert_path(out, r.value["index"]), r.value["data"])
+            if log:
+                log(f"{r.id}: " + (f"finished on {r.worker}" if r.ok else f"FAILED after {r.attempts} attempt(s)"))
+
+        tasks = [Task(f"expert_{i:04d}", (cfg.to_dict(), i, str(out))) for i in todo]
+        failed = [r for r in executor.map(_expert_task, tasks, retries=retries, on_result=save, log=log) if not r.ok]
+        if failed:
+            from haba_core.errors import HabaError
+
+            first = (failed[0].error or "").splitlines()[0]
+            raise HabaError(f"{len(failed)} expert(s) failed ({failed[0].id}: {first}); finished experts are kept "
+                            f"in {out}; run the same command again to train the rest.")  # fmt: skip
+    elif workers == 1:
+        ds = _load_data(cfg) if todo else None
+        for i in todo:
+            train_expert(cfg, i, out, dataset=ds, log=log)
+    else:
+        import multiprocessing as mp
+
+        threads = max(1, available_cores() // workers)
+        ctx = mp.get_context("spawn")  # no fork after OpenMP threads started
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = [pool.submit(_train_in_worker, cfg.to_dict(), i, str(out)) for i in todo]
+            for f in as_completed(futures):
+                f.result()  # re-raise a worker's error here
+    return [expert_path(out, i) for i in range(num_experts)]
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def read_expert_meta(path: str | Path) -> dict:
+    """The JSON metadata of an expert file, checking its format and version (no tensor is read)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("haba")
+            keys = set(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is corrupted or foreign.") from e
+    meta = json.loads(raw) if raw else None
+    if not isinstance(meta, dict) or meta.get("format") != EXPERT_FORMAT or "trajectory" not in keys:
+        found = meta.get("format") if isinstance(meta, dict) else "no haba metadata"
+        raise CheckpointError(
+            f"{path} is not an expert trajectory (it holds {found!r}); pass a folder made by "
+            "`python -m haba_core experts`."
+        )
+    if int(meta.get("version", 0)) > EXPERT_VERSION:
+        raise CheckpointError(
+            f"{path} has expert format version {meta['version']}, newer than this haba_core "
+            f"({EXPERT_VERSION}); upgrade haba_core."
+        )
+    return meta
+
+
+class ExpertSet:
+    """The finished experts of a folder; reads single epochs lazily (``safe_open`` slices, not whole files)."""
+
+    def __init__(self, folder: str | Path, max_experts: int | None = None, hint: str = ""):
+        self.folder = Path(folder)
+        how = f" Make experts first: {hint}" if hint else " Make experts first with `python -m haba_core experts`."
+        if not self.folder.is_dir():
+            raise ConfigError(f"Expert folder {self.folder} does not exist.{how}")
+        paths = sorted(
+            p for p in self.folder.glob("expert_*.safetensors") if not p.name.endswith(".partial.safetensors")
+        )
+        if max_experts is not None:
+            paths = paths[:max_experts]
+        if not paths:
+            partial = list(self.folder.glob("expert_*.partial.safetensors"))
+            extra = (
+                f" ({len(partial)} unfinished: run the same experts command again to finish them)" if partial else ""
+            )
+            raise ConfigError(f"Expert folder {self.folder} holds no finished expert trajectories{extra}.{how}")
+        self.paths = paths
+        self.metas = [read_expert_meta(p) for p in paths]
+        first = self.metas[0]
+        for p, m in zip(paths[1:], self.metas[1:], strict=True):
+            for k in ("param_shapes", "dataset", "net", "epochs"):
+                if m.get(k) != first.get(k):
+                    raise CheckpointError(f"{p} differs from {paths[0]} in {k}; an expert folder holds one recipe.")
+        self.meta = first
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.meta["epochs"])
+
+    @property
+    def num_params(self) -> int:
+        return int(self.meta["num_params"])
+
+    def rows(self, k: int, epochs: list[int], device: torch.device | str = "cpu") -> Tensor:
+        """Parameters of expert ``k`` after each of ``epochs``: (len(epochs), P) float32."""
+        with safe_open(str(self.paths[k]), framework="pt") as f:
+            sl = f.get_slice("trajectory")
+            out = torch.stack([sl[e : e + 1][0] for e in epochs])
+        return out.to(device)
+
+    def trajectory(self, k: int) -> Tensor:
+        """The whole trajectory of expert ``k``: (E+1, P)."""
+        with safe_open(str(self.paths[k]), framework="pt") as f:
+            return f.get_tensor("trajectory")
+
+    def check_compatible(self, info, net: nn.Module, net_name: str, net_params: dict) -> None:
+        """Raise a clear error unless these experts fit a distillation on ``info`` with ``net``."""
+        m = self.meta
+        d = m["dataset"]
+        problems = []
+        for key, mine in (("name", info.name), ("channels", info.channels), ("num_classes", info.num_classes),
+                          ("im_size", list(info.im_size)), ("zca", bool(info.zca))):  # fmt: skip
+            theirs = d.get(key)
+            if (list(theirs) if isinstance(theirs, (list, tuple)) else theirs) != mine:
+                problems.append(f"dataset {key} {theirs!r} (run: {mine!r})")
+        shapes = [list(p.shape) for p in net.parameters()]
+        if shapes != m["param_shapes"]:
+            problems.append(
+                f"net {m['net']['name']} {m['net']['params']} (run: {net_name} {net_params}; parameter shapes differ)"
+            )
+        if problems:
+            raise ConfigError(
+                f"The experts in {self.folder} do not fit this run: they were trained with "
+                + "; ".join(problems)
+                + ". Make matching experts (same dataset, zca and net.*) or point method.expert_dir elsewhere."
+            )
+
+
+def write_synthetic_experts(
+    out: str | Path, cfg: ExpertConfig, info, num_experts: int = 1, step: float = 0.01, seed: int = 0
+) -> list[Path]:
+    """Expert files whose trajectories are *not trained*: a real initialisation followed by random steps
+    (``theta_{e+1} = theta_e + step * |theta_0|_rms * noise``). Random but consistent parameters in the real
+    format, for timing the MTT step (``scripts/profile_mtt.py``) and for tests; never for distillation."""
+    from haba_core.nets import create_net
+
+    write_manifest(out, cfg)
+    g = torch.Generator().manual_seed(seed)
+    paths = []
+    for i in range(num_experts):
+        torch.manual_seed(seed + i)
+        net = create_net(cfg.net_name, info.channels, info.num_classes, info.im_size, **cfg.net_params)
+        theta = flat_params(net)
+        scale = step * theta.pow(2).mean().sqrt()
+        rows = [theta]
+        for _ in range(cfg.epochs):
+            rows.append(rows[-1] + scale * torch.randn(theta.shape, generator=g))
+        meta = {**_expert_meta(cfg, i, info, net), "complete": True, "synthetic": True,
+                "train_acc": [None] * cfg.epochs}  # fmt: skip
+        io.save_tensors(expert_path(out, i), {"trajectory": torch.stack(rows)}, meta)
+        paths.append(expert_path(out, i))
+    return paths

@@ -1,0 +1,242 @@
+"""Matching Training Trajectories (Cazenavette et al., "Dataset Distillation by Matching Training
+Trajectories", CVPR 2022), with HaBa's hallucinated batches (Liu et al., NeurIPS 2022, official
+``distill_fac.py``).
+
+One outer iteration:
+
+1. draw an expert k and a start epoch t in [0, max_start_epoch) (the official ``randint``); load
+   theta*_t and theta*_{t+M} (M = ``expert_epochs``) as flat vectors;
+2. unroll a student from theta_0 = theta*_t for N = ``syn_steps`` SGD steps on synthetic mini-batches,
+   ``theta_{i+1} = theta_i - alpha * grad CE(f(x_i; theta_i), y_i)``, where alpha is the learnable student lr;
+   the student is one flat parameter vector run through ``torch.func.functional_call`` (no module rebuilds)
+   and each gradient keeps its graph (``create_graph``) so the loss reaches the synthetic set;
+3. ``L = ||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2`` drives one update of the synthetic
+   set and of alpha (``update(loss)``); alpha is clipped at ``min_syn_lr`` afterwards.
+
+Mini-batches: a random permutation of all bases is cut into chunks of ``batch_syn`` and consumed one chunk
+per step (a new permutation when it runs out), as the official code. With HaBa, every step renders its
+chunk through *one* random hallucinator (official); pixels render as they are. DSA (one draw per step).
+
+The learned alpha is stored in ``synset.extra["syn_lr"]`` after every update, so evaluation trains with it.
+Nothing is kept between iterations: the unrolled graph is freed by ``update``'s backward.
+
+Speed (DESIGN §6). ``unroll="fast"`` renders only the step's chunk, views the flat vector as the parameter
+dict, takes one ``autograd.grad`` over the flat vector and keeps float32 activations channels-last on CPU
+(oneDNN then skips its layout reorders). ``unroll="reference"`` is the straightforward version (the whole
+set rendered every step, a parameter dict rebuilt from slices, one gradient per parameter tensor, NCHW):
+same random draws, same loss, kept as the profiling baseline (``scripts/profile_mtt.py``). Independently,
+``reuse_memory`` stops glibc from returning freed activations to the OS (``memory.py``: page faults were a
+third of the CPU time), and ``precision="bf16"`` runs the student's forward under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from haba_core.errors import ConfigError, HabaError
+from haba_core.methods.base import METHODS, Method
+from haba_core.methods.experts import ExpertSet, make_experts_hint
+from haba_core.methods.memory import reuse_freed_memory
+
+
+@dataclass(frozen=True)
+class MTTConfig:
+    expert_dir: str | None = None  # folder made by `python -m haba_core experts`
+    syn_steps: int = 30  # N: unrolled student steps per iteration
+    expert_epochs: int = 2  # M: the target is M expert epochs ahead of the start
+    max_start_epoch: int = 20  # start epoch drawn from [0, max_start_epoch)
+    lr_img: float = 100.0  # SGD lr of the bases (HaBa official; MTT uses 1000 at some settings)
+    momentum: float = 0.5  # SGD momentum of the synthetic set (MTT official; HaBa's official runs: 0.95)
+    lr_lr: float = 1e-5  # SGD lr of the learnable student lr
+    momentum_lr: float = 0.5  # MTT official (HaBa's code: 0.9)
+    lr_teacher: float = 0.01  # initial student lr
+    min_syn_lr: float = 0.001  # the student lr is clipped at this after each update (official HaBa)
+    batch_syn: int | None = None  # bases per unrolled step; None: all of them (official default)
+    max_experts: int | None = None  # use only the first k experts of the folder
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast of the student's forward)
+    unroll: str = "fast"  # "fast" | "reference" (see the module docstring)
+    reuse_memory: bool = True  # CPU + glibc: keep freed memory for reuse (see reuse_freed_memory)
+    channels_last: bool = True  # fast fp32 unroll on CPU: NHWC activations (oneDNN skips its reorders)
+
+
+@dataclass
+class StepPlan:
+    """The random draws of one unrolled step: bases (B,), one hallucinator index, DSA parameters."""
+
+    idx: Tensor
+    variant: int
+    dsa: object | None
+
+
+@METHODS.register("mtt")
+class MTT(Method):
+    Config = MTTConfig
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        if cfg.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"method.precision must be 'fp32' or 'bf16', not {cfg.precision!r}.")
+        if cfg.unroll not in ("fast", "reference"):
+            raise ConfigError(f"method.unroll must be 'fast' or 'reference', not {cfg.unroll!r}.")
+        if cfg.syn_steps < 1 or cfg.expert_epochs < 1 or cfg.max_start_epoch < 1:
+            raise ConfigError("method.syn_steps, method.expert_epochs and method.max_start_epoch must be >= 1.")
+        info = ctx.info
+        hint = make_experts_hint(cfg.expert_dir or "experts/" + info.name, info.name, bool(info.zca), ctx.net_params)
+        if not cfg.expert_dir:
+            raise ConfigError(f"method mtt needs expert trajectories: set method.expert_dir. Make them with: {hint}")
+        self.experts = ExpertSet(cfg.expert_dir, cfg.max_experts, hint=hint)
+        # The student: a module used only as a function of a flat parameter vector (never rebuilt).
+        self.net = ctx.make_net()
+        self.net.train()
+        self.net.requires_grad_(False)
+        self.experts.check_compatible(info, self.net, ctx.net_name, ctx.net_params)
+        named = list(self.net.named_parameters())
+        self.param_names = [n for n, _ in named]
+        self.param_shapes = [tuple(p.shape) for _, p in named]
+        self.param_sizes = [p.numel() for _, p in named]
+        last_start = self.experts.epochs - cfg.expert_epochs  # the latest start that has a target
+        if last_start < 0:
+            raise ConfigError(
+                f"method.expert_epochs={cfg.expert_epochs} exceeds the experts' {self.experts.epochs} epochs."
+            )
+        self.max_start = min(cfg.max_start_epoch, last_start + 1)
+        self.syn_lr = torch.tensor(float(cfg.lr_teacher), device=ctx.device, requires_grad=True)
+        self.synset = None
+        if cfg.reuse_memory and ctx.device.type == "cpu":
+            reuse_freed_memory()
+
+    # -- engine hooks -------------------------------------------------------------------------------------
+    def setup(self, synset) -> None:
+        self.synset = synset
+        synset.extra["syn_lr"] = float(self.syn_lr.detach())
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": [self.syn_lr], "lr": self.cfg.lr_lr, "momentum": self.cfg.momentum_lr, "name": "syn_lr"}]
+
+    def after_update(self) -> None:
+        with torch.no_grad():
+            self.syn_lr.clamp_(min=self.cfg.min_syn_lr)
+        if self.synset is not None:
+            self.synset.extra["syn_lr"] = float(self.syn_lr.detach())
+
+    def eval_lr(self) -> float | None:
+        return float(self.syn_lr.detach())
+
+    def state_dict(self) -> dict:
+        return {"syn_lr": self.syn_lr.detach().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "syn_lr" in state:
+            with torch.no_grad():
+                self.syn_lr.copy_(state["syn_lr"])
+            if self.synset is not None:
+                self.synset.extra["syn_lr"] = float(self.syn_lr.detach())
+
+    # -- one outer iteration ------------------------------------------------------------------------------
+    def plan(self, synset, generator) -> list[StepPlan]:
+        """Every random draw of the unroll, made up front in a fixed order (both unrolls share it)."""
+        from haba_core.augment import sample_dsa_params
+
+        n = synset.bases.shape[0]
+        batch = min(self.cfg.batch_syn or n, n)
+        chunks: list[Tensor] = []
+        steps = []
+        for _ in range(self.cfg.syn_steps):
+            if not chunks:
+                chunks = list(torch.randperm(n, generator=generator).split(batch))
+            idx = chunks.pop().to(synset.bases.device)
+            variant = int(torch.randint(synset.n_variants, (1,), generator=generator))
+            dsa = None
+            if self.ctx.dsa_strategy:
+                dsa = sample_dsa_params(self.ctx.dsa_strategy, len(idx), generator, self.ctx.device,
+                                        tuple(self.ctx.info.im_size))  # fmt: skip
+            steps.append(StepPlan(idx, variant, dsa))
+        return steps
+
+    def step(self, synset, update, generator) -> dict[str, float]:
+        k = int(torch.randint(len(self.experts), (1,), generator=generator))
+        start = int(torch.randint(self.max_start, (1,), generator=generator))
+        start_params, target_params = self.experts.rows(k, [start, start + self.cfg.expert_epochs], self.ctx.device)
+        if torch.equal(start_params, target_params):
+            raise HabaError(
+                f"Expert {self.experts.paths[k]} does not move between epochs {start} and "
+                f"{start + self.cfg.expert_epochs}, so the MTT loss would divide by zero; remake the experts."
+            )
+        plan = self.plan(synset, generator)
+        unroll = self.unroll_fast if self.cfg.unroll == "fast" else self.unroll_reference
+        student = unroll(synset, start_params, plan)
+        loss = param_matching_loss(student, start_params, target_params)
+        value = loss.item()
+        logs = update(loss)
+        return {"loss": value, "mtt": value, "syn_lr": float(self.syn_lr.detach()), "start_epoch": float(start), **logs}
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _params(self, flat: Tensor) -> dict[str, Tensor]:
+        """Views of a flat (P,) vector as the net's named parameters."""
+        return {
+            n: t.view(s)
+            for n, t, s in zip(self.param_names, flat.split(self.param_sizes), self.param_shapes, strict=True)
+        }
+
+    def unroll_fast(self, synset, start_params: Tensor, plan: list[StepPlan]) -> Tensor:
+        """theta_N as a differentiable function of the synthetic set and the student lr."""
+        from haba_core.augment import apply_dsa
+
+        theta = start_params.detach().clone().requires_grad_(True)  # (P,)
+        bases, labels = synset.bases, synset.labels_base
+        nhwc = self.cfg.channels_last and self.cfg.precision == "fp32" and self.ctx.device.type == "cpu"
+        for s in plan:
+            x = synset.render(bases[s.idx], torch.full((len(s.idx),), s.variant, device=bases.device))
+            if s.dsa is not None:
+                x = apply_dsa(x, s.dsa)
+            if nhwc:  # every activation after the first conv follows this layout
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                out = functional_call(self.net, self._params(theta), (x,))
+            ce = F.cross_entropy(out.float(), labels[s.idx])
+            (grad,) = torch.autograd.grad(ce, theta, create_graph=True)
+            theta = theta - self.syn_lr * grad
+        return theta
+
+    def unroll_reference(self, synset, start_params: Tensor, plan: list[StepPlan]) -> Tensor:
+        """The straightforward unroll: same arithmetic as ``unroll_fast``, none of its savings."""
+        from haba_core.augment import apply_dsa
+
+        theta = start_params.detach().clone().requires_grad_(True)
+        for s in plan:
+            # the whole set, every step, with every basis through this step's hallucinator
+            n = synset.bases.shape[0]
+            all_images, all_labels = synset.images_of(
+                torch.arange(n, device=synset.bases.device), torch.full((n,), s.variant, device=synset.bases.device)
+            )
+            x, y = all_images[s.idx], all_labels[s.idx]
+            if s.dsa is not None:
+                x = apply_dsa(x, s.dsa)
+            params = {}
+            offset = 0
+            for name, shape in zip(self.param_names, self.param_shapes, strict=True):
+                size = math.prod(shape)
+                params[name] = theta[offset : offset + size].reshape(shape)
+                offset += size
+            with self._autocast():
+                out = functional_call(self.net, params, (x,))
+            ce = F.cross_entropy(out.float(), y)
+            grads = torch.autograd.grad(ce, list(params.values()), create_graph=True)
+            theta = theta - self.syn_lr * torch.cat([g.reshape(-1) for g in grads])
+        return theta
+
+
+def param_matching_loss(student: Tensor, start: Tensor, target: Tensor) -> Tensor:
+    """MTT's normalized loss ``||student - target||^2 / ||start - target||^2`` (flat (P,) vectors)."""
+    return ((student - target) ** 2).sum() / ((start - target) ** 2).sum()

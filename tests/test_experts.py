@@ -1,0 +1,112 @@
+"""Expert trajectories: they move, their format is recorded, interruption + resume changes nothing, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from haba_core import io
+from haba_core.errors import CheckpointError, ConfigError
+from haba_core.methods.experts import (
+    EXPERT_FORMAT,
+    EXPERT_VERSION,
+    ExpertSet,
+    expert_path,
+    read_expert_meta,
+    resolve_expert_config,
+    train_expert,
+    train_experts,
+)
+
+SETS = ["net.width=8", "train_limit=200", "test_limit=100"]
+
+
+def cfg(**kw):
+    return resolve_expert_config(SETS, dataset="toy", epochs=kw.pop("epochs", 3), batch=64, **kw)
+
+
+def test_trajectory_moves_and_records_its_recipe(tmp_path):
+    c = cfg()
+    (path,) = train_experts(c, tmp_path, 1, log=None)
+    meta = read_expert_meta(path)
+    assert meta["format"] == EXPERT_FORMAT and meta["version"] == EXPERT_VERSION and meta["complete"]
+    assert meta["dataset"]["name"] == "toy" and meta["net"] == {"name": "convnet", "params": {"width": 8}}
+    assert meta["lr"] == 0.01 and meta["epochs"] == 3 and meta["seed"] == 0 and meta["zca"] is False
+    assert len(meta["train_acc"]) == 3 and meta["test_acc"][-1] is not None
+    assert "git" not in json.dumps(meta)
+    traj = ExpertSet(tmp_path).trajectory(0)
+    assert traj.shape == (4, meta["num_params"])
+    for e in range(3):  # every epoch is its own snapshot (the aliasing pitfall of DESIGN §6)
+        assert (traj[e + 1] - traj[e]).norm() > 0, e
+    manifest = io.read_json(tmp_path / "experts.json")
+    assert manifest["format"] == "haba-expert-set" and manifest["config"]["epochs"] == 3
+
+
+def test_rows_reads_single_epochs(tmp_path):
+    train_experts(cfg(epochs=2), tmp_path, 1, log=None)
+    s = ExpertSet(tmp_path)
+    torch.testing.assert_close(s.rows(0, [2, 0]), s.trajectory(0)[[2, 0]], rtol=0, atol=0)
+
+
+def test_interrupted_and_resumed_expert_gives_the_same_file(tmp_path):
+    c = cfg(epochs=4)
+    train_experts(c, tmp_path / "straight", 2, log=None)
+    part = tmp_path / "part"
+    train_experts(c, part, 0, log=None)  # the manifest only
+    assert train_expert(c, 1, part, stop_after_epochs=2) == expert_path(part, 1, partial=True)
+    partial_meta = io.load_tensors(expert_path(part, 1, partial=True))[1]
+    assert partial_meta["complete"] is False and len(partial_meta["history"]["train_acc"]) == 2
+    train_experts(c, part, 2, log=None)  # finishes expert 0, resumes expert 1 at epoch 2
+    assert not expert_path(part, 1, partial=True).exists()
+    for i in range(2):
+        assert expert_path(part, i).read_bytes() == expert_path(tmp_path / "straight", i).read_bytes(), i
+
+
+def test_finished_experts_are_skipped(tmp_path):
+    c = cfg(epochs=1)
+    train_experts(c, tmp_path, 1, log=None)
+    stamp = expert_path(tmp_path, 0).stat().st_mtime_ns
+    train_experts(c, tmp_path, 2, log=None)
+    assert expert_path(tmp_path, 0).stat().st_mtime_ns == stamp and expert_path(tmp_path, 1).exists()
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path):
+    train_experts(cfg(epochs=1), tmp_path, 1, log=None)
+    with pytest.raises(ConfigError, match="lr"):
+        train_experts(cfg(epochs=1, lr=0.1), tmp_path, 1, log=None)
+
+
+def test_missing_and_foreign_expert_files_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist.*python -m haba_core experts"):
+        ExpertSet(tmp_path / "missing")
+    (tmp_path / "expert_0000.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="corrupted or foreign"):
+        ExpertSet(tmp_path)
+    io.save_tensors(tmp_path / "expert_0000.safetensors", {"bases": torch.zeros(2)}, {"format": "haba-synset"})
+    with pytest.raises(CheckpointError, match="not an expert trajectory.*haba-synset"):
+        ExpertSet(tmp_path)
+    io.save_tensors(tmp_path / "expert_0000.safetensors", {"trajectory": torch.zeros(2, 3)},
+                    {"format": EXPERT_FORMAT, "version": EXPERT_VERSION + 1})  # fmt: skip
+    with pytest.raises(CheckpointError, match="newer"):
+        ExpertSet(tmp_path)
+
+
+def test_workers_train_several_experts_at_once(tmp_path):
+    paths = train_experts(cfg(epochs=1), tmp_path, 2, workers=2, log=None)
+    metas = [read_expert_meta(p) for p in paths]
+    assert [m["seed"] for m in metas] == [0, 1]
+    a, b = ExpertSet(tmp_path).trajectory(0), ExpertSet(tmp_path).trajectory(1)
+    assert not torch.equal(a, b)
+
+
+def test_experts_command(tmp_path):
+    out = tmp_path / "exp"
+    args = [sys.executable, "-m", "haba_core", "experts", "--dataset", "toy", "--out", str(out), "--num-experts", "1",
+            "--epochs", "1", "--batch", "64", "--quiet"] + [x for s in SETS for x in ("--set", s)]  # fmt: skip
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["experts"] == [str(expert_path(out, 0))]
+    assert read_expert_meta(expert_path(out, 0))["epochs"] == 1

@@ -1,0 +1,169 @@
+"""Every DD backend x every synset on toy data, the DC distance against hand-computed values, the presets."""
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from haba_core.config import resolve_config
+from haba_core.engine import Callback, Distiller
+from haba_core.errors import ConfigError
+from haba_core.methods import METHODS, list_methods
+from haba_core.methods.dc import distance_wb, loops_for_ipc, match_loss
+from haba_core.methods.experts import ExpertConfig, write_synthetic_experts
+
+BASE = [
+    "data.name=toy",
+    "net.width=16",
+    "haba.extractor_width=16",
+    "haba.batch=32",
+    "synset.budget_ipc=null",
+    "synset.n_bases=2",
+    "synset.n_hallucinators=2",
+    "iterations=2",
+    "snapshot_every=0",
+    "checkpoint_every=0",
+]
+METHOD_SETS = {
+    "dc": ["method.batch_real=16", "method.outer_loop=2", "method.inner_loop=1"],
+    "dsa": ["method.batch_real=16", "method.outer_loop=2", "method.inner_loop=1"],
+    "dm": ["method.batch_real=16"],
+    "mtt": ["method.syn_steps=3", "method.expert_epochs=1", "method.max_start_epoch=2", "method.batch_syn=8"],
+}
+
+
+@pytest.fixture(scope="module")
+def expert_dir(tmp_path_factory):
+    """Synthetic (untrained) toy experts for ConvNet width 16: enough for MTT's mechanics."""
+    from haba_core.data import dataset_info
+
+    out = tmp_path_factory.mktemp("experts")
+    cfg = ExpertConfig(dataset="toy", epochs=3, net={"name": "convnet", "params": {"width": 16}})
+    write_synthetic_experts(out, cfg, dataset_info("toy"), num_experts=2)
+    return out
+
+
+def method_config(method, kind, expert_dir, *extra):
+    sets = BASE + [f"method.name={method}", f"synset.kind={kind}"] + METHOD_SETS[method]
+    if method == "mtt":
+        sets.append(f"method.expert_dir={expert_dir}")
+    return resolve_config(overrides=sets + list(extra))
+
+
+def test_every_backend_is_registered():
+    assert {"dc", "dsa", "dm", "mtt"} <= set(list_methods())
+
+
+@pytest.mark.parametrize("kind", ["pixels", "haba"])
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm", "mtt"])
+def test_backend_x_synset_runs_and_learns(method, kind, expert_dir):
+    steps = []
+
+    class Keep(Callback):
+        def on_step(self, d, step, logs):
+            steps.append(logs)
+
+    d = Distiller(method_config(method, kind, expert_dir), [Keep()])
+    before = {k: v.detach().clone() for k, v in d.synset.state_dict().items()}
+    d.run()
+    assert len(steps) == 2
+    for logs in steps:
+        assert math.isfinite(logs["loss"]) and logs["loss"] >= 0
+        assert logs["peak_rss_mb"] > 0
+    after = d.synset.state_dict()
+    assert not torch.equal(before["bases"], after["bases"])
+    if kind == "haba":
+        for name in ("enc_weight", "scale", "dec_weight"):
+            assert not torch.equal(before[name], after[name]), name
+
+
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm", "mtt"])
+def test_matching_loss_reaches_bases_and_hallucinators(method, expert_dir):
+    """With HaBa's constraint off, the backend's own loss must give gradients to bases and hallucinators."""
+    d = Distiller(method_config(method, "haba", expert_dir, "haba.enabled=false", "iterations=1"))
+    d.run()
+    s = d.synset
+    assert s.bases.grad is not None and s.bases.grad.abs().sum() > 0
+    for p in s.hallucinator_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    if method == "mtt":
+        assert d.method.syn_lr.grad is not None and d.method.syn_lr.grad != 0
+
+
+def test_dc_distance_hand_computed():
+    # conv gradient (out=2, in=1, 1, 2): row 0 parallel (1 - 1 = 0), row 1 orthogonal (1 - 0 = 1)
+    g_real = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 2.0]]]])
+    g_syn = torch.tensor([[[[3.0, 0.0]]], [[[5.0, 0.0]]]])
+    assert distance_wb(g_real, g_syn).item() == pytest.approx(1.0, abs=1e-5)
+    # linear (out=2, in=2): rows are output units; row 0 opposite (1 - (-1) = 2), row 1 at 45 degrees
+    lr = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    ls = torch.tensor([[-2.0, 0.0], [1.0, 1.0]])
+    assert distance_wb(lr, ls).item() == pytest.approx(2.0 + 1 - 1 / math.sqrt(2), abs=1e-5)
+    # 1-d tensors (biases, norm parameters) count zero, as the official code
+    b_real, b_syn = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert distance_wb(b_real, b_syn).item() == 0.0
+    assert distance_wb(b_real, b_syn, match_bias=True).item() == pytest.approx(1.0, abs=1e-5)
+    # the matching loss sums the layers
+    total = match_loss([g_syn, ls, b_syn], [g_real, lr, b_real])
+    assert total.item() == pytest.approx(1.0 + 3 - 1 / math.sqrt(2), abs=1e-5)
+
+
+def test_dc_distance_gradient():
+    g_real = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    g_syn = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: distance_wb(g_real, s), (g_syn,))
+
+
+def test_dc_loops_by_ipc():
+    assert loops_for_ipc(1) == (1, 1)
+    assert loops_for_ipc(10) == (10, 50)
+    assert loops_for_ipc(50) == (50, 10)
+    assert loops_for_ipc(3) == (10, 50)  # in between: the next listed IPC up
+    assert loops_for_ipc(200) == (50, 10)
+
+
+def test_dc_loops_follow_n_bases_unless_set(expert_dir):
+    d = Distiller(method_config("dc", "pixels", expert_dir, "method.outer_loop=null", "method.inner_loop=null",
+                                "synset.n_bases=1"))  # fmt: skip
+    assert d.method.loops(d.synset) == (1, 1)
+    d = Distiller(method_config("dc", "pixels", expert_dir, "method.outer_loop=3", "method.inner_loop=0"))
+    assert d.method.loops(d.synset) == (3, 0)
+
+
+def test_dsa_without_a_strategy_is_a_clear_error(expert_dir):
+    with pytest.raises(ConfigError, match="method dc"):
+        Distiller(method_config("dsa", "pixels", expert_dir, "dsa_strategy=none"))
+
+
+def test_dc_same_seed_same_result(expert_dir):
+    cfg = method_config("dsa", "haba", expert_dir, "iterations=1")
+    a = Distiller(cfg).run().synset.state_dict()
+    b = Distiller(cfg).run().synset.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+PRESETS = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_presets_are_valid_configs(path):
+    """Every shipped preset resolves, names a registered method and only its hyperparameters, as numbers."""
+    cfg = resolve_config(files=[path])
+    params = METHODS.get(cfg.method_name).make_config(cfg.method_params)
+    for f in dataclasses.fields(params):
+        v = getattr(params, f.name)
+        if f.name.startswith(("lr", "momentum", "min_")) and v is not None:
+            assert isinstance(v, (int, float)) and not isinstance(v, bool), (f.name, v)  # YAML's "1e-05" is a str
+
+
+def test_paper_presets_cover_every_backend_dataset_and_ipc():
+    names = {p.name for p in PRESETS}
+    for ds in ("cifar10", "cifar100", "svhn"):
+        for m in ("dc", "dsa", "dm", "mtt"):
+            for ipc in (1, 10, 50):
+                assert f"{ds}_{m}_ipc{ipc}.yaml" in names
+    for m in ("dc", "dsa", "dm", "mtt"):
+        assert f"fmnist_cpu_{m}.yaml" in names
