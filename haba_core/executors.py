@@ -200,7 +200,9 @@ class InlineExecutor(Executor):
         return tr.ordered(tasks)
 
     def describe(self) -> dict:
-        return {"kind": "local", "workers": 1, "processes": False}
+        import torch
+
+        return {"kind": "local", "workers": 1, "threads": torch.get_num_threads(), "processes": False}
 
 
 def _init_worker(threads: int) -> None:
