@@ -25,7 +25,7 @@ COMMON = {"DATASET": "toy", "SMALL": True, "THREADS": 1}
 TEST_PARAMETERS: dict[str, dict] = {
     "01_haba_in_ten_minutes": {},
     "02_one_factorization_any_backend": {},
-    "03_cross_architecture_evaluation": {},
+    # notebooks/drafts/03_cross_architecture_evaluation.ipynb joins once its run time is measured
 }
 
 
@@ -62,7 +62,9 @@ def execute_notebook(path: Path, params: dict, workdir: Path, timeout: int = CEL
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = env_path  # the kernel inherits it: haba_core/workbench importable from workdir
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+        client = NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+        )
         client.execute()
     finally:
         if old is None:

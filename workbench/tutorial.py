@@ -22,9 +22,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import ipywidgets as W
 import pandas as pd
@@ -99,23 +100,33 @@ def distill_run(cfg, name: str, runs_dir: Path | str | None = None, live: LiveLo
                 reuse: bool = True, dataset=None) -> Path:  # fmt: skip
     """Distill ``cfg`` into ``runs_dir/name`` and return the folder.
 
-    A finished run with the same config is reused (delete the folder, or pass ``reuse=False``, to redo it);
-    any other run folder of that name is replaced. ``live``: a :class:`LiveLosses` (or True for a new one,
-    displayed here) draws the losses while it runs. Interrupting the kernel stops the run between iterations
-    and marks it ``cancelled`` (the engine's signal handling).
+    A finished run with the same config is reused, a cancelled one resumed from its last checkpoint (pass
+    ``reuse=False`` to start again); any other run folder of that name is replaced. ``live``: a
+    :class:`LiveLosses` (or True for a new one, displayed here) draws the losses while it runs. Interrupting
+    the kernel stops the run after the current iteration, checkpoints it and marks it ``cancelled``.
     """
     from haba_core.engine import distill
 
     root = Path(runs_dir).expanduser().resolve() if runs_dir else default_runs_dir()
     path = R.run_path(name, root)
+    resume = False
     if path.exists():
         run = R.read_run(path)
-        if reuse and run.state == "finished" and R.final_synset_path(path) and _same_config(path, cfg):
+        if run.is_active:
+            raise RuntimeError(
+                f"{path} is {run.state} in another process; wait for it, cancel it or choose another name."
+            )
+        same = reuse and _same_config(path, cfg)
+        if same and run.state == "finished" and R.final_synset_path(path):
             print(f"Reusing the finished run {path} (same config); delete it or pass reuse=False to run it again.")
             return path
-        if not ((path / "config.json").exists() or (path / "status.json").exists()):
+        if same and run.can_resume:
+            print(f"Resuming the {run.state} run {path} from step {run.step}.")
+            resume = True
+        elif not ((path / "config.json").exists() or (path / "status.json").exists()):
             raise FileExistsError(f"{path} exists and is not a run folder; choose another name.")
-        shutil.rmtree(path)
+        else:
+            shutil.rmtree(path)
     callbacks: list[Callback] = [InitialSnapshot(path)]
     if live is True:
         live = LiveLosses(title=name)
@@ -125,13 +136,12 @@ def distill_run(cfg, name: str, runs_dir: Path | str | None = None, live: LiveLo
             _displayed.add(id(live.output))
         callbacks.append(live)
     t0 = time.perf_counter()
-    d = distill(cfg, path, callbacks=callbacks, dataset=dataset)
+    d = distill(cfg, path, resume=resume, callbacks=callbacks, dataset=dataset, handle_signals=True)
     state = R.read_run(path).state
     spi = d.seconds_per_iteration()
-    print(f"{name}: {state} after {d.step} iterations in {time.perf_counter() - t0:.1f} s "
-          f"({spi:.2f} s/iteration, median); run folder {path}")  # fmt: skip
+    speed = f" ({spi:.2f} s/iteration, median)" if spi else ""
+    print(f"{name}: {state} after {d.step} iterations in {time.perf_counter() - t0:.1f} s{speed}; run folder {path}")
     return path
-
 
 
 # -- measuring ----------------------------------------------------------------------------------------------
@@ -227,8 +237,9 @@ class SnapshotBrowser:
             img = grids.grid_image(g, scale=self.scale)
         else:
             cols = [f"b{i}" for i in range(g.n_bases)]
-            img = grids.compose([list(g.bases), list(g.cells[hallucinator])], ["basis", f"h{hallucinator}"], cols,
-                                self.scale * 2, title=f"class {c}: {g.class_name}, hallucinator {hallucinator}")  # fmt: skip
+            title = f"class {c}: {g.class_name}, hallucinator {hallucinator}"
+            rows = [list(g.bases), list(g.cells[hallucinator])]
+            img = grids.compose(rows, ["basis", f"h{hallucinator}"], cols, self.scale * 2, title=title)
         div = diversity.hallucination_diversity(g.images, synset.info)
         return img, div
 
@@ -317,9 +328,8 @@ class MethodExplorer:
         self.prefix = prefix
         self.grid_class = grid_class
         self.results: dict[tuple[str, bool], Result] = {}
-        self.method = W.ToggleButtons(options=[(m.upper(), m) for m in self.methods], description="objective")
-        self.constraint = W.ToggleButtons(options=[("constraint on", True), ("constraint off", False)],
-                                          description="HaBa")  # fmt: skip
+        self.method = W.ToggleButtons(options=[(m.upper(), m) for m in self.methods], style={"button_width": "80px"})
+        self.constraint = W.ToggleButtons(options=[("on", True), ("off", False)], style={"button_width": "80px"})
         self.button = W.Button(description="distill", button_style="primary", icon="play")
         self.status = W.HTML()
         self.losses = W.Output()
@@ -330,8 +340,12 @@ class MethodExplorer:
         self.method.observe(lambda _: self.show(), names="value")
         self.constraint.observe(lambda _: self.show(), names="value")
         self.button.on_click(lambda _: self.run())
-        self.widget = W.VBox([self.method, W.HBox([self.constraint, self.button]), self.status, self.losses,
-                              self.image, self.caption])  # fmt: skip
+        label = W.Layout(width="170px")
+        self.widget = W.VBox([
+            W.HBox([W.HTML("<b>DD objective</b>", layout=label), self.method]),
+            W.HBox([W.HTML("<b>HaBa's adversarial constraint</b>", layout=label), self.constraint, self.button]),
+            self.status, self.losses, self.image, self.caption,
+        ])  # fmt: skip
         self.show()
 
     def config(self, method: str, constraint: bool):
@@ -390,6 +404,7 @@ class MethodExplorer:
             with self.losses:
                 clear_output()
             self.image.value = b""
+            self.image.layout.display = "none"
             self.caption.value = ""
             return
         self.live.records = res.records
@@ -399,12 +414,16 @@ class MethodExplorer:
         if final:
             synset = R.load_snapshot(final)
             self.image.value = grids.png_bytes(grids.grid_image(grids.class_grid(synset, self.grid_class), scale=3))
+            self.image.layout.display = None
             d = res.diversity
             self.caption.value = (
                 f"class {self.grid_class} of the final set. Mean over classes: hallucinations of one basis differ by "
                 f"{_fmt(d.get('pixel_within'))} RMS pixels and {_fmt(d.get('feature_within'))} feature distance; "
                 f"different bases by {_fmt(d.get('pixel_between'))} / {_fmt(d.get('feature_between'))}."
             )
+        else:
+            self.image.layout.display = "none"
+            self.caption.value = f"{res.name} has no final set ({R.read_run(res.path).state}); press distill to go on."
 
     def table(self) -> pd.DataFrame:
         """One row per finished run: speed, last losses and diversity."""
