@@ -7,11 +7,14 @@ only fixes shapes and the bases' initialisation). Experts: *synthetic* trajector
 initialisation followed by random steps, ``write_synthetic_experts``): random but consistent parameters,
 fine for timing, meaningless for accuracy.
 
-Variants (``--variants``): ``reference`` (the straightforward unroll: ``method.unroll=reference``, float32),
-``fast`` (``method.unroll=fast``, float32: the target is <= 15 s median on 2 cores), ``bf16`` (fast + bf16
-autocast, reported separately). For each: median seconds per outer iteration over ``--iterations`` after
-``--warmup``, peak RSS per iteration, and, with ``--profile``, the share of CPU time in convolution ops
-(torch.profiler, one more iteration) and the top ops.
+Variants (``--variants``, always run in this order, since ``reuse_memory`` changes the process's allocator
+for good): ``reference`` (the straightforward unroll, float32, default allocator: the "before"),
+``fast-noreuse`` (the fast unroll alone), ``fast-nchw`` (fast + allocator reuse, NCHW), ``fast`` (fast +
+allocator reuse + channels-last: the "after", the target is <= 15 s median on 2 cores), ``bf16`` (fast + bf16
+autocast, reported separately). For each: median wall seconds and process CPU seconds per outer iteration
+over ``--iterations`` after ``--warmup``, the load average (the machine is shared: wall times are only
+comparable at equal load), peak RSS per iteration, and with ``--profile`` the share of CPU time in
+convolution ops (torch.profiler, one more iteration) and the top ops.
 
     .venv/bin/python scripts/profile_mtt.py --variants reference,fast,bf16 --profile --json runs/profile_mtt.json
 """
@@ -39,6 +42,12 @@ from haba_core.methods.experts import ExpertConfig, write_synthetic_experts  # n
 VARIANTS = {  # run in this order: reuse_memory changes the process's allocator for good
     "reference": ["method.unroll=reference", "method.precision=fp32", "method.reuse_memory=false"],
     "fast-noreuse": ["method.unroll=fast", "method.precision=fp32", "method.reuse_memory=false"],
+    "fast-nchw": [
+        "method.unroll=fast",
+        "method.precision=fp32",
+        "method.reuse_memory=true",
+        "method.channels_last=false",
+    ],
     "fast": ["method.unroll=fast", "method.precision=fp32", "method.reuse_memory=true"],
     "bf16": ["method.unroll=fast", "method.precision=bf16", "method.reuse_memory=true"],
 }
