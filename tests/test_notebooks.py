@@ -25,7 +25,7 @@ COMMON = {"DATASET": "toy", "SMALL": True, "THREADS": 1}
 TEST_PARAMETERS: dict[str, dict] = {
     "01_haba_in_ten_minutes": {},
     "02_one_factorization_any_backend": {},
-    # notebooks/drafts/03_cross_architecture_evaluation.ipynb joins once its run time is measured
+    "03_cross_architecture_evaluation": {},
 }
 
 

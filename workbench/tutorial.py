@@ -5,12 +5,12 @@ figures) directly. What is here only connects those to widgets and to a notebook
 short and hold no copied logic:
 
 - :func:`distill_run`: ``haba_core.distill`` into a named run folder, with a live loss plot, a snapshot of the
-  initial set (step 0) and reuse of a finished run with the same config;
+  initial set (step 0), reuse of a finished run with the same config and resume of a cancelled one;
 - :class:`LiveLosses`: an engine callback that redraws ``figures.loss_figure`` in an ``Output`` widget;
 - :class:`SnapshotBrowser`: class x snapshot step x hallucinator sliders over a run folder's snapshots, drawn
   with ``grids`` and measured with ``diversity``;
 - :class:`MethodExplorer`: the DD objective and HaBa's adversarial constraint as toggles, one cached run each;
-- small helpers (:func:`set_diversity`, :func:`real_images`).
+- small helpers (:func:`set_diversity`, :func:`real_images`, :func:`final_grid`, :func:`side_by_side`).
 
 Every widget callback is an ordinary method (``show``, ``run``), so headless runs (CI) call the same code paths
 that clicks and slider moves do in JupyterLab.
@@ -175,9 +175,17 @@ def final_grid(run_dir: Path | str, c: int = 0, scale: int = 3) -> Image.Image:
     return grids.grid_image(grids.class_grid(R.load_snapshot(path), c), scale=scale)
 
 
+def _image(img: Image.Image, widget: W.Image | None = None) -> W.Image:
+    """Show ``img`` in an Image widget at its own pixel size (JupyterLab would otherwise stretch it to the cell)."""
+    widget = widget if widget is not None else W.Image(format="png")
+    widget.value = grids.png_bytes(img)
+    widget.width = str(img.width)
+    return widget
+
+
 def side_by_side(images: dict[str, Image.Image]) -> W.HBox:
     """Images next to each other, each under its label (e.g. one class with the constraint on and off)."""
-    return W.HBox([W.VBox([W.HTML(f"<b>{label}</b>"), W.Image(value=grids.png_bytes(img), format="png")])
+    return W.HBox([W.VBox([W.HTML(f"<b>{label}</b>"), _image(img)])
                    for label, img in images.items()])  # fmt: skip
 
 
@@ -259,7 +267,7 @@ class SnapshotBrowser:
         synset = self.synset(step)
         self.class_name.value = str(synset.info.class_names[c])
         img, div = self.frame(c, step, j)
-        self.image.value = grids.png_bytes(img)
+        _image(img, self.image)
         self.caption.value = _diversity_html(div, synset, step)
         return img
 
@@ -340,7 +348,7 @@ class MethodExplorer:
         self.method.observe(lambda _: self.show(), names="value")
         self.constraint.observe(lambda _: self.show(), names="value")
         self.button.on_click(lambda _: self.run())
-        label = W.Layout(width="170px")
+        label = W.Layout(width="230px")
         self.widget = W.VBox([
             W.HBox([W.HTML("<b>DD objective</b>", layout=label), self.method]),
             W.HBox([W.HTML("<b>HaBa's adversarial constraint</b>", layout=label), self.constraint, self.button]),
@@ -413,7 +421,7 @@ class MethodExplorer:
         final = R.final_synset_path(res.path)
         if final:
             synset = R.load_snapshot(final)
-            self.image.value = grids.png_bytes(grids.grid_image(grids.class_grid(synset, self.grid_class), scale=3))
+            _image(grids.grid_image(grids.class_grid(synset, self.grid_class), scale=3), self.image)
             self.image.layout.display = None
             d = res.diversity
             self.caption.value = (
