@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -266,6 +267,19 @@ def test_job_arguments_are_checked(runs_root):
     args = J.evaluate_args(Path("r"), ["convnet", "mlp"], 3, 5, True, ["eval.pairing=all"])
     assert args[:6] == ["evaluate", "--run", "r", "--nets", "convnet,mlp", "--seeds"]
     assert args[-4:] == ["--baseline", "random", "--set", "eval.pairing=all"]
+
+
+def test_eval_job_with_failed_cells_is_reported_failed(tmp_path):
+    """A finished evaluation process whose matrix has failed cells is a failure, with a way out in its error."""
+    run = tmp_path / "r"
+    run.mkdir()
+    dead = {"state": "running", "pid": 2**22 + 12345, "host": socket.gethostname(), "started_at": time.time() - 5}
+    (run / J.EVAL_JOB).write_text(json.dumps(dead))
+    (run / "evaluation.json").write_text(json.dumps({"complete": True, "failed": []}))
+    assert J.eval_job(run).state == "finished"
+    (run / "evaluation.json").write_text(json.dumps({"complete": False, "failed": [{"net": "mlp", "seed": 0}]}))
+    job = J.eval_job(run)
+    assert job.state == "failed" and "1 evaluation cell(s) failed" in job.info["error"]
 
 
 def test_engine_commands():

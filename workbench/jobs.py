@@ -257,6 +257,12 @@ def eval_job(run_dir: Path) -> EvalJob | None:
             started = float(info.get("started_at") or 0)
             finished = result.exists() and result.stat().st_mtime >= started - 1
             state = "finished" if finished else "failed"
+            if finished:  # a matrix with failed cells is written too (completed cells are kept): not a success
+                data, _ = R.read_json(result)
+                if isinstance(data, dict) and (data.get("complete") is False or data.get("failed")):
+                    state = "failed"
+                    info = {**info, "error": f"{len(data.get('failed') or [])} evaluation cell(s) failed: "
+                            "evaluate again to retry them (completed cells are reused)."}
     return EvalJob(state, info, log)
 
 
