@@ -235,3 +235,13 @@ def test_dm_haba_default_lrs_keep_hallucinations_bounded():
     assert d.synset.materialize(pairing="all")[0].abs().max() < 20
     d = distill(cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": 1.0})))
     assert d.synset.materialize(pairing="all")[0].abs().max() > 20
+
+
+def test_dc_haba_default_hallucinator_lr_keeps_hallucinations_bounded():
+    """DC's default hallucinator lr (1e-4) keeps images near the data; at lr_img (0.1) they blow up."""
+    cfg = tiny_config("method.name=dc", "iterations=10", "net.width=32", "method.batch_real=32")
+    d = distill(cfg)
+    assert d.method.lr_hallucinators == 1e-4
+    assert d.synset.materialize(pairing="all")[0].abs().max() < 20
+    d = distill(cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": 0.1})))
+    assert d.synset.materialize(pairing="all")[0].abs().max() > 20
