@@ -18,6 +18,7 @@ class Cell:
     synset: str = "pixels"
     config: str | None = None  # preset file, relative to the repo root
     overrides: tuple[str, ...] = ()
+    dataset: str = "fashion_mnist"  # which of the profile's expert sets an MTT cell uses
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Profile:
     eval_seeds: int
     eval_epochs: int
     cells: tuple[Cell, ...]
-    experts: tuple[str, ...] = ()  # `python -m haba_core experts` arguments (MTT cells), without --out
+    # dataset -> `python -m haba_core experts` arguments (without --out) for the MTT cells on that dataset
+    experts: dict = field(default_factory=dict)
     profile_iterations: int = 2  # iterations run under torch.profiler for the convolution share
     data: dict = field(default_factory=dict)  # how the random-real cells load data
 
@@ -65,8 +67,7 @@ CPU = Profile(
         haba_sizes={1: 14},
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
-    experts=("--dataset", "fashion_mnist", "--num-experts", "3", "--epochs", "6", "--train-limit", "10000",
-             "--set", "net.width=64"),  # fmt: skip
+    experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64".split())},
     data={"name": "fashion_mnist"},
 )
 
@@ -78,13 +79,14 @@ PAPER = Profile(
     eval_seeds=5,
     eval_epochs=1000,
     cells=tuple(
-        Cell(f"{ds}_ipc{ipc}_{m}_{kind}", ipc, m, kind, f"configs/paper/{ds}_{m}_ipc{ipc}.yaml")
+        Cell(f"{ds}_ipc{ipc}_{m}_{kind}", ipc, m, kind, f"configs/paper/{ds}_{m}_ipc{ipc}.yaml", dataset=ds)
         for ds in ("cifar10", "cifar100", "svhn")
         for ipc in (1, 10, 50)
         for m in ("dc", "dsa", "dm", "mtt")
         for kind in ("pixels", "haba")
     ),
-    experts=("--dataset", "cifar10", "--num-experts", "100", "--epochs", "50", "--zca"),
+    # the experts of the paper presets (configs/paper/*_mtt_*.yaml): 100 ConvNets, 50 epochs, ZCA
+    experts={ds: ("--num-experts", "100", "--epochs", "50", "--zca") for ds in ("cifar10", "cifar100", "svhn")},
 )
 
 SMOKE = Profile(

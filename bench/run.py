@@ -82,6 +82,27 @@ def conv_share(d, iterations: int) -> dict:
     return {"conv_share": conv / total if total else None, "profiled_iterations": iterations}
 
 
+def experts_dir(profile_out: Path, dataset: str) -> Path:
+    """Where a profile's MTT experts for ``dataset`` live (cells run in ``<out>/<profile>/runs/<cell>``)."""
+    return profile_out / "experts" / dataset
+
+
+def cell_overrides(profile: Profile, cell: Cell, profile_out: Path) -> list[str]:
+    """The config overrides of a distillation cell (on top of its preset file)."""
+    overrides = list(profile.common) + [
+        f"method.name={cell.method}",
+        f"synset.kind={cell.synset}",
+        f"synset.budget_ipc={cell.budget_ipc}",
+        f"eval.epochs={profile.eval_epochs}",
+        f"eval.seeds={profile.eval_seeds}",
+        f"data.root={ROOT / 'data'}",
+    ]
+    if cell.method == "mtt":
+        overrides.append(f"method.expert_dir={experts_dir(profile_out, cell.dataset)}")
+    overrides += list(cell.overrides)
+    return overrides
+
+
 def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
     """Distill (unless random real) and evaluate one cell in this process."""
     import torch
@@ -99,17 +120,7 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
         ev = random_real_baseline(ds, ipc, ecfg, profile.eval_nets, profile.eval_seeds,
                                   "color_crop_cutout_flip_scale_rotate")  # fmt: skip
         return {"eval": ev, "sec_per_iter": None, "iterations": 0, "wall_s": time.time() - t0}
-    overrides = list(profile.common) + [
-        f"method.name={cell.method}",
-        f"synset.kind={cell.synset}",
-        f"synset.budget_ipc={cell.budget_ipc}",
-        f"eval.epochs={profile.eval_epochs}",
-        f"eval.seeds={profile.eval_seeds}",
-        f"data.root={ROOT / 'data'}",
-    ]
-    if cell.method == "mtt":
-        overrides.append(f"method.expert_dir={workdir.parent / 'experts'}")
-    overrides += list(cell.overrides)
+    overrides = cell_overrides(profile, cell, workdir.parent.parent)
     files = [ROOT / cell.config] if cell.config else []
     cfg = resolve_config(files=files, overrides=overrides)
     run_dir = workdir / "run"
@@ -128,15 +139,22 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
 # ----------------------------------------------------------------------------------------- driver (parent)
 
 
-def ensure_experts(profile: Profile, out: Path, log) -> None:
-    if not profile.experts or not any(c.method == "mtt" for c in profile.cells):
-        return
-    cmd = [sys.executable, "-m", "haba_core", "experts", "--out", str(out / "experts"), "--quiet",
-           "--data-root", str(ROOT / "data"), *profile.experts]  # fmt: skip
-    log("$ " + shlex.join(cmd))
-    t0 = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    log(f"experts ready ({time.time() - t0:.0f} s)")
+def experts_command(profile: Profile, out: Path, dataset: str) -> list[str]:
+    return [sys.executable, "-m", "haba_core", "experts", "--dataset", dataset, "--out",
+            str(experts_dir(out, dataset)), "--quiet", "--data-root", str(ROOT / "data"),
+            *profile.experts[dataset]]  # fmt: skip
+
+
+def ensure_experts(profile: Profile, cells: list[Cell], out: Path, log) -> None:
+    """Train (or finish: the command resumes) the experts the selected MTT cells need."""
+    for dataset in dict.fromkeys(c.dataset for c in cells if c.method == "mtt"):
+        if dataset not in profile.experts:
+            raise SystemExit(f"profile {profile.name!r} has MTT cells on {dataset} but no experts recipe for it")
+        cmd = experts_command(profile, out, dataset)
+        log("$ " + shlex.join(cmd))
+        t0 = time.time()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        log(f"experts for {dataset} ready ({time.time() - t0:.0f} s)")
 
 
 def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=print) -> dict:
@@ -144,8 +162,7 @@ def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=pr
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     cells = [c for c in profile.cells if not only or any(o in c.name for o in only)]
-    if any(c.method == "mtt" for c in cells):
-        ensure_experts(profile, out, log)
+    ensure_experts(profile, cells, out, log)
     for cell in cells:
         result_path = cells_dir / f"{cell.name}.json"
         if result_path.exists():

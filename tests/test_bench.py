@@ -3,6 +3,10 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+from bench.profiles import PROFILES
+from bench.run import cell_overrides, experts_command
 
 
 def test_bench_smoke_runs_and_resumes(tmp_path):
@@ -27,3 +31,16 @@ def test_bench_smoke_runs_and_resumes(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.count("[skip]") == 3
     assert (tmp_path / "smoke" / "cells" / "ipc2_dm_haba.json").stat().st_mtime_ns == before
+
+
+def test_mtt_cells_read_the_experts_the_profile_makes():
+    """The experts command writes where every MTT cell of the CPU and paper profiles looks for experts."""
+    for profile in (PROFILES["cpu"], PROFILES["paper"]):
+        out = Path("/x/results") / profile.name
+        mtt = [c for c in profile.cells if c.method == "mtt"]
+        assert mtt
+        for cell in mtt:
+            cmd = experts_command(profile, out, cell.dataset)
+            made = cmd[cmd.index("--out") + 1]
+            assert cmd[cmd.index("--dataset") + 1] == cell.dataset
+            assert f"method.expert_dir={made}" in cell_overrides(profile, cell, out)
