@@ -31,6 +31,17 @@ def tiny_config(*overrides: str):
     return resolve_config(overrides=TINY + list(overrides))
 
 
+def distill_command(run, iterations: int, synset: str, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
+    """``python -m haba_core distill`` on toy data as a subprocess argument list (``sets``: ``--set`` values)."""
+    import sys
+
+    args = [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet",
+            "--iterations", str(iterations), "--synset", synset, *extra]  # fmt: skip
+    for s in ("data.name=toy", "net.width=16", *sets):
+        args += ["--set", s]
+    return args
+
+
 @pytest.fixture
 def toy():
     from haba_core.data import load_dataset

@@ -12,7 +12,7 @@ from haba_core import io
 from haba_core.engine import Distiller, distill
 from haba_core.errors import ConfigError
 from haba_core.synsets import load_synset
-from tests.conftest import tiny_config
+from tests.conftest import distill_command, tiny_config
 
 
 def synset_tensors(d):
@@ -75,33 +75,8 @@ def test_resume_continues_exactly(tmp_path):
 def test_kill_and_resume_subprocess(tmp_path):
     """A real process killed with SIGKILL mid-run resumes from its last checkpoint, nothing lost."""
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "haba_core",
-        "distill",
-        "--run-dir",
-        str(run),
-        "--quiet",
-        "--iterations",
-        "400",
-        "--synset",
-        "haba",
-        "--budget-ipc",
-        "2",
-        "--n-hallucinators",
-        "2",
-    ]
-    sets = [
-        "data.name=toy",
-        "net.width=16",
-        "method.batch_real=16",
-        "haba.extractor_width=16",
-        "checkpoint_every=5",
-        "snapshot_every=1000",
-    ]
-    for s in sets:
-        args += ["--set", s]
+    sets = ("method.batch_real=16", "haba.extractor_width=16", "checkpoint_every=5", "snapshot_every=1000")
+    args = distill_command(run, 400, "haba", "--budget-ipc", "2", "--n-hallucinators", "2", sets=sets)
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -117,7 +92,8 @@ def test_kill_and_resume_subprocess(tmp_path):
     assert ckpt_step >= 10
     assert io.read_json(run / "status.json")["state"] == "running"  # killed: never marked finished
     r = subprocess.run(
-        args[: args.index("400")] + [str(ckpt_step + 5)] + args[args.index("400") + 1 :] + ["--resume"],
+        distill_command(run, ckpt_step + 5, "haba", "--budget-ipc", "2", "--n-hallucinators", "2", sets=sets)
+        + ["--resume"],
         env=env,
         capture_output=True,
         text=True,
@@ -131,27 +107,7 @@ def test_kill_and_resume_subprocess(tmp_path):
 
 def test_sigterm_cancels_with_checkpoint(tmp_path):
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "haba_core",
-        "distill",
-        "--run-dir",
-        str(run),
-        "--quiet",
-        "--iterations",
-        "100000",
-        "--synset",
-        "pixels",
-        "--set",
-        "data.name=toy",
-        "--set",
-        "net.width=16",
-        "--set",
-        "method.batch_real=8",
-        "--set",
-        "checkpoint_every=100000",
-    ]
+    args = distill_command(run, 100000, "pixels", sets=("method.batch_real=8", "checkpoint_every=100000"))
     p = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": os.getcwd()}, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
