@@ -261,8 +261,11 @@ def eval_job(run_dir: Path) -> EvalJob | None:
                 data, _ = R.read_json(result)
                 if isinstance(data, dict) and (data.get("complete") is False or data.get("failed")):
                     state = "failed"
-                    info = {**info, "error": f"{len(data.get('failed') or [])} evaluation cell(s) failed: "
-                            "evaluate again to retry them (completed cells are reused)."}
+                    info = {
+                        **info,
+                        "error": f"{len(data.get('failed') or [])} evaluation cell(s) failed: "
+                        "evaluate again to retry them (completed cells are reused).",
+                    }
     return EvalJob(state, info, log)
 
 
