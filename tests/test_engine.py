@@ -184,20 +184,15 @@ def test_engine_imports_no_ui_packages():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
 
 
-def test_dm_haba_default_lrs_keep_hallucinations_bounded():
-    """DM's default hallucinator lr (1e-3) keeps images near the data; at lr_img (1.0) they blow up."""
-    cfg = tiny_config("iterations=15", "net.width=32", "method.batch_real=32")
+@pytest.mark.parametrize(
+    ("method", "iterations", "default_lr", "lr_img"),
+    [("dm", 15, 1e-3, 1.0), ("dc", 10, 1e-4, 0.1)],
+)
+def test_haba_default_hallucinator_lr_keeps_hallucinations_bounded(method, iterations, default_lr, lr_img):
+    """The backend's default hallucinator lr keeps images near the data; at its lr_img they blow up."""
+    cfg = tiny_config(f"method.name={method}", f"iterations={iterations}", "net.width=32", "method.batch_real=32")
     d = distill(cfg)
+    assert d.method.lr_hallucinators == default_lr and d.method.lr_img == lr_img
     assert d.synset.materialize(pairing="all")[0].abs().max() < 20
-    d = distill(cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": 1.0})))
-    assert d.synset.materialize(pairing="all")[0].abs().max() > 20
-
-
-def test_dc_haba_default_hallucinator_lr_keeps_hallucinations_bounded():
-    """DC's default hallucinator lr (1e-4) keeps images near the data; at lr_img (0.1) they blow up."""
-    cfg = tiny_config("method.name=dc", "iterations=10", "net.width=32", "method.batch_real=32")
-    d = distill(cfg)
-    assert d.method.lr_hallucinators == 1e-4
-    assert d.synset.materialize(pairing="all")[0].abs().max() < 20
-    d = distill(cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": 0.1})))
+    d = distill(cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": lr_img})))
     assert d.synset.materialize(pairing="all")[0].abs().max() > 20
