@@ -279,6 +279,17 @@ def test_evaluate_failed_job_shows_its_log(runs_root):
     assert "failed" in texts(at.error) and "something went wrong" in texts(at.code)
 
 
+def test_evaluate_with_failed_cells_says_so_and_how_to_retry(runs_root):
+    result = runs_root / "tiny" / "evaluation.json"
+    data = json.loads(result.read_text())
+    result.write_text(json.dumps({**data, "complete": False, "failed": [{"net": "mlp", "seed": 0}]}))
+    (runs_root / "tiny" / J.EVAL_JOB).write_text(
+        json.dumps({"state": "running", "pid": dead_pid(), "started_at": time.time() - 5, "nets": ["mlp"]})
+    )
+    at = open_page("evaluate")
+    assert "1 evaluation cell(s) failed" in texts(at.error) and "evaluate again" in texts(at.error)
+
+
 def test_evaluate_without_sets_or_results(runs_root):
     for name in ("tiny", "failed"):
         shutil.rmtree(runs_root / name / "snapshots", ignore_errors=True)

@@ -87,7 +87,8 @@ def jobs_and_results() -> None:
             if job.state == "running" and c2.button("Cancel", key=f"eval.cancel.{name}"):
                 st.toast(J.cancel_evaluation(name))
             if job.state == "failed":
-                st.error(f"The evaluation of {name} failed; its log:")
+                why = job.info.get("error")
+                st.error(f"The evaluation of {name} failed" + (f": {why}" if why else "") + "; its log:")
                 st.code(job.log or "(empty log)", language="text")
             elif job.state == "running":
                 with st.expander(f"Log of {name}"):
