@@ -19,6 +19,8 @@ class Cell:
     config: str | None = None  # preset file, relative to the repo root
     overrides: tuple[str, ...] = ()
     dataset: str = "fashion_mnist"  # which of the profile's expert sets an MTT cell uses
+    published: tuple[float, float] | None = None  # (mean, std) % a paper reports for this cell, if any
+    source: str = ""  # where the published figure comes from
 
 
 @dataclass(frozen=True)
@@ -114,4 +116,53 @@ SMOKE = Profile(
     data={"name": "toy"},
 )
 
-PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE)}
+# Published settings of DatasetCondensation's main.py (DC and DSA, ConvNet-128 with the reference padding on
+# 1x28x28, instance norm, batch_real 256, lr_img 0.1, lr_net 0.01, init real, 1000 iterations, outer/inner
+# loops 1/1 at IPC 1) and their evaluation: DSA 1000 epochs with DSA augmentation; DC on Fashion-MNIST 300
+# epochs without augmentation (get_daparam augments MNIST only). lr 0.01 decayed x0.1 at half, SGD momentum
+# 0.9, weight decay 5e-4, batch 256, no standardization. 5 evaluation networks (the papers use 20 x 5 runs).
+_PUBLISHED = ("net.width=128", "method.batch_real=256", "method.lr_img=0.1", "method.lr_net=0.01",
+              "method.outer_loop=1", "method.inner_loop=1", "iterations=1000", "eval.standardize=false")  # fmt: skip
+REPRO = Profile(
+    name="repro",
+    description="Published DC/DSA baselines on Fashion-MNIST IPC 1 (reference ConvNet, published settings), "
+    "and DSA + HaBa at the same storage and settings",
+    common=("data.name=fashion_mnist", "eval.nets=convnet", *_PUBLISHED),
+    eval_nets=("convnet",),
+    eval_seeds=5,
+    eval_epochs=1000,
+    cells=(
+        Cell(
+            "fmnist_ipc1_dsa_pixels",
+            1,
+            "dsa",
+            "pixels",
+            None,
+            (),
+            published=(70.6, 0.6),
+            source="DSA (Zhao & Bilen, ICML 2021), Table 1",
+        ),
+        Cell(
+            "fmnist_ipc1_dsa_haba",
+            1,
+            "dsa",
+            "haba",
+            None,
+            ("synset.basis_size=14",),
+            source="none: no paper reports DSA + HaBa",
+        ),
+        Cell(
+            "fmnist_ipc1_dc_pixels",
+            1,
+            "dc",
+            "pixels",
+            None,
+            ("eval.epochs=300", "eval.dsa=false"),
+            published=(70.5, 0.6),
+            source="DC (Zhao, Mopuri & Bilen, ICLR 2021), Table 1",
+        ),
+    ),
+    data={"name": "fashion_mnist"},
+)
+
+PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE, REPRO)}

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.profiles import PROFILES, Cell, Profile
+from haba_core.protocol import distinct_protocols, protocol_id, protocol_label
 
 ROOT = Path(__file__).resolve().parent.parent
 CONV_OPS = ("conv",)  # aten::convolution, mkldnn_convolution, convolution_backward, conv2d, ...
@@ -166,8 +167,11 @@ def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=pr
     for cell in cells:
         result_path = cells_dir / f"{cell.name}.json"
         if result_path.exists():
-            log(f"[skip] {cell.name}: done earlier")
-            continue
+            pid = protocol_id(json.loads(result_path.read_text()).get("protocol"))
+            if pid not in ("legacy", "missing"):
+                log(f"[skip] {cell.name}: done earlier")
+                continue
+            log(f"[redo] {cell.name}: its result predates evaluation protocols (not comparable)")
         log(f"[run ] {cell.name}")
         cmd = [sys.executable, "-m", "bench.run", "--profile", profile.name, "--cell", cell.name,
                "--out", str(out_root)]  # fmt: skip
@@ -238,6 +242,7 @@ def aggregate(profile: Profile, out_root: Path) -> dict:
         "cells": rows,
         "failed": failed,
         "complete": len(rows) == len(profile.cells),
+        "protocols": distinct_protocols(r.get("protocol") for r in rows),
     }
     io.write_json(out_root / f"{profile.name}.json", result)
     md = markdown(result)
@@ -254,24 +259,35 @@ def markdown(result: dict) -> str:
         f"{m['cpu'] or 'unknown CPU'}, {m['cores']} cores, torch {m['torch']}"
         + (f", {m['cuda']}" if m.get("cuda") else "")
         + ".",
-        "",
-        "| budget (IPC) | cell | accuracy % | stored floats | IPC-equiv | images/class | s/iter | conv share "
-        "| eval s/net | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    protocols = result.get("protocols") or distinct_protocols(r.get("protocol") for r in result["cells"])
+    if len(protocols) > 1:
+        lines += ["", f"**Rows were evaluated under {len(protocols)} different protocols "
+                      f"({'; '.join(protocols)}): compare only rows that share one.**"]  # fmt: skip
+    elif protocols:
+        lines += ["", f"Every row: evaluation protocol {protocols[0]}."]
+    published = any(r["cell"].get("published") for r in result["cells"])
+    head = ("| budget (IPC) | cell | accuracy % | stored floats | IPC-equiv | images/class | s/iter | conv share "
+            "| eval s/net | peak MB | protocol |")  # fmt: skip
+    lines += ["", head + (" published % | gap |" if published else ""), "|---" * (11 + 2 * published) + "|"]
     for r in result["cells"]:
         c, st = r["cell"], r["storage"]
         name = "random real" if c["method"] is None else f"{c['method'].upper()} + {c['synset']}"
         spi = "" if r["sec_per_iter"] is None else f"{r['sec_per_iter']:.3f}"
         share = "" if r.get("conv_share") is None else f"{100 * r['conv_share']:.0f}%"
         ev = "" if r.get("eval_train_s_median") is None else f"{r['eval_train_s_median']:.1f}"
-        lines.append(
+        row = (
             f"| {c['budget_ipc']:g} | {name} | {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} "
             f"| {st['floats_total']:,} | {st['ipc_equivalent']:.3f} | {st['images_per_class']} | {spi} | {share} "
-            f"| {ev} | {r['peak_rss_mb']:.0f} |"
+            f"| {ev} | {r['peak_rss_mb']:.0f} | {protocol_label(r.get('protocol'))} |"
         )
+        if published:
+            pub = c.get("published")
+            row += (f" {pub[0]:.1f} +- {pub[1]:.1f} | {100 * r['accuracy_mean'] - pub[0]:+.2f} |" if pub
+                    else " (none) | |")  # fmt: skip
+        lines.append(row)
     for f in result["failed"]:
-        lines.append(f"| | {f['cell']} | failed | | | | | | | |")
+        lines.append(f"| | {f['cell']} | failed |" + " |" * (9 + 2 * published))
     if not result["complete"]:
         lines += ["", "_Incomplete: rerun the same command to finish the missing cells._"]
     return "\n".join(lines) + "\n"

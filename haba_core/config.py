@@ -27,8 +27,11 @@ class DataConfig:
     name: str = "fashion_mnist"
     root: str = "data"
     zca: bool = False
+    zca_variant: str = "kornia"  # "kornia": raw [0,1] pixels, eps 0.1 (MTT/HaBa reference) | "relative"
     train_limit: int | None = None  # class-balanced subset of the training set (fast profiles, tests)
     test_limit: int | None = None
+    val_per_class: int = 0  # training images per class held out as the validation split (never distilled)
+    val_seed: int = 0  # which images the validation split holds (seeded, class-balanced)
     options: dict = field(default_factory=dict)  # extra kwargs for the source (e.g. toy's im_size)
 
 
@@ -60,7 +63,7 @@ class HabaLossConfig:
     likelihood_weight: float = 0.1  # mean((1 - cos) / 2) on the extractor side
     supcon_weight: float = 0.1
     temperature: float = 0.07
-    batch: int = 256  # bases per contrastive batch (capped at the number of bases)
+    batch: int | None = None  # bases per contrastive batch; None: all of them (the reference)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class EvalConfig:
     weight_decay: float = 5e-4
     dsa: bool = True
     pairing: str = "random"  # haba: "random" (each basis once per epoch, random hallucinator) | "all"
-    standardize: bool | None = None  # per-batch (x - mean) / std; None: on for haba (HaBa's protocol)
+    standardize: bool = False  # per-batch (x - mean) / std before DSA (HaBa's official evaluation), all rows alike
+    split: str = "test"  # "test" | "val": where accuracy is measured ("val" needs data.val_per_class)
     test_batch: int = 1000
 
 

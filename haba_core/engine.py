@@ -25,7 +25,7 @@ import torch
 from haba_core import io
 from haba_core.budget import plan_from_config
 from haba_core.config import RunConfig
-from haba_core.data import load_dataset
+from haba_core.data import dataset_from_config
 from haba_core.errors import CheckpointError, ConfigError, HabaError
 from haba_core.haba_losses import ContrastiveConstraint
 from haba_core.methods import METHODS, Context, create_method
@@ -105,9 +105,7 @@ class Distiller:
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         d = cfg.data
-        self.dataset = dataset or load_dataset(
-            d.name, root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit, **d.options
-        )
+        self.dataset = dataset or dataset_from_config(d)
         self.dataset = self.dataset.to(self.device)
         info = self.dataset.info
         self.plan = plan_from_config(info, cfg.synset)

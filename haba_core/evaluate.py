@@ -4,8 +4,10 @@ Protocol (DC/DSA/MTT/HaBa convention): SGD momentum 0.9, weight decay 5e-4, lr x
 batch 256, DSA on every training batch. For HaBa each epoch shows every basis once with a random
 hallucinator (``pairing="random"``, the official protocol) or every basis x hallucinator pair
 (``"all"``). HaBa's official evaluation also standardizes every batch as a whole, ``(x - x.mean()) / x.std()``,
-training and test batches alike; that is the ``standardize`` option, on by default for HaBa synsets only,
-and recorded with every result. Reported accuracy is the final network's (never the best over epochs).
+training and test batches alike, *before* DSA (the reference order); that is the ``standardize`` option.
+All of this is one :class:`~haba_core.protocol.EvalProtocol`, the same for every kind of set (HaBa, pixels,
+random real), recorded with every result (``protocol``: its fields, ``name`` and ``id``). Reported accuracy
+is the final network's (never the best over epochs).
 
 Three layers:
 
@@ -47,6 +49,7 @@ from torch import Tensor, nn
 
 from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.nets import create_net
+from haba_core.protocol import EvalProtocol
 
 ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
 
@@ -70,10 +73,12 @@ def test_accuracy(net, images: Tensor, labels: Tensor, batch: int = 1000, std: b
 
 
 def _augment(x: Tensor, dsa_strategy: str, g: torch.Generator, im_size, std: bool) -> Tensor:
-    """One training batch's DSA draw (from ``g``) and optional standardization, shared by both paths."""
+    """One training batch: optional standardization, *then* its DSA draw (from ``g``, one per image), in the
+    reference code's order (HaBa's evaluation standardizes the batch and augments the result)."""
+    x = standardize(x) if std else x
     if dsa_strategy:
         x = apply_dsa(x, sample_dsa_params(dsa_strategy, len(x), g, x.device, tuple(im_size)))
-    return standardize(x) if std else x
+    return x
 
 
 class SeedTrainer:
@@ -452,20 +457,9 @@ def summarize(accs: list[float]) -> dict:
     return {"mean": mean, "std": std, "n": len(accs), "per_seed": accs}
 
 
-def protocol_of(cfg, kind: str, lr: float | None, dsa_strategy: str) -> dict:
-    """The evaluation protocol actually used, recorded next to every result."""
-    std = cfg.standardize if cfg.standardize is not None else kind == "haba"
-    return {
-        "epochs": cfg.epochs,
-        "batch": cfg.batch,
-        "lr": lr if lr is not None else (cfg.lr if cfg.lr is not None else 0.01),
-        "momentum": cfg.momentum,
-        "weight_decay": cfg.weight_decay,
-        "dsa": dsa_strategy if cfg.dsa else "",
-        "pairing": cfg.pairing if kind == "haba" else "n/a",
-        "standardize": bool(std),
-        "reported": "final",
-    }
+def protocol_of(cfg, lr: float | None, dsa_strategy: str, test_images: int | None = None) -> dict:
+    """The recorded :class:`EvalProtocol` of EvalConfig ``cfg`` (``lr``: the set's learned lr, if any)."""
+    return EvalProtocol.from_config(cfg, dsa_strategy, test_images).record(lr)
 
 
 def _train_protocol(sources, dataset, protocol: dict, name: str, seeds: Sequence[int], batched, test_batch=1000):
@@ -507,7 +501,8 @@ def evaluate_synset(
 ) -> dict:
     """Evaluate a synset under ``cfg`` (an EvalConfig). Returns per-net results, protocol and storage."""
     lr = lr if lr is not None else synset.extra.get("syn_lr")
-    protocol = protocol_of(cfg, synset.kind, lr, dsa_strategy)
+    dataset = dataset.evaluated_on(cfg.split)
+    protocol = protocol_of(cfg, lr, dsa_strategy, len(dataset.labels_test))
     device = dataset.images_test.device
     synset = synset.to(device)
     source = _synset_source(synset, cfg.pairing)
@@ -534,7 +529,8 @@ def random_real_baseline(
     dataset, ipc: int, cfg, nets=("convnet",), seeds=3, dsa_strategy="", seed=0, batched: bool | None = None
 ) -> dict:
     """The random-real-subset baseline: ``ipc`` real images per class (a new draw per network seed)."""
-    protocol = protocol_of(cfg, "pixels", None, dsa_strategy)
+    dataset = dataset.evaluated_on(cfg.split)
+    protocol = protocol_of(cfg, None, dsa_strategy, len(dataset.labels_test))
     seed_list = [seed + k for k in range(seeds)]
     sources = [_fixed_source(*dataset.subset_random(ipc, torch.Generator().manual_seed(s))) for s in seed_list]
     per_net = {name: _net_summary(_train_protocol(sources, dataset, protocol, name, seed_list, batched, cfg.test_batch))
@@ -575,7 +571,9 @@ def eval_cell_task(job: dict) -> list[dict]:
 
     d = job["data"]
     dataset = load_dataset(d["name"], root=d["root"], zca=d["zca"], train_limit=d["train_limit"],
-                           test_limit=d["test_limit"], **d["options"]).to(resolve_device(job["device"]))  # fmt: skip
+                           test_limit=d["test_limit"], zca_variant=d["zca_variant"], val_per_class=d["val_per_class"],
+                           val_seed=d["val_seed"], **d["options"])  # fmt: skip
+    dataset = dataset.evaluated_on(job["protocol"].get("split", "test")).to(resolve_device(job["device"]))
     src, seeds = job["source"], list(job["seeds"])
     if src["kind"] == "synset":
         synset = _synset_from_bytes(src["file"], dataset.images_test.device)
@@ -629,7 +627,7 @@ def evaluate_run(
     evaluation dict; ``result["complete"]`` is False when some task failed after its retries.
     """
     from haba_core import io
-    from haba_core.data import load_dataset
+    from haba_core.data import dataset_from_config
     from haba_core.engine import resolve_device
     from haba_core.errors import ConfigError
     from haba_core.executors import InlineExecutor, Task
@@ -640,7 +638,8 @@ def evaluate_run(
     say = log or (lambda _m: None)
     d = cfg.data
     data = {"name": d.name, "root": str(Path(d.root).expanduser().resolve()), "zca": d.zca,
-            "train_limit": d.train_limit, "test_limit": d.test_limit, "options": dict(d.options)}  # fmt: skip
+            "zca_variant": d.zca_variant, "train_limit": d.train_limit, "test_limit": d.test_limit,
+            "val_per_class": d.val_per_class, "val_seed": d.val_seed, "options": dict(d.options)}  # fmt: skip
     device = device or cfg.device
     dsa = cfg.dsa_strategy if ecfg.dsa else ""
     nets = list(ecfg.nets)
@@ -650,8 +649,12 @@ def evaluate_run(
     info = synset.info
     data_identity = {k: v for k, v in data.items() if k != "root"}
 
+    # fail early, in the driver, when the data cannot be loaded (not once per task in the workers)
+    ds = dataset_from_config(d, root=data["root"]).evaluated_on(ecfg.split)
+    test_images = len(ds.labels_test)
+    del ds
     sources: dict[str, dict] = {}
-    protocol = protocol_of(ecfg, synset.kind, synset.extra.get("syn_lr"), dsa)
+    protocol = protocol_of(ecfg, synset.extra.get("syn_lr"), dsa, test_images)
     sources["synset"] = {
         "protocol": protocol,
         "storage": synset.storage(),
@@ -661,19 +664,13 @@ def evaluate_run(
     if baseline == "random":
         ipc = max(1, math.floor(synset.storage()["ipc_equivalent"] + 1e-9))
         sources["random_real"] = {
-            "protocol": protocol_of(ecfg, "pixels", None, dsa),
+            "protocol": protocol_of(ecfg, None, dsa, test_images),  # the same protocol, without a learned lr
             "storage": random_real_storage(info, ipc),
             "spec": {"kind": "random_real", "ipc": ipc},
             "identity": {"random_real_ipc": ipc},
         }
     elif baseline:
         raise ConfigError(f"Unknown baseline {baseline!r}. Valid: random.")
-    # fail early, in the driver, when the data cannot be loaded (not once per task in the workers)
-    ds = load_dataset(d.name, root=data["root"], zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit,
-                      **d.options)  # fmt: skip
-    for src in sources.values():
-        src["protocol"]["test_images"] = len(ds.labels_test)
-    del ds
     for net in nets:  # an architecture that cannot take these images fails here, not in every task
         create_net(net, info.channels, info.num_classes, info.im_size)
     grouped = batched if batched is not None else grouped_by_default(resolve_device(device))

@@ -1,7 +1,9 @@
 """HaBa's adversarial contrastive constraint (Liu et al., NeurIPS 2022, Sec. 3.3; DESIGN §3).
 
 A feature extractor F (ConvNet body + linear classifier) sees bases hallucinated by two *different*
-random hallucinators, (x0, x1), after the same DSA parameters (so the pair differs only by hallucinator).
+random hallucinators, (x0, x1), each after its own independent DSA draw (one per image, as the official
+code's two ``DiffAugment`` calls), so F must also learn to see through augmentation. Every basis is in the
+batch (``batch=None``, the reference); an integer caps it at a random subset of that many bases.
 
 - Synthetic side: ``lambda_cos * mean((cos(F(x0), F(x1)) + 1) / 2)`` is added to the DD loss; minimising it
   pushes the two hallucinations of one basis apart in F's feature space.
@@ -59,11 +61,13 @@ class ContrastiveConstraint:
 
     def _pair(self, synset, generator) -> tuple[Tensor, Tensor, Tensor]:
         n = synset.bases.shape[0]
-        idx = torch.randperm(n, generator=generator)[: min(self.cfg.batch, n)].to(synset.bases.device)
+        k = n if self.cfg.batch is None else min(int(self.cfg.batch), n)
+        idx = torch.randperm(n, generator=generator)[:k].to(synset.bases.device)
         x0, x1, y = synset.pair(idx, generator)
-        if self.dsa_strategy:
-            p = sample_dsa_params(self.dsa_strategy, len(idx), generator, x0.device, self.im_size)
-            x0, x1 = apply_dsa(x0, p), apply_dsa(x1, p)
+        if self.dsa_strategy:  # two independent draws: the views differ by hallucinator *and* augmentation
+            p0 = sample_dsa_params(self.dsa_strategy, len(idx), generator, x0.device, self.im_size)
+            p1 = sample_dsa_params(self.dsa_strategy, len(idx), generator, x1.device, self.im_size)
+            x0, x1 = apply_dsa(x0, p0), apply_dsa(x1, p1)
         return x0, x1, y
 
     def synthetic_loss(self, synset, generator) -> Tensor:

@@ -388,13 +388,54 @@ def test_zca_whitens_and_round_trips():
         zca.apply(torch.zeros(2, 1, 28, 28))
 
 
-def test_load_dataset_with_zca():
+def test_load_dataset_with_relative_zca():
     plain = load_dataset("toy", n_per_class=20)
-    d = load_dataset("toy", n_per_class=20, zca=True)
-    assert d.info.zca and not plain.info.zca and d.zca is not None
+    d = load_dataset("toy", n_per_class=20, zca=True, zca_variant="relative")
+    assert d.info.zca and not plain.info.zca and d.zca is not None and d.zca.relative
     assert d.images_train.shape == plain.images_train.shape and d.images_test.shape == plain.images_test.shape
     assert torch.allclose(d.images_test, d.zca.apply(plain.images_test), atol=1e-5)
     assert DatasetInfo.from_dict(d.info.to_dict()).zca
+
+
+def test_reference_zca_is_kornias_on_raw_pixels(tmp_path):
+    """The default ZCA follows MTT/HaBa: kornia's ZCAWhitening(eps=0.1) fitted on raw x / 255 pixels (no
+    mean/std normalization), unbiased covariance, absolute eps. Recomputed here with numpy from the formula."""
+    import numpy as np
+
+    raw = DATASETS.create("toy", n_per_class=20).load(tmp_path, False)
+    d = load_dataset("toy", n_per_class=20, zca=True)  # zca_variant="kornia" is the default
+    assert not d.zca.relative and d.zca.reg == 0.1
+    x = raw.images_train.reshape(len(raw.images_train), -1).numpy().astype(np.float64) / 255.0
+    mean = x.mean(0, keepdims=True)
+    cov = (x - mean).T @ (x - mean) / (len(x) - 1)
+    u, sv, _ = np.linalg.svd(cov)
+    transform = u @ np.diag(1.0 / np.sqrt(sv + 0.1)) @ u.T
+    t = raw.images_test.reshape(len(raw.images_test), -1).numpy().astype(np.float64) / 255.0
+    expected = ((t - mean) @ transform).reshape(raw.images_test.shape)
+    np.testing.assert_allclose(d.images_test.numpy(), expected, atol=1e-4)
+    with pytest.raises(ConfigError, match="zca_variant"):
+        load_dataset("toy", n_per_class=20, zca=True, zca_variant="kornea")
+
+
+def test_validation_split_is_seeded_balanced_and_held_out():
+    full = load_dataset("toy", n_per_class=20)
+    d = load_dataset("toy", n_per_class=20, val_per_class=4, val_seed=1)
+    assert torch.bincount(d.labels_val).tolist() == [4] * 10
+    assert d.class_counts() == [16] * 10 and len(d.labels_train) + len(d.labels_val) == len(full.labels_train)
+    # held out: no validation image is among the training images, and together they are the full set
+    joined = torch.cat([d.images_train, d.images_val]).flatten(1)
+    assert torch.unique(joined, dim=0).shape[0] == torch.unique(full.images_train.flatten(1), dim=0).shape[0]
+    train_rows = {tuple(r.tolist()) for r in d.images_train.flatten(1)[:, :8]}
+    assert not any(tuple(r.tolist()) in train_rows for r in d.images_val.flatten(1)[:, :8])
+    again = load_dataset("toy", n_per_class=20, val_per_class=4, val_seed=1)
+    other = load_dataset("toy", n_per_class=20, val_per_class=4, val_seed=2)
+    assert torch.equal(again.images_val, d.images_val) and not torch.equal(other.images_val, d.images_val)
+    assert torch.equal(d.evaluated_on("val").images_test, d.images_val)
+    assert d.evaluated_on("test").images_test is d.images_test
+    with pytest.raises(ConfigError, match="val_per_class"):
+        full.evaluated_on("val")
+    with pytest.raises(ConfigError, match="val_per_class"):
+        load_dataset("toy", n_per_class=20, val_per_class=20)
 
 
 # ------------------------------------------------------------------------------------------ real Fashion-MNIST

@@ -54,7 +54,7 @@ def test_unknown_option_and_layer_names():
 
 def test_convnet_default_recipe():
     net = create_net("convnet", 1, 10, 28)
-    assert net.num_features == 128 * 3 * 3  # 28 -> 14 -> 7 -> 3
+    assert net.num_features == 128 * 4 * 4  # reference padding: 28 (+2*3) -> 32 -> 16 -> 8 -> 4
     assert create_net("convnet", 3, 10, 32).num_features == 128 * 4 * 4
     norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
     assert len(norms) == 3 and all(m.num_groups == m.num_channels == 128 and m.affine for m in norms)
@@ -65,13 +65,15 @@ def test_convnet_default_recipe():
         "norm": "instancenorm",
         "act": "relu",
         "pool": "avgpooling",
+        "first_padding": "auto",
     }
 
 
 @pytest.mark.parametrize("channels,size,classes", FORMATS)
 def test_convnet_variants(channels, size, classes):
     net = create_net("convnet", channels, classes, size, width=64, depth=2, norm="batchnorm", pool="maxpooling")
-    assert net.num_features == 64 * (size // 4) ** 2
+    first = size + 2 * (3 if channels == 1 and size == 28 else 1) - 2  # the first conv's output size
+    assert net.num_features == 64 * (first // 4) ** 2
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2
     assert sum(isinstance(m, nn.MaxPool2d) for m in net.modules()) == 2
     net(torch.randn(2, channels, size, size)).sum().backward()
@@ -108,7 +110,7 @@ def test_init_is_deterministic_under_manual_seed(name):
 
 def test_im_size_forms_agree():
     assert create_net("convnet", 1, 10, 28).num_features == create_net("convnet", 1, 10, (28, 28)).num_features
-    assert create_net("convnet", 1, 10, (1, 28, 28)).num_features == 128 * 9
+    assert create_net("convnet", 1, 10, (1, 28, 28)).num_features == 128 * 16
 
 
 def test_too_small_images_raise_config_error():
@@ -122,3 +124,28 @@ def test_functional_call_matches_module():
     x = torch.randn(4, 1, 28, 28)
     params = {k: v.detach().clone() for k, v in net.named_parameters()}
     torch.testing.assert_close(torch.func.functional_call(net, params, (x,)), net(x))
+
+
+def test_convnet_on_1x28x28_is_the_reference_network():
+    """DatasetCondensation's ConvNet pads the first conv by 3 on 1-channel 28x28 inputs (2,048 features at
+    width 128). Written out with plain torch ops on the net's own weights, the forward pass must agree."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = create_net("convnet", 1, 10, 28).eval()
+    assert net.num_features == 2048
+    x = torch.randn(4, 1, 28, 28)
+    p = dict(net.named_parameters())
+    h = x
+    for d, conv in enumerate((0, 4, 8)):
+        h = F.conv2d(h, p[f"features.{conv}.weight"], p[f"features.{conv}.bias"], padding=3 if d == 0 else 1)
+        h = F.group_norm(h, 128, p[f"features.{conv + 1}.weight"], p[f"features.{conv + 1}.bias"], eps=1e-5)
+        h = F.avg_pool2d(F.relu(h), 2, 2)
+    assert h.shape == (4, 128, 4, 4)
+    expected = F.linear(h.flatten(1), p["classifier.weight"], p["classifier.bias"])
+    torch.testing.assert_close(net(x), expected)
+    # the older network stays available as an explicit option, and other shapes keep padding 1
+    assert create_net("convnet", 1, 10, 28, first_padding=1).num_features == 128 * 3 * 3
+    assert create_net("convnet", 3, 10, 28).num_features == 128 * 3 * 3
+    with pytest.raises(ConfigError):
+        create_net("convnet", 1, 10, 28, first_padding=-1)

@@ -2,9 +2,14 @@
 
 A dataset *source* (registered in :data:`DATASETS`, see ``sources.py``) knows its static facts
 (:class:`DatasetInfo`) and how to decode its files into uint8 tensors. ``load_dataset`` then does the part
-that is common to all of them, in this order: class-balanced ``train_limit`` / ``test_limit`` subsets,
-normalization ``(x / 255 - mean) / std`` per channel, and optional ZCA whitening fitted on the (limited)
-training images and applied to train and test alike (the KIP / MTT convention, see ``zca.py``).
+that is common to all of them, in this order: class-balanced ``train_limit`` / ``test_limit`` subsets, an
+optional seeded class-balanced **validation split** carved out of the training images (``val_per_class``;
+distillation and experts never see it, hyperparameters are chosen on it, never on the test set),
+normalization ``(x / 255 - mean) / std`` per channel, and optional ZCA whitening fitted on the remaining
+training images and applied to every split (see ``zca.py``). ZCA's reference variant (``zca_variant="kornia"``,
+MTT's and HaBa's code: kornia's ``ZCAWhitening(eps=0.1)``) whitens the raw ``x / 255`` pixels with an
+absolute eps, so the images are *not* mean/std-normalized first; ``"relative"`` whitens normalized pixels
+with ``eps = reg * mean eigenvalue`` (KIP's choice, this project's earlier default).
 
 Decoded uint8 splits and fitted ZCA transforms are kept in a small in-process LRU cache, so a second
 ``load_dataset`` with the same arguments only re-normalizes (fresh tensors every call: callers may modify
@@ -40,7 +45,7 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per channel, of x / 255
     std: tuple[float, ...]
     class_names: tuple[str, ...]
-    zca: bool = False  # whether the images are ZCA-whitened after normalization
+    zca: bool = False  # whether the images are ZCA-whitened (see load_dataset for the variant)
 
     def __post_init__(self) -> None:
         # Accept lists (as JSON gives them back) but store tuples, so infos compare and hash reliably.
@@ -89,7 +94,8 @@ def _class_index(labels: Tensor, num_classes: int) -> list[Tensor]:
 class Dataset:
     """A dataset in memory: normalized (then optionally ZCA-whitened) float32 images and int64 labels.
 
-    images_train: (N, C, H, W) float32, labels_train: (N,) int64; likewise for test.
+    images_train: (N, C, H, W) float32, labels_train: (N,) int64; likewise for test and val (the validation
+    split held out of the training images; empty when none was asked for).
     ``zca`` is the fitted transform when ``info.zca`` (use ``zca.invert`` to display whitened images).
     """
 
@@ -99,10 +105,15 @@ class Dataset:
     images_test: Tensor
     labels_test: Tensor
     zca: ZCA | None = None
+    images_val: Tensor | None = None
+    labels_val: Tensor | None = None
     _by_class: list[Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        if self.images_val is None:
+            self.images_val = self.images_train.new_zeros((0, *self.images_train.shape[1:]))
+            self.labels_val = self.labels_train.new_zeros((0,))
+        for split in ("train", "test", "val"):
             images, labels = getattr(self, f"images_{split}"), getattr(self, f"labels_{split}")
             if images.ndim != 4 or tuple(images.shape[1:]) != self.info.image_shape:
                 raise ConfigError(f"images_{split} must be (N, *{self.info.image_shape}), got {tuple(images.shape)}")
@@ -169,7 +180,23 @@ class Dataset:
             images_test=self.images_test.to(device),
             labels_test=self.labels_test.to(device),
             zca=self.zca,
+            images_val=self.images_val.to(device),
+            labels_val=self.labels_val.to(device),
         )
+
+    def evaluated_on(self, split: str) -> Dataset:
+        """This dataset with ``split`` ("test" or "val") in the test slots, for evaluation code that tests on
+        ``images_test``. Choosing hyperparameters on "val" keeps the test set untouched."""
+        if split == "test":
+            return self
+        if split != "val":
+            raise ConfigError(f"eval.split must be 'test' or 'val', not {split!r}.")
+        if self.labels_val.numel() == 0:
+            raise ConfigError(
+                "eval.split=val needs a validation split: set data.val_per_class (e.g. 500) so that many "
+                "training images per class are held out of distillation."
+            )
+        return dataclasses.replace(self, images_test=self.images_val, labels_test=self.labels_val)
 
     def __repr__(self) -> str:
         c, h, w = self.info.image_shape
@@ -241,6 +268,7 @@ class _LRU:
 
 
 _CACHE = _LRU(maxsize=6)
+ZCA_VARIANTS = ("kornia", "relative")
 
 
 def clear_cache() -> None:
@@ -257,6 +285,21 @@ def balanced_indices(labels: Tensor, num_classes: int, limit: int | None) -> Ten
         raise ConfigError(f"a limit of {limit} images cannot hold one image of each of the {num_classes} classes")
     quota, extra = divmod(limit, num_classes)
     picks = [idx[: quota + (c < extra)] for c, idx in enumerate(_class_index(labels, num_classes))]
+    return torch.cat(picks).sort().values
+
+
+def validation_indices(labels: Tensor, num_classes: int, per_class: int, seed: int = 0) -> Tensor:
+    """A seeded class-balanced holdout: ``per_class`` random positions of each class (sorted), drawn from
+    ``torch.Generator().manual_seed(seed)`` class by class, so the same seed always holds out the same images."""
+    g = torch.Generator().manual_seed(int(seed))
+    picks = []
+    for c, idx in enumerate(_class_index(labels, num_classes)):
+        if per_class >= idx.numel():
+            raise ConfigError(
+                f"data.val_per_class={per_class} would hold out every training image of class {c} "
+                f"({idx.numel()} images); use a smaller value."
+            )
+        picks.append(idx[torch.randperm(idx.numel(), generator=g)[:per_class]])
     return torch.cat(picks).sort().values
 
 
@@ -285,12 +328,18 @@ def load_dataset(
     download: bool = True,
     zca_reg: float = 0.1,
     cache: bool = True,
+    zca_variant: str = "kornia",
+    val_per_class: int = 0,
+    val_seed: int = 0,
     **options: Any,
 ) -> Dataset:
     """Load dataset ``name`` into memory as a :class:`Dataset` (CPU tensors; move with ``.to(device)``).
 
     root: folder holding the dataset's files (each source documents where it looks, and its fallbacks).
-    zca: ZCA-whiten after normalization, fitted on the training images kept after ``train_limit``.
+    zca: ZCA-whiten, fitted on the training images kept after ``train_limit`` and the validation holdout.
+    zca_variant: "kornia" (the reference: raw x / 255 pixels, absolute eps ``zca_reg``) or "relative"
+        (normalized pixels, eps ``zca_reg`` x mean eigenvalue).
+    val_per_class / val_seed: hold out that many training images per class (seeded) as the validation split.
     train_limit / test_limit: keep a deterministic class-balanced subset of that many images.
     download: allow a torchvision download when the files are not found (never in tests).
     options: the source's own options, e.g. ``load_dataset("toy", channels=3, im_size=32)``.
@@ -309,25 +358,41 @@ def load_dataset(
 
     raw = _CACHE.get_or_make(("raw", *key), read) if use_cache else read()
 
-    splits = {}
+    if zca and zca_variant not in ZCA_VARIANTS:
+        raise ConfigError(f"Unknown data.zca_variant {zca_variant!r}. Valid: {', '.join(ZCA_VARIANTS)}.")
+    if isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or val_per_class < 0:
+        raise ConfigError(f"data.val_per_class must be an integer >= 0, got {val_per_class!r}.")
+    # the reference ZCA whitens raw [0, 1] pixels: no mean/std normalization before it
+    prepare = (lambda x: x.to(torch.float32).div_(255.0)) if zca and zca_variant == "kornia" else (
+        lambda x: _normalize(x, info))  # fmt: skip
+    uint8 = {}
     for split, limit in (("train", train_limit), ("test", test_limit)):
         images, labels = getattr(raw, f"images_{split}"), getattr(raw, f"labels_{split}")
         keep = balanced_indices(labels, info.num_classes, limit)
         if keep is not None:
             images, labels = images[keep], labels[keep]
-        splits[split] = (_normalize(images, info), labels.clone())
+        uint8[split] = (images, labels)
+    if val_per_class:
+        images, labels = uint8["train"]
+        held = validation_indices(labels, info.num_classes, val_per_class, val_seed)
+        rest = torch.ones(labels.numel(), dtype=torch.bool)
+        rest[held] = False
+        uint8["val"], uint8["train"] = (images[held], labels[held]), (images[rest], labels[rest])
+    splits = {split: (prepare(x), y.clone()) for split, (x, y) in uint8.items()}
 
     fitted = None
     if zca:
         images_train = splits["train"][0]
+        relative = zca_variant == "relative"
 
         def fit() -> ZCA:
-            return fit_zca(images_train, reg=zca_reg)
+            return fit_zca(images_train, reg=zca_reg, relative=relative)
 
-        zkey = ("zca", *key, train_limit, float(zca_reg))
+        zkey = ("zca", *key, train_limit, float(zca_reg), zca_variant, val_per_class, val_seed)
         fitted = _CACHE.get_or_make(zkey, fit) if use_cache else fit()
         splits = {s: (fitted.apply(x), y) for s, (x, y) in splits.items()}
 
+    val = splits.get("val", (None, None))
     return Dataset(
         info=dataclasses.replace(info, zca=bool(zca)),
         images_train=splits["train"][0],
@@ -335,7 +400,17 @@ def load_dataset(
         images_test=splits["test"][0],
         labels_test=splits["test"][1],
         zca=fitted,
+        images_val=val[0],
+        labels_val=val[1],
     )
+
+
+def dataset_from_config(d, **extra: Any) -> Dataset:
+    """``load_dataset`` with the fields of a :class:`~haba_core.config.DataConfig` (``extra`` overrides)."""
+    kwargs = dict(root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit,
+                  zca_variant=d.zca_variant, val_per_class=d.val_per_class, val_seed=d.val_seed)  # fmt: skip
+    kwargs.update(extra)
+    return load_dataset(d.name, **kwargs, **d.options)
 
 
 def _check_raw(raw: RawSplits, info: DatasetInfo) -> None:

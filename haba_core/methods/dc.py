@@ -14,7 +14,10 @@ output units of ``1 - cos``. One-dimensional tensors (biases, norm scales and sh
 in the official code; we follow it (``match_bias=True`` counts them as one row each instead).
 
 ``dsa`` is DC whose matching applies one siamese DSA draw to the real and the synthetic batch of each
-class (``Context.augment``), and whose inner-loop training augments too. ``dc`` uses no augmentation.
+class (``Context.augment``: one transform for the whole batch, as the reference's seeded ``DiffAugment``),
+and whose inner-loop training augments too, with an independent draw per image (the reference's unseeded
+``DiffAugment``). ``dc`` uses no augmentation. The inner loop trains the network with plain SGD (``lr_net``,
+no momentum), as the reference ``main.py``.
 With HaBa, class c's synthetic images are its bases hallucinated: one random hallucinator per basis
 (``syn_pairing="random"``, DESIGN §3) or every basis x every hallucinator (``"all"``).
 
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.errors import ConfigError
 from haba_core.methods.base import METHODS, Method
 
@@ -76,7 +80,7 @@ class DCConfig:
     lr_hallucinators: float = 1e-4
     momentum: float = 0.5  # synthetic-set SGD momentum (official)
     lr_net: float = 0.01  # inner-loop network SGD
-    momentum_net: float = 0.5
+    momentum_net: float = 0.0  # the reference's inner loop is plain SGD
     batch_real: int = 256
     batch_train: int = 256  # inner-loop mini-batch on the synthetic set
     outer_loop: int | None = None  # None: from synset.n_bases (DC's get_loops)
@@ -163,8 +167,9 @@ class DC(Method):
             for i in range(0, len(images), self.cfg.batch_train):
                 idx = order[i : i + self.cfg.batch_train]
                 x = images[idx]
-                if self.augment_matching:
-                    x = self.ctx.augment(x, generator=generator)[0]
+                if self.augment_matching:  # one draw per image (not the matching step's shared batch draw)
+                    x = apply_dsa(x, sample_dsa_params(self.ctx.dsa_strategy, len(x), generator, x.device,
+                                                       tuple(self.ctx.info.im_size)))  # fmt: skip
                 loss = F.cross_entropy(net(x), labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

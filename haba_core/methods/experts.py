@@ -56,8 +56,11 @@ class ExpertConfig:
     data_root: str = "data"
     data_options: dict = field(default_factory=dict)  # source options, e.g. toy's im_size
     zca: bool = False
+    zca_variant: str = "kornia"  # as data.zca_variant: must match the distillation's
     train_limit: int | None = None  # class-balanced subset of the training set (fast CPU profiles)
     test_limit: int | None = None
+    val_per_class: int = 0  # as data.val_per_class: experts never train on the validation split
+    val_seed: int = 0
     net: dict = field(default_factory=lambda: {"name": "convnet", "params": {}})
     epochs: int = 50
     lr: float = 0.01
@@ -136,7 +139,7 @@ def _load_data(cfg: ExpertConfig):
 
     ds = load_dataset(
         cfg.dataset, root=cfg.data_root, zca=cfg.zca, train_limit=cfg.train_limit, test_limit=cfg.test_limit,
-        **cfg.data_options,
+        zca_variant=cfg.zca_variant, val_per_class=cfg.val_per_class, val_seed=cfg.val_seed, **cfg.data_options,
     )  # fmt: skip
     return ds.to(resolve_device(cfg.device))
 

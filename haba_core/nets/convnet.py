@@ -2,7 +2,14 @@
 
 ``depth`` blocks of conv3x3 (padding 1) -> norm -> act -> 2x2 pool, then one linear layer on the flattened
 maps. Defaults: width 128, depth 3, instance norm, ReLU, average pooling. Feature maps shrink by
-floor-halving: 28x28 -> 3x3 and 32x32 -> 4x4 at depth 3.
+floor-halving: 32x32 -> 4x4 at depth 3.
+
+First-layer padding (``first_padding``). The reference networks (DatasetCondensation's ``ConvNet``, which the
+published MNIST / Fashion-MNIST numbers of DC, DSA, DM, KIP and IDC come from) pad the *first* convolution by
+3 on single-channel 28x28 inputs, so 28x28 becomes 32x32 after it: 4x4 final maps, 2,048 features at width
+128. ``"auto"`` (the default) does exactly that for 1x28x28 inputs and pads by 1 everywhere else;
+an integer sets the first padding explicitly (``first_padding=1`` gives the older 3x3-map network,
+1,152 features at width 128).
 """
 
 from __future__ import annotations
@@ -11,8 +18,20 @@ import math
 
 from torch import nn
 
+from haba_core.errors import ConfigError
 from haba_core.nets.layers import FeatureNet, feature_shape, make_act, make_norm, make_pool
 from haba_core.nets.registry import NETS
+
+REFERENCE_PAD_SHAPE = (1, 28, 28)  # (C, H, W) on which the reference ConvNet pads its first conv by 3
+
+
+def resolve_first_padding(first_padding: int | str, channels: int, im_size: tuple[int, int]) -> int:
+    """``"auto"`` -> 3 on 1x28x28 inputs (the reference network), else 1; an int >= 0 is taken as is."""
+    if first_padding == "auto":
+        return 3 if (int(channels), *tuple(im_size)) == REFERENCE_PAD_SHAPE else 1
+    if isinstance(first_padding, bool) or not isinstance(first_padding, int) or first_padding < 0:
+        raise ConfigError(f"net.first_padding must be 'auto' or an integer >= 0, got {first_padding!r}")
+    return first_padding
 
 
 @NETS.register("convnet")
@@ -27,12 +46,15 @@ class ConvNet(FeatureNet):
         norm: str = "instancenorm",
         act: str = "relu",
         pool: str = "avgpooling",
+        first_padding: int | str = "auto",
     ) -> None:
         super().__init__()
+        self.first_padding = resolve_first_padding(first_padding, channels, im_size)
         layers: list[nn.Module] = []
         c_in = channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(c_in, width, 3, padding=1), make_norm(norm, width), make_act(act), make_pool(pool)]
+        for d in range(depth):
+            pad = self.first_padding if d == 0 else 1
+            layers += [nn.Conv2d(c_in, width, 3, padding=pad), make_norm(norm, width), make_act(act), make_pool(pool)]
             c_in = width
         self.features = nn.Sequential(*layers)
         self.feature_map_shape = feature_shape(self.features, channels, im_size)  # (width, h, w)
