@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.nets import create_net
-from haba_core.protocol import EvalProtocol
+from haba_core.protocol import EvalProtocol, distinct_protocols
 
 ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
 
@@ -792,4 +792,10 @@ def matrix_markdown(evaluation: dict) -> str:
     for r in rows:
         cells = [r["row"], f"{r['ipc_equivalent']:.3f} ({r['floats_total']:,} floats)", *(r[n] for n in nets)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    protocols = distinct_protocols((evaluation.get(n) or {}).get("protocol") for n in ("synset", "random_real")
+                                   if isinstance(evaluation.get(n), dict))  # fmt: skip
+    if len(protocols) == 1:
+        lines.append(f"\nEvery row: evaluation protocol {protocols[0]}.")
+    elif protocols:
+        lines.append(f"\n**Rows evaluated under different protocols, not comparable: {'; '.join(protocols)}.**")
     return "\n".join(lines)

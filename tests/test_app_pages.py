@@ -312,3 +312,22 @@ def test_compare_overlays_runs_and_plots_accuracy_against_storage(runs_root):
     assert not at.exception
     at.multiselect(key="compare.runs").set_value(["failed"]).run()
     assert "None of these runs has been evaluated yet" in texts(at.info)
+
+
+def test_results_under_different_protocols_are_flagged_on_evaluate_and_compare(runs_root):
+    """Two runs evaluated under different protocols are never silently side by side."""
+    at = open_page("evaluate")
+    assert not any("different protocols" in str(w.value) for w in at.warning)
+    ev = json.loads((runs_root / "tiny" / "evaluation.json").read_text())
+    assert at.dataframe[0].value.loc["tiny", "protocol"].endswith(f"({ev['synset']['protocol']['id']})")
+    other = runs_root / "tiny_legacy"
+    shutil.copytree(runs_root / "tiny", other)
+    for source in ("synset", "random_real"):  # as written before protocols had ids (standardized HaBa only)
+        proto = ev[source]["protocol"]
+        ev[source]["protocol"] = {k: v for k, v in proto.items() if k not in ("id", "name", "order", "version")}
+    (other / "evaluation.json").write_text(json.dumps(ev))
+    at = open_page("evaluate")
+    assert "2 different protocols" in texts(at.warning) and "legacy" in texts(at.warning)
+    at = open_page("compare")
+    at.multiselect(key="compare.runs").set_value(["tiny", "tiny_legacy"]).run()
+    assert "2 different protocols" in texts(at.warning)

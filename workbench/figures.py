@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from haba_core.protocol import protocol_id, protocol_label
 from workbench.runs import loss_names
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -167,6 +168,8 @@ def accuracy_records(evaluations: dict[str, dict]) -> pd.DataFrame:
                         "kind": storage.get("kind"),
                         "epochs": protocol.get("epochs"),
                         "reported": protocol.get("reported", "final"),
+                        "protocol": protocol_label(protocol),
+                        "protocol_id": protocol_id(protocol),
                     }
                 )
     return pd.DataFrame(
@@ -185,7 +188,21 @@ def accuracy_records(evaluations: dict[str, dict]) -> pd.DataFrame:
             "kind",
             "epochs",
             "reported",
+            "protocol",
+            "protocol_id",
         ],
+    )
+
+
+def protocol_warning(df: pd.DataFrame) -> str | None:
+    """A visible warning when the rows of ``accuracy_records`` were evaluated under different protocols."""
+    if df.empty or df["protocol_id"].nunique() <= 1:
+        return None
+    groups = df.groupby("protocol", sort=False)["row"].unique()
+    detail = "; ".join(f"{proto}: {', '.join(rows)}" for proto, rows in groups.items())
+    return (
+        f"These rows were evaluated under {len(groups)} different protocols, so their accuracies are not "
+        f"comparable ({detail}). Re-evaluate them with the same settings (Evaluate page) before comparing."
     )
 
 
@@ -197,6 +214,8 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     table = cell.pivot_table(index="row", columns="net", values="text", aggfunc="first", sort=False)
     ipc = df.groupby("row", sort=False)["ipc_equivalent"].first()
     table.insert(0, "storage (IPC-eq.)", [f"{v:.3f}" if isinstance(v, (int, float)) else "" for v in ipc[table.index]])
+    protocol = df.groupby("row", sort=False)["protocol"].first()
+    table["protocol"] = list(protocol[table.index])
     table.index.name = None
     table.columns.name = None
     return table

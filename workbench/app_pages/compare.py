@@ -66,6 +66,9 @@ if df.empty:
     st.info("None of these runs has been evaluated yet; use the **Evaluate** page.", icon=":material/fact_check:")
     st.page_link(ui.page_path("evaluate.py"), label="Evaluate", icon=":material/fact_check:")
 else:
+    mixed = F.protocol_warning(df)
+    if mixed:
+        st.warning(mixed, icon=":material/rule:")
     nets = sorted(df["net"].unique())
     net = st.selectbox("Architecture", nets, key="compare.net")
     st.plotly_chart(F.accuracy_vs_storage(df, net), key="compare.acc", config={"displaylogo": False})

@@ -105,6 +105,9 @@ def jobs_and_results() -> None:
     if df.empty:
         st.info("Choose runs with results.")
         return
+    mixed = F.protocol_warning(df)
+    if mixed:
+        st.warning(mixed, icon=":material/rule:")
     st.plotly_chart(F.accuracy_heatmap(df), key="eval.heatmap", config={"displaylogo": False})
     st.markdown("Test accuracy (%), mean ± std over seeds; the accuracy of the final network, never the best.")
     st.dataframe(F.accuracy_table(df), key="eval.table")
