@@ -9,6 +9,7 @@ CIFAR10 IPC 1); budget-matched mode instead solves the largest ``n_bases`` that 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from haba_core.data import DatasetInfo
@@ -29,6 +30,14 @@ class Plan:
     floats_bases: int
     floats_hallucinators: int
     budget_ipc: float | None
+    image_hw: tuple[int, int] = (0, 0)  # (H, W) of the dataset's images
+    basis_note: str = ""  # set when basis_size="auto" chose a smaller size: what it chose and why
+
+    @property
+    def basis_size(self) -> int | None:
+        """The stored basis size to build the synset with: None when bases are full size."""
+        _, h, w = self.basis_shape
+        return None if (h, w) == tuple(self.image_hw) else h
 
     @property
     def floats_total(self) -> int:
@@ -61,6 +70,7 @@ class Plan:
             "budget_ipc": self.budget_ipc,
             "budget_floats": self.budget_floats,
             "budget_used": None if self.budget_floats is None else self.floats_total / self.budget_floats,
+            **({"basis_note": self.basis_note} if self.basis_note else {}),
         }
 
     def describe(self) -> str:
@@ -81,6 +91,8 @@ class Plan:
             f"images per class     {self.images_per_class}  ({self.images_per_class * self.num_classes} in all)",
             f"stored floats        {self.floats_total:,}  = {self.ipc_equivalent:.3f} IPC-equivalents",
         ]
+        if self.basis_note:
+            lines.append(f"note                 {self.basis_note}")
         if self.budget_ipc is not None:
             lines.append(
                 f"budget               {self.budget_floats:,} floats (IPC {self.budget_ipc:g}); "
@@ -113,7 +125,25 @@ def plan(
         floats_bases=n_bases * info.num_classes * cb * h * w,
         floats_hallucinators=hallucinator_floats(cb, c, (h, w), k) if k else 0,
         budget_ipc=budget_ipc,
+        image_hw=tuple(info.im_size),
     )
+
+
+def _fits(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size) -> Plan | None:
+    """The largest plan that fits, or None. Pure arithmetic: no messages, no recursion."""
+    one = plan(info, kind, 1, n_hallucinators, single_channel, basis_size, budget_ipc)
+    budget, fixed = one.budget_floats, one.floats_hallucinators
+    n = (budget - fixed) // one.floats_bases if budget >= fixed else 0
+    return plan(info, kind, int(n), n_hallucinators, single_channel, basis_size, budget_ipc) if n >= 1 else None
+
+
+def _check_request(info: DatasetInfo, kind: str, budget_ipc, basis_size) -> None:
+    if kind not in ("pixels", "haba"):
+        raise ConfigError(f"Unknown synset {kind!r}. Valid choices: haba, pixels.")
+    if isinstance(budget_ipc, bool) or not isinstance(budget_ipc, (int, float)) or not budget_ipc > 0:
+        raise BudgetError(f"budget_ipc must be a positive number, got {budget_ipc!r}.")
+    if basis_size is not None and (not isinstance(basis_size, int) or basis_size < 3):
+        raise ConfigError(f"basis_size must be an integer >= 3 (or None for full size), got {basis_size!r}.")
 
 
 def solve(
@@ -125,36 +155,36 @@ def solve(
     basis_size: int | None = None,
 ) -> Plan:
     """The largest ``n_bases`` per class whose storage fits ``budget_ipc``; raises BudgetError if none does."""
-    if kind not in ("pixels", "haba"):
-        raise ConfigError(f"Unknown synset {kind!r}. Valid choices: haba, pixels.")
-    if budget_ipc is None or budget_ipc <= 0:
-        raise BudgetError(f"budget_ipc must be a positive number, got {budget_ipc!r}.")
-    one = plan(info, kind, 1, n_hallucinators, single_channel, basis_size, budget_ipc)
-    budget = one.budget_floats
-    per_class_row = one.floats_bases  # floats of one basis for every class
-    n = (budget - one.floats_hallucinators) // per_class_row if budget >= one.floats_hallucinators else 0
-    if n < 1:
-        raise BudgetError(_too_small(info, one, n_hallucinators, single_channel, basis_size))
-    return plan(info, kind, int(n), n_hallucinators, single_channel, basis_size, budget_ipc)
+    _check_request(info, kind, budget_ipc, basis_size)
+    fitted = _fits(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size)
+    if fitted is None:
+        raise BudgetError(_too_small(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size))
+    return fitted
 
 
-def _too_small(info: DatasetInfo, one: Plan, k: int, single_channel: bool, basis_size: int | None) -> str:
+def _too_small(info: DatasetInfo, kind: str, budget_ipc: float, k: int, single_channel: bool,
+               basis_size: int | None) -> str:  # fmt: skip
+    """What does not fit, and what would: at most one fewer-hallucinators and one smaller-size option.
+    Every probe is a call of :func:`_fits` (arithmetic), so this takes O(k + size) steps, never recursion."""
+    one = plan(info, kind, 1, k, single_channel, basis_size, budget_ipc)
+    what = f" plus {k} hallucinator(s) ({one.floats_hallucinators:,} floats)" if kind == "haba" else ""
     msg = (
-        f"A budget of IPC {one.budget_ipc:g} ({one.budget_floats:,} floats) cannot hold one basis per class "
-        f"({one.floats_bases:,} floats) plus {k} hallucinator(s) ({one.floats_hallucinators:,} floats)."
+        f"A budget of IPC {budget_ipc:g} ({one.budget_floats:,} floats) cannot hold one basis per class "
+        f"({one.floats_bases:,} floats){what}."
     )
     options = []
-    for kk in range(k - 1, 0, -1):
-        if solve_or_none(info, "haba", one.budget_ipc, kk, single_channel, basis_size):
-            options.append(f"use n_hallucinators={kk}")
-            break
-    for size in range((basis_size or info.im_size[0]) - 1, 3, -1):
-        p = solve_or_none(info, "haba", one.budget_ipc, k, single_channel, size)
+    if kind == "haba":
+        fewer = next((kk for kk in range(k - 1, 0, -1)
+                      if _fits(info, kind, budget_ipc, kk, single_channel, basis_size)), None)  # fmt: skip
+        if fewer:
+            options.append(f"use n_hallucinators={fewer}")
+    for size in range((basis_size or min(info.im_size)) - 1, 3, -1):
+        p = _fits(info, kind, budget_ipc, k, single_channel, size)
         if p:
             options.append(f"store smaller bases (synset.basis_size={size} fits {p.n_bases} per class)")
             break
     needed = one.floats_total / (info.num_classes * one.image_floats)
-    options.append(f"raise budget_ipc to at least {needed:.2f}")
+    options.append(f"raise budget_ipc to at least {needed:.3g}")
     options.append("or set synset.n_bases explicitly to run over budget (storage is still reported)")
     return msg + " Options: " + "; ".join(options) + "."
 
@@ -166,16 +196,56 @@ def solve_or_none(info, kind, budget_ipc, n_hallucinators=5, single_channel=Fals
         return None
 
 
+def auto_basis_size(info: DatasetInfo, kind: str, budget_ipc: float | None, n_hallucinators: int = 5,
+                    single_channel: bool = False) -> int | None:  # fmt: skip
+    """``None`` (full size) if full-size bases fit the budget, else the largest of H/2, H/3, ... that fits
+    (None again when nothing fits: the budget solve then explains what would).
+
+    The one rule the CLI, the library and the app share for ``synset.basis_size="auto"``. Whole-factor
+    reductions (28 -> 14 on Fashion-MNIST, 32 -> 16 on CIFAR) upsample cleanly and leave room for several bases
+    per class next to the hallucinators (IPC 1 Fashion-MNIST: 3 bases of 14x14 + 5 hallucinators).
+    """
+    if kind not in ("haba", "pixels") or not isinstance(budget_ipc, (int, float)) or not budget_ipc > 0:
+        return None
+    if _fits(info, kind, budget_ipc, n_hallucinators, single_channel, None):
+        return None
+    full = min(info.im_size)
+    for factor in range(2, full // 3 + 1):
+        size = round(full / factor)
+        if size >= 4 and _fits(info, kind, budget_ipc, n_hallucinators, single_channel, size):
+            return size
+    return None
+
+
+def basis_note(info: DatasetInfo, kind: str, budget_ipc: float, k: int, size: int) -> str:
+    """The sentence every front end prints when ``auto`` chose a smaller basis size."""
+    h, w = info.im_size
+    what = f"bases plus {k} hallucinators" if kind == "haba" else "images"
+    return (
+        f"Full-size {h}x{w} {what} do not fit IPC {budget_ipc:g}; basis_size=auto stores them at {size}x{size} "
+        "(the largest whole-factor reduction that fits) and upsamples them for training. Set synset.basis_size "
+        "to trade resolution against bases per class."
+    )
+
+
 def plan_from_config(info: DatasetInfo, cfg) -> Plan:
-    """The synset plan a :class:`SynsetConfig` asks for: explicit ``n_bases`` wins, else the budget solve."""
+    """The synset plan a :class:`SynsetConfig` asks for: explicit ``n_bases`` wins, else the budget solve.
+    ``basis_size="auto"`` is resolved here (:func:`auto_basis_size`); the plan records the choice."""
     if cfg.kind not in ("pixels", "haba"):
         raise ConfigError(f"Unknown synset {cfg.kind!r}. Valid choices: haba, pixels.")
+    size, note = cfg.basis_size, ""
+    if size == "auto":
+        size = None
+        if cfg.n_bases is None and cfg.budget_ipc is not None:
+            size = auto_basis_size(info, cfg.kind, cfg.budget_ipc, cfg.n_hallucinators, cfg.single_channel)
+            if size is not None:
+                note = basis_note(info, cfg.kind, cfg.budget_ipc, cfg.n_hallucinators, size)
     if cfg.n_bases is not None:
         if cfg.n_bases < 1:
             raise ConfigError(f"synset.n_bases must be >= 1, got {cfg.n_bases}.")
-        return plan(
-            info, cfg.kind, cfg.n_bases, cfg.n_hallucinators, cfg.single_channel, cfg.basis_size, cfg.budget_ipc
-        )
-    if cfg.budget_ipc is None:
+        p = plan(info, cfg.kind, cfg.n_bases, cfg.n_hallucinators, cfg.single_channel, size, cfg.budget_ipc)
+    elif cfg.budget_ipc is None:
         raise ConfigError("Set synset.budget_ipc (storage budget) or synset.n_bases (bases per class).")
-    return solve(info, cfg.kind, cfg.budget_ipc, cfg.n_hallucinators, cfg.single_channel, cfg.basis_size)
+    else:
+        p = solve(info, cfg.kind, cfg.budget_ipc, cfg.n_hallucinators, cfg.single_channel, size)
+    return dataclasses.replace(p, basis_note=note) if note else p

@@ -23,8 +23,56 @@ def _add_common_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-ipc", type=float, help="storage budget in images-per-class equivalents")
     p.add_argument("--n-bases", type=int, help="bases per class (overrides the budget solve)")
     p.add_argument("--n-hallucinators", type=int, help="HaBa hallucinators (default 5)")
-    p.add_argument("--basis-size", type=int, help="stored basis resolution (default: the image size)")
+    p.add_argument("--basis-size", type=_basis_size_arg,
+                   help="stored basis resolution: auto (default: full size if it fits the budget, else the largest "
+                   "whole-factor reduction that does), full, or an integer >= 3")  # fmt: skip
     p.add_argument("--single-channel", action="store_true", default=None, help="1-channel bases (HaBa)")
+
+
+def _basis_size_arg(text: str) -> int | str:
+    return text.lower() if text.lower() in ("auto", "full") else int(text)
+
+
+# flags that may differ from a resumed run's config: where to look and what to run on, and how far to go
+RESUMABLE = ("iterations", "device", "data.root")
+
+
+def _resume_conflicts(saved: dict, requested: dict) -> list[str]:
+    """``key: saved -> requested`` for every requested setting that differs from the saved run's."""
+    from haba_core.config import RunConfig
+
+    out = []
+    for key, value in requested.items():
+        if key in RESUMABLE:
+            continue
+        node: object = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        parts = key.split(".")
+        if node is None and len(parts) == 3 and parts[1] == "params":  # the saved run used the default
+            node = _default_param(parts[0], saved.get(parts[0], {}).get("name"), parts[2])
+        if node != value and not (isinstance(node, list) and list(value or []) == node):
+            out.append(f"{key}: the run has {node!r}, the command asks for {value!r}")
+    RunConfig.from_dict(saved)  # an unreadable saved config fails here, with its own message
+    return out
+
+
+def _default_param(section: str, name: str | None, key: str):
+    """The default of ``method.params.KEY`` / ``net.params.KEY`` for the named method or net (None if unknown)."""
+    import dataclasses
+
+    try:
+        if section == "method":
+            from haba_core.methods import METHODS
+
+            fields = {f.name: f.default for f in dataclasses.fields(METHODS.get(name or "dm").Config)}
+        else:
+            from haba_core.nets.registry import net_options
+
+            fields = net_options(name or "convnet")
+    except HabaError:
+        return None
+    return fields.get(key)
 
 
 def _config_overrides(a: argparse.Namespace) -> dict:
@@ -56,7 +104,30 @@ def cmd_distill(a: argparse.Namespace) -> int:
     run_dir = Path(a.run_dir)
     if a.resume and (run_dir / "config.json").exists():
         saved = io.read_json(run_dir / "config.json")
-        if a.iterations:
+        # what the command asks for, resolved as for a new run, compared with the saved run
+        asked = apply_overrides(resolve_config(files=a.config or []).to_dict(), _config_overrides(a))
+        asked = apply_overrides(asked, a.set or [])
+        keys = [*_config_overrides(a), *(s.split("=", 1)[0].strip() for s in a.set or [])]
+        if a.config:  # every key an experiment file sets
+            from haba_core.config import load_config_file
+
+            for f in a.config:
+                keys += _flat_keys(load_config_file(f))
+        requested = {}
+        for key in dict.fromkeys(keys):
+            node: object = asked
+            for part in _config_path(key):
+                node = node.get(part) if isinstance(node, dict) else None
+            requested[".".join(_config_path(key))] = node
+        conflicts = _resume_conflicts(saved, requested)
+        if conflicts:
+            raise HabaError(
+                f"--resume continues {run_dir} as it was made; these settings conflict with it: "
+                + "; ".join(conflicts)
+                + ". Drop them to resume (only --iterations, --device and --data-root may change), "
+                "or distill into a new --run-dir."
+            )
+        if a.iterations is not None:
             saved["iterations"] = a.iterations
         cfg = RunConfig.from_dict(saved)
     else:
@@ -66,6 +137,12 @@ def cmd_distill(a: argparse.Namespace) -> int:
         if a.eval:
             d["eval_at_end"] = True
         cfg = RunConfig.from_dict(d)
+    from haba_core.budget import plan_from_config
+    from haba_core.data import dataset_info
+
+    planned = plan_from_config(dataset_info(cfg.data.name, **cfg.data.options), cfg.synset)  # fails before data
+    if planned.basis_note:
+        print(f"note: {planned.basis_note}", file=sys.stderr)
     d = distill(cfg, run_dir, resume=a.resume, progress=not a.quiet, handle_signals=True)
     status = io.read_json(run_dir / "status.json")
     print(
@@ -83,6 +160,24 @@ def cmd_distill(a: argparse.Namespace) -> int:
     return 0 if status["state"] == "finished" else 3
 
 
+def _config_path(key: str) -> list[str]:
+    """Dotted key -> path in the config dict (``method.lr_img`` lives at ``method.params.lr_img``)."""
+    parts = key.split(".")
+    if parts[0] in ("method", "net") and len(parts) == 2 and parts[1] not in ("name", "params"):
+        parts = [parts[0], "params", parts[1]]
+    return parts
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k not in ("options",):
+            out += _flat_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(prefix + k)
+    return out
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from haba_core.config import RunConfig, apply_overrides
     from haba_core.evaluate import evaluate_run, matrix_markdown
@@ -94,13 +189,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         raise HabaError(f"{run} is not a run folder (no config.json); pass --run with a folder made by distill.")
     cfg = RunConfig.from_dict(io.read_json(run / "config.json"))
     ev = apply_overrides(cfg.to_dict(), a.set or [])["eval"]
-    if a.nets:
-        ev["nets"] = a.nets.split(",")
-    if a.seeds:
+    if a.nets is not None:
+        ev["nets"] = [n.strip() for n in a.nets.split(",") if n.strip()]
+        if not ev["nets"]:
+            raise HabaError("--nets is empty; name at least one architecture, e.g. --nets convnet,resnet18.")
+    if a.seeds is not None:
         ev["seeds"] = a.seeds
-    if a.epochs:
+    if a.epochs is not None:
         ev["epochs"] = a.epochs
-    ecfg = RunConfig.from_dict({**cfg.to_dict(), "eval": ev}).eval
+    ecfg = RunConfig.from_dict({**cfg.to_dict(), "eval": ev}).eval  # validated: --seeds 0 is an error
+    if a.test_limit is not None and a.test_limit < 1:
+        raise HabaError(f"--test-limit={a.test_limit} is out of range; use an integer >= 1.")
     if a.test_limit:  # a class-balanced subset of the test set (recorded with the results)
         cfg = RunConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "test_limit": a.test_limit}})
     for name in ecfg.nets:
@@ -135,15 +234,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_budget(a: argparse.Namespace) -> int:
-    from haba_core.budget import plan, solve
+    from haba_core.budget import plan_from_config
+    from haba_core.config import RunConfig, apply_overrides
     from haba_core.data import dataset_info
 
     info = dataset_info(a.dataset)
-    k = a.n_hallucinators if a.n_hallucinators is not None else 5
-    if a.n_bases:
-        p = plan(info, a.synset, a.n_bases, k, bool(a.single_channel), a.basis_size, a.budget_ipc)
-    else:
-        p = solve(info, a.synset, a.budget_ipc, k, bool(a.single_channel), a.basis_size)
+    d = apply_overrides(RunConfig().to_dict(), _config_overrides(a))  # validated like distill's synset.*
+    d["synset"]["budget_ipc"] = None if a.n_bases and a.budget_ipc is None else d["synset"]["budget_ipc"]
+    p = plan_from_config(info, RunConfig.from_dict(d).synset)
     print(json.dumps(p.to_dict(), indent=2) if a.json else p.describe())
     return 0
 
@@ -254,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--budget-ipc", type=float, default=1.0)
     b.add_argument("--n-bases", type=int, help="plan this many bases per class instead of solving")
     b.add_argument("--n-hallucinators", type=int)
-    b.add_argument("--basis-size", type=int)
-    b.add_argument("--single-channel", action="store_true")
+    b.add_argument("--basis-size", type=_basis_size_arg, help="auto (default), full, or an integer >= 3")
+    b.add_argument("--single-channel", action="store_true", default=None)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_budget)
 

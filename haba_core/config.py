@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from haba_core.errors import ConfigError
+from haba_core.validate import check_value
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ class SynsetConfig:
     n_bases: int | None = None  # per class; overrides the budget solve when set (then storage is reported)
     n_hallucinators: int = 5  # haba only
     single_channel: bool = False  # haba only: 1-channel bases on RGB data (3x the bases per budget)
-    basis_size: int | None = None  # stored resolution (square); None = the dataset's size
+    # stored resolution (square): "auto" = full size when it fits the budget, else the largest whole-factor
+    # reduction that does (budget.auto_basis_size; the run says what it chose); None = full size; or an int
+    basis_size: int | str | None = "auto"
     init: str = "real"  # "real" | "noise"
     lr_images: float | None = None  # None: the method's lr_img
     lr_hallucinators: float | None = None  # None: the method's lr_hallucinators (else its lr_img)
@@ -136,7 +139,7 @@ def _build(cls: type, d: Mapping[str, Any] | None, prefix: str) -> Any:
         elif f.type in ("tuple[str, ...]",) and value is not None:
             kwargs[key] = tuple(value.split(",") if isinstance(value, str) else value)
         else:
-            kwargs[key] = value
+            kwargs[key] = check_value(prefix + key, value, f.type)
     try:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - guarded by the key check above

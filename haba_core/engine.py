@@ -110,7 +110,7 @@ class Distiller:
         info = self.dataset.info
         self.plan = plan_from_config(info, cfg.synset)
         s = cfg.synset
-        kwargs: dict[str, Any] = {"n_bases": self.plan.n_bases, "basis_size": s.basis_size}
+        kwargs: dict[str, Any] = {"n_bases": self.plan.n_bases, "basis_size": self.plan.basis_size}
         if s.kind == "haba":
             kwargs.update(n_hallucinators=s.n_hallucinators, single_channel=s.single_channel)
         self.synset = create_synset(s.kind, info, generator=self.generator, **kwargs).to(self.device)

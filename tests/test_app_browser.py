@@ -189,3 +189,54 @@ def test_launch_watch_and_explore_in_a_real_browser(server):
             raise
         finally:
             browser.close()
+
+
+def test_live_page_shows_each_new_step_within_seconds_and_stops_polling(server, tmp_path):
+    """A running run's Live page picks up each appended metrics line within a few seconds (it reads only what
+    was appended), and stops polling once the run is no longer running."""
+    import json
+    import shutil
+    import socket as sock
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, runs = server
+    source = T.source_runs(tmp_path)
+    run = runs / "watched"
+    shutil.copytree(source / "tiny", run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()[:2]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    status = json.loads((run / "status.json").read_text())
+    # a live process that looks like a run (the page checks the pid's command line names haba_core)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "haba_core"])
+    status.update(state="running", pid=proc.pid, host=sock.gethostname(), step=2, sec_per_iter=0.5)
+    (run / "status.json").write_text(json.dumps(status))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(f"{url}/live")
+            page.get_by_role("heading", name="Live run").wait_for()
+            wait_until(page, lambda: loss_points(page) == 2, what="the first two points")
+            delays = []
+            for step, loss in ((3, 123.456), (4, 98.765), (5, 77.125)):
+                record = {**json.loads(lines[-1]), "step": step, "loss": loss, "wall": time.time()}
+                with open(run / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                t0 = time.time()
+                wait_until(page, lambda loss=loss: f"loss {loss:.4g}" in page.content(), 10, f"step {step}")
+                delays.append(time.time() - t0)
+            assert max(delays) < 6, delays  # polls every ~2 s (one logged step of this run, at least 2 s)
+            assert loss_points(page) == 5
+            status.update(state="finished", step=5)
+            (run / "status.json").write_text(json.dumps(status))
+            wait_until(page, lambda: "finished" in page.content(), 10, "the finished state")
+            shot(page, "8_live_polling")
+            assert not page.locator("[data-testid='stException']").count()
+        except Exception:
+            shot(page, "failure_live_polling")
+            raise
+        finally:
+            browser.close()
+            proc.kill()
+            proc.wait()

@@ -331,3 +331,56 @@ def test_results_under_different_protocols_are_flagged_on_evaluate_and_compare(r
     at = open_page("compare")
     at.multiselect(key="compare.runs").set_value(["tiny", "tiny_legacy"]).run()
     assert "2 different protocols" in texts(at.warning)
+
+
+def test_evaluate_sends_its_tasks_to_the_ray_cluster_in_the_sidebar(runs_root, monkeypatch):
+    """With a cluster address (sidebar, prefilled from $RAY_ADDRESS) the job runs `evaluate --executor ray`."""
+    monkeypatch.setenv(J.RAY_ENV, "127.0.0.1:1")  # nothing listens there: the job must fail, visibly
+    at = open_page("evaluate", run="tiny")
+    assert at.sidebar.text_input(key="wb.ray_address").value == "127.0.0.1:1"
+    assert "Ray cluster at `127.0.0.1:1`" in texts(at.caption)
+    at.multiselect(key="eval.nets").set_value(["mlp"])
+    at.number_input(key="eval.seeds").set_value(1)
+    at.number_input(key="eval.epochs").set_value(1)
+    at.button(key="eval.launch").click().run()
+    job = J.eval_job(runs_root / "tiny")
+    assert job.info["executor"] == "ray" and job.info["address"] == "127.0.0.1:1"
+    assert job.info["command"][-4:] == ["--executor", "ray", "--address", "127.0.0.1:1"]
+    job = wait_for(lambda: (j := J.eval_job(runs_root / "tiny")) and j.state != "running" and j, timeout=180)
+    assert job.state == "failed"  # no Ray here (or no cluster at that address): the page shows why
+    at.run()
+    assert "on Ray at `127.0.0.1:1`" in texts(at.markdown) and "failed" in texts(at.error)
+
+
+def test_evaluate_page_runs_on_a_local_ray_cluster(runs_root, monkeypatch):
+    """The Evaluate page on a real Ray cluster (a local head bound to loopback), end to end."""
+    pytest.importorskip("ray", reason="the optional Ray extra is not installed (pip install -r requirements-ray.txt)")
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths are length-limited
+    for k, v in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}.items():
+        monkeypatch.setenv(k, v)
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    subprocess.run([*ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=180)  # fmt: skip
+    try:
+        address = f"127.0.0.1:{port}"
+        at = open_page("evaluate", run="tiny", **{"wb.ray_address": address})
+        at.multiselect(key="eval.nets").set_value(["mlp"])
+        at.number_input(key="eval.seeds").set_value(2)
+        at.number_input(key="eval.epochs").set_value(1)
+        at.button(key="eval.launch").click().run()
+        job = wait_for(lambda: (j := J.eval_job(runs_root / "tiny")) and j.state != "running" and j, timeout=300)
+        assert job.state == "finished", job.log
+        ev = json.loads((runs_root / "tiny" / "evaluation.json").read_text())
+        assert ev["executor"]["kind"] == "ray" and ev["complete"] and len(ev["synset"]["nets"]["mlp"]["per_seed"]) == 2
+        at.run()
+        assert f"on Ray at `{address}`" in texts(at.markdown)
+    finally:
+        subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -48,8 +48,10 @@ def test_clear_errors_for_bad_input(capsys):
     assert main(["budget", "--dataset", "fashion_mnst"]) == 2
     err = capsys.readouterr().err
     assert "fashion_mnist" in err and "Valid choices" in err
-    assert main(["budget", "--dataset", "fashion_mnist", "--budget-ipc", "1"]) == 2
+    assert main(["budget", "--dataset", "fashion_mnist", "--budget-ipc", "1", "--basis-size", "full"]) == 2
     assert "basis_size" in capsys.readouterr().err
+    assert main(["budget", "--dataset", "fashion_mnist", "--budget-ipc", "1"]) == 0  # auto: 14x14 bases
+    assert "14x14" in capsys.readouterr().out
 
 
 def test_distill_and_evaluate_on_toy(tmp_path):
@@ -81,7 +83,9 @@ def test_distill_and_evaluate_on_toy(tmp_path):
     ev = io.read_json(run / "evaluation.json")
     assert set(ev["synset"]["nets"]) == {"convnet", "mlp"} and len(ev["synset"]["nets"]["mlp"]["per_seed"]) == 2
     assert ev["random_real"]["storage"]["n_bases"] >= 1
-    assert ev["synset"]["protocol"]["standardize"] is True  # HaBa protocol default
+    # one protocol for every row: the HaBa set and the random real subset share its id
+    assert ev["synset"]["protocol"]["standardize"] is False  # the default protocol is plain
+    assert ev["synset"]["protocol"]["id"] == ev["random_real"]["protocol"]["id"]
     bad = run_cli("distill", "--run-dir", str(tmp_path / "x"), "--method", "dmm", check=False)
     assert bad.returncode == 2 and "Did you mean 'dm'" in bad.stderr
     bad = run_cli("evaluate", "--run", str(tmp_path / "nothing"), check=False)

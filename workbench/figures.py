@@ -29,6 +29,9 @@ def smooth(values: list[float], weight: float) -> list[float]:
     return out
 
 
+MAX_POINTS = 600  # per curve on screen: more only costs the server, the wire and the browser
+
+
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for r in records:
@@ -37,6 +40,22 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
             xs.append(int(r.get("step", len(xs) + 1)))
             ys.append(float(v))
     return xs, ys
+
+
+def downsample(xs: list, ys: list, max_points: int = MAX_POINTS) -> tuple[list, list]:
+    """At most ``max_points`` of a curve for display: the mean of each of ``max_points`` consecutive buckets
+    (at the bucket's last x), the last point always kept as it is."""
+    n = len(xs)
+    if n <= max_points:
+        return xs, ys
+    size = math.ceil(n / max_points)
+    out_x, out_y = [], []
+    for i in range(0, n, size):
+        chunk = [y for y in ys[i : i + size] if y is not None and math.isfinite(y)]
+        out_x.append(xs[min(i + size, n) - 1])
+        out_y.append(sum(chunk) / len(chunk) if chunk else None)
+    out_y[-1] = ys[-1]
+    return out_x, out_y
 
 
 def _log_safe(ys: list[float]) -> list[float | None]:
@@ -49,8 +68,10 @@ def loss_figure(
     smoothing: float = 0.0,
     log_y: bool = False,
     height_per_row: int = 230,
+    max_points: int = MAX_POINTS,
 ) -> go.Figure:
-    """Every named loss of one run against the step, one panel each (their scales differ)."""
+    """Every named loss of one run against the step, one panel each (their scales differ); long curves are
+    shown as at most ``max_points`` bucket means (smoothing is computed on every point first)."""
     names = names or loss_names(records)
     if not names:
         fig = go.Figure()
@@ -68,6 +89,10 @@ def loss_figure(
     for i, name in enumerate(names):
         r, c = divmod(i, cols)
         xs, ys = _series(records, name)
+        sm = smooth(ys, smoothing)  # on every point, then thinned for display
+        xs_all = xs
+        xs, ys = downsample(xs_all, ys, max_points)
+        _, sm = downsample(xs_all, sm, max_points)
         color = PALETTE[i % len(PALETTE)]
         if smoothing:
             fig.add_trace(
@@ -83,7 +108,6 @@ def loss_figure(
                 r + 1,
                 c + 1,
             )
-        sm = smooth(ys, smoothing)
         fig.add_trace(
             go.Scatter(
                 x=xs,

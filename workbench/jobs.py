@@ -177,9 +177,19 @@ class EvalJob:
         return float(self.info.get("started_at") or 0)
 
 
+RAY_ENV = "RAY_ADDRESS"  # a Ray cluster to run evaluations and experts on (also settable in the app)
+
+
+def cluster_args(address: str | None) -> list[str]:
+    """The engine flags that send a job's tasks to the Ray cluster at ``address`` (none: run here)."""
+    address = (address or "").strip()
+    return ["--executor", "ray", "--address", address] if address else []
+
+
 def evaluate_args(
-    run_dir: Path, nets: list[str], seeds: int, epochs: int, baseline: bool, extra: list[str] = ()
-) -> list[str]:
+    run_dir: Path, nets: list[str], seeds: int, epochs: int, baseline: bool, extra: list[str] = (),
+    address: str | None = None,
+) -> list[str]:  # fmt: skip
     args = [
         "evaluate",
         "--run",
@@ -195,7 +205,7 @@ def evaluate_args(
         args += ["--baseline", "random"]
     for s in extra:
         args += ["--set", s]
-    return args
+    return args + cluster_args(address)
 
 
 def launch_evaluation(
@@ -206,8 +216,10 @@ def launch_evaluation(
     baseline: bool = True,
     extra: list[str] = (),
     root: Path | None = None,
+    address: str | None = None,
 ) -> EvalJob:
-    """Start ``python -m haba_core evaluate`` on run ``name`` in the background."""
+    """Start ``python -m haba_core evaluate`` on run ``name`` in the background (its tasks on the Ray cluster at
+    ``address`` when given; progress, cancel and failed cells work the same either way)."""
     if not nets:
         raise JobError("Choose at least one architecture to evaluate on.")
     if seeds < 1 or epochs < 1:
@@ -220,7 +232,7 @@ def launch_evaluation(
     current = eval_job(run.path)
     if current and current.state == "running":
         raise JobError(f"Run {name!r} is already being evaluated.")
-    args = evaluate_args(run.path, list(nets), seeds, epochs, baseline, list(extra))
+    args = evaluate_args(run.path, list(nets), seeds, epochs, baseline, list(extra), address)
     info = {
         "state": "running",
         "started_at": time.time(),
@@ -228,6 +240,8 @@ def launch_evaluation(
         "seeds": int(seeds),
         "epochs": int(epochs),
         "baseline": bool(baseline),
+        "executor": "ray" if cluster_args(address) else "local",
+        "address": (address or "").strip() or None,
         "host": socket.gethostname(),
         "command": ["python", "-m", "haba_core", *args],
     }
@@ -296,13 +310,14 @@ def has_experts(folder: Path) -> bool:
     return folder.is_dir() and any(folder.rglob("*.safetensors"))
 
 
-def launch_experts(dataset: str, out: Path, extra: list[str] = ()) -> int:
-    """Start ``python -m haba_core experts --dataset D --out DIR`` in the background; returns its pid."""
+def launch_experts(dataset: str, out: Path, extra: list[str] = (), address: str | None = None) -> int:
+    """Start ``python -m haba_core experts --dataset D --out DIR`` in the background (one task per expert on the
+    Ray cluster at ``address`` when given); returns its pid."""
     if not experts_available():
         raise JobError("This engine has no `experts` command yet, so MTT experts cannot be trained from here.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    args = ["experts", "--dataset", dataset, "--out", str(out), *extra]
+    args = ["experts", "--dataset", dataset, "--out", str(out), *extra, *cluster_args(address)]
     proc = _spawn(args, out / "experts_log.txt")
     write_json(
         out / "experts_job.json",

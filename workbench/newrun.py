@@ -306,23 +306,11 @@ def build_config(base: dict, values: dict[str, Any], set_lines: list[str] = ()) 
 
 
 def auto_basis_size(info, kind: str, budget_ipc: float | None, k: int, single_channel: bool) -> int | None:
-    """``None`` (full size) if full-size bases fit the budget, else the largest of H/2, H/3, ... that fits.
+    """The engine's rule for ``basis_size="auto"`` (:func:`haba_core.budget.auto_basis_size`), so the page shows
+    exactly what ``distill`` will choose."""
+    from haba_core.budget import auto_basis_size as engine_rule
 
-    Whole-factor reductions (28 -> 14 on Fashion-MNIST, 32 -> 16 on CIFAR) upsample cleanly and leave room for
-    several bases per class next to the hallucinators (IPC 1 Fashion-MNIST: 3 bases of 14x14 + 5 hallucinators).
-    """
-    from haba_core.budget import solve_or_none
-
-    if kind not in ("haba", "pixels") or not budget_ipc or budget_ipc <= 0:
-        return None
-    if solve_or_none(info, kind, budget_ipc, k, single_channel, None):
-        return None
-    full = min(info.im_size)
-    for factor in range(2, full // 3 + 1):
-        size = round(full / factor)
-        if size >= 4 and solve_or_none(info, kind, budget_ipc, k, single_channel, size):
-            return size
-    return None
+    return engine_rule(info, kind, budget_ipc, k, single_channel)
 
 
 @dataclass
@@ -375,12 +363,10 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
         )
         syn["basis_size"] = size
         if size is not None:
-            what = f"bases plus {syn.get('n_hallucinators')} hallucinators" if syn.get("kind") == "haba" else "images"
-            out.notes.append(
-                f"Full-size {info.im_size[0]}x{info.im_size[1]} {what} do not fit IPC {syn.get('budget_ipc'):g}; "
-                f"they are stored at {size}x{size} (the largest whole-factor reduction that fits) and upsampled for "
-                "training. Pick another basis size to trade resolution against bases per class."
-            )
+            from haba_core.budget import basis_note
+
+            out.notes.append(basis_note(info, syn.get("kind"), syn.get("budget_ipc"),
+                                        int(syn.get("n_hallucinators") or 1), size))  # fmt: skip
     try:
         cfg = RunConfig.from_dict(d)
     except (HabaError, TypeError, ValueError) as e:
@@ -393,8 +379,6 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
             out.errors.append(f"{key} must be 0 or more.")
     if cfg.synset.kind == "haba" and cfg.synset.n_hallucinators < 1:
         out.errors.append("HaBa needs at least one hallucinator.")
-    if cfg.synset.basis_size is not None and cfg.synset.basis_size < 3:
-        out.errors.append("synset.basis_size must be at least 3.")
     try:
         out.plan = plan_from_config(info, cfg.synset)
     except HabaError as e:

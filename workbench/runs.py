@@ -294,6 +294,68 @@ def read_metrics(run: Run | Path) -> list[dict]:
     return read_jsonl(path / "metrics.jsonl")
 
 
+class MetricsTail:
+    """Incremental reader of an append-only ``metrics.jsonl``: each :meth:`poll` reads only the bytes appended
+    since the last one (a torn last line waits for its newline). A file that shrank or was replaced (another
+    inode) is read again from the start. ``records`` holds every record so far; ``version`` counts changes,
+    so callers redraw only when it moved."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.records: list[dict] = []
+        self.version = 0
+        self._offset = 0
+        self._inode: int | None = None
+
+    def poll(self) -> bool:
+        """Read what was appended; True when new records arrived (or the file was reset)."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return False
+        reset = st.st_ino != self._inode or st.st_size < self._offset
+        if reset:
+            self.records, self._offset, self._inode = [], 0, st.st_ino
+        if st.st_size == self._offset:
+            if reset:
+                self.version += 1
+            return reset
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read(st.st_size - self._offset)
+        except OSError:
+            return False
+        end = chunk.rfind(b"\n")
+        if end < 0:  # only a torn line so far
+            return reset
+        self._offset += end + 1
+        new = 0
+        for line in chunk[: end + 1].splitlines():
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(rec, dict):
+                self.records.append(rec)
+                new += 1
+        if new or reset:
+            self.version += 1
+        return bool(new or reset)
+
+
+def poll_interval(run: Run, base: float = 2.0, longest: float = 30.0) -> float | None:
+    """How often a page should look at ``run``: None when it is not active (nothing will change), else about
+    one logged step of the run (``sec_per_iter`` x ``log_every``), between ``base`` and ``longest`` seconds."""
+    if not run.is_active:
+        return None
+    spi = run.status.get("sec_per_iter")
+    every = (run.config or {}).get("log_every") or 1
+    if not isinstance(spi, (int, float)) or spi <= 0:
+        return base
+    return float(min(longest, max(base, spi * every)))
+
+
 def metric_names(records: list[dict]) -> list[str]:
     """Every numeric field of the metrics records (but step and wall clock), in order of first appearance."""
     names: dict[str, None] = {}

@@ -123,3 +123,24 @@ def snapshot_choices(run: R.Run) -> dict[str, Path]:
     if final is not None:
         out["final"] = final
     return out
+
+
+RAY_KEY = "wb.ray_address"
+
+
+def cluster_address() -> str | None:
+    """The Ray cluster jobs go to: the sidebar's address (prefilled from ``$RAY_ADDRESS``), None for this machine."""
+    import os
+
+    from workbench.jobs import RAY_ENV
+
+    if RAY_KEY not in st.session_state:
+        st.session_state[RAY_KEY] = os.environ.get(RAY_ENV, "")
+    address = st.sidebar.text_input(
+        "Ray cluster address",
+        key=RAY_KEY,
+        placeholder="empty: run on this machine",
+        help="host:port of a Ray cluster (needs `pip install -r requirements-ray.txt`). Evaluations and MTT experts "
+        "launched from here then run their tasks there; progress, cancel and failed cells work as for local jobs.",
+    )
+    return address.strip() or None

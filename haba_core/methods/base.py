@@ -22,6 +22,7 @@ from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.errors import ConfigError
 from haba_core.nets import create_net
 from haba_core.registry import Registry
+from haba_core.validate import check_value
 
 METHODS: Registry = Registry("method")
 
@@ -75,7 +76,8 @@ class Method:
                 raise ConfigError(
                     f"Unknown hyperparameter method.{k} for {cls.__name__}.{hint} Valid: {', '.join(sorted(known))}."
                 )
-        return cls.Config(**params)
+        types = {f.name: f.type for f in dataclasses.fields(cls.Config)}
+        return cls.Config(**{k: check_value(f"method.{k}", v, types[k]) for k, v in params.items()})
 
     @property
     def lr_img(self) -> float:

@@ -21,6 +21,7 @@ if not all_runs:
     st.stop()
 runs = [r for r in all_runs if ui.snapshot_choices(r)]
 nets = NR.available_nets()
+address = ui.cluster_address()
 
 with st.container(border=True):
     st.markdown("**New evaluation**")
@@ -47,6 +48,8 @@ with st.container(border=True):
             key="eval.baseline",
             help="Also train on random real images at the same storage (IPC-equivalent).",
         )
+        if address:
+            st.caption(f"Tasks run on the Ray cluster at `{address}` (sidebar); clear the address to run here.")
         extra = st.text_input(
             "Extra eval settings (`key=value`, comma-separated)",
             key="eval.extra",
@@ -62,7 +65,8 @@ with st.container(border=True):
             sets = [s.strip() for s in extra.split(",") if s.strip()]
             for name in chosen:
                 try:
-                    J.launch_evaluation(name, picked_nets, int(seeds), int(epochs), baseline, sets)
+                    J.launch_evaluation(name, picked_nets, int(seeds), int(epochs), baseline, sets,
+                                        address=address)  # fmt: skip
                     st.toast(f"Evaluating {name}...")
                 except (J.JobError, OSError) as e:
                     st.error(f"{name}: {e}")
@@ -83,6 +87,7 @@ def jobs_and_results() -> None:
             c1.markdown(
                 f"**{name}**: :{color}[{job.state}] · {nets_s} · {job.info.get('seeds')} seeds · "
                 f"{job.info.get('epochs')} epochs · started {started}"
+                + (f" · on Ray at `{job.info['address']}`" if job.info.get("executor") == "ray" else "")
             )
             if job.state == "running" and c2.button("Cancel", key=f"eval.cancel.{name}"):
                 st.toast(J.cancel_evaluation(name))

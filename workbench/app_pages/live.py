@@ -1,4 +1,8 @@
-"""Live run: every named loss as it trains, and the synthetic images at any snapshot."""
+"""Live run: every named loss as it trains, and the synthetic images at any snapshot.
+
+Watching must not slow the run: each poll reads only the metrics lines appended since the last one, redraws a
+figure only when its data or settings changed (long curves thinned for display), renders the snapshot image
+once per snapshot file, polls about once per logged step of the run, and stops polling when the run stops."""
 
 import streamlit as st
 
@@ -26,7 +30,34 @@ smoothing = c1.slider(
 )
 log_y = c2.toggle("Log scale", key="live.log_y")
 follow = c3.toggle("Follow latest snapshot", value=True, key="live.follow")
-poll = ui.POLL_S if run.is_active else None
+show_system = st.toggle("Speed and memory", key="live.system_on", help="Plot step time and memory too.")
+# Poll about once per logged step of the run (2-30 s), never for a run that is not running.
+poll = R.poll_interval(run)
+image_poll = None if poll is None else max(poll, 5.0)  # snapshots come every snapshot_every steps
+
+
+def cached(slot: str, key: tuple, build):
+    """``build()`` once per ``key`` (data version and settings): an unchanged figure or image is not rebuilt."""
+    cache = st.session_state.setdefault("live.cache", {})
+    hit = cache.get(slot)
+    if hit is None or hit[0] != key:
+        hit = cache[slot] = (key, build())
+    return hit[1]
+
+
+def metrics_tail(current: R.Run) -> R.MetricsTail:
+    """This session's incremental reader of the run's metrics: each poll reads only the appended lines."""
+    tails = st.session_state.setdefault("live.tails", {})
+    tail = tails.get(str(current.path))
+    if tail is None:
+        tail = tails[str(current.path)] = R.MetricsTail(current.path / "metrics.jsonl")
+    tail.poll()
+    return tail
+
+
+def stop_polling_if_done(current: R.Run) -> None:
+    if poll is not None and not current.is_active:
+        st.rerun(scope="app")  # the page is drawn once more, without polling
 
 
 @st.fragment(run_every=poll)
@@ -37,27 +68,29 @@ def curves() -> None:
         return
     ui.status_line(current)
     ui.show_error(current)
-    records = R.read_metrics(current)
+    tail = metrics_tail(current)
+    records = tail.records
     if not records:
         st.info(
             "No losses logged yet: the run is starting (loading data, building networks).", icon=":material/hourglass:"
         )
+        stop_polling_if_done(current)
         return
-    names = R.loss_names(records)
-    st.plotly_chart(F.loss_figure(records, names, smoothing, log_y), key="live.losses", config={"displaylogo": False})
+    names = cached("names", (str(current.path), tail.version), lambda: R.loss_names(records))
+    settings = (str(current.path), tail.version, smoothing, log_y)
+    fig = cached("losses", settings, lambda: F.loss_figure(records, names, smoothing, log_y))
+    st.plotly_chart(fig, key="live.losses", config={"displaylogo": False})
     last = records[-1]
     st.caption("Latest: " + ", ".join(f"{k} {last[k]:.4g}" for k in names if isinstance(last.get(k), (int, float))))
-    system = R.system_names(records)
-    if system:
-        with st.expander("Speed and memory"):
-            st.plotly_chart(
-                F.loss_figure(records, system, smoothing, False, height_per_row=200),
-                key="live.system",
-                config={"displaylogo": False},
-            )
+    if show_system:
+        system = R.system_names(records)
+        if system:
+            fig = cached("system", settings, lambda: F.loss_figure(records, system, smoothing, False, 200))
+            st.plotly_chart(fig, key="live.system", config={"displaylogo": False})
+    stop_polling_if_done(current)
 
 
-@st.fragment(run_every=poll)
+@st.fragment(run_every=image_poll)
 def images() -> None:
     current = R.get_run(run.name)
     if current is None:
@@ -83,21 +116,33 @@ def images() -> None:
         )
     else:
         label = labels[0]
+    path = choices[label]
     try:
-        synset = ui.load_synset(choices[label])
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = -1
+
+    def render() -> tuple[str, str | None, bytes]:
+        synset = ui.load_synset(path)
+        s = synset.storage()
+        caption = (
+            f"{label}: {s['n_bases']} bases per class x {max(1, s['n_hallucinators'])} "
+            f"{'hallucinators' if synset.kind == 'haba' else 'image(s)'}; first images of each class. "
+            f"{G.display_note(synset.info)}"
+        )
+        png = G.png_bytes(G.overview_image(synset, max_per_class=15, scale=2))
+        return caption, G.health_note(synset), png
+
+    try:  # rendered once per snapshot file, not once per poll
+        caption, warning, png = cached("image", (str(path), stamp, label), render)
     except Exception as e:  # noqa: BLE001 - a missing or corrupted snapshot is shown, not raised
+        st.session_state.get("live.cache", {}).pop("image", None)
         st.error(f"Cannot show snapshot {label}: {e}")
         return
-    s = synset.storage()
-    st.caption(
-        f"{label}: {s['n_bases']} bases per class x {max(1, s['n_hallucinators'])} "
-        f"{'hallucinators' if synset.kind == 'haba' else 'image(s)'}; first images of each class. "
-        f"{G.display_note(synset.info)}"
-    )
-    warning = G.health_note(synset)
+    st.caption(caption)
     if warning:
         st.warning(warning, icon=":material/warning:")
-    st.image(G.png_bytes(G.overview_image(synset, max_per_class=15, scale=2)), output_format="PNG")
+    st.image(png, output_format="PNG")
 
 
 st.subheader("Losses")

@@ -281,7 +281,7 @@ with form:
                 st.warning("No experts there yet: MTT matches their training trajectories.")
                 if st.button("Train experts first", key="new.train_experts", icon=":material/model_training:"):
                     try:
-                        J.launch_experts(dataset, experts_dir)
+                        J.launch_experts(dataset, experts_dir, address=ui.cluster_address())
                         st.rerun()
                     except (J.JobError, OSError) as e:
                         st.error(str(e))

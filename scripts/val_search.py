@@ -1,0 +1,116 @@
+"""Choose hyperparameters on the validation split, never on the test set.
+
+Every combination of ``--grid KEY=V1,V2,...`` (several ``--grid`` flags multiply) is distilled with the
+training set minus a seeded class-balanced holdout (``data.val_per_class``) and evaluated on that holdout
+(``eval.split=val``). The best combination by validation accuracy is then, with ``--test``, evaluated once on
+the test set under the same protocol. Runs live in ``OUT/runs/<combination>`` and resume; results go to
+``OUT/<name>.json`` and ``.md`` with the command, commit, protocol and storage of each row.
+
+    python scripts/val_search.py --name dm_haba_ipc1_lr --config configs/fmnist_cpu_dm.yaml \\
+        --set synset.kind=haba --set synset.budget_ipc=1 --grid synset.lr_hallucinators=1e-3,5e-4 --test
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import git_commit, machine  # noqa: E402
+from haba_core import io  # noqa: E402
+from haba_core.config import RunConfig, resolve_config  # noqa: E402
+from haba_core.engine import distill  # noqa: E402
+from haba_core.protocol import require_one_protocol  # noqa: E402
+
+
+def combinations(grid: list[str]) -> list[dict[str, str]]:
+    axes = []
+    for g in grid:
+        key, values = g.split("=", 1)
+        axes.append([(key.strip(), v.strip()) for v in values.split(",")])
+    return [dict(c) for c in itertools.product(*axes)] if axes else [{}]
+
+
+def tag(combo: dict[str, str]) -> str:
+    return "_".join(f"{k.split('.')[-1]}={v}" for k, v in combo.items()) or "default"
+
+
+def run_one(cfg: RunConfig, run_dir: Path, split: str) -> dict:
+    resume = (run_dir / "config.json").exists()
+    d = distill(cfg, run_dir, resume=resume)
+    ecfg = cfg.eval.__class__(**{**cfg.eval.__dict__, "split": split})
+    d.cfg = cfg.replace(eval=ecfg)
+    ev = d.evaluate()
+    net = cfg.eval.nets[0]
+    acc = ev["nets"][net]
+    return {"mean": acc["mean"], "std": acc["std"], "per_seed": acc["per_seed"], "protocol": ev["protocol"],
+            "storage": ev["storage"], "sec_per_iter": d.seconds_per_iteration(), "iterations": cfg.iterations,
+            "max_abs_pixel": float(d.synset.materialize(pairing="all")[0].abs().max())}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--config", action="append", default=[])
+    p.add_argument("--set", action="append", default=[], help="fixed overrides for every combination")
+    p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable: the product is run)")
+    p.add_argument("--val-per-class", type=int, default=500)
+    p.add_argument("--test", action="store_true", help="evaluate the best combination on the test set")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "val_search"))
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    rows = []
+    for combo in combinations(a.grid):
+        overrides = [*a.set, f"data.val_per_class={a.val_per_class}", *(f"{k}={v}" for k, v in combo.items())]
+        cfg = resolve_config(files=a.config, overrides=overrides)
+        t0 = time.time()
+        res = run_one(cfg, out / "runs" / a.name / tag(combo), "val")
+        rows.append({"combination": combo, "split": "val", **res, "wall_s": time.time() - t0})
+        print(f"{tag(combo)}: val {100 * res['mean']:.2f} +- {100 * res['std']:.2f} "
+              f"(max |pixel| {res['max_abs_pixel']:.3g})", flush=True)  # fmt: skip
+    require_one_protocol([r["protocol"] for r in rows], "the combinations of one search")
+    best = max(rows, key=lambda r: r["mean"])
+    command = "python scripts/val_search.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = {"name": a.name, "command": command, "git_commit": git_commit(), "machine": machine(), "rows": rows,
+              "best": best["combination"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    if a.test:  # the chosen configuration, touched on the test set once (distilled without the holdout)
+        overrides = [
+            *a.set,
+            f"data.val_per_class={a.val_per_class}",
+            *(f"{k}={v}" for k, v in best["combination"].items()),
+        ]
+        cfg = resolve_config(files=a.config, overrides=overrides)
+        result["test"] = run_one(cfg, out / "runs" / a.name / tag(best["combination"]), "test")
+    io.write_json(out / f"{a.name}.json", result)
+    proto = rows[0]["protocol"]
+    lines = [
+        f"### Validation search `{a.name}`",
+        "",
+        f"Command: `{result['command']}` at `{result['git_commit'][:12]}`, protocol {proto['name']} ({proto['id']}) "
+        f"on the validation split ({a.val_per_class} held-out training images per class).",
+        "",
+        "| combination | val accuracy % | stored floats | max abs pixel | s/iter |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
+        spi = r["sec_per_iter"] or 0.0
+        lines.append(f"| {tag(r['combination'])} | {acc} | {r['storage']['floats_total']:,} "
+                     f"| {r['max_abs_pixel']:.3g} | {spi:.3f} |")  # fmt: skip
+    if "test" in result:
+        t = result["test"]
+        lines += ["", f"Chosen on validation: `{tag(best['combination'])}`; test accuracy "
+                      f"{100 * t['mean']:.2f} +- {100 * t['std']:.2f} ({len(t['per_seed'])} networks)."]  # fmt: skip
+    (out / f"{a.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
