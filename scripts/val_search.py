@@ -51,7 +51,7 @@ def run_one(cfg: RunConfig, run_dir: Path, split: str) -> dict:
     acc = ev["nets"][net]
     return {"mean": acc["mean"], "std": acc["std"], "per_seed": acc["per_seed"], "protocol": ev["protocol"],
             "storage": ev["storage"], "sec_per_iter": d.seconds_per_iteration(), "iterations": cfg.iterations,
-            "max_abs_pixel": float(d.synset.materialize(pairing="all")[0].abs().max())}  # fmt: skip
+            "max_abs_pixel": float(d.synset.materialize(pairing="all")[0].detach().abs().max())}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -189,10 +189,14 @@ def test_engine_imports_no_ui_packages():
     [("dm", 15, 1e-3, 1.0), ("dc", 10, 1e-4, 0.1)],
 )
 def test_haba_default_hallucinator_lr_keeps_hallucinations_bounded(method, iterations, default_lr, lr_img):
-    """The backend's default hallucinator lr keeps images near the data; at its lr_img they blow up."""
+    """The backend's default hallucinator lr keeps images near the data (below the explorer's blown-up mark);
+    at its lr_img they blow up. (Toy data, reference ConvNet: DM reaches ~22 at the default, 2e7 at lr_img;
+    on Fashion-MNIST the DM preset stays under 10.)"""
+    from workbench.grids import EXPLODED
+
     cfg = tiny_config(f"method.name={method}", f"iterations={iterations}", "net.width=32", "method.batch_real=32")
     d = distill(cfg)
     assert d.method.lr_hallucinators == default_lr and d.method.lr_img == lr_img
-    assert d.synset.materialize(pairing="all")[0].abs().max() < 20
+    assert d.synset.materialize(pairing="all")[0].abs().max() < EXPLODED
     d = distill(cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": lr_img})))
-    assert d.synset.materialize(pairing="all")[0].abs().max() > 20
+    assert d.synset.materialize(pairing="all")[0].abs().max() > 10 * EXPLODED
