@@ -300,6 +300,23 @@ def _haba_core_dir() -> str:
     return str(Path(__file__).resolve().parent)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when nothing listens at a ``host:port`` / ``ray://host:port`` cluster
+    address (``ray.init`` would otherwise keep retrying for minutes). ``auto`` is left to Ray."""
+    target = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"No Ray cluster answers at {address!r} ({e}). Start one (`ray start --head --node-ip-address "
+            "127.0.0.1`) and use the address it prints, or clear the address to run on this machine."
+        ) from e
+
+
 class RayExecutor(Executor):
     """Tasks as Ray remote functions, ``cpus_per_task`` CPUs (and torch threads) each.
 
@@ -336,6 +353,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
             if address:
+                _check_reachable(address)
                 kw["address"] = address
             else:  # a local Ray instance: keep every socket on the loopback interface
                 kw.setdefault("_node_ip_address", "127.0.0.1")

@@ -107,8 +107,10 @@ def check_value(name: str, value: Any, annotation: Any) -> Any:
 
 
 def _basis_size(name: str, value: Any) -> int | str | None:
-    if isinstance(value, str) and value.lower() in ("auto", "full"):
-        return "auto" if value.lower() == "auto" else None
+    if isinstance(value, str) and value.strip().lower() in ("auto", "full"):
+        return "auto" if value.strip().lower() == "auto" else None
+    if isinstance(value, str) and value.strip().isdigit():  # typed into a text field
+        value = int(value.strip())
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value != int(value) or value < 3:
         raise ConfigError(

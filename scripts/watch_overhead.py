@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -114,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from workbench.testing import wait_until_healthy
+
     tmp = Path(tempfile.mkdtemp(prefix="watch_overhead_"))
     runs = tmp / "runs"
     env = {**os.environ, "HABA_RUNS_DIR": str(runs), "PYTHONPATH": a.app_root}
@@ -126,16 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     results = []
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError((tmp / "server.log").read_text()) from None
-                time.sleep(0.3)
+        wait_until_healthy(url, server, tmp / "server.log")
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1400, "height": 1900})

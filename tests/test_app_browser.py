@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,16 +67,7 @@ def server(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"the app did not start:\n{(tmp_path / 'server.log').read_text()}") from None
-                time.sleep(0.3)
+        T.wait_until_healthy(url, proc, tmp_path / "server.log")
         yield url, runs
     finally:
         try:

@@ -138,6 +138,8 @@ def _comments(cls: type) -> dict[str, str]:
 def _kind(type_str: str, default: Any) -> str:
     t = str(type_str).replace(" ", "")
     optional = "None" in t
+    if "|str" in t or t.startswith("str"):  # e.g. basis_size: int | str | None ("auto", "full" or a number)
+        return "str"
     for base in ("bool", "int", "float"):
         if t.startswith(base):
             return f"opt_{base}" if optional else base

@@ -103,3 +103,21 @@ def source_runs(base: Path) -> Path:
         make_failed_run(root / "failed", step=1)
         done.touch()
     return root
+
+
+def wait_until_healthy(url: str, proc, log_path: Path, timeout: float = 60.0) -> None:
+    """Wait for a ``streamlit run`` server at ``url`` to answer its health check; raise with its log if it
+    exits or stays silent for ``timeout`` seconds (browser tests and scripts/watch_overhead.py)."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the app did not start:\n{Path(log_path).read_text()}") from None
+            time.sleep(0.3)

@@ -31,9 +31,9 @@ smoothing = c1.slider(
 log_y = c2.toggle("Log scale", key="live.log_y")
 follow = c3.toggle("Follow latest snapshot", value=True, key="live.follow")
 show_system = st.toggle("Speed and memory", key="live.system_on", help="Plot step time and memory too.")
-# Poll about once per logged step of the run (2-30 s), never for a run that is not running.
+# Poll about once per logged step of the run (3-30 s), never for a run that is not running.
 poll = R.poll_interval(run)
-image_poll = None if poll is None else max(poll, 5.0)  # snapshots come every snapshot_every steps
+image_poll = None if poll is None else max(poll, 10.0)  # snapshots come every snapshot_every steps
 
 
 def cached(slot: str, key: tuple, build):
