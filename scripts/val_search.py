@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import shlex
 import sys
 import time
@@ -42,6 +43,16 @@ def tag(combo: dict[str, str]) -> str:
 
 
 def run_one(cfg: RunConfig, run_dir: Path, split: str) -> dict:
+    """Distill (or resume) and score on ``split``; a finished score is kept in the run folder and reused."""
+    cached = run_dir / f"search_{split}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    out = _run_one(cfg, run_dir, split)
+    io.write_json(cached, out)
+    return out
+
+
+def _run_one(cfg: RunConfig, run_dir: Path, split: str) -> dict:
     resume = (run_dir / "config.json").exists()
     d = distill(cfg, run_dir, resume=resume)
     ecfg = cfg.eval.__class__(**{**cfg.eval.__dict__, "split": split})
@@ -65,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "val_search"))
     a = p.parse_args(argv)
     out = Path(a.out)
+    previous = out / f"{a.name}.json"
+    if previous.exists():  # scores of an earlier, smaller grid: kept with their runs, not recomputed
+        for row in json.loads(previous.read_text()).get("rows", []):
+            run_dir = out / "runs" / a.name / tag(row["combination"])
+            keep = {k: v for k, v in row.items() if k not in ("combination", "split", "wall_s")}
+            if run_dir.is_dir() and not (run_dir / "search_val.json").exists():
+                io.write_json(run_dir / "search_val.json", keep)
     rows = []
     for combo in combinations(a.grid):
         overrides = [*a.set, f"data.val_per_class={a.val_per_class}", *(f"{k}={v}" for k, v in combo.items())]
