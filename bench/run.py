@@ -171,7 +171,10 @@ def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=pr
             if pid not in ("legacy", "missing"):
                 log(f"[skip] {cell.name}: done earlier")
                 continue
-            log(f"[redo] {cell.name}: its result predates evaluation protocols (not comparable)")
+            log(f"[redo] {cell.name}: its result predates evaluation protocols (not comparable); distilling afresh")
+            import shutil
+
+            shutil.rmtree(out / "runs" / cell.name, ignore_errors=True)  # its run used the old network too
         log(f"[run ] {cell.name}")
         cmd = [sys.executable, "-m", "bench.run", "--profile", profile.name, "--cell", cell.name,
                "--out", str(out_root)]  # fmt: skip
