@@ -337,7 +337,7 @@ def test_evaluate_sends_its_tasks_to_the_ray_cluster_in_the_sidebar(runs_root, m
     """With a cluster address (sidebar, prefilled from $RAY_ADDRESS) the job runs `evaluate --executor ray`."""
     monkeypatch.setenv(J.RAY_ENV, "127.0.0.1:1")  # nothing listens there: the job must fail, visibly
     at = open_page("evaluate", run="tiny")
-    assert at.sidebar.text_input(key="wb.ray_address").value == "127.0.0.1:1"
+    assert at.sidebar.text_input(key="wb.ray_address_input").value == "127.0.0.1:1"
     assert "Ray cluster at `127.0.0.1:1`" in texts(at.caption)
     at.multiselect(key="eval.nets").set_value(["mlp"])
     at.number_input(key="eval.seeds").set_value(1)

@@ -125,7 +125,8 @@ def snapshot_choices(run: R.Run) -> dict[str, Path]:
     return out
 
 
-RAY_KEY = "wb.ray_address"
+RAY_KEY = "wb.ray_address"  # the address the pages share (widget state is dropped when a page is left)
+RAY_INPUT = "wb.ray_address_input"
 
 
 def cluster_address() -> str | None:
@@ -136,11 +137,17 @@ def cluster_address() -> str | None:
 
     if RAY_KEY not in st.session_state:
         st.session_state[RAY_KEY] = os.environ.get(RAY_ENV, "")
-    address = st.sidebar.text_input(
+    st.session_state[RAY_INPUT] = st.session_state[RAY_KEY]  # seed the widget on every page
+
+    def keep() -> None:
+        st.session_state[RAY_KEY] = st.session_state[RAY_INPUT]
+
+    st.sidebar.text_input(
         "Ray cluster address",
-        key=RAY_KEY,
+        key=RAY_INPUT,
+        on_change=keep,
         placeholder="empty: run on this machine",
         help="host:port of a Ray cluster (needs `pip install -r requirements-ray.txt`). Evaluations and MTT experts "
         "launched from here then run their tasks there; progress, cancel and failed cells work as for local jobs.",
     )
-    return address.strip() or None
+    return str(st.session_state[RAY_KEY]).strip() or None

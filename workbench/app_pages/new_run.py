@@ -105,6 +105,7 @@ def collect(specs: list[NR.FieldSpec], values: dict, errors: list[str]) -> None:
 
 # -- page -------------------------------------------------------------------------------------------------------
 st.title("New run")
+cluster = ui.cluster_address()  # MTT experts launched from here run on this Ray cluster when set
 st.caption(
     "Distill a synthetic set in a separate `python -m haba_core distill` process. The defaults launch as they are; "
     "the panel on the right shows what the storage budget buys before anything starts."
@@ -281,7 +282,7 @@ with form:
                 st.warning("No experts there yet: MTT matches their training trajectories.")
                 if st.button("Train experts first", key="new.train_experts", icon=":material/model_training:"):
                     try:
-                        J.launch_experts(dataset, experts_dir, address=ui.cluster_address())
+                        J.launch_experts(dataset, experts_dir, address=cluster)
                         st.rerun()
                     except (J.JobError, OSError) as e:
                         st.error(str(e))
