@@ -137,7 +137,7 @@ def _fits(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size) -
     return plan(info, kind, int(n), n_hallucinators, single_channel, basis_size, budget_ipc) if n >= 1 else None
 
 
-def _check_request(info: DatasetInfo, kind: str, budget_ipc, basis_size) -> None:
+def _check_request(kind: str, budget_ipc, basis_size) -> None:
     if kind not in ("pixels", "haba"):
         raise ConfigError(f"Unknown synset {kind!r}. Valid choices: haba, pixels.")
     if isinstance(budget_ipc, bool) or not isinstance(budget_ipc, (int, float)) or not budget_ipc > 0:
@@ -155,7 +155,7 @@ def solve(
     basis_size: int | None = None,
 ) -> Plan:
     """The largest ``n_bases`` per class whose storage fits ``budget_ipc``; raises BudgetError if none does."""
-    _check_request(info, kind, budget_ipc, basis_size)
+    _check_request(kind, budget_ipc, basis_size)
     fitted = _fits(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size)
     if fitted is None:
         raise BudgetError(_too_small(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size))

@@ -45,16 +45,22 @@ def _resume_conflicts(saved: dict, requested: dict) -> list[str]:
     for key, value in requested.items():
         if key in RESUMABLE:
             continue
-        node: object = saved
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
         parts = key.split(".")
+        node = _lookup(saved, parts)
         if node is None and len(parts) == 3 and parts[1] == "params":  # the saved run used the default
             node = _default_param(parts[0], saved.get(parts[0], {}).get("name"), parts[2])
         if node != value and not (isinstance(node, list) and list(value or []) == node):
             out.append(f"{key}: the run has {node!r}, the command asks for {value!r}")
     RunConfig.from_dict(saved)  # an unreadable saved config fails here, with its own message
     return out
+
+
+def _lookup(d: dict, path: list[str]):
+    """``d[p0][p1]...``, or None where the path leaves the nested dicts."""
+    node: object = d
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _default_param(section: str, name: str | None, key: str):
@@ -98,7 +104,7 @@ def _config_overrides(a: argparse.Namespace) -> dict:
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from haba_core.config import RunConfig, apply_overrides, resolve_config
+    from haba_core.config import RunConfig, apply_overrides, config_path, resolve_config
     from haba_core.engine import distill
 
     run_dir = Path(a.run_dir)
@@ -113,12 +119,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
             for f in a.config:
                 keys += _flat_keys(load_config_file(f))
-        requested = {}
-        for key in dict.fromkeys(keys):
-            node: object = asked
-            for part in _config_path(key):
-                node = node.get(part) if isinstance(node, dict) else None
-            requested[".".join(_config_path(key))] = node
+        paths = [config_path(key) for key in dict.fromkeys(keys)]
+        requested = {".".join(path): _lookup(asked, path) for path in paths}
         conflicts = _resume_conflicts(saved, requested)
         if conflicts:
             raise HabaError(
@@ -158,14 +160,6 @@ def cmd_distill(a: argparse.Namespace) -> int:
         )
     )
     return 0 if status["state"] == "finished" else 3
-
-
-def _config_path(key: str) -> list[str]:
-    """Dotted key -> path in the config dict (``method.lr_img`` lives at ``method.params.lr_img``)."""
-    parts = key.split(".")
-    if parts[0] in ("method", "net") and len(parts) == 2 and parts[1] not in ("name", "params"):
-        parts = [parts[0], "params", parts[1]]
-    return parts
 
 
 def _flat_keys(d: dict, prefix: str = "") -> list[str]:
@@ -240,7 +234,6 @@ def cmd_budget(a: argparse.Namespace) -> int:
 
     info = dataset_info(a.dataset)
     d = apply_overrides(RunConfig().to_dict(), _config_overrides(a))  # validated like distill's synset.*
-    d["synset"]["budget_ipc"] = None if a.n_bases and a.budget_ipc is None else d["synset"]["budget_ipc"]
     p = plan_from_config(info, RunConfig.from_dict(d).synset)
     print(json.dumps(p.to_dict(), indent=2) if a.json else p.describe())
     return 0

@@ -177,9 +177,7 @@ def apply_overrides(d: dict, overrides: list[str] | Mapping[str, Any]) -> dict:
     for key, value in items:
         if isinstance(value, str) and not isinstance(overrides, Mapping):
             value = parse_value(value)
-        parts = key.split(".")
-        if parts[0] in ("method", "net") and len(parts) == 2 and parts[1] not in ("name", "params"):
-            parts = [parts[0], "params", parts[1]]
+        parts = config_path(key)
         node = d
         for p in parts[:-1]:
             if not isinstance(node.get(p, {}), dict):
@@ -187,6 +185,15 @@ def apply_overrides(d: dict, overrides: list[str] | Mapping[str, Any]) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return d
+
+
+def config_path(key: str) -> list[str]:
+    """Dotted key -> path in the config dict: ``method.X`` / ``net.X`` (other than ``name``/``params``) live
+    at ``method.params.X`` / ``net.params.X``."""
+    parts = key.split(".")
+    if parts[0] in ("method", "net") and len(parts) == 2 and parts[1] not in ("name", "params"):
+        parts = [parts[0], "params", parts[1]]
+    return parts
 
 
 def _split(text: str) -> tuple[str, str]:
