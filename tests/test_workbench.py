@@ -373,3 +373,13 @@ def test_logic_modules_do_not_import_streamlit():
         "workbench.diversity, workbench.testing; assert 'streamlit' not in sys.modules, 'streamlit imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_streamlit_reads_the_settings_that_keep_watching_cheap():
+    """Streamlit silently ignores a misspelled option: ask it (from the app's folder) what it actually uses."""
+    code = (
+        "from streamlit import config; config.get_config_options(force_reparse=True); "
+        "print(config.get_option('server.fileWatcherType'), config.get_option('runner.postScriptGC'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["none", "False"]
