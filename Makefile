@@ -10,10 +10,12 @@ PYTEST_ARGS ?=
 
 .PHONY: setup data browser app test test-slow demo bench lint format
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	# the project itself, editable: `import haba_core` / `workbench` anywhere in the venv, and the `haba` command
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP) data

@@ -301,7 +301,7 @@ def cmd_experts(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m haba_core", description="Dataset distillation by factorization.")
+    p = argparse.ArgumentParser(prog="haba", description="Dataset distillation by factorization.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("distill", help="distill a synthetic set into a run folder")

@@ -52,7 +52,7 @@ def main() -> int:
     a = p.parse_args()
     out = ROOT / a.out
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     py = [sys.executable, "-m", "haba_core"]
     iters = dict(x.split("=", 1) for x in a.iterations)
     methods = a.methods.split(",")

@@ -32,8 +32,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from haba_core.config import resolve_config  # noqa: E402
 from haba_core.data import load_dataset  # noqa: E402
 from haba_core.engine import Callback, Distiller  # noqa: E402

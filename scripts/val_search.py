@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench.run import git_commit, machine  # noqa: E402
 from haba_core import io  # noqa: E402

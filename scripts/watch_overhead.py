@@ -113,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from workbench.testing import wait_until_healthy
 
     tmp = Path(tempfile.mkdtemp(prefix="watch_overhead_"))
     runs = tmp / "runs"
+    # PYTHONPATH: measure the checkout at --app-root, not the installed one
     env = {**os.environ, "HABA_RUNS_DIR": str(runs), "PYTHONPATH": a.app_root}
     port = free_port()
     log = open(tmp / "server.log", "w")  # noqa: SIM115

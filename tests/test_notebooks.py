@@ -8,7 +8,6 @@ on the first cell that raises.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -58,19 +57,9 @@ def execute_notebook(path: Path, params: dict, workdir: Path, timeout: int = CEL
 
     nb = nbformat.read(path, as_version=4)
     inject_parameters(nb, params)
-    env_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = env_path  # the kernel inherits it: haba_core/workbench importable from workdir
-    try:
-        client = NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
-        )
-        client.execute()
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    # no PYTHONPATH: the kernel finds haba_core and workbench because the project is installed (`make` does it)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+    client.execute()
     return nb
 
 
@@ -92,6 +81,9 @@ def test_committed_clean(path: Path):
     assert first.cell_type == "markdown" and "run time on this machine" in first.source.lower()
     assert "not measured" not in first.source
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    assert not any("sys.path" in c.source or "PYTHONPATH" in c.source for c in nb.cells if c.cell_type == "code"), (
+        f"{path.name}: no path tricks; the project is installed (pip install -e .)"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

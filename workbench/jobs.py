@@ -43,8 +43,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ)  # haba_core is installed in this interpreter's environment (`make` does it)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
