@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from haba_core import io
 from haba_core.cli import main
@@ -90,3 +91,13 @@ def test_distill_and_evaluate_on_toy(tmp_path):
     assert bad.returncode == 2 and "Did you mean 'dm'" in bad.stderr
     bad = run_cli("evaluate", "--run", str(tmp_path / "nothing"), check=False)
     assert bad.returncode == 2 and "not a run folder" in bad.stderr
+
+
+def test_the_installed_haba_command_is_the_cli(tmp_path):
+    """`make` installs the project (pip install -e .): a `haba` command beside this interpreter, usable anywhere."""
+    haba = Path(sys.executable).parent / "haba"
+    assert haba.exists(), "the project is not installed in this environment: run `make setup` (pip install -e .)"
+    out = subprocess.run([str(haba), "budget", "--dataset", "fashion_mnist", "--synset", "pixels", "--budget-ipc", "1"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "7,840" in out.stdout or "7840" in out.stdout
