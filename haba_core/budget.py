@@ -5,6 +5,8 @@ Storage is what a synthetic set must keep to be rebuilt: base floats plus halluc
 ``budget_ipc * classes * C * H * W`` floats, the storage of ``budget_ipc`` plain images per class. The
 official HaBa runs at "IPC k" store k bases per class *plus* the hallucinators (1.91x the pixel storage at
 CIFAR10 IPC 1); budget-matched mode instead solves the largest ``n_bases`` that fits.
+
+Each synset kind owns its storage formula (``Synset.storage_of``); nothing here names a kind.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from haba_core.data import DatasetInfo
 from haba_core.errors import BudgetError, ConfigError
-from haba_core.synsets.haba import hallucinator_floats
+from haba_core.synsets import SYNSETS
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Plan:
             f"bases per class      {self.n_bases}  ({c}x{h}x{w} each)",
             f"bases floats         {self.floats_bases:,}",
         ]
-        if self.kind == "haba":
+        if self.n_hallucinators:
             each = self.floats_hallucinators // self.n_hallucinators
             lines += [
                 f"hallucinators        {self.n_hallucinators}  ({each:,} floats each)",
@@ -110,20 +112,19 @@ def plan(
     basis_size: int | None = None,
     budget_ipc: float | None = None,
 ) -> Plan:
-    """Storage of a synset with ``n_bases`` per class (no solving)."""
-    c = info.channels
-    h, w = (basis_size, basis_size) if basis_size else tuple(info.im_size)
-    cb = 1 if (kind == "haba" and single_channel) else c
-    k = n_hallucinators if kind == "haba" else 0
+    """Storage of a synset with ``n_bases`` per class (no solving): the kind's own formula."""
+    s = SYNSETS.get(kind).storage_of(
+        info, n_bases, basis_size, n_hallucinators=n_hallucinators, single_channel=single_channel
+    )
     return Plan(
         kind=kind,
         n_bases=n_bases,
-        n_hallucinators=k,
-        basis_shape=(cb, h, w),
-        image_floats=c * info.im_size[0] * info.im_size[1],
+        n_hallucinators=int(s["n_hallucinators"]),
+        basis_shape=tuple(s["basis_shape"]),
+        image_floats=info.channels * info.im_size[0] * info.im_size[1],
         num_classes=info.num_classes,
-        floats_bases=n_bases * info.num_classes * cb * h * w,
-        floats_hallucinators=hallucinator_floats(cb, c, (h, w), k) if k else 0,
+        floats_bases=int(s["floats_bases"]),
+        floats_hallucinators=int(s["floats_hallucinators"]),
         budget_ipc=budget_ipc,
         image_hw=tuple(info.im_size),
     )
@@ -138,8 +139,7 @@ def _fits(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size) -
 
 
 def _check_request(kind: str, budget_ipc, basis_size) -> None:
-    if kind not in ("pixels", "haba"):
-        raise ConfigError(f"Unknown synset {kind!r}. Valid choices: haba, pixels.")
+    SYNSETS.get(kind)  # an unknown kind: the registry's error, with close matches
     if isinstance(budget_ipc, bool) or not isinstance(budget_ipc, (int, float)) or not budget_ipc > 0:
         raise BudgetError(f"budget_ipc must be a positive number, got {budget_ipc!r}.")
     if basis_size is not None and (not isinstance(basis_size, int) or basis_size < 3):
@@ -167,13 +167,14 @@ def _too_small(info: DatasetInfo, kind: str, budget_ipc: float, k: int, single_c
     """What does not fit, and what would: at most one fewer-hallucinators and one smaller-size option.
     Every probe is a call of :func:`_fits` (arithmetic), so this takes O(k + size) steps, never recursion."""
     one = plan(info, kind, 1, k, single_channel, basis_size, budget_ipc)
-    what = f" plus {k} hallucinator(s) ({one.floats_hallucinators:,} floats)" if kind == "haba" else ""
+    shared = one.n_hallucinators
+    what = f" plus {shared} hallucinator(s) ({one.floats_hallucinators:,} floats)" if shared else ""
     msg = (
         f"A budget of IPC {budget_ipc:g} ({one.budget_floats:,} floats) cannot hold one basis per class "
         f"({one.floats_bases:,} floats){what}."
     )
     options = []
-    if kind == "haba":
+    if shared:
         fewer = next((kk for kk in range(k - 1, 0, -1)
                       if _fits(info, kind, budget_ipc, kk, single_channel, basis_size)), None)  # fmt: skip
         if fewer:
@@ -199,18 +200,20 @@ def solve_or_none(info, kind, budget_ipc, n_hallucinators=5, single_channel=Fals
 def auto_basis_size(info: DatasetInfo, kind: str, budget_ipc: float | None, n_hallucinators: int = 5,
                     single_channel: bool = False) -> int | None:  # fmt: skip
     """``None`` (full size) if full-size bases fit the budget, else the largest of H/2, H/3, ... that fits
-    (None again when nothing fits: the budget solve then explains what would).
+    (None again when nothing fits: the budget solve then explains what would). A kind whose
+    ``auto_min_factor`` is k > 1 starts at H/k instead of full size.
 
     The one rule the CLI, the library and the app share for ``synset.basis_size="auto"``. Whole-factor
     reductions (28 -> 14 on Fashion-MNIST, 32 -> 16 on CIFAR) upsample cleanly and leave room for several bases
     per class next to the hallucinators (IPC 1 Fashion-MNIST: 3 bases of 14x14 + 5 hallucinators).
     """
-    if kind not in ("haba", "pixels") or not isinstance(budget_ipc, (int, float)) or not budget_ipc > 0:
+    if kind not in SYNSETS or not isinstance(budget_ipc, (int, float)) or not budget_ipc > 0:
         return None
-    if _fits(info, kind, budget_ipc, n_hallucinators, single_channel, None):
+    first = max(1, int(SYNSETS.get(kind).auto_min_factor))
+    if first == 1 and _fits(info, kind, budget_ipc, n_hallucinators, single_channel, None):
         return None
     full = min(info.im_size)
-    for factor in range(2, full // 3 + 1):
+    for factor in range(max(2, first), full // 3 + 1):
         size = round(full / factor)
         if size >= 4 and _fits(info, kind, budget_ipc, n_hallucinators, single_channel, size):
             return size
@@ -220,7 +223,14 @@ def auto_basis_size(info: DatasetInfo, kind: str, budget_ipc: float | None, n_ha
 def basis_note(info: DatasetInfo, kind: str, budget_ipc: float, k: int, size: int) -> str:
     """The sentence every front end prints when ``auto`` chose a smaller basis size."""
     h, w = info.im_size
-    what = f"bases plus {k} hallucinators" if kind == "haba" else "images"
+    cls = SYNSETS.get(kind)
+    if cls.auto_min_factor > 1:
+        return (
+            f"{cls.label or kind} stores {size}x{size} bases for {h}x{w} images (basis_size=auto starts at 1/"
+            f"{cls.auto_min_factor} of the side). Set synset.basis_size to trade resolution against bases per class."
+        )
+    shared = plan(info, kind, 1, k).n_hallucinators
+    what = f"bases plus {shared} hallucinators" if shared else "images"
     return (
         f"Full-size {h}x{w} {what} do not fit IPC {budget_ipc:g}; basis_size=auto stores them at {size}x{size} "
         "(the largest whole-factor reduction that fits) and upsamples them for training. Set synset.basis_size "
@@ -231,8 +241,7 @@ def basis_note(info: DatasetInfo, kind: str, budget_ipc: float, k: int, size: in
 def plan_from_config(info: DatasetInfo, cfg) -> Plan:
     """The synset plan a :class:`SynsetConfig` asks for: explicit ``n_bases`` wins, else the budget solve.
     ``basis_size="auto"`` is resolved here (:func:`auto_basis_size`); the plan records the choice."""
-    if cfg.kind not in ("pixels", "haba"):
-        raise ConfigError(f"Unknown synset {cfg.kind!r}. Valid choices: haba, pixels.")
+    SYNSETS.get(cfg.kind)
     size, note = cfg.basis_size, ""
     if size == "auto":
         size = None

@@ -16,10 +16,18 @@ from haba_core import io
 from haba_core.errors import HabaError
 
 
+def _registered(registry) -> str:
+    """``name (label: help), ...`` of a registry's entries, for help texts: a new entry shows up by itself."""
+    return "; ".join(f"{n} ({registry.help(n)})" if registry.help(n) else n for n in registry.list())
+
+
 def _add_common_distill(p: argparse.ArgumentParser) -> None:
+    from haba_core.methods import METHODS
+    from haba_core.synsets import SYNSETS
+
     p.add_argument("--dataset", help="dataset name (default fashion_mnist)")
-    p.add_argument("--method", help="DD objective: dm, dc, dsa, mtt")
-    p.add_argument("--synset", help="synset kind: haba or pixels")
+    p.add_argument("--method", help=f"DD objective: {_registered(METHODS)}")
+    p.add_argument("--synset", help=f"synset kind: {_registered(SYNSETS)}")
     p.add_argument("--budget-ipc", type=float, help="storage budget in images-per-class equivalents")
     p.add_argument("--n-bases", type=int, help="bases per class (overrides the budget solve)")
     p.add_argument("--n-hallucinators", type=int, help="HaBa hallucinators (default 5)")
@@ -341,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("budget", help="print what a storage budget buys")
     b.add_argument("--dataset", default="fashion_mnist")
-    b.add_argument("--synset", default="haba", choices=["haba", "pixels"])
+    from haba_core.synsets import SYNSETS
+
+    b.add_argument("--synset", default="haba", choices=SYNSETS.list(), help=_registered(SYNSETS))
     b.add_argument("--budget-ipc", type=float, default=1.0)
     b.add_argument("--n-bases", type=int, help="plan this many bases per class instead of solving")
     b.add_argument("--n-hallucinators", type=int)

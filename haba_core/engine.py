@@ -100,7 +100,7 @@ class Distiller:
         self.device = resolve_device(cfg.device)
         # validate names and hyperparameters before any data is loaded: bad input fails in milliseconds
         METHODS.get(cfg.method_name).make_config(cfg.method_params)
-        SYNSETS.get(cfg.synset.kind)
+        kind = SYNSETS.get(cfg.synset.kind)
         NETS.get(cfg.net.get("name", "convnet"))
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -111,8 +111,7 @@ class Distiller:
         self.plan = plan_from_config(info, cfg.synset)
         s = cfg.synset
         kwargs: dict[str, Any] = {"n_bases": self.plan.n_bases, "basis_size": self.plan.basis_size}
-        if s.kind == "haba":
-            kwargs.update(n_hallucinators=s.n_hallucinators, single_channel=s.single_channel)
+        kwargs.update(kind.options_from(s))
         self.synset = create_synset(s.kind, info, generator=self.generator, **kwargs).to(self.device)
         if s.init == "real":
             self.synset.init_from_real(self.dataset, self.generator)
@@ -137,7 +136,7 @@ class Distiller:
                 if g["name"] == "hallucinators":
                     g["momentum"] = s.momentum_hallucinators
         self.optimizer = torch.optim.SGD(groups + self.method.param_groups(), lr=lr_i, momentum=self.method.momentum)
-        use_constraint = s.kind == "haba" and cfg.haba.enabled and s.n_hallucinators >= 2
+        use_constraint = kind.contrastive and cfg.haba.enabled and self.synset.n_variants >= 2
         self.constraint = (
             ContrastiveConstraint(cfg.haba, info, self.device, self.ctx.dsa_strategy) if use_constraint else None
         )

@@ -512,8 +512,6 @@ def evaluate_synset(
 
 
 def _synset_source(synset, pairing: str) -> ImageSource:
-    pairing = pairing if synset.kind == "haba" else "random"
-
     def source(g: torch.Generator) -> tuple[Tensor, Tensor]:
         x, y = synset.materialize(g, pairing=pairing)
         return x.detach(), y

@@ -113,6 +113,39 @@ def test_new_run_defaults_are_launchable(empty_runs):
     assert at.number_input(key="new.v.net.params.width").value == 64
 
 
+def test_a_newly_registered_backend_appears_on_new_run_and_is_launchable(empty_runs):
+    """Registering a backend in the engine is all it takes: no workbench list to edit."""
+    from haba_core.methods import METHODS
+    from haba_core.methods.dm import DM
+
+    @METHODS.register("dm_copy")
+    class DMCopy(DM):
+        label = "DM copy"
+        help = "DM under another name, registered by a test"
+
+    try:
+        at = open_page("new_run")
+        backend = at.selectbox(key="new.v.method.name")
+        assert "dm_copy" in backend.options or "DM copy" in backend.options
+        backend.set_value("dm_copy").run()
+        assert not at.exception and not at.error, texts(at.error)
+        assert "Ready to launch" in texts(at.success)
+        assert not at.button(key="new.launch").disabled
+    finally:
+        METHODS.unregister("dm_copy")
+
+
+def test_every_registered_synset_kind_is_offered(empty_runs):
+    from haba_core.synsets import SYNSETS
+
+    at = open_page("new_run")
+    kinds = at.radio(key="new.v.synset.kind")
+    assert len(kinds.options) == len(SYNSETS.list())
+    for kind in SYNSETS.list():
+        kinds.set_value(kind).run()
+        assert not at.exception and "Ready to launch" in texts(at.success), (kind, texts(at.error))
+
+
 def test_new_run_explains_invalid_choices(empty_runs):
     at = open_page("new_run")
     at.selectbox(key="new.v.synset.basis_size").set_value(28).run()

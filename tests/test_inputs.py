@@ -22,6 +22,7 @@ from haba_core.config import DataConfig, EvalConfig, HabaLossConfig, RunConfig, 
 from haba_core.data import dataset_info
 from haba_core.errors import BudgetError, ConfigError
 from haba_core.methods import METHODS, list_methods
+from haba_core.synsets import list_synsets
 from tests.conftest import distill_command
 
 FMNIST = dataset_info("fashion_mnist")
@@ -34,7 +35,7 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 # ------------------------------------------------------------------------------------------------ budgets
 @pytest.mark.parametrize("budget_ipc", [1e-6, 0.001, 0.01, 0.05, 0.1, 0.3])
-@pytest.mark.parametrize("kind", ["haba", "pixels"])
+@pytest.mark.parametrize("kind", list_synsets())
 @pytest.mark.parametrize("basis_size", [None, 14, 4])
 def test_tiny_budgets_answer_at_once(budget_ipc, kind, basis_size):
     info = dataset_info("cifar100")  # the largest image and class count we register

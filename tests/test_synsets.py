@@ -4,7 +4,7 @@ import torch
 from haba_core.budget import plan, solve
 from haba_core.data import dataset_info, load_dataset
 from haba_core.errors import BudgetError, CheckpointError, UnknownNameError
-from haba_core.synsets import HabaSynset, create_synset, hallucinator_floats, list_synsets, load_synset
+from haba_core.synsets import SYNSETS, HabaSynset, create_synset, hallucinator_floats, list_synsets, load_synset
 
 
 def info(name="toy", **kw):
@@ -12,7 +12,7 @@ def info(name="toy", **kw):
 
 
 def test_registry_lists_both_kinds():
-    assert list_synsets() == ["haba", "pixels"]
+    assert {"haba", "pixels"} <= set(list_synsets())
     with pytest.raises(UnknownNameError, match="haba"):
         create_synset("hab", info(), n_bases=1)
 
@@ -107,9 +107,9 @@ def test_init_from_real_uses_class_images(toy):
             assert (train_c - b).abs().flatten(1).max(1).values.min() < 1e-6
 
 
-@pytest.mark.parametrize("kind", ["pixels", "haba"])
+@pytest.mark.parametrize("kind", list_synsets())
 def test_save_load_round_trip(tmp_path, kind):
-    kw = {"n_hallucinators": 3, "basis_size": 20} if kind == "haba" else {}
+    kw = {"basis_size": 20, **({"n_hallucinators": 3} if "n_hallucinators" in SYNSETS.get(kind).options else {})}
     s = create_synset(kind, info(), n_bases=2, **kw)
     s.extra["syn_lr"] = 0.02
     s.save(tmp_path / "s.safetensors")
@@ -153,3 +153,20 @@ def test_budget_error_explains_what_fits():
         solve(fm, "haba", 1, 5)
     msg = str(e.value)
     assert "7,840 floats" in msg and "basis_size=" in msg and "raise budget_ipc" in msg
+
+
+@pytest.mark.parametrize("kind", list_synsets())
+@pytest.mark.parametrize("options", [{}, {"n_hallucinators": 3, "single_channel": True}])
+@pytest.mark.parametrize("basis_size", [None, 12])
+def test_every_kind_storage_formula_matches_the_built_set(kind, options, basis_size):
+    """The budget solver plans with a kind's storage_of before anything is built: it must be what the set stores."""
+    i = dataset_info("cifar10")  # RGB, so single-channel bases differ from the images
+    cls = SYNSETS.get(kind)
+    kw = {k: v for k, v in options.items() if k in cls.options}
+    s = create_synset(kind, i, n_bases=2, basis_size=basis_size, **kw)
+    p = plan(i, kind, 2, basis_size=basis_size, **options)
+    got = s.storage()
+    assert (got["floats_bases"], got["floats_hallucinators"], got["n_hallucinators"]) == (
+        p.floats_bases, p.floats_hallucinators, p.n_hallucinators)  # fmt: skip
+    assert tuple(got["basis_shape"]) == p.basis_shape
+    assert sum(t.numel() for t in s.parameters()) == p.floats_total  # every learnable float is counted

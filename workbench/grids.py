@@ -91,6 +91,7 @@ class ClassGrid:
     images: torch.Tensor
     kind: str
     start: int = 0  # index (within the class) of the first basis shown
+    variant_name: str = "image"  # what one row is called (the synset kind's variant_name: "hallucinator" for HaBa)
 
     @property
     def n_hallucinators(self) -> int:
@@ -117,10 +118,11 @@ def class_grid(synset, c: int, max_bases: int | None = None, start: int = 0) -> 
     images, _ = synset.images_of(idx.repeat(k), variant)  # (K*n, C, H, W)
     images = images.float().cpu().reshape(k, n, *images.shape[1:])
     h, w = info.im_size
-    bases = to_uint8(synset.bases[idx].float().cpu(), info)
+    bases = to_uint8(synset.display_bases(idx).float().cpu(), info)
     bases = np.stack([_resize(b, (h, w)) for b in bases])
     cells = to_uint8(images.reshape(k * n, *images.shape[2:]), info).reshape(k, n, h, w, 3)
-    return ClassGrid(c, str(info.class_names[c]), bases, cells, images, synset.kind, max(0, start))
+    return ClassGrid(c, str(info.class_names[c]), bases, cells, images, synset.kind, max(0, start),
+                     synset.variant_name)  # fmt: skip
 
 
 def _font(size: int):
@@ -173,9 +175,14 @@ def compose(
     return canvas
 
 
+def variant_label(g: ClassGrid, j: int) -> str:
+    """Row ``j``'s short label: ``h0``, ``h1``, ... for several variants (HaBa's hallucinators), else the name."""
+    return f"{g.variant_name[0]}{j}" if g.n_hallucinators > 1 else g.variant_name
+
+
 def row_labels(g: ClassGrid, show_bases: bool = True) -> list[str]:
     labels = ["basis"] if show_bases else []
-    return labels + [f"h{j}" if g.kind == "haba" else "image" for j in range(g.n_hallucinators)]
+    return labels + [variant_label(g, j) for j in range(g.n_hallucinators)]
 
 
 def grid_image(g: ClassGrid, scale: int = 3, show_bases: bool = True) -> Image.Image:
@@ -186,7 +193,7 @@ def grid_image(g: ClassGrid, scale: int = 3, show_bases: bool = True) -> Image.I
         labels.append("basis")
     for j in range(g.n_hallucinators):
         rows.append(list(g.cells[j]))
-        labels.append(f"h{j}" if g.kind == "haba" else "image")
+        labels.append(variant_label(g, j))
     cols = [f"b{g.start + i}" for i in range(g.n_bases)]
     return compose(rows, labels, cols, scale, title=f"class {g.class_index}: {g.class_name}")
 

@@ -18,23 +18,8 @@ from typing import Any
 
 from workbench.jobs import REPO_ROOT
 
-BACKENDS = ("dc", "dsa", "dm", "mtt")
-BACKEND_LABELS = {"dc": "DC", "dsa": "DSA", "dm": "DM", "mtt": "MTT"}
-BACKEND_HELP = (
-    "DC: gradient matching. DSA: DC with siamese augmentation. DM: distribution matching of random "
-    "ConvNet embeddings. MTT: matching training trajectories of experts."
-)
-SYNSET_LABELS = {"haba": "HaBa", "pixels": "Pixels"}
-SYNSET_HELP = "HaBa: bases x hallucinators (each pair is a training image). Pixels: plain images."
-NETS = ("convnet", "resnet18", "vgg11", "alexnet", "lenet", "mlp")
-NET_LABELS = {
-    "convnet": "ConvNet",
-    "resnet18": "ResNet18",
-    "vgg11": "VGG11",
-    "alexnet": "AlexNet",
-    "lenet": "LeNet",
-    "mlp": "MLP",
-}
+# Backends, synset kinds and networks come from the engine's registries (with their labels and help): a newly
+# registered one appears on the pages without editing the workbench.
 DEFAULT_PRESET = "fmnist_cpu_dm.yaml"
 # Shown on the form itself; every other field goes to "Advanced".
 MAIN_KEYS = (
@@ -108,12 +93,44 @@ def available_backends() -> tuple[list[str], str | None]:
 
 
 def available_nets() -> list[str]:
-    try:
-        from haba_core.nets import list_nets
+    from haba_core.nets import list_nets
 
-        return list_nets()
-    except Exception:  # noqa: BLE001
-        return list(NETS)
+    return list_nets()
+
+
+def available_synsets() -> list[str]:
+    """Registered synset kinds, HaBa first (the workbench's subject), then the others by name."""
+    from haba_core.synsets import SYNSETS
+
+    return sorted(SYNSETS.list(), key=lambda k: (k != "haba", k))
+
+
+def _registry(family: str):
+    from haba_core.methods import METHODS
+    from haba_core.nets import NETS
+    from haba_core.synsets import SYNSETS
+
+    return {"method": METHODS, "synset": SYNSETS, "net": NETS}[family]
+
+
+def label(family: str, name: str) -> str:
+    """How the pages name a registered backend (``method``), synset kind or net; the name if unknown."""
+    try:
+        return _registry(family).label(name)
+    except Exception:  # noqa: BLE001 - an unknown or unloadable entry is shown by its name
+        return str(name)
+
+
+def help_text(family: str, names: list[str] | None = None) -> str:
+    """``Label: help.`` for every registered entry of ``family`` (or ``names``), for a widget's help."""
+    reg = _registry(family)
+    return " ".join(f"{reg.label(n)}: {reg.help(n)}." for n in (names or reg.list()) if reg.help(n))
+
+
+def synset_class(kind: str):
+    from haba_core.synsets import SYNSETS
+
+    return SYNSETS.get(kind)
 
 
 def available_datasets() -> list[str]:
@@ -379,8 +396,13 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
     for key in ("snapshot_every", "checkpoint_every", "log_every", "eval_every"):
         if getattr(cfg, key) < 0:
             out.errors.append(f"{key} must be 0 or more.")
-    if cfg.synset.kind == "haba" and cfg.synset.n_hallucinators < 1:
-        out.errors.append("HaBa needs at least one hallucinator.")
+    try:
+        kind = synset_class(cfg.synset.kind)
+    except HabaError as e:
+        out.errors.append(str(e))
+        return out
+    if "n_hallucinators" in kind.options and cfg.synset.n_hallucinators < 1:
+        out.errors.append(f"{kind.label or cfg.synset.kind} needs at least one hallucinator.")
     try:
         out.plan = plan_from_config(info, cfg.synset)
     except HabaError as e:
@@ -405,7 +427,7 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
 
         if not torch.cuda.is_available():
             out.errors.append(f"device={cfg.device} asks for CUDA, but this machine has no CUDA GPU; use auto or cpu.")
-    if cfg.synset.kind == "haba" and not (cfg.synset.n_hallucinators >= 2 and cfg.haba.enabled):
+    if kind.contrastive and not (cfg.synset.n_hallucinators >= 2 and cfg.haba.enabled):
         out.notes.append("The adversarial contrastive constraint needs 2+ hallucinators and haba.enabled; it is off.")
     if name == "mtt" and experts_dir is not None:
         from workbench.jobs import has_experts
@@ -425,7 +447,7 @@ def breakdown_rows(plan) -> list[tuple[str, str]]:
     p = plan.to_dict()
     c, h, w = p["basis_shape"]
     rows = [("Bases per class", f"{p['n_bases']}  ({c}x{h}x{w} each)")]
-    if p["kind"] == "haba":
+    if p["n_hallucinators"]:
         each = p["floats_hallucinators"] // max(1, p["n_hallucinators"])
         rows.append(("Hallucinators", f"{p['n_hallucinators']}  ({each:,} floats each)"))
     rows += [

@@ -214,7 +214,7 @@ class SnapshotBrowser:
         self.class_name = W.Label(str(info.class_names[0]))
         self.step_slider = W.SelectionSlider(options=steps, value=steps[-1], description="step",
                                              continuous_update=False)  # fmt: skip
-        options = [("all", -1)] + [(f"h{j}", j) for j in range(k)] if first.kind == "haba" else [("all", -1)]
+        options = [("all", -1)] + [(f"{first.variant_name[0]}{j}", j) for j in range(k)] if k > 1 else [("all", -1)]
         self.halluc_slider = W.SelectionSlider(options=options, value=-1, description="hallucinator",
                                                continuous_update=False)  # fmt: skip
         self.image = W.Image(format="png")

@@ -61,6 +61,8 @@ class Method:
     """Base class; subclasses set ``Config`` (a dataclass of hyperparameters) and implement ``step``."""
 
     Config: type = object
+    label = ""  # how front ends name the backend (default: its registry key)
+    help = ""  # one line for the app and the CLI
 
     def __init__(self, cfg, ctx: Context):
         self.cfg = cfg

@@ -94,6 +94,9 @@ class DCConfig:
 class DC(Method):
     """Gradient matching without augmentation in the matching step (``dsa`` adds siamese DSA)."""
 
+    label = "DC"
+    help = "gradient matching"
+
     Config = DCConfig
     augment_matching = False
 
@@ -192,5 +195,8 @@ class DC(Method):
 @METHODS.register("dsa")
 class DSA(DC):
     """DC with siamese DSA in the matching step and in the inner-loop training."""
+
+    label = "DSA"
+    help = "DC with siamese augmentation"
 
     augment_matching = True

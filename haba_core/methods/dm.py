@@ -38,6 +38,8 @@ class DMConfig:
 @METHODS.register("dm")
 class DM(Method):
     Config = DMConfig
+    label = "DM"
+    help = "distribution matching of random ConvNet embeddings"
 
     def step(self, synset, update, generator) -> dict[str, float]:
         net = self.ctx.make_net()

@@ -81,6 +81,8 @@ class StepPlan:
 @METHODS.register("mtt")
 class MTT(Method):
     Config = MTTConfig
+    label = "MTT"
+    help = "matching training trajectories of experts"
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)

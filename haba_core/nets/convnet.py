@@ -34,7 +34,7 @@ def resolve_first_padding(first_padding: int | str, channels: int, im_size: tupl
     return first_padding
 
 
-@NETS.register("convnet")
+@NETS.register("convnet", label="ConvNet")
 class ConvNet(FeatureNet):
     def __init__(
         self,

@@ -31,7 +31,7 @@ def _head(net: FeatureNet, channels: int, num_classes: int, im_size: tuple[int, 
     net.classifier = nn.Linear(net.num_features, num_classes)
 
 
-@NETS.register("vgg11")
+@NETS.register("vgg11", label="VGG11")
 class VGG11(FeatureNet):
     def __init__(
         self,
@@ -55,7 +55,7 @@ class VGG11(FeatureNet):
         _head(self, channels, num_classes, im_size)
 
 
-@NETS.register("alexnet")
+@NETS.register("alexnet", label="AlexNet")
 class AlexNet(FeatureNet):
     def __init__(
         self,
@@ -80,7 +80,7 @@ class AlexNet(FeatureNet):
         _head(self, channels, num_classes, im_size)
 
 
-@NETS.register("lenet")
+@NETS.register("lenet", label="LeNet")
 class LeNet(FeatureNet):
     def __init__(
         self,
@@ -108,7 +108,7 @@ class LeNet(FeatureNet):
         self.classifier = nn.Linear(84, num_classes)
 
 
-@NETS.register("mlp")
+@NETS.register("mlp", label="MLP")
 class MLP(FeatureNet):
     def __init__(
         self,

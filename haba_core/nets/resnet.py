@@ -35,7 +35,7 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-@NETS.register("resnet18")
+@NETS.register("resnet18", label="ResNet18")
 class ResNet18(FeatureNet):
     def __init__(
         self,

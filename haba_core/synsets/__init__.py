@@ -1,9 +1,15 @@
-"""Synthetic-set parameterizations: ``pixels`` (plain images) and ``haba`` (bases + hallucinators)."""
+"""Synthetic-set parameterizations: ``pixels`` (plain images), ``haba`` (bases + hallucinators) and every
+other kind a module of this package registers (each module here is imported, so a new kind is one new file)."""
 
-from haba_core.synsets import haba, pixels  # noqa: F401  (registers the kinds)
+import importlib
+import pkgutil
+
 from haba_core.synsets.base import SYNSETS, Synset, create_synset, list_synsets, load_synset, upsample_to
 from haba_core.synsets.haba import HabaSynset, hallucinator_floats
 from haba_core.synsets.pixels import PixelSynset
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")  # registers the kind it defines
 
 __all__ = [
     "SYNSETS",

@@ -1,4 +1,4 @@
-"""The synthetic-set interface shared by every parameterization (plain pixels, HaBa).
+"""The synthetic-set interface shared by every parameterization (plain pixels, HaBa, frequency domain).
 
 A synset stores ``n_bases`` learnable images per class (at ``basis_size`` resolution) and, for HaBa, the
 hallucinators that turn each basis into several training images. Everything a method or the evaluator
@@ -8,6 +8,13 @@ needs goes through four calls:
 - ``class_images(c, generator)``: differentiable images of class ``c`` (one per basis);
 - ``materialize(generator, pairing)``: the whole set, for evaluation and export;
 - ``storage()``: what the set stores, in floats, against the IPC-equivalent of plain pixels.
+
+A kind is one module in this package that registers a ``Synset`` subclass with ``@SYNSETS.register``; the
+package imports every module in it, so a new file is all a new kind needs. The class says what the rest of the
+workbench must know about it: ``label``/``help`` (app, CLI), ``options`` (the ``SynsetConfig`` fields it
+reads beyond ``n_bases``/``basis_size``), ``storage_of`` (its storage formula, which the budget solver uses
+before anything is built), ``variant_name`` (what one rendering of a basis is called), ``contrastive``
+(whether HaBa's adversarial constraint applies) and ``auto_min_factor`` (where ``basis_size="auto"`` starts).
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ class Synset(nn.Module):
     """Base class: learnable bases with fixed class labels, stored at ``basis_size``."""
 
     kind = "base"
+    label = ""  # how front ends name the kind (default: its registry key)
+    help = ""  # one line for the app and the CLI
+    options: tuple[str, ...] = ()  # SynsetConfig fields this kind reads (passed to __init__ by name)
+    variant_name = "image"  # what one rendering of a basis is called ("hallucinator" for HaBa)
+    contrastive = False  # HaBa's adversarial contrastive constraint applies to this kind
+    auto_min_factor = 1  # basis_size="auto" tries H / auto_min_factor first (1: full size when it fits)
+    n_hallucinators = 0  # learned networks shared by all bases (HaBa's hallucinators)
 
     def __init__(self, info: DatasetInfo, n_bases: int, basis_size: int | None = None, basis_channels=None):
         super().__init__()
@@ -71,6 +85,26 @@ class Synset(nn.Module):
         """Training images each basis yields (1 for pixels, n_hallucinators for HaBa)."""
         return 1
 
+    # -- what the kind is, before anything is built ---------------------------------------------------------
+    @classmethod
+    def options_from(cls, cfg) -> dict[str, Any]:
+        """This kind's constructor options from a :class:`~haba_core.config.SynsetConfig` (or any object)."""
+        return {name: getattr(cfg, name) for name in cls.options}
+
+    @classmethod
+    def storage_of(cls, info: DatasetInfo, n_bases: int, basis_size: int | None, **options: Any) -> dict:
+        """What ``n_bases`` per class would store: ``basis_shape`` (C_b, h, w), ``floats_bases``,
+        ``n_hallucinators`` and ``floats_hallucinators`` (shared parameters). Options of other kinds are
+        ignored. Must agree with :meth:`storage` of a built set (tests check every kind)."""
+        h, w = (basis_size, basis_size) if basis_size else tuple(info.im_size)
+        c = info.channels
+        return {
+            "basis_shape": (c, h, w),
+            "floats_bases": n_bases * info.num_classes * c * h * w,
+            "n_hallucinators": 0,
+            "floats_hallucinators": 0,
+        }
+
     # -- what subclasses implement ------------------------------------------------------------------------
     def render(self, bases: Tensor, variant: Tensor | None) -> Tensor:
         """Turn bases (B, C_b, h_b, w_b) and per-row variant indices (B,) into images (B, C, H, W)."""
@@ -78,6 +112,10 @@ class Synset(nn.Module):
 
     def hallucinator_floats(self) -> int:
         return 0
+
+    def display_bases(self, idx: Tensor) -> Tensor:
+        """What viewers show as bare bases ``idx`` (B, C_b, h, w): the stored tensors, for image-space kinds."""
+        return self.bases[idx]
 
     def config(self) -> dict:
         return {"n_bases": self.n_bases, "basis_size": self.basis_size}
@@ -130,7 +168,7 @@ class Synset(nn.Module):
         return {
             "kind": self.kind,
             "n_bases": self.n_bases,
-            "n_hallucinators": self.n_variants if self.kind == "haba" else 0,
+            "n_hallucinators": self.n_hallucinators,
             "images_per_class": self.images_per_class,
             "basis_shape": [self.basis_channels, *self.basis_hw],
             "floats_bases": bases,

@@ -35,6 +35,23 @@ def hallucinator_floats(basis_channels: int, channels: int, basis_hw: tuple[int,
 @SYNSETS.register("haba")
 class HabaSynset(Synset):
     kind = "haba"
+    label = "HaBa"
+    help = "bases x hallucinators, each pair a training image"
+    options = ("n_hallucinators", "single_channel")
+    variant_name = "hallucinator"
+    contrastive = True
+
+    @classmethod
+    def storage_of(cls, info, n_bases, basis_size, n_hallucinators: int = 5, single_channel: bool = False, **_):
+        c = info.channels
+        cb = 1 if single_channel else c
+        h, w = (basis_size, basis_size) if basis_size else tuple(info.im_size)
+        return {
+            "basis_shape": (cb, h, w),
+            "floats_bases": n_bases * info.num_classes * cb * h * w,
+            "n_hallucinators": n_hallucinators,
+            "floats_hallucinators": hallucinator_floats(cb, c, (h, w), n_hallucinators),
+        }
 
     def __init__(
         self,

@@ -12,6 +12,8 @@ class PixelSynset(Synset):
     """``n_bases`` images per class, stored at ``basis_size`` (default: full resolution)."""
 
     kind = "pixels"
+    label = "Pixels"
+    help = "plain images"
 
     def __init__(self, info, n_bases: int, basis_size: int | None = None, generator=None):
         super().__init__(info, n_bases, basis_size)

@@ -37,7 +37,7 @@ with st.container(border=True):
             nets,
             default=["convnet"] if "convnet" in nets else nets[:1],
             key="eval.nets",
-            format_func=lambda n: NR.NET_LABELS.get(n, n),
+            format_func=lambda n: NR.label("net", n),
         )
         seeds = c2.number_input("Seeds", 1, 20, 3, key="eval.seeds", help="Networks trained per architecture.")
         default_epochs = int(((runs[0].config or {}).get("eval") or {}).get("epochs") or 300)

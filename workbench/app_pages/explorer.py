@@ -148,7 +148,9 @@ with right:
         "Row",
         rows,
         key="explorer.cell_row",
-        format_func=lambda j: "bare basis" if j < 0 else (f"hallucinator {j}" if grid.kind == "haba" else "image"),
+        format_func=lambda j: (
+            "bare basis" if j < 0 else (f"{grid.variant_name} {j}" if grid.n_hallucinators > 1 else grid.variant_name)
+        ),
     )
     col = r2.selectbox("Basis", cols, key="explorer.cell_col")
     big = G.cell_image(grid, row, col - start, size=320)

@@ -126,8 +126,8 @@ def images() -> None:
         synset = ui.load_synset(path)
         s = synset.storage()
         caption = (
-            f"{label}: {s['n_bases']} bases per class x {max(1, s['n_hallucinators'])} "
-            f"{'hallucinators' if synset.kind == 'haba' else 'image(s)'}; first images of each class. "
+            f"{label}: {s['n_bases']} bases per class x {synset.n_variants} "
+            f"{synset.variant_name}(s); first images of each class. "
             f"{G.display_note(synset.info)}"
         )
         png = G.png_bytes(G.overview_image(synset, max_per_class=15, scale=2))

@@ -88,7 +88,7 @@ def widgets(specs: list[NR.FieldSpec], defaults: dict, base: dict | None = None,
                 list(nets),
                 default=[n for n in default or [] if n in nets],
                 key=key(s.key),
-                format_func=lambda n: NR.NET_LABELS.get(n, n),
+                format_func=lambda n: NR.label("net", n),
                 help="`eval.nets`: architectures for the evaluation at the end (eval_at_end).",
             )
         else:
@@ -138,23 +138,25 @@ with form:
         on_change=on_dataset_change,
         index=datasets.index(base["data"]["name"]) if base["data"]["name"] in datasets else 0,
     )
+    backend_options = backends or [base["method"]["name"]]  # every registered backend
     method = c2.selectbox(
         "Backend",
-        list(NR.BACKENDS),
+        backend_options,
         key=key("method.name"),
         on_change=on_backend_change,
-        index=list(NR.BACKENDS).index(base["method"]["name"]) if base["method"]["name"] in NR.BACKENDS else 0,
-        format_func=lambda b: NR.BACKEND_LABELS[b] + ("" if b in backends else " (not available)"),
-        help=NR.BACKEND_HELP,
+        index=backend_options.index(base["method"]["name"]) if base["method"]["name"] in backend_options else 0,
+        format_func=lambda b: NR.label("method", b) + ("" if b in backends else " (not available)"),
+        help=NR.help_text("method", backends) if backends else None,
     )
+    kinds = NR.available_synsets()  # every registered synset kind
     kind = c3.radio(
         "Synset",
-        ["haba", "pixels"],
+        kinds,
         key=key("synset.kind"),
         horizontal=True,
-        index=0 if base["synset"]["kind"] == "haba" else 1,
-        format_func=lambda k: NR.SYNSET_LABELS[k],
-        help=NR.SYNSET_HELP,
+        index=kinds.index(base["synset"]["kind"]) if base["synset"]["kind"] in kinds else 0,
+        format_func=lambda k: NR.label("synset", k),
+        help=NR.help_text("synset", kinds),
     )
 
     c1, c2, c3 = st.columns(3)
@@ -174,7 +176,7 @@ with form:
         value=int(base["synset"]["n_hallucinators"]),
         step=1,
         key=key("synset.n_hallucinators"),
-        disabled=kind != "haba",
+        disabled="n_hallucinators" not in NR.synset_class(kind).options,
         help="Shared by every class; each basis yields one image per hallucinator.",
     )
     options_json = json.dumps(base["data"].get("options") or {}, sort_keys=True)
@@ -255,7 +257,7 @@ with form:
                 nets,
                 key=key("net.name"),
                 index=nets.index(net_name_default) if net_name_default in nets else 0,
-                format_func=lambda n: NR.NET_LABELS.get(n, n),
+                format_func=lambda n: NR.label("net", n),
             )
             net_params = base["net"].get("params", {}) if net_name == net_name_default else {}
             n_specs = NR.net_specs(net_name, net_params)
@@ -353,9 +355,6 @@ with side:
         st.success("Ready to launch.", icon=":material/check_circle:")
     if backend_problem:
         st.caption(f"Engine backends failed to load: {backend_problem}")
-    elif set(NR.BACKENDS) - set(backends):
-        missing = ", ".join(b.upper() for b in NR.BACKENDS if b not in backends)
-        st.caption(f"Not available in this engine yet: {missing}.")
     if result.config:
         with st.expander("Resolved config (written to config.json)"):
             st.json(result.config, expanded=False)
