@@ -2,12 +2,15 @@
 
 A *cell* is one row of the headline table: a storage budget and a method x synset (or the random real
 subset at the same storage). ``cpu`` is sized to finish in about an hour on 2 cores; ``paper`` holds the
-published settings for GPU users; ``smoke`` runs in seconds on generated data to keep the harness working.
+published settings for GPU users; ``smoke`` runs in seconds on generated data to keep the harness working;
+``repro`` reproduces published baselines; ``synsets`` puts every registered synset kind side by side.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from haba_core.synsets import list_synsets
 
 
 @dataclass(frozen=True)
@@ -165,4 +168,26 @@ REPRO = Profile(
     data={"name": "fashion_mnist"},
 )
 
-PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE, REPRO)}
+# Every registered synset kind (a new kind joins by itself) at equal storage: DM with the CPU preset (lr_img 1.0
+# suits any kind whose bases are an orthonormal transform of pixels), basis_size=auto (each kind's own rule),
+# one protocol, 5 evaluation networks.
+SYNSET_KINDS = Profile(
+    name="synsets",
+    description="Every registered synset kind at equal storage: Fashion-MNIST DM (CPU preset) at IPC 1 and 10, "
+    "ConvNet, 5 evaluation networks",
+    common=("data.name=fashion_mnist", "eval.nets=convnet"),
+    eval_nets=("convnet",),
+    eval_seeds=5,
+    eval_epochs=300,
+    cells=tuple(
+        cell
+        for b in (1, 10)
+        for cell in (
+            Cell(f"ipc{b}_random_real", b, None),
+            *(Cell(f"ipc{b}_dm_{kind}", b, "dm", kind, "configs/fmnist_cpu_dm.yaml") for kind in list_synsets()),
+        )
+    ),
+    data={"name": "fashion_mnist"},
+)
+
+PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE, REPRO, SYNSET_KINDS)}

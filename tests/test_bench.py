@@ -44,3 +44,13 @@ def test_mtt_cells_read_the_experts_the_profile_makes():
             made = cmd[cmd.index("--out") + 1]
             assert cmd[cmd.index("--dataset") + 1] == cell.dataset
             assert f"method.expert_dir={made}" in cell_overrides(profile, cell, out)
+
+
+def test_the_synsets_profile_covers_every_registered_kind_at_each_budget():
+    from haba_core.synsets import list_synsets
+
+    cells = PROFILES["synsets"].cells
+    for budget in (1, 10):
+        kinds = {c.synset for c in cells if c.budget_ipc == budget and c.method == "dm"}
+        assert kinds == set(list_synsets())
+        assert any(c.method is None and c.budget_ipc == budget for c in cells)  # the random-real floor
