@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The one set of tiny settings: the test suite (tests/conftest.py), the app's tests and demos all use it.
 TINY = (
     "data.name=toy",
     "net.width=16",
@@ -20,7 +21,6 @@ TINY = (
     "checkpoint_every=2",
     "synset.budget_ipc=2",
     "synset.n_hallucinators=2",
-    "synset.lr_hallucinators=0.001",
     "eval.epochs=1",
     "eval.seeds=1",
     "eval.test_batch=200",
