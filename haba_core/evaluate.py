@@ -35,7 +35,6 @@ import hashlib
 import io as _io
 import json
 import math
-import os
 import statistics
 import tempfile
 import time
@@ -52,8 +51,6 @@ from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol, distinct_protocols
 
 ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
-
-FAIL_HOOK_ENV = "HABA_EVAL_FAIL"  # tests: comma-separated task-id substrings whose tasks raise
 
 
 def standardize(x: Tensor) -> Tensor:
@@ -562,8 +559,6 @@ def eval_cell_task(job: dict) -> list[dict]:
     "file": bytes, "pairing": ...}`` or ``{"kind": "random_real", "ipc": k}``), ``net``, ``seeds``,
     ``protocol``, ``batched``, ``test_batch``. Returns one record per seed. Top-level so executors can pickle it.
     """
-    if job.get("fail"):
-        raise RuntimeError(f"injected failure for {job['fail']} ({FAIL_HOOK_ENV})")
     from haba_core.data import load_dataset
     from haba_core.engine import resolve_device
 
@@ -672,7 +667,6 @@ def evaluate_run(
     for net in nets:  # an architecture that cannot take these images fails here, not in every task
         create_net(net, info.channels, info.num_classes, info.im_size)
     grouped = batched if batched is not None else grouped_by_default(resolve_device(device))
-    fail_hook = [p for p in os.environ.get(FAIL_HOOK_ENV, "").split(",") if p]
     tasks: list[Task] = []
     meta: dict[str, tuple[str, str, list[int]]] = {}
     reused = 0
@@ -691,8 +685,7 @@ def evaluate_run(
             for group in (g for g in groups if g):
                 tid = f"{name}/{net}/s{','.join(map(str, group))}"
                 job = {"data": data, "device": device, "source": src["spec"], "net": net, "seeds": group,
-                       "protocol": src["protocol"], "batched": grouped, "test_batch": ecfg.test_batch,
-                       "fail": tid if any(p in tid for p in fail_hook) else None}  # fmt: skip
+                       "protocol": src["protocol"], "batched": grouped, "test_batch": ecfg.test_batch}  # fmt: skip
                 tasks.append(Task(tid, (job,)))
                 meta[tid] = (name, net, group)
     total = len(sources) * len(nets) * len(seeds)

@@ -21,7 +21,6 @@ from haba_core.augment import DSA_DEFAULT
 from haba_core.cli import main
 from haba_core.data import load_dataset
 from haba_core.evaluate import (
-    FAIL_HOOK_ENV,
     NotStackable,
     _init_nets,
     matrix_csv,
@@ -205,7 +204,16 @@ def test_failed_task_is_reported_and_resumed(tmp_path, monkeypatch, capsys):
     other cell is kept; the next run computes only the missing cells."""
     run = make_run(tmp_path / "run")
     args = ["--nets", "mlp,lenet", "--seeds", "3", "--epochs", "1", "--retries", "2"]  # CPU: one task per seed
-    monkeypatch.setenv(FAIL_HOOK_ENV, "synset/lenet/s1")
+    import haba_core.evaluate as E
+
+    real_task = E.eval_cell_task
+
+    def fails_for_lenet_seed_1(job):  # the evaluation runs tasks in this process here (one worker)
+        if job["source"]["kind"] == "synset" and job["net"] == "lenet" and job["seeds"] == [1]:
+            raise RuntimeError("injected failure (test)")
+        return real_task(job)
+
+    monkeypatch.setattr(E, "eval_cell_task", fails_for_lenet_seed_1)
     assert _evaluate(run, *args) == 4
     out = capsys.readouterr()
     assert "failed (attempt 1 of 3), retrying" in out.out and "synset/lenet/s1" in out.err
@@ -219,7 +227,7 @@ def test_failed_task_is_reported_and_resumed(tmp_path, monkeypatch, capsys):
     mtimes = {p.name: p.stat().st_mtime_ns for p in cells.glob("*_s*.json")}
     assert sorted(mtimes) == ["lenet_s0.json", "lenet_s2.json", "mlp_s0.json", "mlp_s1.json", "mlp_s2.json"]
 
-    monkeypatch.delenv(FAIL_HOOK_ENV)
+    monkeypatch.setattr(E, "eval_cell_task", real_task)
     assert _evaluate(run, *args) == 0
     ev = io.read_json(run / "evaluation.json")
     assert ev["complete"] is True and ev["computed_tasks"] == 1 and ev["reused_cells"] == 5
