@@ -12,14 +12,13 @@ method's own dataclass (see ``haba_core.methods``); ``method.lr_img=100`` is sho
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from haba_core.errors import ConfigError
+from haba_core.errors import ConfigError, did_you_mean
 from haba_core.validate import check_value
 
 
@@ -129,8 +128,7 @@ def _build(cls: type, d: Mapping[str, Any] | None, prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=2)
-            hint = f" Did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+            hint = did_you_mean(key, known, prefix)
             raise ConfigError(f"Unknown config key {prefix + key!r}.{hint} Valid: {', '.join(sorted(known))}.")
         f = known[key]
         sub = _DATACLASS_FIELDS.get((cls, key))

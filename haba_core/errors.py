@@ -1,5 +1,15 @@
 """Exceptions raised by haba_core. Every message says what was wrong and what to do about it."""
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, options: Iterable[str], prefix: str = "") -> str:
+    """`` Did you mean 'a' or 'b'?`` for the options closest to a mistyped ``name`` (``""`` if none is close):
+    the one hint every unknown-name error in haba_core carries."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+
 
 class HabaError(Exception):
     """Base class for every error haba_core raises on purpose."""

@@ -11,11 +11,10 @@ the registries and ask them, so a new entry appears everywhere without editing t
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from haba_core.errors import UnknownNameError
+from haba_core.errors import UnknownNameError, did_you_mean
 
 T = TypeVar("T")
 
@@ -61,8 +60,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         key = str(name).lower()
         if key not in self._entries:
-            close = difflib.get_close_matches(key, self._entries, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(key, self._entries)
             raise UnknownNameError(
                 f"Unknown {self.kind} {name!r}.{hint} Valid choices: {', '.join(sorted(self._entries))}."
             )

@@ -29,7 +29,6 @@ Every op is arithmetic, a gather or ``grid_sample``, hence differentiable w.r.t.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from haba_core.errors import ConfigError
+from haba_core.errors import ConfigError, did_you_mean
 
 DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 DSA_OPS: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -61,8 +60,7 @@ def parse_strategy(strategy: str | None) -> tuple[str, ...]:
     ops = tuple(s.strip().lower() for s in strategy.split("_"))
     for op in ops:
         if op not in DSA_OPS:
-            close = difflib.get_close_matches(op, DSA_OPS, n=2, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(op, DSA_OPS)
             raise ConfigError(
                 f"Unknown DSA op {op!r} in strategy {strategy!r}.{hint} Valid ops: {', '.join(DSA_OPS)} "
                 f"(joined by '_', e.g. {DSA_DEFAULT!r}), or 'none'."

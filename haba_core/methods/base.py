@@ -10,7 +10,6 @@ dict of named float losses and do no I/O.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from haba_core.augment import apply_dsa, sample_dsa_params
-from haba_core.errors import ConfigError
+from haba_core.errors import ConfigError, did_you_mean
 from haba_core.nets import create_net
 from haba_core.registry import Registry
 from haba_core.validate import check_value
@@ -73,8 +72,7 @@ class Method:
         known = {f.name for f in dataclasses.fields(cls.Config)}
         for k in params:
             if k not in known:
-                close = difflib.get_close_matches(k, known, n=2)
-                hint = f" Did you mean {' or '.join(close)}?" if close else ""
+                hint = did_you_mean(k, known, "method.")
                 raise ConfigError(
                     f"Unknown hyperparameter method.{k} for {cls.__name__}.{hint} Valid: {', '.join(sorted(known))}."
                 )

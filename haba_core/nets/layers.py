@@ -7,13 +7,12 @@ normalizes each image on its own and so keeps gradient matching independent of t
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from haba_core.errors import ConfigError
+from haba_core.errors import ConfigError, did_you_mean
 
 _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "instancenorm": lambda c: nn.GroupNorm(c, c, affine=True),
@@ -40,9 +39,7 @@ _POOLS: dict[str, Callable[[bool], nn.Module]] = {
 def _choose(kind: str, name: str, table: dict) -> Callable:
     key = str(name).lower()
     if key not in table:
-        close = difflib.get_close_matches(key, table, n=2, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"Unknown {kind} {name!r}.{hint} Valid: {', '.join(table)}.")
+        raise ConfigError(f"Unknown {kind} {name!r}.{did_you_mean(key, table)} Valid: {', '.join(table)}.")
     return table[key]
 
 

@@ -6,13 +6,12 @@ Every factory takes ``(channels, num_classes, im_size, **options)``; variants ar
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
 from torch import nn
 
-from haba_core.errors import ConfigError
+from haba_core.errors import ConfigError, did_you_mean
 from haba_core.nets.layers import as_hw
 from haba_core.registry import Registry
 
@@ -36,8 +35,7 @@ def create_net(name: str, channels: int, num_classes: int, im_size: int | tuple[
     options = net_options(name)
     for k in kwargs:
         if k not in options:
-            close = difflib.get_close_matches(k, options, n=2, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(k, options)
             raise ConfigError(f"Unknown option {k!r} for net {name!r}.{hint} Valid: {', '.join(options) or 'none'}.")
     return NETS.get(name)(int(channels), int(num_classes), as_hw(im_size), **kwargs)
 
