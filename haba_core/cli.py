@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from haba_core import io
+from haba_core import runfolder as RF
 from haba_core.errors import HabaError
 
 
@@ -116,8 +117,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from haba_core.engine import distill
 
     run_dir = Path(a.run_dir)
-    if a.resume and (run_dir / "config.json").exists():
-        saved = io.read_json(run_dir / "config.json")
+    if a.resume and (run_dir / RF.CONFIG).exists():
+        saved = io.read_json(run_dir / RF.CONFIG)
         # what the command asks for, resolved as for a new run, compared with the saved run
         asked = apply_overrides(resolve_config(files=a.config or []).to_dict(), _config_overrides(a))
         asked = apply_overrides(asked, a.set or [])
@@ -140,6 +141,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
         if a.iterations is not None:
             saved["iterations"] = a.iterations
         cfg = RunConfig.from_dict(saved)
+    elif RF.is_prepared(run_dir):  # prepared by a front end (config.json + queued status): run it as configured
+        flags = [*_config_overrides(a), *(a.set or []), *(a.config or [])]
+        if flags or a.eval:
+            raise HabaError(
+                f"{run_dir} is a prepared run with its own config.json; start it without config flags "
+                f"(got {', '.join(map(str, flags)) or '--eval'}), or distill into a new --run-dir."
+            )
+        cfg = RunConfig.from_dict(io.read_json(run_dir / RF.CONFIG))
     else:
         cfg = resolve_config(files=a.config or [], overrides=[])
         d = apply_overrides(cfg.to_dict(), _config_overrides(a))
@@ -154,7 +163,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if planned.basis_note:
         print(f"note: {planned.basis_note}", file=sys.stderr)
     d = distill(cfg, run_dir, resume=a.resume, progress=not a.quiet, handle_signals=True)
-    status = io.read_json(run_dir / "status.json")
+    status = io.read_json(run_dir / RF.STATUS)
     print(
         json.dumps(
             {

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from haba_core import io
+from haba_core import runfolder as RF
 from haba_core.budget import plan_from_config
 from haba_core.config import RunConfig
 from haba_core.data import dataset_from_config
@@ -292,26 +293,26 @@ class RunFolder(Callback):
         self.path = Path(path)
         self.started = time.time()
 
-    # paths
+    # paths (the layout is haba_core.runfolder's)
     @property
     def status_path(self) -> Path:
-        return self.path / "status.json"
+        return self.path / RF.STATUS
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / RF.METRICS
 
     def snapshot_path(self, step: int) -> Path:
-        return self.path / "snapshots" / f"step_{step:07d}.safetensors"
+        return RF.snapshot_path(self.path, step)
 
     def checkpoint_path(self, step: int) -> Path:
-        return self.path / "checkpoints" / f"ckpt_{step:07d}.safetensors"
+        return RF.checkpoint_path(self.path, step)
 
     def latest_checkpoint(self) -> Path | None:
-        ptr = self.path / "checkpoints" / "latest.json"
+        ptr = self.path / RF.CHECKPOINTS / "latest.json"
         if not ptr.exists():
             return None
-        return self.path / "checkpoints" / io.read_json(ptr)["file"]
+        return self.path / RF.CHECKPOINTS / io.read_json(ptr)["file"]
 
     def restore(self, d: Distiller) -> bool:
         """Load the newest readable checkpoint into ``d``; False when there is none.
@@ -319,7 +320,7 @@ class RunFolder(Callback):
         A damaged newest checkpoint (say, a disk filled mid-write outside our atomic path) falls back to the
         one before it, with a warning; if every checkpoint is damaged the error names them all.
         """
-        found = sorted((self.path / "checkpoints").glob("ckpt_*.safetensors"), reverse=True)
+        found = sorted((self.path / RF.CHECKPOINTS).glob("ckpt_*.safetensors"), reverse=True)
         latest = self.latest_checkpoint()
         if latest is not None and latest in found:
             found.remove(latest)
@@ -339,8 +340,7 @@ class RunFolder(Callback):
 
     # status
     def write_status(self, d: Distiller | None, state: str, **extra: Any) -> None:
-        old = io.read_json(self.status_path) if self.status_path.exists() else {}
-        status = {**old, "state": state, "updated_at": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+        status = {"state": state, "pid": os.getpid(), "host": socket.gethostname()}
         if d is not None:
             spi = d.seconds_per_iteration()
             status.update(
@@ -351,13 +351,13 @@ class RunFolder(Callback):
                 storage=d.plan.to_dict(),
             )
         status.update(extra)
-        io.write_json(self.status_path, status)
+        RF.update_status(self.path, **status)  # merged under the run folder's lock: no writer loses an update
 
     # callbacks
     def on_start(self, d: Distiller) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        io.write_json(self.path / "config.json", d.cfg.to_dict())
-        io.write_json(self.path / "storage.json", {**d.plan.to_dict(), "dataset": d.dataset.info.to_dict()})
+        io.write_json(self.path / RF.CONFIG, d.cfg.to_dict())
+        io.write_json(self.path / RF.STORAGE, {**d.plan.to_dict(), "dataset": d.dataset.info.to_dict()})
         self.write_status(d, "running", started_at=self.started, error=None, device=str(d.device))
 
     def on_step(self, d: Distiller, step: int, logs: dict) -> None:
@@ -374,14 +374,14 @@ class RunFolder(Callback):
     def on_checkpoint(self, d: Distiller, step: int) -> None:
         path = self.checkpoint_path(step)
         d.save_checkpoint(path)
-        io.write_json(self.path / "checkpoints" / "latest.json", {"file": path.name, "step": step})
-        ckpts = sorted((self.path / "checkpoints").glob("ckpt_*.safetensors"))
+        io.write_json(self.path / RF.CHECKPOINTS / "latest.json", {"file": path.name, "step": step})
+        ckpts = sorted((self.path / RF.CHECKPOINTS).glob("ckpt_*.safetensors"))
         for old in ckpts[:-KEEP_CHECKPOINTS]:
             old.unlink(missing_ok=True)
 
     def on_end(self, d: Distiller, state: str, error: str | None) -> None:
         if state == "finished":
-            d.synset.save(self.path / "synset.safetensors", {"step": d.step})
+            d.synset.save(self.path / RF.SYNSET, {"step": d.step})
         self.write_status(d, state, error=error, finished_at=time.time())
 
 
@@ -427,11 +427,19 @@ def distill(
     if run_dir is not None:
         folder = RunFolder(run_dir)
         if resume:
-            cfg_path = folder.path / "config.json"
+            cfg_path = folder.path / RF.CONFIG
             if not cfg_path.exists():
                 raise CheckpointError(f"{folder.path} holds no run to resume (no config.json).")
             saved = RunConfig.from_dict(io.read_json(cfg_path))
             cfg = saved.replace(iterations=cfg.iterations) if cfg is not None else saved
+        elif RF.is_prepared(folder.path):  # a front end prepared it (config.json, queued): run it as configured
+            saved = RunConfig.from_dict(io.read_json(folder.path / RF.CONFIG))
+            if cfg is not None and cfg.to_dict() != saved.to_dict():
+                raise ConfigError(
+                    f"Run folder {folder.path} was prepared with another config (its config.json); run it as it is "
+                    "(no config) or choose another run folder."
+                )
+            cfg = saved
         elif folder.path.exists() and any(folder.path.iterdir()):
             raise ConfigError(
                 f"Run folder {folder.path} already exists and is not empty; pass --resume to continue it "

@@ -1,13 +1,13 @@
 """Launch, cancel, resume and delete runs, and run evaluations, as separate ``python -m haba_core`` processes.
 
-The app never trains in its own process. A launch writes the resolved ``config.json`` and a ``queued``
-``status.json`` into ``RUNS/NAME`` *before* the process starts, then starts
-``python -m haba_core distill --run-dir RUNS/NAME --resume`` detached (its own session, output to
-``RUNS/NAME/log.txt``). ``--resume`` on a folder with a config but no checkpoint makes the engine start that
-config from step 0, so the folder can hold the queued state and the log from the first moment.
+The app never trains in its own process. A launch *prepares* ``RUNS/NAME`` (``haba_core.runfolder.prepare``: the
+resolved ``config.json`` and a ``queued`` status) before the process starts, then starts
+``python -m haba_core distill --run-dir RUNS/NAME`` detached (its own session, output to ``RUNS/NAME/log.txt``),
+which runs a prepared folder as configured; the folder holds the queued state and the log from the first moment.
+Every status write (here and in the engine) is ``runfolder.update_status``, a locked read-modify-write.
 
 Cancel sends SIGTERM to the pid in ``status.json``: the engine stops between iterations, writes a checkpoint
-and marks the run ``cancelled``. Resume starts the same command again. Evaluations run
+and marks the run ``cancelled``. Resume starts ``distill --run-dir RUNS/NAME --resume``. Evaluations run
 ``python -m haba_core evaluate --run RUNS/NAME ...`` in the background (``eval_job.json``, ``eval_log.txt``).
 """
 
@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from haba_core import runfolder as RF
 from workbench import runs as R
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOG = "log.txt"
-EVAL_JOB = "eval_job.json"
-EVAL_LOG = "eval_log.txt"
+LOG, EVAL_JOB, EVAL_LOG = RF.LOG, RF.EVAL_JOB, RF.EVAL_LOG
 
 
 class JobError(RuntimeError):
@@ -76,25 +75,18 @@ def engine_commands() -> list[str]:
 
 
 # -- distillation runs --------------------------------------------------------------------------------------
-def _start_distill(path: Path, status: dict) -> R.Run:
-    status = {
-        **status,
-        "state": "queued",
-        "queued_at": time.time(),
-        "pid": None,
-        "host": socket.gethostname(),
-        "error": None,
-    }
-    write_json(path / "status.json", status)
-    args = ["distill", "--run-dir", str(path), "--resume", "--quiet"]
+def _start_distill(path: Path, resume: bool) -> R.Run:
+    """Start ``haba distill`` on a queued run folder (a prepared one, or ``resume`` from its checkpoint).
+    Every status write goes through ``runfolder.update_status`` (locked), so the engine's own writes win."""
+    args = ["distill", "--run-dir", str(path), *(["--resume"] if resume else []), "--quiet"]
     try:
-        proc = _spawn(args, path / LOG)
+        proc = _spawn(args, path / RF.LOG)
     except OSError as e:
-        write_json(path / "status.json", {**status, "state": "failed", "error": f"Could not start the run: {e}"})
+        RF.update_status(path, state="failed", error=f"Could not start the run: {e}")
         raise JobError(f"Could not start the run: {e}") from e
-    current, _ = R.read_json(path / "status.json")
-    if isinstance(current, dict) and current.get("state") == "queued" and not current.get("pid"):
-        write_json(path / "status.json", {**current, "pid": proc.pid, "command": ["python", "-m", "haba_core", *args]})
+    # the pid, unless the engine already started and wrote its own
+    RF.update_status(path, only_if={"state": "queued", "pid": None}, pid=proc.pid,
+                     command=["python", "-m", "haba_core", *args])  # fmt: skip
     return R.read_run(path)
 
 
@@ -106,9 +98,8 @@ def launch_run(name: str, config: dict, root: Path | None = None) -> R.Run:
     if path.exists() and any(path.iterdir()):
         raise JobError(f"A run named {name!r} already exists; choose another name.")
     cfg = RunConfig.from_dict(config)  # validates keys before anything is written
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(path / "config.json", cfg.to_dict())
-    return _start_distill(path, {"step": 0, "iterations": cfg.iterations})
+    RF.prepare(path, cfg.to_dict(), host=socket.gethostname())
+    return _start_distill(path, resume=False)
 
 
 def resume_run(name: str, root: Path | None = None) -> R.Run:
@@ -120,9 +111,10 @@ def resume_run(name: str, root: Path | None = None) -> R.Run:
         raise JobError(f"Run {name!r} is {run.state}; it cannot be resumed while it runs.")
     if run.state == "finished":
         raise JobError(f"Run {name!r} has finished; there is nothing to resume.")
-    if not (run.path / "config.json").exists():
+    if not (run.path / RF.CONFIG).exists():
         raise JobError(f"Run {name!r} has no config.json, so it cannot be resumed; delete it and launch again.")
-    return _start_distill(run.path, run.status)
+    RF.update_status(run.path, state="queued", queued_at=time.time(), pid=None, host=socket.gethostname(), error=None)
+    return _start_distill(run.path, resume=True)
 
 
 def cancel_run(name: str, root: Path | None = None, wait_s: float = 3.0) -> str:
@@ -139,10 +131,8 @@ def cancel_run(name: str, root: Path | None = None, wait_s: float = 3.0) -> str:
     deadline = time.time() + wait_s
     while time.time() < deadline and R.pid_alive(pid):
         time.sleep(0.1)
-    status, _ = R.read_json(run.path / "status.json")
-    if isinstance(status, dict) and status.get("state") == "queued" and not R.pid_alive(pid):
-        # stopped before the engine took over: record the cancellation ourselves
-        write_json(run.path / "status.json", {**status, "state": "cancelled", "finished_at": time.time()})
+    if not R.pid_alive(pid):  # stopped before the engine took over: record the cancellation ourselves
+        RF.update_status(run.path, only_if={"state": "queued"}, state="cancelled", finished_at=time.time())
     if R.pid_alive(pid):
         return f"Asked run {name!r} to stop; it will checkpoint and stop after the current iteration."
     return f"Run {name!r} was cancelled."

@@ -1,9 +1,10 @@
 """Run folders as the workbench sees them: list, read status/metrics/snapshots/evaluations, check names.
 
-A run folder is written by ``python -m haba_core distill --run-dir RUNS/NAME`` (see ``haba_core.engine.RunFolder``)
-and read here, never locked or written except by ``workbench.jobs``. Every reader is a few small file reads,
-tolerant of files that are missing, half-written or corrupted (the UI shows the problem instead of raising),
-and loads tensors only through safetensors (``haba_core.synsets.load_synset``): nothing is ever unpickled.
+A run folder is written by ``python -m haba_core distill --run-dir RUNS/NAME``; its layout, states, readers and
+status writer live in ``haba_core.runfolder`` (the app writes only through ``workbench.jobs``). Every reader is a
+few small file reads, tolerant of files that are missing, half-written or corrupted (the UI shows the problem
+instead of raising), and loads tensors only through safetensors (``haba_core.synsets.load_synset``): nothing is
+ever unpickled.
 
 The runs folder is ``$HABA_RUNS_DIR`` or ``./runs``. Run names are checked against :data:`NAME_RE` and the
 resolved path must stay directly inside the runs folder, so a name can never reach outside it.
@@ -11,7 +12,6 @@ resolved path must stay directly inside the runs folder, so a name can never rea
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# the run folder's layout, states and tolerant readers belong to the engine's runfolder module
+from haba_core import runfolder as RF
+from haba_core.runfolder import ACTIVE, SNAPSHOT_RE, STATES, MetricsTail, read_json, read_jsonl, tail  # noqa: F401
+
 RUNS_ENV = "HABA_RUNS_DIR"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-STATES = ("queued", "running", "finished", "failed", "cancelled")
-ACTIVE = ("queued", "running")
 DIED = "failed (process died)"
-SNAPSHOT_RE = re.compile(r"^step_(\d+)\.safetensors$")
 NON_LOSS_KEYS = frozenset({"step", "wall"})
 SYSTEM_SUFFIXES = ("_s", "_mb", "_gb")  # time_s, peak_rss_mb, ...: speed and memory, not losses
 
@@ -69,46 +70,6 @@ def suggest_name(parts: list[str], root: Path | None = None) -> str:
         k += 1
         name = f"{base}-{k}"
     return name
-
-
-# -- small tolerant readers ---------------------------------------------------------------------------------
-def read_json(path: Path) -> tuple[Any, str | None]:
-    """(data, None) or (None, problem); a missing file is (None, None)."""
-    try:
-        return json.loads(Path(path).read_text()), None
-    except FileNotFoundError:
-        return None, None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{Path(path).name} is unreadable ({e})"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete JSON line (a torn last line, being written, is skipped)."""
-    try:
-        text = Path(path).read_text()
-    except (FileNotFoundError, OSError, UnicodeDecodeError):
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def tail(path: Path, max_chars: int = 4000) -> str:
-    """The end of a text file (a log), or '' if there is none."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_chars))
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 # -- processes ----------------------------------------------------------------------------------------------
@@ -199,7 +160,7 @@ class Run:
 
     @property
     def can_resume(self) -> bool:
-        return self.state in ("cancelled", "failed", DIED) and (self.path / "config.json").exists()
+        return self.state in ("cancelled", "failed", DIED) and (self.path / RF.CONFIG).exists()
 
     @property
     def dataset(self) -> str:
@@ -235,9 +196,9 @@ def effective_state(status: dict) -> str:
 def read_run(path: Path) -> Run:
     """Read one run folder (never raises for bad files; problems are listed on the Run)."""
     path = Path(path)
-    status, p1 = read_json(path / "status.json")
-    config, p2 = read_json(path / "config.json")
-    storage, p3 = read_json(path / "storage.json")
+    status, p1 = read_json(path / RF.STATUS)
+    config, p2 = read_json(path / RF.CONFIG)
+    storage, p3 = read_json(path / RF.STORAGE)
     problems = [p for p in (p1, p2, p3) if p]
     status = status if isinstance(status, dict) else {}
     if not status:
@@ -273,7 +234,7 @@ def list_runs(root: Path | None = None) -> list[Run]:
     for p in root.iterdir():
         if not p.is_dir() or not NAME_RE.fullmatch(p.name):
             continue
-        if not ((p / "status.json").exists() or (p / "config.json").exists()):
+        if not ((p / RF.STATUS).exists() or (p / RF.CONFIG).exists()):
             continue
         runs.append(read_run(p))
     runs.sort(key=lambda r: float(r.status.get("queued_at") or r.status.get("started_at") or r.modified), reverse=True)
@@ -291,57 +252,7 @@ def get_run(name: str, root: Path | None = None) -> Run | None:
 def read_metrics(run: Run | Path) -> list[dict]:
     """Every metrics record of the run (one per logged step)."""
     path = run.path if isinstance(run, Run) else Path(run)
-    return read_jsonl(path / "metrics.jsonl")
-
-
-class MetricsTail:
-    """Incremental reader of an append-only ``metrics.jsonl``: each :meth:`poll` reads only the bytes appended
-    since the last one (a torn last line waits for its newline). A file that shrank or was replaced (another
-    inode) is read again from the start. ``records`` holds every record so far; ``version`` counts changes,
-    so callers redraw only when it moved."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.records: list[dict] = []
-        self.version = 0
-        self._offset = 0
-        self._inode: int | None = None
-
-    def poll(self) -> bool:
-        """Read what was appended; True when new records arrived (or the file was reset)."""
-        try:
-            st = self.path.stat()
-        except OSError:
-            return False
-        reset = st.st_ino != self._inode or st.st_size < self._offset
-        if reset:
-            self.records, self._offset, self._inode = [], 0, st.st_ino
-        if st.st_size == self._offset:
-            if reset:
-                self.version += 1
-            return reset
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read(st.st_size - self._offset)
-        except OSError:
-            return False
-        end = chunk.rfind(b"\n")
-        if end < 0:  # only a torn line so far
-            return reset
-        self._offset += end + 1
-        new = 0
-        for line in chunk[: end + 1].splitlines():
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(rec, dict):
-                self.records.append(rec)
-                new += 1
-        if new or reset:
-            self.version += 1
-        return bool(new or reset)
+    return read_jsonl(path / RF.METRICS)
 
 
 def poll_interval(run: Run, base: float = 3.0, longest: float = 30.0) -> float | None:
@@ -380,20 +291,14 @@ def system_names(records: list[dict]) -> list[str]:
 
 def snapshots(run: Run | Path) -> dict[int, Path]:
     """{step: file} of the run's snapshots, plus the final set (at its step) when it has one."""
-    path = run.path if isinstance(run, Run) else Path(run)
-    out: dict[int, Path] = {}
     try:
-        for f in (path / "snapshots").iterdir():
-            m = SNAPSHOT_RE.match(f.name)
-            if m:
-                out[int(m.group(1))] = f
+        return RF.snapshots(run.path if isinstance(run, Run) else Path(run))
     except OSError:
-        pass
-    return dict(sorted(out.items()))
+        return {}
 
 
 def final_synset_path(run: Run | Path) -> Path | None:
-    path = (run.path if isinstance(run, Run) else Path(run)) / "synset.safetensors"
+    path = (run.path if isinstance(run, Run) else Path(run)) / RF.SYNSET
     return path if path.exists() else None
 
 

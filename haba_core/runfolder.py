@@ -1,0 +1,215 @@
+"""The run folder: its layout, its status schema and states, tolerant readers, and the one way to write status.
+
+A run folder holds::
+
+    config.json          the resolved RunConfig (written before the run starts)
+    status.json          state (STATES), step, iterations, speed, pid/host, error, ...
+    storage.json         what the synthetic set stores (budget plan) and the dataset's facts
+    metrics.jsonl        one record per logged step (append-only; trimmed back to the checkpoint on resume)
+    evals.jsonl          periodic evaluations during the run
+    snapshots/step_*.safetensors, checkpoints/ckpt_*.safetensors (+ latest.json), synset.safetensors
+    log.txt, eval_log.txt, eval_job.json, eval/    when launched by the app / evaluated
+
+Everything that reads or writes one goes through this module: the engine (``engine.RunFolder``), the CLI, the
+app (``workbench.runs``, ``workbench.jobs``), the bench and the scripts. ``status.json`` has several writers
+(the launcher before and right after starting the process, the engine while it runs, a cancel); each goes
+through :func:`update_status`, a read-modify-write under an exclusive lock, so no update is lost.
+
+A front end *prepares* a run (:func:`prepare`: config.json and a ``queued`` status) and starts
+``haba distill --run-dir DIR``, which runs a prepared folder from its config; ``--resume`` is only for
+continuing from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from haba_core import io
+
+CONFIG = "config.json"
+STATUS = "status.json"
+STORAGE = "storage.json"
+METRICS = "metrics.jsonl"
+EVALS = "evals.jsonl"
+SYNSET = "synset.safetensors"
+SNAPSHOTS = "snapshots"
+CHECKPOINTS = "checkpoints"
+LOG = "log.txt"
+EVAL_LOG = "eval_log.txt"
+EVAL_JOB = "eval_job.json"
+EVALUATION = "evaluation.json"
+_LOCK = ".status.lock"
+
+STATES = ("queued", "running", "finished", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+SNAPSHOT_RE = re.compile(r"^step_(\d+)\.safetensors$")
+
+
+def snapshot_path(run: Path, step: int) -> Path:
+    return Path(run) / SNAPSHOTS / f"step_{step:07d}.safetensors"
+
+
+def checkpoint_path(run: Path, step: int) -> Path:
+    return Path(run) / CHECKPOINTS / f"ckpt_{step:07d}.safetensors"
+
+
+def snapshots(run: Path) -> dict[int, Path]:
+    """Every snapshot file of the run by step, in step order."""
+    found = {}
+    folder = Path(run) / SNAPSHOTS
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = SNAPSHOT_RE.fullmatch(p.name)
+            if m:
+                found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def has_checkpoint(run: Path) -> bool:
+    return any((Path(run) / CHECKPOINTS).glob("ckpt_*.safetensors"))
+
+
+# -- status: one locked writer ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _locked(run: Path) -> Iterator[None]:
+    Path(run).mkdir(parents=True, exist_ok=True)
+    with open(Path(run) / _LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def update_status(run: Path, only_if: dict | None = None, **fields: Any) -> dict:
+    """Merge ``fields`` into ``status.json`` atomically and under an exclusive lock; returns the new status.
+
+    ``only_if``: apply only when the current status has these values (e.g. ``{"state": "queued"}``), so a
+    launcher cannot overwrite what a run that already started wrote. An unreadable status is replaced."""
+    path = Path(run) / STATUS
+    with _locked(run):
+        old, _ = read_json(path)
+        old = old if isinstance(old, dict) else {}
+        if only_if and any(old.get(k) != v for k, v in only_if.items()):
+            return old
+        new = {**old, **fields, "updated_at": time.time()}
+        io.write_json(path, new)
+        return new
+
+
+def prepare(run: Path, config: dict, **status: Any) -> None:
+    """A new run folder ready to start: ``config.json`` and a ``queued`` status (what the app launches)."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    io.write_json(run / CONFIG, config)
+    update_status(run, state="queued", queued_at=time.time(), step=0, iterations=config.get("iterations"),
+                  pid=None, error=None, **status)  # fmt: skip
+
+
+def is_prepared(run: Path) -> bool:
+    """A folder :func:`prepare` made and nothing has run in yet (queued, a config, no checkpoint)."""
+    status, _ = read_json(Path(run) / STATUS)
+    return (
+        isinstance(status, dict)
+        and status.get("state") == "queued"
+        and (Path(run) / CONFIG).exists()
+        and not has_checkpoint(run)
+    )
+
+
+# -- tolerant readers -------------------------------------------------------------------------------------------
+def read_json(path: Path) -> tuple[Any, str | None]:
+    """(data, None) or (None, problem); a missing file is (None, None)."""
+    try:
+        return json.loads(Path(path).read_text()), None
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{Path(path).name} is unreadable ({e})"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete JSON line (a torn last line, being written, is skipped)."""
+    try:
+        text = Path(path).read_text()
+    except (FileNotFoundError, OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def tail(path: Path, max_chars: int = 4000) -> str:
+    """The end of a text file (a log), or '' if there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_chars))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+class MetricsTail:
+    """Incremental reader of an append-only ``metrics.jsonl``: each :meth:`poll` reads only the bytes appended
+    since the last one (a torn last line waits for its newline). A file that shrank or was replaced (another
+    inode) is read again from the start. ``records`` holds every record so far; ``version`` counts changes,
+    so callers redraw only when it moved."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.records: list[dict] = []
+        self.version = 0
+        self._offset = 0
+        self._inode: int | None = None
+
+    def poll(self) -> bool:
+        """Read what was appended; True when new records arrived (or the file was reset)."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return False
+        reset = st.st_ino != self._inode or st.st_size < self._offset
+        if reset:
+            self.records, self._offset, self._inode = [], 0, st.st_ino
+        if st.st_size == self._offset:
+            if reset:
+                self.version += 1
+            return reset
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read(st.st_size - self._offset)
+        except OSError:
+            return False
+        end = chunk.rfind(b"\n")
+        if end < 0:  # only a torn line so far
+            return reset
+        self._offset += end + 1
+        new = 0
+        for line in chunk[: end + 1].splitlines():
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(rec, dict):
+                self.records.append(rec)
+                new += 1
+        if new or reset:
+            self.version += 1
+        return bool(new or reset)
