@@ -46,36 +46,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol, distinct_protocols
+from haba_core.training import augment_batch, standardize, test_accuracy, train_epoch  # noqa: F401
 
 ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
 
 
-def standardize(x: Tensor) -> Tensor:
-    """HaBa's per-batch standardization: the whole batch to zero mean and unit std."""
-    return (x - x.mean()) / x.std().clamp_min(1e-8)
-
-
-@torch.no_grad()
-def test_accuracy(net, images: Tensor, labels: Tensor, batch: int = 1000, std: bool = False) -> float:
-    net.eval()
-    correct = 0
-    for i in range(0, len(images), batch):
-        x = images[i : i + batch]
-        x = standardize(x) if std else x
-        correct += (net(x).argmax(1) == labels[i : i + batch]).sum().item()
-    return correct / max(1, len(images))
-
-
-def _augment(x: Tensor, dsa_strategy: str, g: torch.Generator, im_size, std: bool) -> Tensor:
-    """One training batch: optional standardization, *then* its DSA draw (from ``g``, one per image), in the
-    reference code's order (HaBa's evaluation standardizes the batch and augments the result)."""
-    x = standardize(x) if std else x
-    if dsa_strategy:
-        x = apply_dsa(x, sample_dsa_params(dsa_strategy, len(x), g, x.device, tuple(im_size)))
-    return x
+_augment = augment_batch  # the name tests/test_fidelity.py pins the order by
 
 
 class SeedTrainer:
@@ -101,18 +79,10 @@ class SeedTrainer:
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=[epochs // 2], gamma=0.1)
 
     def epoch(self) -> None:
-        net, g, im_size = self.net, self.g, self.dataset.info.im_size
-        net.train()
         with torch.no_grad():
-            images, labels = self.source(g)
-        order = torch.randperm(len(images), generator=g).to(images.device)
-        for i in range(0, len(images), self.batch):
-            idx = order[i : i + self.batch]
-            x = _augment(images[idx], self.dsa, g, im_size, self.std)
-            loss = F.cross_entropy(net(x), labels[idx])
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            images, labels = self.source(self.g)
+        train_epoch(self.net, self.opt, images, labels, self.batch, self.g, self.dsa, self.std,
+                    self.dataset.info.im_size)  # fmt: skip
         self.sched.step()
 
     def test(self, test_batch: int = 1000) -> list[float]:
@@ -359,7 +329,7 @@ class GroupedTrainer:
             xs, ys = [], []
             for (images, labels), order, g in zip(data, orders, self.gens, strict=True):
                 idx = order[i : i + self.batch]
-                xs.append(_augment(images[idx], self.dsa, g, im_size, self.std))
+                xs.append(augment_batch(images[idx], self.dsa, g, im_size, self.std))
                 ys.append(labels[idx])
             b = len(ys[0])
             logits = net(torch.cat(xs, 1)).view(b, s, k)  # (b, S, K)

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.errors import ConfigError
 from haba_core.methods.base import METHODS, Method
+from haba_core.training import train_epoch
 
 # DC's get_loops: ipc -> (outer_loop, inner_loop)
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -165,18 +165,10 @@ class DC(Method):
         with torch.no_grad():
             pairing = self.cfg.syn_pairing if synset.n_variants > 1 else "random"
             images, labels = synset.materialize(generator, pairing=pairing)
+        # DSA: one draw per image here (not the matching step's shared batch draw)
+        dsa = self.ctx.dsa_strategy if self.augment_matching else ""
         for _ in range(epochs):
-            order = torch.randperm(len(images), generator=generator).to(images.device)
-            for i in range(0, len(images), self.cfg.batch_train):
-                idx = order[i : i + self.cfg.batch_train]
-                x = images[idx]
-                if self.augment_matching:  # one draw per image (not the matching step's shared batch draw)
-                    x = apply_dsa(x, sample_dsa_params(self.ctx.dsa_strategy, len(x), generator, x.device,
-                                                       tuple(self.ctx.info.im_size)))  # fmt: skip
-                loss = F.cross_entropy(net(x), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            train_epoch(net, opt, images, labels, self.cfg.batch_train, generator, dsa, False, self.ctx.info.im_size)
 
     def _freeze_batchnorm(self, net: nn.Module, generator) -> None:
         """Official DC: with BatchNorm, set running statistics from a real batch, then freeze them."""

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
@@ -168,17 +167,6 @@ def _expert_meta(cfg: ExpertConfig, index: int, info, net: nn.Module) -> dict:
     }
 
 
-@torch.no_grad()
-def _test_accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch: int = 1000) -> float:
-    was = net.training
-    net.eval()
-    correct = sum(
-        int((net(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(images), batch)
-    )
-    net.train(was)
-    return correct / max(1, len(images))
-
-
 def train_expert(
     cfg: ExpertConfig,
     index: int,
@@ -192,8 +180,9 @@ def train_expert(
     ``stop_after_epochs`` stops (as an interruption would) once that many epochs are done in total, leaving
     the partial file; used by tests. Returns the finished file's path (or the partial one when stopped).
     """
-    from haba_core.augment import apply_dsa, parse_strategy, sample_dsa_params
+    from haba_core.augment import parse_strategy
     from haba_core.nets import create_net
+    from haba_core.training import test_accuracy, train_epoch
 
     final, partial = expert_path(out, index), expert_path(out, index, partial=True)
     if final.exists():
@@ -229,26 +218,15 @@ def train_expert(
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             return partial
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=generator).to(device)
-        correct, loss_sum = 0, 0.0
-        for i in range(0, n, cfg.batch):
-            idx = order[i : i + cfg.batch]
-            x, y = images[idx], labels[idx]
-            if strategy:
-                x = apply_dsa(x, sample_dsa_params(strategy, len(x), generator, device, tuple(info.im_size)))
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += loss.item() * len(y)
+        correct, loss_sum = train_epoch(
+            net, opt, images, labels, cfg.batch, generator, strategy, im_size=info.im_size, stats=True
+        )
         rows.append(flat_params(net))  # a clone: every epoch is its own snapshot
         history["train_acc"].append(correct / n)
         history["train_loss"].append(loss_sum / n)
         last = epoch + 1 == cfg.epochs
         test = last or (cfg.test_every and (epoch + 1) % cfg.test_every == 0)
-        history["test_acc"].append(_test_accuracy(net, ds.images_test, ds.labels_test) if test else None)
+        history["test_acc"].append(test_accuracy(net, ds.images_test, ds.labels_test) if test else None)
         history["epoch_s"].append(round(time.perf_counter() - t0, 3))
         if log:
             log(

@@ -1,0 +1,75 @@
+"""Training a network on images: the one epoch loop and test-accuracy function that evaluation, expert
+training and DC's inner loop share.
+
+Draw order on the epoch's generator (so runs are reproducible and resumable): the permutation, then, per
+batch, one DSA draw per image. A batch is standardized *before* it is augmented (the reference order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from haba_core.augment import apply_dsa, sample_dsa_params
+
+
+def standardize(x: Tensor) -> Tensor:
+    """HaBa's per-batch standardization: the whole batch to zero mean and unit std."""
+    return (x - x.mean()) / x.std().clamp_min(1e-8)
+
+
+def augment_batch(x: Tensor, dsa_strategy: str, g: torch.Generator, im_size, std: bool = False) -> Tensor:
+    """One training batch: optional standardization, *then* its DSA draw (from ``g``, one per image), in the
+    reference code's order (HaBa's evaluation standardizes the batch and augments the result)."""
+    x = standardize(x) if std else x
+    if dsa_strategy:
+        x = apply_dsa(x, sample_dsa_params(dsa_strategy, len(x), g, x.device, tuple(im_size)))
+    return x
+
+
+@torch.no_grad()
+def test_accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch: int = 1000, std: bool = False) -> float:
+    """Top-1 accuracy of ``net`` (in eval mode; its previous mode is restored) on ``images``."""
+    was = net.training
+    net.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch]
+        x = standardize(x) if std else x
+        correct += int((net(x).argmax(1) == labels[i : i + batch]).sum())
+    net.train(was)
+    return correct / max(1, len(images))
+
+
+def train_epoch(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    batch: int,
+    generator: torch.Generator,
+    dsa_strategy: str = "",
+    std: bool = False,
+    im_size=None,
+    stats: bool = False,
+) -> tuple[int, float]:
+    """One epoch of SGD with cross-entropy over ``images`` in a random order from ``generator``, each batch
+    standardized (``std``) and augmented (``dsa_strategy``, one draw per image). With ``stats``, returns
+    (correct, summed loss) over the epoch's batches as they were seen (a device sync per batch), else (0, 0.0)."""
+    net.train()
+    im_size = tuple(im_size or images.shape[-2:])
+    order = torch.randperm(len(images), generator=generator).to(images.device)
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(images), batch):
+        idx = order[i : i + batch]
+        x, y = augment_batch(images[idx], dsa_strategy, generator, im_size, std), labels[idx]
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if stats:
+            correct += int((logits.detach().argmax(1) == y).sum())
+            loss_sum += loss.item() * len(y)
+    return correct, loss_sum
