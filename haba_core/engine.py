@@ -27,7 +27,9 @@ from haba_core import runfolder as RF
 from haba_core.budget import plan_from_config
 from haba_core.config import RunConfig
 from haba_core.data import dataset_from_config
+from haba_core.devices import peak_memory_mb, reset_peak_memory, resolve_device  # noqa: F401
 from haba_core.errors import CheckpointError, ConfigError, HabaError
+from haba_core.evaluate import evaluate_synset
 from haba_core.haba_losses import ContrastiveConstraint
 from haba_core.methods import METHODS, Context, create_method
 from haba_core.nets import NETS
@@ -35,48 +37,6 @@ from haba_core.synsets import SYNSETS, create_synset
 
 CHECKPOINT_FORMAT = "haba-checkpoint"
 KEEP_CHECKPOINTS = 2
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} asked for CUDA but none is available; use device=auto or cpu.")
-    return dev
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window: Linux's peak RSS (``VmHWM``, via ``/proc/self/clear_refs``) and CUDA's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:  # not Linux, or not allowed: the peak then covers the whole process
-        pass
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    """Peak resident memory since :func:`reset_peak_memory` (``peak_rss_mb``; ``peak_cuda_mb`` on CUDA)."""
-    out: dict[str, float] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    out["peak_rss_mb"] = int(line.split()[1]) / 1024
-                    break
-    except OSError:
-        try:
-            import resource
-
-            out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        except ImportError:  # pragma: no cover - Windows
-            pass
-    if device.type == "cuda":
-        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
 
 
 class Cancelled(HabaError):
@@ -206,7 +166,6 @@ class Distiller:
         return self
 
     def evaluate(self, nets: Iterable[str] | None = None, seeds: int | None = None) -> dict:
-        from haba_core.evaluate import evaluate_synset
 
         e = self.cfg.eval
         devices = [self.device] if self.device.type == "cuda" else []

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from haba_core.devices import resolve_device
 from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol, distinct_protocols
 from haba_core.training import augment_batch, standardize, test_accuracy, train_epoch  # noqa: F401
@@ -530,7 +531,6 @@ def eval_cell_task(job: dict) -> list[dict]:
     ``protocol``, ``batched``, ``test_batch``. Returns one record per seed. Top-level so executors can pickle it.
     """
     from haba_core.data import load_dataset
-    from haba_core.engine import resolve_device
 
     d = job["data"]
     dataset = load_dataset(d["name"], root=d["root"], zca=d["zca"], train_limit=d["train_limit"],
@@ -591,7 +591,6 @@ def evaluate_run(
     """
     from haba_core import io
     from haba_core.data import dataset_from_config
-    from haba_core.engine import resolve_device
     from haba_core.errors import ConfigError
     from haba_core.executors import InlineExecutor, Task
     from haba_core.synsets import load_synset

@@ -38,6 +38,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from haba_core import io
+from haba_core.devices import resolve_device
 from haba_core.errors import CheckpointError, ConfigError
 from haba_core.methods.memory import reuse_freed_memory
 
@@ -134,7 +135,6 @@ def load_flat_(net: nn.Module, flat: Tensor) -> None:
 
 def _load_data(cfg: ExpertConfig):
     from haba_core.data import load_dataset
-    from haba_core.engine import resolve_device
 
     ds = load_dataset(
         cfg.dataset, root=cfg.data_root, zca=cfg.zca, train_limit=cfg.train_limit, test_limit=cfg.test_limit,
