@@ -191,9 +191,10 @@ def _flat_keys(d: dict, prefix: str = "") -> list[str]:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from haba_core.config import RunConfig, apply_overrides
-    from haba_core.evaluate import evaluate_run, matrix_markdown
+    from haba_core.evaluate import evaluate_run
     from haba_core.executors import make_executor
     from haba_core.nets import NETS
+    from haba_core.reports import matrix_markdown
 
     run = Path(a.run)
     if not (run / "config.json").exists():

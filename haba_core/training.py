@@ -7,11 +7,17 @@ batch, one DSA draw per image. A batch is standardized *before* it is augmented 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.augment import apply_dsa, sample_dsa_params
+
+# what evaluation trains on: generator -> (images, labels), called once per epoch (HaBa draws new pairings)
+ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
 
 
 def standardize(x: Tensor) -> Tensor:
@@ -73,3 +79,13 @@ def train_epoch(
             correct += int((logits.detach().argmax(1) == y).sum())
             loss_sum += loss.item() * len(y)
     return correct, loss_sum
+
+
+def run_trainer(trainer, epochs: int, test_batch: int) -> tuple[list[float], float, float]:
+    """Train ``epochs`` epochs and test: (accuracies, train seconds, test seconds)."""
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        trainer.epoch()
+    t1 = time.perf_counter()
+    accs = trainer.test(test_batch)
+    return accs, t1 - t0, time.perf_counter() - t1

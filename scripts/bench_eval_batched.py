@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from haba_core.augment import DSA_DEFAULT  # noqa: E402
 from haba_core.data import load_dataset  # noqa: E402
-from haba_core.evaluate import GroupedTrainer, NotStackable, SequentialTrainer  # noqa: E402
+from haba_core.evaluate import SequentialTrainer  # noqa: E402
+from haba_core.grouped import GroupedTrainer, NotStackable  # noqa: E402
 
 
 def timed(fn) -> tuple[object, float]:

@@ -20,15 +20,10 @@ from haba_core import io
 from haba_core.augment import DSA_DEFAULT
 from haba_core.cli import main
 from haba_core.data import load_dataset
-from haba_core.evaluate import (
-    NotStackable,
-    _init_nets,
-    matrix_csv,
-    stack_nets,
-    train_from_scratch,
-    train_seeds,
-)
+from haba_core.evaluate import train_from_scratch, train_seeds
+from haba_core.grouped import NotStackable, _init_nets, stack_nets
 from haba_core.nets import list_nets
+from haba_core.reports import matrix_csv
 from tests.conftest import tiny_config
 
 ALL_NETS = "convnet,resnet18,vgg11,alexnet,lenet,mlp"
@@ -108,7 +103,7 @@ def test_unknown_layers_are_refused_and_fall_back(monkeypatch, toy12):
     def refuse(*a, **k):
         raise NotStackable("no grouped form for Odd")
 
-    monkeypatch.setattr("haba_core.evaluate.stack_nets", refuse)
+    monkeypatch.setattr("haba_core.grouped.stack_nets", refuse)
     images, labels = toy12.subset_random(1, torch.Generator().manual_seed(0))
     out = train_seeds([lambda g: (images, labels)] * 2, toy12, "mlp", 1, 0.01, [0, 1], batched=True)
     assert [r["path"] for r in out] == ["sequential", "sequential"]

@@ -15,9 +15,10 @@ from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.config import EvalConfig, HabaLossConfig
 from haba_core.data import load_dataset
 from haba_core.engine import Distiller
-from haba_core.evaluate import _augment, evaluate_synset, random_real_baseline
+from haba_core.evaluate import evaluate_synset, random_real_baseline
 from haba_core.methods.dc import DCConfig
 from haba_core.protocol import EvalProtocol, MixedProtocolsError, protocol_id, require_one_protocol
+from haba_core.training import augment_batch
 from tests.conftest import tiny_config
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -32,7 +33,7 @@ def test_evaluation_standardizes_first_then_augments(strategy):
     """HaBa's evaluation: ``x = (x - x.mean()) / x.std()`` on the batch, then DiffAugment on the result."""
     x = torch.rand(16, 1, 12, 12) * 3 + 1  # far from zero mean, unit std: the order matters
     g = torch.Generator().manual_seed(5)
-    got = _augment(x, strategy, g, (12, 12), std=True)
+    got = augment_batch(x, strategy, g, (12, 12), std=True)
     g_hand = torch.Generator().manual_seed(5)
     p = sample_dsa_params(strategy, 16, g_hand, x.device, (12, 12))  # one draw per image
     expected = apply_dsa(by_hand_standardize(x), p)
