@@ -28,7 +28,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,15 +279,6 @@ def _check_same_recipe(path: Path, found: dict, expected: dict) -> None:
 # ------------------------------------------------------------------------------------------------ many experts
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _train_in_worker(cfg_dict: dict, index: int, out: str) -> str:
-    cfg = ExpertConfig.from_dict(cfg_dict)
-    return str(train_expert(cfg, index, out, log=lambda s: print(s, flush=True)))
-
-
 def _expert_task(cfg_dict: dict, index: int, out: str) -> dict:
     """Expert ``index`` where an executor (``haba_core.executors``) sent it. A worker that sees ``out`` (this
     machine, or storage shared with it) trains into it, partial files and all; one that does not (another
@@ -346,9 +336,10 @@ def train_experts(
 ) -> list[Path]:
     """Train experts 0..num_experts-1 into ``out`` (skipping finished ones, resuming partial ones).
 
-    ``workers > 1`` trains that many at once in separate processes, each with ``cores // workers`` threads.
-    ``executor`` (a ``haba_core.executors.Executor``, e.g. Ray) runs one task per expert instead, each tried
-    ``retries + 1`` times; finished experts land in ``out`` whichever machine trained them.
+    ``workers > 1`` trains that many at once in separate processes (``haba_core.executors``' local pool, each
+    with ``cores // workers`` threads). ``executor`` (a ``haba_core.executors.Executor``, e.g. Ray) runs one task
+    per expert instead, each tried ``retries + 1`` times; finished experts land in ``out`` whichever machine
+    trained them.
     """
     out = Path(out)
     write_manifest(out, cfg)
@@ -356,6 +347,10 @@ def train_experts(
     if log and len(todo) < num_experts:
         log(f"{num_experts - len(todo)} of {num_experts} experts already finished in {out}; training {len(todo)}")
     workers = max(1, min(int(workers), len(todo) or 1))
+    if executor is None and workers > 1:
+        from haba_core.executors import make_executor
+
+        executor = make_executor("local", workers)
     if executor is not None:
         from haba_core.executors import Task
 
@@ -373,19 +368,10 @@ def train_experts(
             first = (failed[0].error or "").splitlines()[0]
             raise HabaError(f"{len(failed)} expert(s) failed ({failed[0].id}: {first}); finished experts are kept "
                             f"in {out}; run the same command again to train the rest.")  # fmt: skip
-    elif workers == 1:
+    else:
         ds = _load_data(cfg) if todo else None
         for i in todo:
             train_expert(cfg, i, out, dataset=ds, log=log)
-    else:
-        import multiprocessing as mp
-
-        threads = max(1, available_cores() // workers)
-        ctx = mp.get_context("spawn")  # no fork after OpenMP threads started
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = [pool.submit(_train_in_worker, cfg.to_dict(), i, str(out)) for i in todo]
-            for f in as_completed(futures):
-                f.result()  # re-raise a worker's error here
     return [expert_path(out, i) for i in range(num_experts)]
 
 
