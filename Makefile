@@ -50,7 +50,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m bench.run --profile demo --out runs
 
 lint: $(STAMP)
 	$(PY) -m ruff check haba_core workbench tests scripts bench app.py

@@ -3,7 +3,8 @@
 A *cell* is one row of the headline table: a storage budget and a method x synset (or the random real
 subset at the same storage). ``cpu`` is sized to finish in about an hour on 2 cores; ``paper`` holds the
 published settings for GPU users; ``smoke`` runs in seconds on generated data to keep the harness working;
-``repro`` reproduces published baselines; ``synsets`` puts every registered synset kind side by side.
+``repro`` reproduces published baselines; ``synsets`` puts every registered synset kind side by side;
+``demo`` is ``make demo`` (minutes).
 """
 
 from __future__ import annotations
@@ -190,4 +191,21 @@ SYNSET_KINDS = Profile(
     data={"name": "fashion_mnist"},
 )
 
-PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE, REPRO, SYNSET_KINDS)}
+# `make demo`: the headline in minutes (HaBa stores 14x14 bases: full-size ones and 5 hallucinators do not fit
+# IPC 1 on 28x28).
+DEMO = Profile(
+    name="demo",
+    description="DM + HaBa vs pixel DM vs a random real subset, Fashion-MNIST at budget IPC 1 (CPU preset)",
+    common=("data.name=fashion_mnist", "eval.nets=convnet"),
+    eval_nets=("convnet",),
+    eval_seeds=3,
+    eval_epochs=300,
+    cells=(
+        Cell("ipc1_dm_haba", 1, "dm", "haba", "configs/fmnist_cpu_dm.yaml", ("synset.basis_size=14",)),
+        Cell("ipc1_dm_pixels", 1, "dm", "pixels", "configs/fmnist_cpu_dm.yaml"),
+        Cell("ipc1_random_real", 1, None),
+    ),
+    data={"name": "fashion_mnist"},
+)
+
+PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE, REPRO, SYNSET_KINDS, DEMO)}

@@ -54,3 +54,12 @@ def test_the_synsets_profile_covers_every_registered_kind_at_each_budget():
         kinds = {c.synset for c in cells if c.budget_ipc == budget and c.method == "dm"}
         assert kinds == set(list_synsets())
         assert any(c.method is None and c.budget_ipc == budget for c in cells)  # the random-real floor
+
+
+def test_make_demo_is_the_demo_profile():
+    """`make demo` runs the bench's demo profile: HaBa and pixels at one budget, with the random-real floor."""
+    make = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "-m bench.run --profile demo" in make
+    demo = PROFILES["demo"]
+    assert {(c.method, c.synset) for c in demo.cells} == {("dm", "haba"), ("dm", "pixels"), (None, "pixels")}
+    assert len({c.budget_ipc for c in demo.cells}) == 1
