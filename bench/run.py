@@ -74,7 +74,7 @@ def conv_share(d, iterations: int) -> dict:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(iterations):
-            d.method.step(d.synset, d.update, d.generator)
+            d.iterate()
     total = conv = 0.0
     for e in prof.key_averages():
         total += e.self_cpu_time_total

@@ -197,9 +197,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from haba_core.reports import matrix_markdown
 
     run = Path(a.run)
-    if not (run / "config.json").exists():
+    if not (run / RF.CONFIG).exists():
         raise HabaError(f"{run} is not a run folder (no config.json); pass --run with a folder made by distill.")
-    cfg = RunConfig.from_dict(io.read_json(run / "config.json"))
+    cfg = RunConfig.from_dict(io.read_json(run / RF.CONFIG))
     ev = apply_overrides(cfg.to_dict(), a.set or [])["eval"]
     if a.nets is not None:
         ev["nets"] = [n.strip() for n in a.nets.split(",") if n.strip()]
@@ -216,9 +216,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         cfg = RunConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "test_limit": a.test_limit}})
     for name in ecfg.nets:
         NETS.get(name)  # unknown names fail here, with close matches, before any work
-    path = Path(a.synset) if a.synset else run / "synset.safetensors"
+    path = Path(a.synset) if a.synset else run / RF.SYNSET
     if not path.exists():
-        snaps = sorted((run / "snapshots").glob("step_*.safetensors"))
+        snaps = list(RF.snapshots(run).values())
         if not snaps:
             raise HabaError(f"{run} has no synset.safetensors and no snapshots yet; let the run reach a snapshot.")
         path = snaps[-1]

@@ -88,7 +88,7 @@ class Distiller:
             net_params=dict(cfg.net.get("params", {})),
         )
         self.method = create_method(cfg.method_name, cfg.method_params, self.ctx)
-        self.method.setup(self.synset) if hasattr(self.method, "setup") else None
+        self.method.setup(self.synset)
         lr_i = s.lr_images if s.lr_images is not None else self.method.lr_img
         lr_h = s.lr_hallucinators if s.lr_hallucinators is not None else self.method.lr_hallucinators
         groups = self.synset.param_groups(lr_i, lr_h)
@@ -105,8 +105,20 @@ class Distiller:
         self.step_times: list[float] = []
         self._stop = False
 
-    # -- one synthetic-set update (what methods call) ------------------------------------------------------
+    # -- the optimization: the engine's ----------------------------------------------------------------------
+    def iterate(self) -> dict[str, float]:
+        """One outer iteration: apply :meth:`update` to every loss the method's step yields; its named losses."""
+        step = self.method.step(self.synset, self.generator)
+        try:
+            loss = next(step)
+            while True:
+                loss = step.send(self.update(loss))
+        except StopIteration as done:
+            return done.value
+
     def update(self, loss: torch.Tensor) -> dict[str, float]:
+        """One synthetic-set update from a method's loss: HaBa's constraint, backward, every optimizer step,
+        the method's ``after_update`` hook and the extractor's adversarial step; returns their logs."""
         logs: dict[str, float] = {}
         if self.constraint is not None and self.cfg.haba.lambda_cos > 0:
             cos = self.constraint.synthetic_loss(self.synset, self.generator)
@@ -120,8 +132,7 @@ class Distiller:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if hasattr(self.method, "after_update"):
-            self.method.after_update()
+        self.method.after_update()
         if self.constraint is not None:
             logs.update(self.constraint.update_extractor(self.synset, self.generator))
         return logs
@@ -142,7 +153,7 @@ class Distiller:
                 reset_peak_memory(self.device)
                 t0 = time.perf_counter()
                 self.synset.train()
-                losses = self.method.step(self.synset, self.update, self.generator)
+                losses = self.iterate()
                 dt = time.perf_counter() - t0
                 self.step_times.append(dt)
                 self.step += 1

@@ -1,16 +1,17 @@
 """The DD-objective interface.
 
 A method gets a :class:`Context` (real data, device, the distillation network factory, DSA) and, for each
-outer iteration, ``step(synset, update, generator)``: it builds losses from differentiable synthetic
-batches and calls ``update(loss)`` once per synthetic-set update (DC does several per iteration). The
-engine's ``update`` adds HaBa's constraint, back-propagates and steps every optimizer. Methods return a
-dict of named float losses and do no I/O.
+outer iteration, ``step(synset, generator)``: a generator that builds a loss from differentiable synthetic
+batches and *yields* it, once per synthetic-set update (DC yields several per iteration). The engine owns the
+optimization: for each yielded loss it adds HaBa's constraint, back-propagates, steps every optimizer, calls
+the method's :meth:`Method.after_update` hook and sends back the update's logs (``logs = yield loss``). The
+step *returns* a dict of named float losses. Methods do no I/O and never touch an optimizer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,8 @@ from haba_core.validate import check_value
 
 METHODS: Registry = Registry("method")
 
-Update = Callable[[Tensor], dict]
+# what a method's step is: yields losses (receiving each update's logs), returns the iteration's named losses
+Step = Generator[Tensor, dict, dict]
 
 
 @dataclass
@@ -97,8 +99,16 @@ class Method:
         """Extra learnable parameters the method owns (MTT's student lr)."""
         return []
 
-    def step(self, synset, update: Update, generator: torch.Generator) -> dict[str, float]:
+    def step(self, synset, generator: torch.Generator) -> Step:
+        """One outer iteration: ``logs = yield loss`` for each synthetic-set update, then return named losses."""
         raise NotImplementedError
+
+    # hooks the engine calls (no-ops unless a method needs them)
+    def setup(self, synset) -> None:
+        """Once, after the synthetic set is built (before any step or checkpoint restore)."""
+
+    def after_update(self) -> None:
+        """After every synthetic-set update (e.g. MTT clips its learned lr)."""
 
     def eval_lr(self) -> float | None:
         """The lr the evaluation should use (MTT's learned lr), or None for the protocol default."""

@@ -5,7 +5,7 @@ Each outer iteration samples a fresh network and alternates, ``outer_loop`` time
 
 1. per class c, the gradient of the cross-entropy w.r.t. every network parameter on a real batch of c and on
    the synthetic images of c; the matching loss is ``sum_c sum_layers distance_wb(g_syn, g_real)``
-   (Eq. 5-6 of DC) and drives one synthetic-set update (``update(loss)``);
+   (Eq. 5-6 of DC) and yields it for one synthetic-set update (the engine applies it);
 2. unless it was the last outer loop, ``inner_loop`` epochs of SGD on the (detached) synthetic set.
 
 ``distance_wb`` is the official layer-wise distance: the gradient of a conv weight (out, in, kh, kw) is
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.errors import ConfigError
-from haba_core.methods.base import METHODS, Method
+from haba_core.methods.base import METHODS, Method, Step
 from haba_core.training import train_epoch
 
 # DC's get_loops: ipc -> (outer_loop, inner_loop)
@@ -123,7 +123,7 @@ class DC(Method):
             return synset.images_of(idx.repeat(v), variant)
         return synset.images_of(idx, generator=generator)
 
-    def step(self, synset, update, generator) -> dict[str, float]:
+    def step(self, synset, generator) -> Step:
         net = self.ctx.make_net()
         net.train()
         params = [p for p in net.parameters() if p.requires_grad]
@@ -145,7 +145,7 @@ class DC(Method):
                 g_real = [g.detach() for g in g_real]
                 g_syn = torch.autograd.grad(F.cross_entropy(net(syn), labels_syn), params, create_graph=True)
                 loss = loss + match_loss(g_syn, g_real, self.cfg.match_bias)
-            logs = update(loss)
+            logs = yield loss
             total += loss.item()
             if ol == outer_loop - 1:
                 break

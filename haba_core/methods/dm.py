@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from haba_core.methods.base import METHODS, Method
+from haba_core.methods.base import METHODS, Method, Step
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class DM(Method):
     label = "DM"
     help = "distribution matching of random ConvNet embeddings"
 
-    def step(self, synset, update, generator) -> dict[str, float]:
+    def step(self, synset, generator) -> Step:
         net = self.ctx.make_net()
         net.train()
         net.requires_grad_(False)  # only the synthetic set learns
@@ -61,5 +61,5 @@ class DM(Method):
                 emb_real = net.forward_features(real).mean(0)
             emb_syn = net.forward_features(syn).mean(0)
             loss = loss + ((emb_real - emb_syn) ** 2).sum()
-        logs = update(loss)
+        logs = yield loss
         return {"loss": loss.item(), "dm": loss.item(), **logs}

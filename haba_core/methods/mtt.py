@@ -11,7 +11,7 @@ One outer iteration:
    the student is one flat parameter vector run through ``torch.func.functional_call`` (no module rebuilds)
    and each gradient keeps its graph (``create_graph``) so the loss reaches the synthetic set;
 3. ``L = ||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2`` drives one update of the synthetic
-   set and of alpha (``update(loss)``); alpha is clipped at ``min_syn_lr`` afterwards.
+   set and of alpha (the step yields the loss; the engine updates); alpha is clipped at ``min_syn_lr`` afterwards.
 
 Mini-batches: a random permutation of all bases is cut into chunks of ``batch_syn`` and consumed one chunk
 per step (a new permutation when it runs out), as the official code. With HaBa, every step renders its
@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from haba_core.errors import ConfigError, HabaError
-from haba_core.methods.base import METHODS, Method
+from haba_core.methods.base import METHODS, Method, Step
 from haba_core.methods.experts import ExpertSet, make_experts_hint
 from haba_core.methods.memory import reuse_freed_memory
 
@@ -165,7 +165,7 @@ class MTT(Method):
             steps.append(StepPlan(idx, variant, dsa))
         return steps
 
-    def step(self, synset, update, generator) -> dict[str, float]:
+    def step(self, synset, generator) -> Step:
         k = int(torch.randint(len(self.experts), (1,), generator=generator))
         start = int(torch.randint(self.max_start, (1,), generator=generator))
         start_params, target_params = self.experts.rows(k, [start, start + self.cfg.expert_epochs], self.ctx.device)
@@ -179,7 +179,7 @@ class MTT(Method):
         student = unroll(synset, start_params, plan)
         loss = param_matching_loss(student, start_params, target_params)
         value = loss.item()
-        logs = update(loss)
+        logs = yield loss
         return {"loss": value, "mtt": value, "syn_lr": float(self.syn_lr.detach()), "start_epoch": float(start), **logs}
 
     def _autocast(self):
