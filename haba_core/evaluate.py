@@ -48,7 +48,7 @@ from haba_core.grouped import GroupedTrainer, NotStackable, grouped_by_default, 
 from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol
 from haba_core.reports import matrix_csv, matrix_markdown, matrix_rows  # noqa: F401
-from haba_core.training import ImageSource, run_trainer, test_accuracy, train_epoch
+from haba_core.training import ImageSource, Recipe, run_trainer, test_accuracy, train_epoch
 
 
 class SeedTrainer:
@@ -61,27 +61,27 @@ class SeedTrainer:
 
     path = "sequential"
 
-    def __init__(self, source: ImageSource, dataset, net_name: str, epochs: int, lr: float, seed: int,
-                 batch: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4, dsa_strategy: str = "",
-                 std: bool = False, net_params: dict | None = None):  # fmt: skip
+    def __init__(self, source: ImageSource, dataset, net_name: str, recipe: Recipe, seed: int):
         info = dataset.info
-        self.source, self.dataset, self.batch, self.dsa, self.std = source, dataset, batch, dsa_strategy, std
+        self.source, self.dataset, self.recipe = source, dataset, recipe
         torch.manual_seed(seed)
         self.g = torch.Generator().manual_seed(seed)
-        self.net = create_net(net_name, info.channels, info.num_classes, info.im_size, **(net_params or {}))
+        self.net = create_net(net_name, info.channels, info.num_classes, info.im_size, **recipe.net_params)
         self.net = self.net.to(dataset.images_test.device)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=[epochs // 2], gamma=0.1)
+        self.opt, self.sched = recipe.optimizer(self.net.parameters())
 
     def epoch(self) -> None:
+        r = self.recipe
         with torch.no_grad():
             images, labels = self.source(self.g)
-        train_epoch(self.net, self.opt, images, labels, self.batch, self.g, self.dsa, self.std,
-                    self.dataset.info.im_size)  # fmt: skip
+        train_epoch(
+            self.net, self.opt, images, labels, r.batch, self.g, r.dsa, r.standardize, self.dataset.info.im_size
+        )
         self.sched.step()
 
-    def test(self, test_batch: int = 1000) -> list[float]:
-        return [test_accuracy(self.net, self.dataset.images_test, self.dataset.labels_test, test_batch, self.std)]
+    def test(self) -> list[float]:
+        ds, r = self.dataset, self.recipe
+        return [test_accuracy(self.net, ds.images_test, ds.labels_test, r.test_batch, r.standardize)]
 
 
 class SequentialTrainer:
@@ -89,39 +89,24 @@ class SequentialTrainer:
 
     path = "sequential"
 
-    def __init__(self, sources: Sequence[ImageSource], dataset, net_name: str, epochs: int, lr: float,
-                 seeds: Sequence[int], **kw):  # fmt: skip
-        self.trainers = [SeedTrainer(src, dataset, net_name, epochs, lr, sd, **kw)
-                         for src, sd in zip(sources, seeds, strict=True)]  # fmt: skip
+    def __init__(self, sources: Sequence[ImageSource], dataset, net_name: str, recipe: Recipe, seeds: Sequence[int]):
+        self.trainers = [
+            SeedTrainer(src, dataset, net_name, recipe, sd) for src, sd in zip(sources, seeds, strict=True)
+        ]
 
     def epoch(self) -> None:
         for t in self.trainers:
             t.epoch()
 
-    def test(self, test_batch: int = 1000) -> list[float]:
-        return [t.test(test_batch)[0] for t in self.trainers]
+    def test(self) -> list[float]:
+        return [t.test()[0] for t in self.trainers]
 
 
-def train_from_scratch(
-    source: ImageSource,
-    dataset,
-    net_name: str,
-    epochs: int,
-    lr: float,
-    seed: int,
-    batch: int = 256,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    dsa_strategy: str = "",
-    std: bool = False,
-    test_batch: int = 1000,
-    net_params: dict | None = None,
-) -> dict:
-    """Train one fresh ``net_name`` for ``epochs`` on ``source(generator) -> (images, labels)`` (called
-    once per epoch, so HaBa draws fresh hallucinator pairings) and return its final test accuracy."""
-    trainer = SeedTrainer(source, dataset, net_name, epochs, lr, seed, batch, momentum, weight_decay, dsa_strategy,
-                          std, net_params)  # fmt: skip
-    (acc,), train_s, test_s = run_trainer(trainer, epochs, test_batch)
+def train_from_scratch(source: ImageSource, dataset, net_name: str, recipe: Recipe, seed: int) -> dict:
+    """Train one fresh ``net_name`` by ``recipe`` on ``source(generator) -> (images, labels)`` (called once per
+    epoch, so HaBa draws fresh hallucinator pairings) and return its final test accuracy."""
+    trainer = SeedTrainer(source, dataset, net_name, recipe, seed)
+    (acc,), train_s, test_s = run_trainer(trainer, recipe.epochs)
     return {"acc": acc, "train_s": train_s, "test_s": test_s, "seed": seed, "net": net_name, "path": "sequential"}
 
 
@@ -129,16 +114,8 @@ def train_seeds(
     sources: Sequence[ImageSource],
     dataset,
     net_name: str,
-    epochs: int,
-    lr: float,
+    recipe: Recipe,
     seeds: Sequence[int],
-    batch: int = 256,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    dsa_strategy: str = "",
-    std: bool = False,
-    test_batch: int = 1000,
-    net_params: dict | None = None,
     batched: bool | None = None,
 ) -> list[dict]:
     """Train one network per seed (``sources[k]`` feeds ``seeds[k]``): grouped when ``batched``, else one at a
@@ -148,16 +125,13 @@ def train_seeds(
     sequential records why (``fallback``)."""
     if batched is None:
         batched = grouped_by_default(dataset.images_test.device)
-    args = dict(dataset=dataset, net_name=net_name, epochs=epochs, lr=lr, batch=batch, momentum=momentum,
-                weight_decay=weight_decay, dsa_strategy=dsa_strategy, std=std, test_batch=test_batch,
-                net_params=net_params)  # fmt: skip
     reason = None
     if batched and len(seeds) > 1:
         try:
-            return train_seeds_grouped(sources, seeds=seeds, **args)
+            return train_seeds_grouped(sources, dataset, net_name, recipe, seeds)
         except NotStackable as e:
             reason = str(e)
-    out = [train_from_scratch(src, seed=sd, **args) for src, sd in zip(sources, seeds, strict=True)]
+    out = [train_from_scratch(src, dataset, net_name, recipe, sd) for src, sd in zip(sources, seeds, strict=True)]
     if reason:
         for r in out:
             r["fallback"] = reason
@@ -179,9 +153,7 @@ def protocol_of(cfg, lr: float | None, dsa_strategy: str, test_images: int | Non
 
 
 def _train_protocol(sources, dataset, protocol: dict, name: str, seeds: Sequence[int], batched, test_batch=1000):
-    return train_seeds(sources, dataset, name, protocol["epochs"], protocol["lr"], seeds, protocol["batch"],
-                       protocol["momentum"], protocol["weight_decay"], protocol["dsa"], protocol["standardize"],
-                       test_batch, batched=batched)  # fmt: skip
+    return train_seeds(sources, dataset, name, Recipe.from_protocol(protocol, test_batch), seeds, batched)
 
 
 def _net_summary(runs: list[dict]) -> dict:

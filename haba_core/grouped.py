@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.nets import create_net
-from haba_core.training import ImageSource, augment_batch, run_trainer, standardize
+from haba_core.training import ImageSource, Recipe, augment_batch, run_trainer, standardize
 
 
 class NotStackable(Exception):
@@ -177,18 +177,16 @@ class GroupedTrainer:
 
     path = "grouped"
 
-    def __init__(self, sources: Sequence[ImageSource], dataset, net_name: str, epochs: int, lr: float,
-                 seeds: Sequence[int], batch: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 dsa_strategy: str = "", std: bool = False, net_params: dict | None = None):  # fmt: skip
+    def __init__(self, sources: Sequence[ImageSource], dataset, net_name: str, recipe: Recipe, seeds: Sequence[int]):
         info = dataset.info
-        self.sources, self.dataset, self.batch, self.dsa, self.std = list(sources), dataset, batch, dsa_strategy, std
+        self.sources, self.dataset, self.recipe = list(sources), dataset, recipe
+        self.batch, self.dsa, self.std = recipe.batch, recipe.dsa, recipe.standardize
         self.s, self.k = len(seeds), info.num_classes
-        nets = _init_nets(net_name, info, seeds, net_params)
+        nets = _init_nets(net_name, info, seeds, recipe.net_params)
         self.gens = [torch.Generator().manual_seed(sd) for sd in seeds]
         probe = torch.randn(2, info.channels, *info.im_size, generator=torch.Generator().manual_seed(0))
         self.net = stack_nets(nets, probe).to(dataset.images_test.device)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=[epochs // 2], gamma=0.1)
+        self.opt, self.sched = recipe.optimizer(self.net.parameters())
 
     def epoch(self) -> None:
         net, s, k, im_size = self.net, self.s, self.k, self.dataset.info.im_size
@@ -214,31 +212,18 @@ class GroupedTrainer:
             self.opt.step()
         self.sched.step()
 
-    def test(self, test_batch: int = 1000) -> list[float]:
-        ds = self.dataset
-        return _grouped_test_accuracy(self.net, self.s, self.k, ds.images_test, ds.labels_test, test_batch, self.std)
+    def test(self) -> list[float]:
+        ds, batch = self.dataset, self.recipe.test_batch
+        return _grouped_test_accuracy(self.net, self.s, self.k, ds.images_test, ds.labels_test, batch, self.std)
 
 
 def train_seeds_grouped(
-    sources: Sequence[ImageSource],
-    dataset,
-    net_name: str,
-    epochs: int,
-    lr: float,
-    seeds: Sequence[int],
-    batch: int = 256,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    dsa_strategy: str = "",
-    std: bool = False,
-    test_batch: int = 1000,
-    net_params: dict | None = None,
+    sources: Sequence[ImageSource], dataset, net_name: str, recipe: Recipe, seeds: Sequence[int]
 ) -> list[dict]:
     """Train ``len(seeds)`` networks at once with a :class:`GroupedTrainer`; one record per seed, whose
     ``train_s``/``test_s`` are the group's times divided by S (``group_train_s``/``group_test_s``: the whole)."""
-    trainer = GroupedTrainer(sources, dataset, net_name, epochs, lr, seeds, batch, momentum, weight_decay,
-                             dsa_strategy, std, net_params)  # fmt: skip
-    accs, train_s, test_s = run_trainer(trainer, epochs, test_batch)
+    trainer = GroupedTrainer(sources, dataset, net_name, recipe, seeds)
+    accs, train_s, test_s = run_trainer(trainer, recipe.epochs)
     s = len(seeds)
     shared = {"net": net_name, "path": "grouped", "group_size": s, "group_train_s": train_s, "group_test_s": test_s}
     return [{"acc": a, "train_s": train_s / s, "test_s": test_s / s, "seed": sd, **shared}

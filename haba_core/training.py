@@ -8,7 +8,9 @@ batch, one DSA draw per image. A batch is standardized *before* it is augmented 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,35 @@ from haba_core.augment import apply_dsa, sample_dsa_params
 
 # what evaluation trains on: generator -> (images, labels), called once per epoch (HaBa draws new pairings)
 ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How each evaluation network is trained and tested: SGD with momentum and weight decay, lr x0.1 at half
+    the epochs, per-batch standardization then DSA. An :class:`~haba_core.protocol.EvalProtocol` record fixes
+    it (:meth:`from_protocol`); every trainer takes one instead of a dozen loose arguments."""
+
+    epochs: int
+    lr: float
+    batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dsa: str = ""  # DSA strategy on every training batch
+    standardize: bool = False
+    test_batch: int = 1000
+    net_params: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_protocol(cls, protocol: Mapping[str, Any], test_batch: int = 1000) -> Recipe:
+        """The recipe of a recorded protocol (``EvalProtocol.record(lr)``: its lr already resolved)."""
+        return cls(epochs=int(protocol["epochs"]), lr=float(protocol["lr"]), batch=int(protocol["batch"]),
+                   momentum=float(protocol["momentum"]), weight_decay=float(protocol["weight_decay"]),
+                   dsa=str(protocol["dsa"] or ""), standardize=bool(protocol["standardize"]),
+                   test_batch=test_batch)  # fmt: skip
+
+    def optimizer(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[self.epochs // 2], gamma=0.1)
 
 
 def standardize(x: Tensor) -> Tensor:
@@ -81,11 +112,11 @@ def train_epoch(
     return correct, loss_sum
 
 
-def run_trainer(trainer, epochs: int, test_batch: int) -> tuple[list[float], float, float]:
+def run_trainer(trainer, epochs: int) -> tuple[list[float], float, float]:
     """Train ``epochs`` epochs and test: (accuracies, train seconds, test seconds)."""
     t0 = time.perf_counter()
     for _ in range(epochs):
         trainer.epoch()
     t1 = time.perf_counter()
-    accs = trainer.test(test_batch)
+    accs = trainer.test()
     return accs, t1 - t0, time.perf_counter() - t1

@@ -33,6 +33,7 @@ from haba_core.augment import DSA_DEFAULT  # noqa: E402
 from haba_core.data import load_dataset  # noqa: E402
 from haba_core.evaluate import SequentialTrainer  # noqa: E402
 from haba_core.grouped import GroupedTrainer, NotStackable  # noqa: E402
+from haba_core.training import Recipe  # noqa: E402
 
 
 def timed(fn) -> tuple[object, float]:
@@ -43,14 +44,14 @@ def timed(fn) -> tuple[object, float]:
 
 def bench_net(net: str, ds, images, labels, a) -> dict | None:
     seeds = list(range(a.seeds))
-    kw = dict(dsa_strategy="" if a.no_dsa else DSA_DEFAULT, std=a.standardize)
+    recipe = Recipe(a.epochs, 0.01, dsa="" if a.no_dsa else DSA_DEFAULT, standardize=a.standardize)
     sources = [lambda g: (images, labels)] * a.seeds
     try:
-        grouped, setup_g = timed(lambda: GroupedTrainer(sources, ds, net, a.epochs, 0.01, seeds, **kw))
+        grouped, setup_g = timed(lambda: GroupedTrainer(sources, ds, net, recipe, seeds))
     except NotStackable as e:
         print(f"  {net}: no grouped form ({e}); skipped", flush=True)
         return None
-    seq, setup_s = timed(lambda: SequentialTrainer(sources, ds, net, a.epochs, 0.01, seeds, **kw))
+    seq, setup_s = timed(lambda: SequentialTrainer(sources, ds, net, recipe, seeds))
     pair = (("grouped", grouped), ("sequential", seq))
     ep = {"grouped": [], "sequential": []}
     for e in range(a.epochs):

@@ -24,6 +24,7 @@ from haba_core.evaluate import train_from_scratch, train_seeds
 from haba_core.grouped import NotStackable, _init_nets, stack_nets
 from haba_core.nets import list_nets
 from haba_core.reports import matrix_csv
+from haba_core.training import Recipe
 from tests.conftest import tiny_config
 
 ALL_NETS = "convnet,resnet18,vgg11,alexnet,lenet,mlp"
@@ -105,10 +106,10 @@ def test_unknown_layers_are_refused_and_fall_back(monkeypatch, toy12):
 
     monkeypatch.setattr("haba_core.grouped.stack_nets", refuse)
     images, labels = toy12.subset_random(1, torch.Generator().manual_seed(0))
-    out = train_seeds([lambda g: (images, labels)] * 2, toy12, "mlp", 1, 0.01, [0, 1], batched=True)
+    out = train_seeds([lambda g: (images, labels)] * 2, toy12, "mlp", Recipe(1, 0.01), [0, 1], batched=True)
     assert [r["path"] for r in out] == ["sequential", "sequential"]
     assert out[0]["fallback"] == "no grouped form for Odd"
-    default = train_seeds([lambda g: (images, labels)] * 2, toy12, "mlp", 1, 0.01, [0, 1])
+    default = train_seeds([lambda g: (images, labels)] * 2, toy12, "mlp", Recipe(1, 0.01), [0, 1])
     assert [r["path"] for r in default] == ["sequential"] * 2 and "fallback" not in default[0]  # CPU default
 
 
@@ -117,14 +118,13 @@ def test_grouped_first_step_matches_sequential_exactly(toy12):
     sequential networks' logits; with DSA the per-seed generators still give both paths the same batches."""
     images, labels = toy12.subset_random(2, torch.Generator().manual_seed(0))
     for dsa in ("", DSA_DEFAULT):
-        grouped = train_seeds([lambda g: (images, labels)] * 2, toy12, "convnet", 1, 0.01, [3, 4],
-                              dsa_strategy=dsa, batched=True)  # fmt: skip
-        seq = train_seeds([lambda g: (images, labels)] * 2, toy12, "convnet", 1, 0.01, [3, 4],
-                          dsa_strategy=dsa, batched=False)  # fmt: skip
+        recipe = Recipe(1, 0.01, dsa=dsa)
+        grouped = train_seeds([lambda g: (images, labels)] * 2, toy12, "convnet", recipe, [3, 4], batched=True)
+        seq = train_seeds([lambda g: (images, labels)] * 2, toy12, "convnet", recipe, [3, 4], batched=False)
         assert [r["path"] for r in grouped] == ["grouped"] * 2 and [r["path"] for r in seq] == ["sequential"] * 2
         assert [r["acc"] for r in grouped] == [r["acc"] for r in seq]
     # the losses themselves, on one identical first batch
-    nets = _init_nets("convnet", toy12.info, [3, 4], None)
+    nets = _init_nets("convnet", toy12.info, [3, 4], {})
     stacked = stack_nets(nets)
     x = images[:8]
     seq_losses = [F.cross_entropy(n(x), labels[:8]).item() for n in nets]
@@ -137,10 +137,10 @@ def test_batched_and_sequential_agree_within_seed_noise(toy12):
     """Same protocol, same 4 seeds: the mean accuracies of the two paths differ by less than 3 pooled
     standard deviations (plus one test image); the paths see identical batches, so they are nearly equal."""
     images, labels = toy12.subset_random(3, torch.Generator().manual_seed(1))
-    kw = dict(epochs=6, lr=0.01, seeds=[0, 1, 2, 3], dsa_strategy=DSA_DEFAULT, std=True)
+    recipe, seeds = Recipe(6, 0.01, dsa=DSA_DEFAULT, standardize=True), [0, 1, 2, 3]
     src = [lambda g: (images, labels)] * 4
-    grouped = [r["acc"] for r in train_seeds(src, toy12, "convnet", batched=True, **kw)]
-    seq = [r["acc"] for r in train_seeds(src, toy12, "convnet", batched=False, **kw)]
+    grouped = [r["acc"] for r in train_seeds(src, toy12, "convnet", recipe, seeds, batched=True)]
+    seq = [r["acc"] for r in train_seeds(src, toy12, "convnet", recipe, seeds, batched=False)]
     pooled = ((statistics.pvariance(grouped) + statistics.pvariance(seq)) / 2) ** 0.5
     eps = 1 / len(toy12.labels_test)
     assert abs(statistics.fmean(grouped) - statistics.fmean(seq)) <= 3 * pooled + eps
@@ -149,8 +149,9 @@ def test_batched_and_sequential_agree_within_seed_noise(toy12):
 
 def test_sequential_reference_is_reproducible(toy12):
     images, labels = toy12.subset_random(1, torch.Generator().manual_seed(0))
-    a = train_from_scratch(lambda g: (images, labels), toy12, "lenet", 2, 0.01, seed=5, dsa_strategy=DSA_DEFAULT)
-    b = train_from_scratch(lambda g: (images, labels), toy12, "lenet", 2, 0.01, seed=5, dsa_strategy=DSA_DEFAULT)
+    recipe = Recipe(2, 0.01, dsa=DSA_DEFAULT)
+    a = train_from_scratch(lambda g: (images, labels), toy12, "lenet", recipe, seed=5)
+    b = train_from_scratch(lambda g: (images, labels), toy12, "lenet", recipe, seed=5)
     assert a["acc"] == b["acc"] and a["path"] == "sequential"
 
 
