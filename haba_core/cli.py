@@ -299,7 +299,8 @@ def cmd_experts(a: argparse.Namespace) -> int:
 
         from haba_core.executors import make_executor
 
-        cfg = dataclasses.replace(cfg, data_root=str(Path(cfg.data_root).resolve()))  # workers start elsewhere
+        root = str(Path(cfg.data.root).resolve())  # workers start elsewhere
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
         with make_executor("ray", workers=a.workers, address=a.address) as ex:
             paths = train_experts(cfg, a.out, a.num_experts, log=log, executor=ex, retries=a.retries)
     else:

@@ -131,7 +131,7 @@ def _build(cls: type, d: Mapping[str, Any] | None, prefix: str) -> Any:
             hint = did_you_mean(key, known, prefix)
             raise ConfigError(f"Unknown config key {prefix + key!r}.{hint} Valid: {', '.join(sorted(known))}.")
         f = known[key]
-        sub = _DATACLASS_FIELDS.get((cls, key))
+        sub = _DATACLASS_FIELDS.get((cls, key)) or getattr(cls, "NESTED", {}).get(key)
         if sub is not None:
             kwargs[key] = _build(sub, value, f"{prefix}{key}.")
         elif f.type in ("tuple[str, ...]",) and value is not None:

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import torch
 
-from haba_core.config import resolve_config  # noqa: E402
+from haba_core.config import DataConfig, resolve_config  # noqa: E402
 from haba_core.data import load_dataset  # noqa: E402
 from haba_core.engine import Callback, Distiller  # noqa: E402
-from haba_core.methods.experts import ExpertConfig, write_synthetic_experts  # noqa: E402
+from haba_core.methods.expert_set import write_synthetic_experts  # noqa: E402
+from haba_core.methods.experts import ExpertConfig  # noqa: E402
 
 VARIANTS = {  # run in this order: reuse_memory changes the process's allocator for good
     "reference": ["method.unroll=reference", "method.precision=fp32", "method.reuse_memory=false"],
@@ -96,8 +97,8 @@ def main() -> int:
     ds = load_dataset("toy", **data_options)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ecfg = ExpertConfig(dataset="toy", data_options=data_options, epochs=22, net={"name": "convnet",
-                            "params": {"width": a.width}})  # fmt: skip
+        ecfg = ExpertConfig(data=DataConfig(name="toy", options=data_options), epochs=22,
+                            net={"name": "convnet", "params": {"width": a.width}})  # fmt: skip
         write_synthetic_experts(tmp, ecfg, ds.info, num_experts=2)
         names = sorted(a.variants.split(","), key=list(VARIANTS).index)
         for name in names:

@@ -190,7 +190,8 @@ def test_experts_over_ray_land_in_the_expert_folder(ray_executor, tmp_path):
     """MTT expert trajectories fanned out over Ray; identical to experts trained here (same seeds)."""
     import torch
 
-    from haba_core.methods.experts import ExpertSet, resolve_expert_config, train_experts
+    from haba_core.methods.expert_set import ExpertSet
+    from haba_core.methods.experts import resolve_expert_config, train_experts
 
     cfg = resolve_expert_config(["net.width=8", "train_limit=100", "test_limit=50", "data_options.im_size=12"],
                                 dataset="toy", epochs=2, batch=64)  # fmt: skip

@@ -1,5 +1,6 @@
 """Expert trajectories: they move, their format is recorded, interruption + resume changes nothing, errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,12 +11,11 @@ import torch
 
 from haba_core import io
 from haba_core.errors import CheckpointError, ConfigError
+from haba_core.methods.expert_set import ExpertSet, read_expert_meta
 from haba_core.methods.experts import (
     EXPERT_FORMAT,
     EXPERT_VERSION,
-    ExpertSet,
     expert_path,
-    read_expert_meta,
     resolve_expert_config,
     train_expert,
     train_experts,
@@ -110,3 +110,20 @@ def test_experts_command(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["experts"] == [str(expert_path(out, 0))]
     assert read_expert_meta(expert_path(out, 0))["epochs"] == 1
+
+
+def test_expert_config_holds_the_data_config_and_reads_the_old_flat_keys(tmp_path):
+    """ExpertConfig's data section is a DataConfig (one definition); configs, manifests and overrides written
+    with the old flat names (dataset, data_root, train_limit, data_options.*) still read the same."""
+    from haba_core.config import DataConfig
+    from haba_core.methods.experts import ExpertConfig, write_manifest
+
+    cfg = resolve_expert_config(["train_limit=50", "data_options.im_size=12", "data.val_per_class=2"], dataset="toy")
+    assert cfg.data == DataConfig(name="toy", train_limit=50, val_per_class=2, options={"im_size": 12})
+    old = {"dataset": "toy", "data_root": "elsewhere", "train_limit": 50, "data_options": {"im_size": 12},
+           "val_per_class": 2, "net": cfg.net, "epochs": cfg.epochs}  # fmt: skip
+    assert ExpertConfig.from_dict(old).data == dataclasses.replace(cfg.data, root="elsewhere")
+    io.write_json(tmp_path / "experts.json", {"format": "haba-expert-set", "version": 1, "config": old})
+    write_manifest(tmp_path, cfg)  # an old-layout manifest of the same recipe is accepted (data root may move)
+    with pytest.raises(ConfigError, match="data.train_limit"):
+        write_manifest(tmp_path, dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_limit=60)))

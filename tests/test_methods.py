@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from haba_core.config import resolve_config
+from haba_core.config import DataConfig, resolve_config
 from haba_core.engine import Callback, Distiller
 from haba_core.errors import ConfigError
 from haba_core.methods import METHODS, list_methods
 from haba_core.methods.dc import distance_wb, loops_for_ipc, match_loss
-from haba_core.methods.experts import ExpertConfig, write_synthetic_experts
+from haba_core.methods.expert_set import write_synthetic_experts
+from haba_core.methods.experts import ExpertConfig
 from haba_core.synsets import list_synsets
 
 BASE = [
@@ -41,7 +42,7 @@ def expert_dir(tmp_path_factory):
     from haba_core.data import dataset_info
 
     out = tmp_path_factory.mktemp("experts")
-    cfg = ExpertConfig(dataset="toy", epochs=3, net={"name": "convnet", "params": {"width": 16}})
+    cfg = ExpertConfig(data=DataConfig(name="toy"), epochs=3, net={"name": "convnet", "params": {"width": 16}})
     write_synthetic_experts(out, cfg, dataset_info("toy"), num_experts=2)
     return out
 

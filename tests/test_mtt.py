@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 from haba_core import io
 from haba_core.augment import apply_dsa
-from haba_core.config import resolve_config
+from haba_core.config import DataConfig, resolve_config
 from haba_core.engine import Distiller, distill
 from haba_core.errors import ConfigError
 from haba_core.methods import mtt as mtt_module
-from haba_core.methods.experts import ExpertConfig, write_synthetic_experts
+from haba_core.methods.expert_set import write_synthetic_experts
+from haba_core.methods.experts import ExpertConfig
 
 NET = {"width": 4, "depth": 1}  # conv -> instance norm -> relu -> avgpool -> linear: easy to write by hand
 
@@ -23,7 +24,7 @@ def experts(tmp_path_factory):
     from haba_core.data import dataset_info
 
     out = tmp_path_factory.mktemp("experts")
-    cfg = ExpertConfig(dataset="toy", epochs=4, net={"name": "convnet", "params": NET})
+    cfg = ExpertConfig(data=DataConfig(name="toy"), epochs=4, net={"name": "convnet", "params": NET})
     write_synthetic_experts(out, cfg, dataset_info("toy"), num_experts=2, step=0.05)
     return out
 

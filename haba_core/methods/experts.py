@@ -24,19 +24,18 @@ Snapshots are ``detach().clone()``: ``tensor.cpu()`` of a CPU tensor aliases it 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from haba_core import io
+from haba_core.config import DataConfig
 from haba_core.devices import resolve_device
 from haba_core.errors import CheckpointError, ConfigError
 from haba_core.methods.memory import reuse_freed_memory
@@ -51,15 +50,11 @@ MANIFEST = "experts.json"
 class ExpertConfig:
     """How experts are trained; every field is recorded in the manifest and in each expert file."""
 
-    dataset: str = "fashion_mnist"
-    data_root: str = "data"
-    data_options: dict = field(default_factory=dict)  # source options, e.g. toy's im_size
-    zca: bool = False
-    zca_variant: str = "kornia"  # as data.zca_variant: must match the distillation's
-    train_limit: int | None = None  # class-balanced subset of the training set (fast CPU profiles)
-    test_limit: int | None = None
-    val_per_class: int = 0  # as data.val_per_class: experts never train on the validation split
-    val_seed: int = 0
+    NESTED: ClassVar[dict] = {"data": DataConfig}
+
+    # the distillation's own data section (zca, zca_variant and val_per_class must match the distillation's;
+    # experts never train on the validation split)
+    data: DataConfig = field(default_factory=DataConfig)
     net: dict = field(default_factory=lambda: {"name": "convnet", "params": {}})
     epochs: int = 50
     lr: float = 0.01
@@ -78,7 +73,7 @@ class ExpertConfig:
     def from_dict(cls, d: dict) -> ExpertConfig:
         from haba_core.config import _build
 
-        return _build(cls, d, "")
+        return _build(cls, _nest_legacy(d), "")
 
     @property
     def net_name(self) -> str:
@@ -89,14 +84,44 @@ class ExpertConfig:
         return dict(self.net.get("params", {}))
 
 
+# Expert configs and overrides written before ExpertConfig held a DataConfig: flat key -> data.<key>
+_LEGACY_DATA_KEYS = {"dataset": "name", "data_root": "root", "data_options": "options", "zca": "zca",
+                     "zca_variant": "zca_variant", "train_limit": "train_limit", "test_limit": "test_limit",
+                     "val_per_class": "val_per_class", "val_seed": "val_seed"}  # fmt: skip
+
+
+def _nest_legacy(d: dict) -> dict:
+    """A config dict with the old flat data keys (``dataset``, ``data_root``, ...) moved under ``data``."""
+    d = dict(d)
+    data = dict(d.get("data") or {})
+    for old, new in _LEGACY_DATA_KEYS.items():
+        if old in d:
+            data[new] = d.pop(old)
+    if data:
+        d["data"] = data
+    return d
+
+
+def _legacy_key(key: str) -> str:
+    head, _, rest = key.partition(".")
+    return f"data.{_LEGACY_DATA_KEYS[head]}{'.' + rest if rest else ''}" if head in _LEGACY_DATA_KEYS else key
+
+
 def resolve_expert_config(overrides: Iterable[str] | dict = (), **fields: Any) -> ExpertConfig:
-    """Defaults <- ``fields`` <- dotted ``overrides`` (``net.width=64``, ``lr=0.01``, ``data_options.im_size=32``)."""
+    """Defaults <- ``fields`` <- dotted ``overrides`` (``net.width=64``, ``lr=0.01``, ``data.options.im_size=32``).
+    The data keys also take their old flat names (``dataset=``, ``train_limit=``, ``data_options.im_size=``)."""
     from haba_core.config import apply_overrides
 
     d = ExpertConfig().to_dict()
-    d.update({k: v for k, v in fields.items() if v is not None})
-    d = apply_overrides(d, overrides)
-    return ExpertConfig.from_dict(d)
+    fields = {_legacy_key(k): v for k, v in fields.items() if v is not None}
+    d = apply_overrides(d, {k: v for k, v in fields.items() if "." in k})
+    d.update({k: v for k, v in fields.items() if "." not in k})
+    if isinstance(overrides, dict):
+        overrides = {_legacy_key(k): v for k, v in overrides.items()}
+    else:
+        overrides = [_legacy_key(o.split("=", 1)[0].strip()) + "=" + o.split("=", 1)[1] if "=" in o else o
+                     for o in overrides]  # fmt: skip
+    return ExpertConfig.from_dict(apply_overrides(d, overrides))
 
 
 def expert_path(out: str | Path, index: int, partial: bool = False) -> Path:
@@ -133,13 +158,9 @@ def load_flat_(net: nn.Module, flat: Tensor) -> None:
 
 
 def _load_data(cfg: ExpertConfig):
-    from haba_core.data import load_dataset
+    from haba_core.data import dataset_from_config
 
-    ds = load_dataset(
-        cfg.dataset, root=cfg.data_root, zca=cfg.zca, train_limit=cfg.train_limit, test_limit=cfg.test_limit,
-        zca_variant=cfg.zca_variant, val_per_class=cfg.val_per_class, val_seed=cfg.val_seed, **cfg.data_options,
-    )  # fmt: skip
-    return ds.to(resolve_device(cfg.device))
+    return dataset_from_config(cfg.data).to(resolve_device(cfg.device))
 
 
 def _expert_meta(cfg: ExpertConfig, index: int, info, net: nn.Module) -> dict:
@@ -150,7 +171,12 @@ def _expert_meta(cfg: ExpertConfig, index: int, info, net: nn.Module) -> dict:
         "index": index,
         "seed": cfg.seed + index,
         "dataset": info.to_dict(),
-        "data": {"name": cfg.dataset, "zca": cfg.zca, "train_limit": cfg.train_limit, "options": cfg.data_options},
+        "data": {
+            "name": cfg.data.name,
+            "zca": cfg.data.zca,
+            "train_limit": cfg.data.train_limit,
+            "options": cfg.data.options,
+        },
         "net": {"name": cfg.net_name, "params": cfg.net_params},
         "param_names": list(names),
         "param_shapes": [list(s) for s in shapes],
@@ -161,7 +187,7 @@ def _expert_meta(cfg: ExpertConfig, index: int, info, net: nn.Module) -> dict:
         "weight_decay": cfg.weight_decay,
         "batch": cfg.batch,
         "dsa_strategy": cfg.dsa_strategy,
-        "zca": cfg.zca,
+        "zca": cfg.data.zca,
         "config": cfg.to_dict(),
     }
 
@@ -301,6 +327,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "options" and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
     """Create ``out/experts.json``, or check that an existing one records the same recipe."""
     out = Path(out)
@@ -310,14 +346,17 @@ def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
         old = io.read_json(path)
         if old.get("format") != EXPERT_SET_FORMAT:
             raise CheckpointError(f"{path} is not an expert-set manifest; choose another --out.")
-        old_cfg = old.get("config", {})
-        ignore = {"device", "test_every", "data_root"}  # how, not what: may change between sessions
-        diff = sorted(k for k in set(old_cfg) | set(manifest["config"]) if k not in ignore
-                      and old_cfg.get(k) != manifest["config"].get(k))  # fmt: skip
+        try:  # a manifest written before ExpertConfig held a DataConfig reads in the current layout
+            old_cfg = _flat(ExpertConfig.from_dict(old.get("config", {})).to_dict())
+        except ConfigError:
+            old_cfg = _flat(old.get("config", {}))
+        new_cfg = _flat(manifest["config"])
+        ignore = {"device", "test_every", "data.root"}  # how, not what: may change between sessions
+        diff = sorted(k for k in set(old_cfg) | set(new_cfg) if k not in ignore and old_cfg.get(k) != new_cfg.get(k))
         if diff:
             raise ConfigError(
                 f"{out} holds experts made with other settings ({', '.join(diff)} differ: "
-                + ", ".join(f"{k}={old_cfg.get(k)!r} there, {manifest['config'].get(k)!r} now" for k in diff)
+                + ", ".join(f"{k}={old_cfg.get(k)!r} there, {new_cfg.get(k)!r} now" for k in diff)
                 + "); use another --out or the same settings."
             )
         return
@@ -373,130 +412,3 @@ def train_experts(
         for i in todo:
             train_expert(cfg, i, out, dataset=ds, log=log)
     return [expert_path(out, i) for i in range(num_experts)]
-
-
-# ------------------------------------------------------------------------------------------------ reading
-
-
-def read_expert_meta(path: str | Path) -> dict:
-    """The JSON metadata of an expert file, checking its format and version (no tensor is read)."""
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("haba")
-            keys = set(f.keys())
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is corrupted or foreign.") from e
-    meta = json.loads(raw) if raw else None
-    if not isinstance(meta, dict) or meta.get("format") != EXPERT_FORMAT or "trajectory" not in keys:
-        found = meta.get("format") if isinstance(meta, dict) else "no haba metadata"
-        raise CheckpointError(
-            f"{path} is not an expert trajectory (it holds {found!r}); pass a folder made by "
-            "`python -m haba_core experts`."
-        )
-    if int(meta.get("version", 0)) > EXPERT_VERSION:
-        raise CheckpointError(
-            f"{path} has expert format version {meta['version']}, newer than this haba_core "
-            f"({EXPERT_VERSION}); upgrade haba_core."
-        )
-    return meta
-
-
-class ExpertSet:
-    """The finished experts of a folder; reads single epochs lazily (``safe_open`` slices, not whole files)."""
-
-    def __init__(self, folder: str | Path, max_experts: int | None = None, hint: str = ""):
-        self.folder = Path(folder)
-        how = f" Make experts first: {hint}" if hint else " Make experts first with `python -m haba_core experts`."
-        if not self.folder.is_dir():
-            raise ConfigError(f"Expert folder {self.folder} does not exist.{how}")
-        paths = sorted(
-            p for p in self.folder.glob("expert_*.safetensors") if not p.name.endswith(".partial.safetensors")
-        )
-        if max_experts is not None:
-            paths = paths[:max_experts]
-        if not paths:
-            partial = list(self.folder.glob("expert_*.partial.safetensors"))
-            extra = (
-                f" ({len(partial)} unfinished: run the same experts command again to finish them)" if partial else ""
-            )
-            raise ConfigError(f"Expert folder {self.folder} holds no finished expert trajectories{extra}.{how}")
-        self.paths = paths
-        self.metas = [read_expert_meta(p) for p in paths]
-        first = self.metas[0]
-        for p, m in zip(paths[1:], self.metas[1:], strict=True):
-            for k in ("param_shapes", "dataset", "net", "epochs"):
-                if m.get(k) != first.get(k):
-                    raise CheckpointError(f"{p} differs from {paths[0]} in {k}; an expert folder holds one recipe.")
-        self.meta = first
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def epochs(self) -> int:
-        return int(self.meta["epochs"])
-
-    @property
-    def num_params(self) -> int:
-        return int(self.meta["num_params"])
-
-    def rows(self, k: int, epochs: list[int], device: torch.device | str = "cpu") -> Tensor:
-        """Parameters of expert ``k`` after each of ``epochs``: (len(epochs), P) float32."""
-        with safe_open(str(self.paths[k]), framework="pt") as f:
-            sl = f.get_slice("trajectory")
-            out = torch.stack([sl[e : e + 1][0] for e in epochs])
-        return out.to(device)
-
-    def trajectory(self, k: int) -> Tensor:
-        """The whole trajectory of expert ``k``: (E+1, P)."""
-        with safe_open(str(self.paths[k]), framework="pt") as f:
-            return f.get_tensor("trajectory")
-
-    def check_compatible(self, info, net: nn.Module, net_name: str, net_params: dict) -> None:
-        """Raise a clear error unless these experts fit a distillation on ``info`` with ``net``."""
-        m = self.meta
-        d = m["dataset"]
-        problems = []
-        for key, mine in (("name", info.name), ("channels", info.channels), ("num_classes", info.num_classes),
-                          ("im_size", list(info.im_size)), ("zca", bool(info.zca))):  # fmt: skip
-            theirs = d.get(key)
-            if (list(theirs) if isinstance(theirs, (list, tuple)) else theirs) != mine:
-                problems.append(f"dataset {key} {theirs!r} (run: {mine!r})")
-        shapes = [list(p.shape) for p in net.parameters()]
-        if shapes != m["param_shapes"]:
-            problems.append(
-                f"net {m['net']['name']} {m['net']['params']} (run: {net_name} {net_params}; parameter shapes differ)"
-            )
-        if problems:
-            raise ConfigError(
-                f"The experts in {self.folder} do not fit this run: they were trained with "
-                + "; ".join(problems)
-                + ". Make matching experts (same dataset, zca and net.*) or point method.expert_dir elsewhere."
-            )
-
-
-def write_synthetic_experts(
-    out: str | Path, cfg: ExpertConfig, info, num_experts: int = 1, step: float = 0.01, seed: int = 0
-) -> list[Path]:
-    """Expert files whose trajectories are *not trained*: a real initialisation followed by random steps
-    (``theta_{e+1} = theta_e + step * |theta_0|_rms * noise``). Random but consistent parameters in the real
-    format, for timing the MTT step (``scripts/profile_mtt.py``) and for tests; never for distillation."""
-    from haba_core.nets import create_net
-
-    write_manifest(out, cfg)
-    g = torch.Generator().manual_seed(seed)
-    paths = []
-    for i in range(num_experts):
-        torch.manual_seed(seed + i)
-        net = create_net(cfg.net_name, info.channels, info.num_classes, info.im_size, **cfg.net_params)
-        theta = flat_params(net)
-        scale = step * theta.pow(2).mean().sqrt()
-        rows = [theta]
-        for _ in range(cfg.epochs):
-            rows.append(rows[-1] + scale * torch.randn(theta.shape, generator=g))
-        meta = {**_expert_meta(cfg, i, info, net), "complete": True, "synthetic": True,
-                "train_acc": [None] * cfg.epochs}  # fmt: skip
-        io.save_tensors(expert_path(out, i), {"trajectory": torch.stack(rows)}, meta)
-        paths.append(expert_path(out, i))
-    return paths

@@ -42,7 +42,8 @@ from torch.func import functional_call
 
 from haba_core.errors import ConfigError, HabaError
 from haba_core.methods.base import METHODS, Method, Step
-from haba_core.methods.experts import ExpertSet, make_experts_hint
+from haba_core.methods.expert_set import ExpertSet
+from haba_core.methods.experts import make_experts_hint
 from haba_core.methods.memory import reuse_freed_memory
 
 
