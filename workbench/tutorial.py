@@ -33,6 +33,7 @@ import torch
 from IPython.display import clear_output, display
 from PIL import Image
 
+from haba_core import runfolder as RF
 from haba_core.engine import Callback, RunFolder
 from workbench import diversity, figures, grids
 from workbench import runs as R
@@ -92,7 +93,7 @@ class InitialSnapshot(Callback):
 
 
 def _same_config(run_dir: Path, cfg) -> bool:
-    saved, _ = R.read_json(run_dir / "config.json")
+    saved, _ = R.read_json(run_dir / RF.CONFIG)
     return json.dumps(saved, sort_keys=True) == json.dumps(json.loads(json.dumps(cfg.to_dict())), sort_keys=True)
 
 
@@ -123,7 +124,7 @@ def distill_run(cfg, name: str, runs_dir: Path | str | None = None, live: LiveLo
         if same and run.can_resume:
             print(f"Resuming the {run.state} run {path} from step {run.step}.")
             resume = True
-        elif not ((path / "config.json").exists() or (path / "status.json").exists()):
+        elif not ((path / RF.CONFIG).exists() or (path / RF.STATUS).exists()):
             raise FileExistsError(f"{path} exists and is not a run folder; choose another name.")
         else:
             shutil.rmtree(path)

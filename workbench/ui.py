@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from haba_core import runfolder as RF
 from workbench import runs as R
 
 PAGES_DIR = Path(__file__).parent / "app_pages"
@@ -94,7 +95,7 @@ def show_error(run: R.Run) -> None:
     with st.expander("Details (traceback and log)"):
         if rest.strip():
             st.code(rest.strip(), language="text")
-        log = R.tail(run.path / "log.txt")
+        log = R.tail(run.path / RF.LOG)
         if log:
             st.code(log, language="text")
         if run.state == R.DIED:

@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from haba_core import runfolder as RF
 from workbench import figures as F
 from workbench import runs as R
 from workbench import ui
@@ -14,7 +15,7 @@ if not runs:
     st.stop()
 
 by_name = {r.name: r for r in runs}
-with_metrics = [r.name for r in runs if (r.path / "metrics.jsonl").exists()]
+with_metrics = [r.name for r in runs if (r.path / RF.METRICS).exists()]
 chosen = st.multiselect("Runs", list(by_name), default=with_metrics[:3], key="compare.runs")
 if not chosen:
     st.info("Choose runs to compare.")

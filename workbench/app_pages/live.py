@@ -6,6 +6,7 @@ once per snapshot file, polls about once per logged step of the run, and stops p
 
 import streamlit as st
 
+from haba_core import runfolder as RF
 from workbench import figures as F
 from workbench import grids as G
 from workbench import runs as R
@@ -50,7 +51,7 @@ def metrics_tail(current: R.Run) -> R.MetricsTail:
     tails = st.session_state.setdefault("live.tails", {})
     tail = tails.get(str(current.path))
     if tail is None:
-        tail = tails[str(current.path)] = R.MetricsTail(current.path / "metrics.jsonl")
+        tail = tails[str(current.path)] = R.MetricsTail(current.path / RF.METRICS)
     tail.poll()
     return tail
 
