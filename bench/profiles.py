@@ -58,14 +58,18 @@ def _matrix(budgets, methods, presets, haba_sizes, extra=()) -> tuple[Cell, ...]
     return tuple(cells)
 
 
-CPU = Profile(
-    name="cpu",
-    description="Fashion-MNIST, CPU-sized iterations (about an hour on 2 cores), ConvNet, 3 evaluation networks",
-    common=("data.name=fashion_mnist", "eval.nets=convnet"),
-    eval_nets=("convnet",),
-    eval_seeds=3,
-    eval_epochs=300,
-    cells=_matrix(
+def _fmnist(name: str, description: str, seeds: int, cells: tuple[Cell, ...], **kw) -> Profile:
+    """A Fashion-MNIST profile evaluated on ConvNet for 300 epochs (the CPU protocol), ``seeds`` networks."""
+    return Profile(name=name, description=description, common=("data.name=fashion_mnist", "eval.nets=convnet"),
+                   eval_nets=("convnet",), eval_seeds=seeds, eval_epochs=300, cells=cells,
+                   data={"name": "fashion_mnist"}, **kw)  # fmt: skip
+
+
+CPU = _fmnist(
+    "cpu",
+    "Fashion-MNIST, CPU-sized iterations (about an hour on 2 cores), ConvNet, 3 evaluation networks",
+    3,
+    _matrix(
         budgets=(1, 10),
         methods=("dm", "dc", "dsa", "mtt"),
         presets={m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")},
@@ -74,7 +78,6 @@ CPU = Profile(
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
     experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64".split())},
-    data={"name": "fashion_mnist"},
 )
 
 PAPER = Profile(
@@ -172,15 +175,12 @@ REPRO = Profile(
 # Every registered synset kind (a new kind joins by itself) at equal storage: DM with the CPU preset (lr_img 1.0
 # suits any kind whose bases are an orthonormal transform of pixels), basis_size=auto (each kind's own rule),
 # one protocol, 5 evaluation networks.
-SYNSET_KINDS = Profile(
-    name="synsets",
-    description="Every registered synset kind at equal storage: Fashion-MNIST DM (CPU preset) at IPC 1 and 10, "
-    "ConvNet, 5 evaluation networks",
-    common=("data.name=fashion_mnist", "eval.nets=convnet"),
-    eval_nets=("convnet",),
-    eval_seeds=5,
-    eval_epochs=300,
-    cells=tuple(
+SYNSET_KINDS = _fmnist(
+    "synsets",
+    "Every registered synset kind at equal storage: Fashion-MNIST DM (CPU preset) at IPC 1 and 10, ConvNet, "
+    "5 evaluation networks",
+    5,
+    tuple(
         cell
         for b in (1, 10)
         for cell in (
@@ -188,24 +188,19 @@ SYNSET_KINDS = Profile(
             *(Cell(f"ipc{b}_dm_{kind}", b, "dm", kind, "configs/fmnist_cpu_dm.yaml") for kind in list_synsets()),
         )
     ),
-    data={"name": "fashion_mnist"},
 )
 
 # `make demo`: the headline in minutes (HaBa stores 14x14 bases: full-size ones and 5 hallucinators do not fit
 # IPC 1 on 28x28).
-DEMO = Profile(
-    name="demo",
-    description="DM + HaBa vs pixel DM vs a random real subset, Fashion-MNIST at budget IPC 1 (CPU preset)",
-    common=("data.name=fashion_mnist", "eval.nets=convnet"),
-    eval_nets=("convnet",),
-    eval_seeds=3,
-    eval_epochs=300,
-    cells=(
+DEMO = _fmnist(
+    "demo",
+    "DM + HaBa vs pixel DM vs a random real subset, Fashion-MNIST at budget IPC 1 (CPU preset)",
+    3,
+    (
         Cell("ipc1_dm_haba", 1, "dm", "haba", "configs/fmnist_cpu_dm.yaml", ("synset.basis_size=14",)),
         Cell("ipc1_dm_pixels", 1, "dm", "pixels", "configs/fmnist_cpu_dm.yaml"),
         Cell("ipc1_random_real", 1, None),
     ),
-    data={"name": "fashion_mnist"},
 )
 
 PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE, REPRO, SYNSET_KINDS, DEMO)}
