@@ -106,15 +106,16 @@ def available_synsets() -> list[str]:
 
 
 def _registry(family: str):
+    from haba_core.data import DATASETS
     from haba_core.methods import METHODS
     from haba_core.nets import NETS
     from haba_core.synsets import SYNSETS
 
-    return {"method": METHODS, "synset": SYNSETS, "net": NETS}[family]
+    return {"dataset": DATASETS, "method": METHODS, "synset": SYNSETS, "net": NETS}[family]
 
 
 def label(family: str, name: str) -> str:
-    """How the pages name a registered backend (``method``), synset kind or net; the name if unknown."""
+    """How the pages name a registered dataset, backend (``method``), synset kind or net; the name if unknown."""
     try:
         return _registry(family).label(name)
     except Exception:  # noqa: BLE001 - an unknown or unloadable entry is shown by its name

@@ -264,7 +264,7 @@ class _IdxSource:
         raise DatasetNotFoundError(_not_found(self.display, candidates, self._how(root), error))
 
 
-@DATASETS.register("fashion_mnist")
+@DATASETS.register("fashion_mnist", label="Fashion-MNIST", help="10 clothing classes, 1x28x28")
 @dataclass(frozen=True)
 class FashionMNIST(_IdxSource):
     """Fashion-MNIST (Xiao et al. 2017): 10 clothing classes, 1x28x28, 60000 train / 10000 test.
@@ -292,7 +292,7 @@ class FashionMNIST(_IdxSource):
         ]
 
 
-@DATASETS.register("mnist")
+@DATASETS.register("mnist", label="MNIST", help="10 digits, 1x28x28")
 @dataclass(frozen=True)
 class MNIST(_IdxSource):
     """MNIST digits: 10 classes, 1x28x28, 60000 train / 10000 test."""
@@ -359,7 +359,7 @@ class _CifarSource:
         raise DatasetNotFoundError(_not_found(self.display, looked, how, error))
 
 
-@DATASETS.register("cifar10")
+@DATASETS.register("cifar10", label="CIFAR-10", help="10 classes, 3x32x32")
 @dataclass(frozen=True)
 class CIFAR10(_CifarSource):
     """CIFAR-10: 10 classes, 3x32x32, 50000 train / 10000 test."""
@@ -377,7 +377,7 @@ class CIFAR10(_CifarSource):
     classes = CIFAR10_CLASSES
 
 
-@DATASETS.register("cifar100")
+@DATASETS.register("cifar100", label="CIFAR-100", help="100 classes, 3x32x32")
 @dataclass(frozen=True)
 class CIFAR100(_CifarSource):
     """CIFAR-100 (fine labels): 100 classes, 3x32x32, 50000 train / 10000 test."""
@@ -395,7 +395,7 @@ class CIFAR100(_CifarSource):
     classes = CIFAR100_CLASSES
 
 
-@DATASETS.register("svhn")
+@DATASETS.register("svhn", label="SVHN", help="street-view digits, 3x32x32")
 @dataclass(frozen=True)
 class SVHN:
     """SVHN cropped digits: 10 classes, 3x32x32, 73257 train / 26032 test (the 'extra' split is not used)."""
@@ -488,7 +488,7 @@ def _generate_toy(
     return (*make(n_train), *make(n_test))
 
 
-@DATASETS.register("toy")
+@DATASETS.register("toy", label="toy", help="generated, for tests and demos (seconds)")
 @dataclass(frozen=True)
 class Toy:
     """A small generated dataset for tests and demos, identical on every machine (fixed seed), learnable by a

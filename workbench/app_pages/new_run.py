@@ -137,6 +137,8 @@ with form:
         key=key("data.name"),
         on_change=on_dataset_change,
         index=datasets.index(base["data"]["name"]) if base["data"]["name"] in datasets else 0,
+        format_func=lambda d: NR.label("dataset", d),
+        help=NR.help_text("dataset", datasets),
     )
     backend_options = backends or [base["method"]["name"]]  # every registered backend
     method = c2.selectbox(
