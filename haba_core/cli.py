@@ -113,7 +113,7 @@ def _config_overrides(a: argparse.Namespace) -> dict:
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from haba_core.config import RunConfig, apply_overrides, config_path, resolve_config
+    from haba_core.config import RunConfig, apply_overrides, config_path, flatten, resolve_config
     from haba_core.engine import distill
 
     run_dir = Path(a.run_dir)
@@ -127,7 +127,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
             from haba_core.config import load_config_file
 
             for f in a.config:
-                keys += _flat_keys(load_config_file(f))
+                keys += list(flatten(load_config_file(f)))
         paths = [config_path(key) for key in dict.fromkeys(keys)]
         requested = {".".join(path): _lookup(asked, path) for path in paths}
         conflicts = _resume_conflicts(saved, requested)
@@ -177,16 +177,6 @@ def cmd_distill(a: argparse.Namespace) -> int:
         )
     )
     return 0 if status["state"] == "finished" else 3
-
-
-def _flat_keys(d: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict) and v and k not in ("options",):
-            out += _flat_keys(v, f"{prefix}{k}.")
-        else:
-            out.append(prefix + k)
-    return out
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:

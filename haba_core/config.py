@@ -171,7 +171,7 @@ def apply_overrides(d: dict, overrides: list[str] | Mapping[str, Any]) -> dict:
     ``method.X`` and ``net.X`` (other than ``name``/``params``) go to ``method.params.X`` / ``net.params.X``.
     """
     d = json.loads(json.dumps(d))
-    items = overrides.items() if isinstance(overrides, Mapping) else [_split(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, Mapping) else [split_override(o) for o in overrides]
     for key, value in items:
         if isinstance(value, str) and not isinstance(overrides, Mapping):
             value = parse_value(value)
@@ -185,6 +185,17 @@ def apply_overrides(d: dict, overrides: list[str] | Mapping[str, Any]) -> dict:
     return d
 
 
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"dotted.key": value}``; ``options`` dicts and empty dicts are values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v and k != "options":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def config_path(key: str) -> list[str]:
     """Dotted key -> path in the config dict: ``method.X`` / ``net.X`` (other than ``name``/``params``) live
     at ``method.params.X`` / ``net.params.X``."""
@@ -194,7 +205,8 @@ def config_path(key: str) -> list[str]:
     return parts
 
 
-def _split(text: str) -> tuple[str, str]:
+def split_override(text: str) -> tuple[str, str]:
+    """``"key.sub=value"`` -> ``("key.sub", "value")`` (the value still a string); a clear error without ``=``."""
     if "=" not in text:
         raise ConfigError(f"Override {text!r} must look like key=value, e.g. method.lr_img=100.")
     k, v = text.split("=", 1)

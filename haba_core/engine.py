@@ -27,7 +27,7 @@ from haba_core import runfolder as RF
 from haba_core.budget import plan_from_config
 from haba_core.config import RunConfig
 from haba_core.data import dataset_from_config
-from haba_core.devices import peak_memory_mb, reset_peak_memory, resolve_device  # noqa: F401
+from haba_core.devices import peak_memory_mb, reset_peak_memory, resolve_device
 from haba_core.errors import CheckpointError, ConfigError, HabaError
 from haba_core.evaluate import evaluate_synset
 from haba_core.haba_losses import ContrastiveConstraint
@@ -177,7 +177,6 @@ class Distiller:
         return self
 
     def evaluate(self, nets: Iterable[str] | None = None, seeds: int | None = None) -> dict:
-
         e = self.cfg.eval
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # evaluation must not shift the run's RNG stream

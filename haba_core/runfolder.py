@@ -62,14 +62,15 @@ def checkpoint_path(run: Path, step: int) -> Path:
 
 
 def snapshots(run: Path) -> dict[int, Path]:
-    """Every snapshot file of the run by step, in step order."""
+    """Every snapshot file of the run by step, in step order ({} when there is none or the folder is unreadable)."""
     found = {}
-    folder = Path(run) / SNAPSHOTS
-    if folder.is_dir():
-        for p in folder.iterdir():
+    try:
+        for p in (Path(run) / SNAPSHOTS).iterdir():
             m = SNAPSHOT_RE.fullmatch(p.name)
             if m:
                 found[int(m.group(1))] = p
+    except OSError:  # no snapshots folder yet, or it cannot be read
+        pass
     return dict(sorted(found.items()))
 
 

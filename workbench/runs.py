@@ -290,11 +290,8 @@ def system_names(records: list[dict]) -> list[str]:
 
 
 def snapshots(run: Run | Path) -> dict[int, Path]:
-    """{step: file} of the run's snapshots, plus the final set (at its step) when it has one."""
-    try:
-        return RF.snapshots(run.path if isinstance(run, Run) else Path(run))
-    except OSError:
-        return {}
+    """{step: file} of the run's snapshots (the final set is :func:`final_synset_path`)."""
+    return RF.snapshots(run.path if isinstance(run, Run) else Path(run))
 
 
 def final_synset_path(run: Run | Path) -> Path | None:

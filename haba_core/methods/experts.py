@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from haba_core import io
-from haba_core.config import DataConfig
+from haba_core.config import DataConfig, flatten
 from haba_core.devices import resolve_device
 from haba_core.errors import CheckpointError, ConfigError
 from haba_core.methods.memory import reuse_freed_memory
@@ -110,17 +110,14 @@ def _legacy_key(key: str) -> str:
 def resolve_expert_config(overrides: Iterable[str] | dict = (), **fields: Any) -> ExpertConfig:
     """Defaults <- ``fields`` <- dotted ``overrides`` (``net.width=64``, ``lr=0.01``, ``data.options.im_size=32``).
     The data keys also take their old flat names (``dataset=``, ``train_limit=``, ``data_options.im_size=``)."""
-    from haba_core.config import apply_overrides
+    from haba_core.config import apply_overrides, split_override
 
     d = ExpertConfig().to_dict()
-    fields = {_legacy_key(k): v for k, v in fields.items() if v is not None}
-    d = apply_overrides(d, {k: v for k, v in fields.items() if "." in k})
-    d.update({k: v for k, v in fields.items() if "." not in k})
+    d = apply_overrides(d, {_legacy_key(k): v for k, v in fields.items() if v is not None})
     if isinstance(overrides, dict):
         overrides = {_legacy_key(k): v for k, v in overrides.items()}
     else:
-        overrides = [_legacy_key(o.split("=", 1)[0].strip()) + "=" + o.split("=", 1)[1] if "=" in o else o
-                     for o in overrides]  # fmt: skip
+        overrides = [f"{_legacy_key(k)}={v}" for k, v in map(split_override, overrides)]
     return ExpertConfig.from_dict(apply_overrides(d, overrides))
 
 
@@ -327,16 +324,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "options" and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
     """Create ``out/experts.json``, or check that an existing one records the same recipe."""
     out = Path(out)
@@ -347,10 +334,10 @@ def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
         if old.get("format") != EXPERT_SET_FORMAT:
             raise CheckpointError(f"{path} is not an expert-set manifest; choose another --out.")
         try:  # a manifest written before ExpertConfig held a DataConfig reads in the current layout
-            old_cfg = _flat(ExpertConfig.from_dict(old.get("config", {})).to_dict())
+            old_cfg = flatten(ExpertConfig.from_dict(old.get("config", {})).to_dict())
         except ConfigError:
-            old_cfg = _flat(old.get("config", {}))
-        new_cfg = _flat(manifest["config"])
+            old_cfg = flatten(old.get("config", {}))
+        new_cfg = flatten(manifest["config"])
         ignore = {"device", "test_every", "data.root"}  # how, not what: may change between sessions
         diff = sorted(k for k in set(old_cfg) | set(new_cfg) if k not in ignore and old_cfg.get(k) != new_cfg.get(k))
         if diff:
