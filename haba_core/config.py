@@ -82,6 +82,8 @@ class EvalConfig:
     standardize: bool = False  # per-batch (x - mean) / std before DSA (HaBa's official evaluation), all rows alike
     split: str = "test"  # "test" | "val": where accuracy is measured ("val" needs data.val_per_class)
     test_batch: int = 1000
+    precision: str = "fp32"  # "fp32" | "bf16": forward passes under bfloat16 autocast (part of the protocol)
+    compile: bool = False  # torch.compile each network (an execution choice: not part of the protocol)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from haba_core.grouped import GroupedTrainer, NotStackable, grouped_by_default, 
 from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol
 from haba_core.reports import matrix_csv, matrix_markdown, matrix_rows  # noqa: F401
-from haba_core.training import ImageSource, Recipe, run_trainer, test_accuracy, train_epoch
+from haba_core.training import ImageSource, Recipe, compiled, run_trainer, test_accuracy, train_epoch
 
 
 class SeedTrainer:
@@ -69,19 +69,20 @@ class SeedTrainer:
         self.net = create_net(net_name, info.channels, info.num_classes, info.im_size, **recipe.net_params)
         self.net = self.net.to(dataset.images_test.device)
         self.opt, self.sched = recipe.optimizer(self.net.parameters())
+        if recipe.compile:
+            self.net = compiled(self.net)
 
     def epoch(self) -> None:
         r = self.recipe
         with torch.no_grad():
             images, labels = self.source(self.g)
-        train_epoch(
-            self.net, self.opt, images, labels, r.batch, self.g, r.dsa, r.standardize, self.dataset.info.im_size
-        )
+        train_epoch(self.net, self.opt, images, labels, r.batch, self.g, r.dsa, r.standardize,
+                    self.dataset.info.im_size, precision=r.precision)  # fmt: skip
         self.sched.step()
 
     def test(self) -> list[float]:
         ds, r = self.dataset, self.recipe
-        return [test_accuracy(self.net, ds.images_test, ds.labels_test, r.test_batch, r.standardize)]
+        return [test_accuracy(self.net, ds.images_test, ds.labels_test, r.test_batch, r.standardize, r.precision)]
 
 
 class SequentialTrainer:
@@ -152,8 +153,11 @@ def protocol_of(cfg, lr: float | None, dsa_strategy: str, test_images: int | Non
     return EvalProtocol.from_config(cfg, dsa_strategy, test_images).record(lr)
 
 
-def _train_protocol(sources, dataset, protocol: dict, name: str, seeds: Sequence[int], batched, test_batch=1000):
-    return train_seeds(sources, dataset, name, Recipe.from_protocol(protocol, test_batch), seeds, batched)
+def _train_protocol(
+    sources, dataset, protocol: dict, name: str, seeds: Sequence[int], batched, test_batch=1000, compile=False
+):
+    recipe = Recipe.from_protocol(protocol, test_batch, compile)
+    return train_seeds(sources, dataset, name, recipe, seeds, batched)
 
 
 def _net_summary(runs: list[dict]) -> dict:
@@ -173,13 +177,13 @@ def _net_summary(runs: list[dict]) -> dict:
 
 def evaluate_source(
     source: ImageSource, dataset, protocol: dict, nets: Iterable[str], seeds: int, seed: int = 0,
-    batched: bool | None = None, test_batch: int = 1000,
+    batched: bool | None = None, test_batch: int = 1000, compile: bool = False,
 ) -> dict:  # fmt: skip
     """Train ``seeds`` fresh networks per architecture; mean +- std of final test accuracy."""
     per_net = {}
     for name in nets:
         seed_list = [seed + k for k in range(seeds)]
-        runs = _train_protocol([source] * seeds, dataset, protocol, name, seed_list, batched, test_batch)
+        runs = _train_protocol([source] * seeds, dataset, protocol, name, seed_list, batched, test_batch, compile)
         per_net[name] = _net_summary(runs)
     return per_net
 
@@ -195,7 +199,7 @@ def evaluate_synset(
     synset = synset.to(device)
     source = _synset_source(synset, cfg.pairing)
     with torch.enable_grad():
-        per_net = evaluate_source(source, dataset, protocol, nets, seeds, seed, batched, cfg.test_batch)
+        per_net = evaluate_source(source, dataset, protocol, nets, seeds, seed, batched, cfg.test_batch, cfg.compile)
     return _result(per_net, protocol, synset.storage())
 
 
@@ -219,8 +223,8 @@ def random_real_baseline(
     protocol = protocol_of(cfg, None, dsa_strategy, len(dataset.labels_test))
     seed_list = [seed + k for k in range(seeds)]
     sources = [_fixed_source(*dataset.subset_random(ipc, torch.Generator().manual_seed(s))) for s in seed_list]
-    per_net = {name: _net_summary(_train_protocol(sources, dataset, protocol, name, seed_list, batched, cfg.test_batch))
-               for name in nets}  # fmt: skip
+    per_net = {name: _net_summary(_train_protocol(sources, dataset, protocol, name, seed_list, batched, cfg.test_batch,
+                                                  cfg.compile)) for name in nets}  # fmt: skip
     return _result(per_net, protocol, random_real_storage(dataset.info, ipc))
 
 
@@ -248,7 +252,8 @@ def eval_cell_task(job: dict) -> list[dict]:
 
     ``job`` is plain data: ``data`` (load_dataset arguments), ``device``, ``source`` (``{"kind": "synset",
     "file": bytes, "pairing": ...}`` or ``{"kind": "random_real", "ipc": k}``), ``net``, ``seeds``,
-    ``protocol``, ``batched``, ``test_batch``. Returns one record per seed. Top-level so executors can pickle it.
+    ``protocol``, ``batched``, ``test_batch``, ``compile`` (optional). Returns one record per seed. Top-level
+    so executors can pickle it.
     """
     from haba_core.data import load_dataset
 
@@ -264,7 +269,8 @@ def eval_cell_task(job: dict) -> list[dict]:
     else:
         sources = [_fixed_source(*dataset.subset_random(src["ipc"], torch.Generator().manual_seed(s))) for s in seeds]
     with torch.enable_grad():
-        return _train_protocol(sources, dataset, job["protocol"], job["net"], seeds, job["batched"], job["test_batch"])
+        return _train_protocol(sources, dataset, job["protocol"], job["net"], seeds, job["batched"], job["test_batch"],
+                               bool(job.get("compile", False)))  # fmt: skip
 
 
 def _synset_from_bytes(data: bytes, device):
@@ -374,7 +380,8 @@ def evaluate_run(
             for group in (g for g in groups if g):
                 tid = f"{name}/{net}/s{','.join(map(str, group))}"
                 job = {"data": data, "device": device, "source": src["spec"], "net": net, "seeds": group,
-                       "protocol": src["protocol"], "batched": grouped, "test_batch": ecfg.test_batch}  # fmt: skip
+                       "protocol": src["protocol"], "batched": grouped, "test_batch": ecfg.test_batch,
+                       "compile": ecfg.compile}  # fmt: skip
                 tasks.append(Task(tid, (job,)))
                 meta[tid] = (name, net, group)
     total = len(sources) * len(nets) * len(seeds)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.nets import create_net
-from haba_core.training import ImageSource, Recipe, augment_batch, run_trainer, standardize
+from haba_core.training import ImageSource, Recipe, augment_batch, autocast, compiled, run_trainer, standardize
 
 
 class NotStackable(Exception):
@@ -150,7 +150,9 @@ def _init_nets(net_name: str, info, seeds: Sequence[int], net_params: dict | Non
 
 
 @torch.no_grad()
-def _grouped_test_accuracy(net, s: int, k: int, images: Tensor, labels: Tensor, batch: int, std: bool) -> list[float]:
+def _grouped_test_accuracy(
+    net, s: int, k: int, images: Tensor, labels: Tensor, batch: int, std: bool, precision: str = "fp32"
+) -> list[float]:
     """Each seed's test accuracy. Standardization uses the same ``batch``-sized chunks as :func:`test_accuracy`
     (it is per batch); the forward passes go in chunks of ``batch // s`` images, S copies each."""
     net.eval()
@@ -161,7 +163,9 @@ def _grouped_test_accuracy(net, s: int, k: int, images: Tensor, labels: Tensor, 
         x = standardize(x) if std else x
         y = labels[i : i + batch]
         for j in range(0, len(x), sub):
-            pred = net(x[j : j + sub].repeat(1, s, 1, 1)).view(-1, s, k).argmax(2)  # (b, S)
+            with autocast(precision, x.device):
+                logits = net(x[j : j + sub].repeat(1, s, 1, 1))
+            pred = logits.view(-1, s, k).argmax(2)  # (b, S)
             correct += (pred == y[j : j + sub, None]).sum(0).cpu()
     return [c / max(1, len(images)) for c in correct.tolist()]
 
@@ -187,6 +191,8 @@ class GroupedTrainer:
         probe = torch.randn(2, info.channels, *info.im_size, generator=torch.Generator().manual_seed(0))
         self.net = stack_nets(nets, probe).to(dataset.images_test.device)
         self.opt, self.sched = recipe.optimizer(self.net.parameters())
+        if recipe.compile:
+            self.net = compiled(self.net)
 
     def epoch(self) -> None:
         net, s, k, im_size = self.net, self.s, self.k, self.dataset.info.im_size
@@ -204,9 +210,10 @@ class GroupedTrainer:
                 xs.append(augment_batch(images[idx], self.dsa, g, im_size, self.std))
                 ys.append(labels[idx])
             b = len(ys[0])
-            logits = net(torch.cat(xs, 1)).view(b, s, k)  # (b, S, K)
-            # sum over seeds of each seed's mean loss: each seed's gradient is its own
-            loss = F.cross_entropy(logits.permute(0, 2, 1), torch.stack(ys, 1), reduction="none").mean(0).sum()
+            with autocast(self.recipe.precision, xs[0].device):
+                logits = net(torch.cat(xs, 1)).view(b, s, k)  # (b, S, K)
+                # sum over seeds of each seed's mean loss: each seed's gradient is its own
+                loss = F.cross_entropy(logits.permute(0, 2, 1), torch.stack(ys, 1), reduction="none").mean(0).sum()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -214,7 +221,8 @@ class GroupedTrainer:
 
     def test(self) -> list[float]:
         ds, batch = self.dataset, self.recipe.test_batch
-        return _grouped_test_accuracy(self.net, self.s, self.k, ds.images_test, ds.labels_test, batch, self.std)
+        net, r = self.net, self.recipe
+        return _grouped_test_accuracy(net, self.s, self.k, ds.images_test, ds.labels_test, batch, self.std, r.precision)
 
 
 def train_seeds_grouped(

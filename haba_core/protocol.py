@@ -43,6 +43,7 @@ class EvalProtocol:
     reported: str = "final"  # the final network's accuracy, never the best over epochs
     order: str = "standardize_then_augment"
     version: int = PROTOCOL_VERSION
+    precision: str = "fp32"  # "fp32" | "bf16": the networks' forward pass under bfloat16 autocast
 
     @classmethod
     def from_config(cls, ecfg, dsa_strategy: str, test_images: int | None = None) -> EvalProtocol:
@@ -58,6 +59,7 @@ class EvalProtocol:
             pairing=str(ecfg.pairing),
             split=str(getattr(ecfg, "split", "test")),
             test_images=test_images,
+            precision=str(getattr(ecfg, "precision", "fp32")),
         )
 
     def lr_for(self, learned_lr: float | None) -> float:
@@ -67,8 +69,12 @@ class EvalProtocol:
         return float(learned_lr) if learned_lr is not None else DEFAULT_LR
 
     def identity(self) -> dict[str, Any]:
-        """What must agree for two results to be comparable (every field; the lr as its rule)."""
-        return dataclasses.asdict(self)
+        """What must agree for two results to be comparable (every field; the lr as its rule). ``precision``
+        joined later: at float32 it is left out, so the ids of results recorded before it stay valid."""
+        out = dataclasses.asdict(self)
+        if out["precision"] == "fp32":
+            del out["precision"]
+        return out
 
     @property
     def id(self) -> str:
@@ -81,12 +87,15 @@ class EvalProtocol:
         parts = ["standardized" if self.standardize else "plain", f"{self.epochs}ep", "dsa" if self.dsa else "noaug"]
         if self.split != "test":
             parts.append(self.split)
+        if self.precision != "fp32":
+            parts.append(self.precision)
         return "-".join(parts)
 
     def record(self, learned_lr: float | None = None) -> dict[str, Any]:
         """The JSON written next to a result: every field, ``name``, ``id``, the lr rule and the lr used."""
         rule = "learned, else 0.01" if self.lr is None else "fixed"
-        return {**self.identity(), "name": self.name, "id": self.id, "lr_rule": rule, "lr": self.lr_for(learned_lr)}
+        lr = self.lr_for(learned_lr)
+        return {**dataclasses.asdict(self), "name": self.name, "id": self.id, "lr_rule": rule, "lr": lr}
 
 
 def protocol_id(record: Mapping[str, Any] | None) -> str:

@@ -3,10 +3,17 @@ training and DC's inner loop share.
 
 Draw order on the epoch's generator (so runs are reproducible and resumable): the permutation, then, per
 batch, one DSA draw per image. A batch is standardized *before* it is augmented (the reference order).
+
+Speed: ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast (weights, optimizer and
+gradients stay float32); it changes the numbers, so it is part of the evaluation protocol. ``compile`` wraps
+the network in ``torch.compile`` (same arithmetic up to fusion order, so not part of the protocol); a new
+network of the same architecture reuses the compiled graph, and inductor's on-disk cache serves later
+processes. ``scripts/speed.py`` measures both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +27,23 @@ from haba_core.augment import apply_dsa, sample_dsa_params
 
 # what evaluation trains on: generator -> (images, labels), called once per epoch (HaBa draws new pairings)
 ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device | str):
+    """The forward-pass context for ``precision``: bfloat16 autocast for ``"bf16"``, nothing for ``"fp32"``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def compiled(net: nn.Module) -> nn.Module:
+    """``net`` under ``torch.compile`` with static shapes (a training set's last short batch and the test
+    batches compile once each); parameters, ``train()``/``eval()`` and ``state_dict`` still reach ``net``."""
+    return torch.compile(net, dynamic=False)
 
 
 @dataclass(frozen=True)
@@ -37,14 +61,18 @@ class Recipe:
     standardize: bool = False
     test_batch: int = 1000
     net_params: dict = field(default_factory=dict)
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast of forward and loss)
+    compile: bool = False  # torch.compile the network (same arithmetic, faster after a one-off compile)
 
     @classmethod
-    def from_protocol(cls, protocol: Mapping[str, Any], test_batch: int = 1000) -> Recipe:
-        """The recipe of a recorded protocol (``EvalProtocol.record(lr)``: its lr already resolved)."""
+    def from_protocol(cls, protocol: Mapping[str, Any], test_batch: int = 1000, compile: bool = False) -> Recipe:
+        """The recipe of a recorded protocol (``EvalProtocol.record(lr)``: its lr already resolved); records
+        without ``precision`` (written before it existed) are float32."""
         return cls(epochs=int(protocol["epochs"]), lr=float(protocol["lr"]), batch=int(protocol["batch"]),
                    momentum=float(protocol["momentum"]), weight_decay=float(protocol["weight_decay"]),
                    dsa=str(protocol["dsa"] or ""), standardize=bool(protocol["standardize"]),
-                   test_batch=test_batch)  # fmt: skip
+                   precision=str(protocol.get("precision", "fp32")), test_batch=test_batch,
+                   compile=compile)  # fmt: skip
 
     def optimizer(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
@@ -66,7 +94,9 @@ def augment_batch(x: Tensor, dsa_strategy: str, g: torch.Generator, im_size, std
 
 
 @torch.no_grad()
-def test_accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch: int = 1000, std: bool = False) -> float:
+def test_accuracy(
+    net: nn.Module, images: Tensor, labels: Tensor, batch: int = 1000, std: bool = False, precision: str = "fp32"
+) -> float:
     """Top-1 accuracy of ``net`` (in eval mode; its previous mode is restored) on ``images``."""
     was = net.training
     net.eval()
@@ -74,7 +104,9 @@ def test_accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch: int = 1
     for i in range(0, len(images), batch):
         x = images[i : i + batch]
         x = standardize(x) if std else x
-        correct += int((net(x).argmax(1) == labels[i : i + batch]).sum())
+        with autocast(precision, x.device):
+            logits = net(x)
+        correct += int((logits.argmax(1) == labels[i : i + batch]).sum())
     net.train(was)
     return correct / max(1, len(images))
 
@@ -90,9 +122,11 @@ def train_epoch(
     std: bool = False,
     im_size=None,
     stats: bool = False,
+    precision: str = "fp32",
 ) -> tuple[int, float]:
     """One epoch of SGD with cross-entropy over ``images`` in a random order from ``generator``, each batch
-    standardized (``std``) and augmented (``dsa_strategy``, one draw per image). With ``stats``, returns
+    standardized (``std``) and augmented (``dsa_strategy``, one draw per image), the forward pass under
+    ``precision`` (:func:`autocast`). With ``stats``, returns
     (correct, summed loss) over the epoch's batches as they were seen (a device sync per batch), else (0, 0.0)."""
     net.train()
     im_size = tuple(im_size or images.shape[-2:])
@@ -101,8 +135,9 @@ def train_epoch(
     for i in range(0, len(images), batch):
         idx = order[i : i + batch]
         x, y = augment_batch(images[idx], dsa_strategy, generator, im_size, std), labels[idx]
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
+        with autocast(precision, x.device):
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -50,6 +50,10 @@ _RULES: list[tuple[tuple[str, ...], Callable[[float], bool], str]] = [
 ]
 
 
+# string options whose values form a fixed set, by field name (wherever the field lives)
+_CHOICES: dict[str, tuple[str, ...]] = {"precision": ("fp32", "bf16")}
+
+
 def _rule(name: str) -> tuple[Callable[[float], bool], str] | None:
     for patterns, ok, what in _RULES:
         if any(fnmatch(name, p) for p in patterns):
@@ -99,6 +103,9 @@ def check_value(name: str, value: Any, annotation: Any) -> Any:
     if "bool" in kinds and isinstance(value, bool):
         return value
     if "str" in kinds and isinstance(value, str):
+        choices = _CHOICES.get(field)
+        if choices and value not in choices:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}; use one of them.")
         return value
     wanted = " or ".join(sorted(k for k in kinds if k != "None")) or "a value"
     if numeric and isinstance(value, str):

@@ -1,0 +1,113 @@
+"""Evaluation speed options: bfloat16 autocast (part of the protocol) and torch.compile (not), checked
+against independent computations, and their place in the recorded protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from haba_core import training
+from haba_core.config import EvalConfig, resolve_config
+from haba_core.data import load_dataset
+from haba_core.errors import ConfigError
+from haba_core.evaluate import SeedTrainer, train_seeds
+from haba_core.protocol import EvalProtocol
+from haba_core.training import Recipe, train_epoch
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_dataset("toy", im_size=12, n_test_per_class=5)
+
+
+class DtypeProbe(nn.Module):
+    """conv -> flatten -> linear, remembering the dtype its convolution computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 12 * 12, 10)
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x):
+        h = self.conv(x)
+        self.seen.append(h.dtype)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("precision, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_forward_dtype_and_keeps_float32_weights(precision, expected):
+    net = DtypeProbe()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))
+    train_epoch(net, opt, x, y, 4, torch.Generator().manual_seed(0), precision=precision)
+    training.test_accuracy(net, x, y, batch=4, precision=precision)
+    assert set(net.seen) == {expected}
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_bf16_training_step_matches_a_hand_written_bf16_step():
+    """One SGD step under ``precision="bf16"`` equals the step computed by hand: the convolution and the
+    linear layer on bfloat16-rounded inputs and weights, the loss in float32."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(3 * 10 * 10, 5))
+    ref = [p.detach().clone() for p in net.parameters()]
+    x, y = torch.randn(6, 1, 12, 12), torch.randint(0, 5, (6,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    train_epoch(net, opt, x, y, 6, torch.Generator().manual_seed(0), precision="bf16")
+
+    w1, b1, w2, b2 = (p.clone().requires_grad_(True) for p in ref)
+    bf = torch.bfloat16
+    h = torch.nn.functional.conv2d(x.to(bf), w1.to(bf), b1.to(bf))
+    logits = h.flatten(1) @ w2.to(bf).t() + b2.to(bf)
+    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+    grads = torch.autograd.grad(loss, [w1, b1, w2, b2])
+    for p, p0, g in zip(net.parameters(), ref, grads, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - 0.5 * g, atol=2e-2, rtol=0)
+
+
+def test_protocol_precision_is_recorded_and_float32_keeps_the_old_id():
+    fp32, bf16 = EvalProtocol(dsa="x"), EvalProtocol(dsa="x", precision="bf16")
+    # the id as it was computed before precision existed: sha256 of the sorted JSON of the other fields
+    old_fields = {k: v for k, v in dataclasses.asdict(fp32).items() if k != "precision"}
+    old_id = hashlib.sha256(json.dumps(old_fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    assert fp32.id == old_id
+    assert bf16.id != fp32.id and bf16.name.endswith("-bf16")
+    assert fp32.record()["precision"] == "fp32" and bf16.record()["precision"] == "bf16"
+    # a record written before precision existed trains in float32
+    legacy = {k: v for k, v in fp32.record(0.01).items() if k != "precision"}
+    assert Recipe.from_protocol(legacy).precision == "fp32"
+    assert Recipe.from_protocol(bf16.record(0.01)).precision == "bf16"
+    cfg = resolve_config(overrides=["eval.precision=bf16"])
+    assert EvalProtocol.from_config(cfg.eval, "").precision == "bf16"
+
+
+def test_precision_values_are_checked():
+    with pytest.raises(ConfigError, match="eval.precision='fp16' is not one of fp32, bf16"):
+        resolve_config(overrides=["eval.precision=fp16"])
+    with pytest.raises(ConfigError, match="eval.compile"):
+        resolve_config(overrides=["eval.compile=3"])
+    assert EvalConfig().precision == "fp32" and EvalConfig().compile is False
+
+
+def test_compiled_network_trains_like_the_eager_one(toy):
+    """torch.compile changes speed, not arithmetic: the same seed and batches give the same weights (up to
+    fusion order) and the same accuracy, through the grouped path as well."""
+    x, y = toy.images_train[:40], toy.labels_train[:40]
+    src = [lambda g: (x, y)]
+    eager = SeedTrainer(src[0], toy, "convnet", Recipe(2, 0.01, net_params={"width": 8}), 0)
+    fast = SeedTrainer(src[0], toy, "convnet", Recipe(2, 0.01, net_params={"width": 8}, compile=True), 0)
+    assert fast.net is not eager.net and hasattr(fast.net, "_orig_mod")
+    for _ in range(2):
+        eager.epoch()
+        fast.epoch()
+    for a, b in zip(eager.net.parameters(), fast.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert eager.test() == fast.test()
+    recs = train_seeds(src * 2, toy, "convnet", Recipe(1, 0.01, net_params={"width": 8}, compile=True), [0, 1], True)
+    assert [r["path"] for r in recs] == ["grouped", "grouped"]
