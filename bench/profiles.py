@@ -40,6 +40,7 @@ class Profile:
     experts: dict = field(default_factory=dict)
     profile_iterations: int = 2  # iterations run under torch.profiler for the convolution share
     data: dict = field(default_factory=dict)  # how the random-real cells load data
+    jobs: int = 1  # cells run at once by default (`--jobs`), each with cores // jobs threads
 
 
 def _matrix(budgets, methods, presets, haba_sizes, extra=()) -> tuple[Cell, ...]:
@@ -78,6 +79,7 @@ CPU = _fmnist(
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
     experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64".split())},
+    jobs=2,  # two cells side by side, one thread each (scripts/speed.py measures what that buys)
 )
 
 PAPER = Profile(

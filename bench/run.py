@@ -26,6 +26,7 @@ from bench.profiles import PROFILES, Cell, Profile
 from haba_core.protocol import distinct_protocols, protocol_id, protocol_label
 
 ROOT = Path(__file__).resolve().parent.parent
+_STARTED = time.time()
 CONV_OPS = ("conv",)  # aten::convolution, mkldnn_convolution, convolution_backward, conv2d, ...
 
 
@@ -108,20 +109,21 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
     """Distill (unless random real) and evaluate one cell in this process."""
     import torch
 
-    from haba_core.config import EvalConfig, resolve_config
+    from haba_core.config import resolve_config
     from haba_core.data import load_dataset
     from haba_core.engine import distill
     from haba_core.evaluate import random_real_baseline
 
-    ecfg = EvalConfig(nets=profile.eval_nets, seeds=profile.eval_seeds, epochs=profile.eval_epochs)
     t0 = time.time()
-    if cell.method is None:
+    overrides = cell_overrides(profile, cell, workdir.parent.parent)
+    if cell.method is None:  # the profile's eval.* settings, so the row shares the distilled rows' protocol
+        cfg = resolve_config(overrides=[o for o in overrides if o.startswith("eval.")])
+        ecfg = dataclasses.replace(cfg.eval, nets=profile.eval_nets, seeds=profile.eval_seeds,
+                                   epochs=profile.eval_epochs)  # fmt: skip
         ds = load_dataset(profile.data.get("name", "fashion_mnist"), root=str(ROOT / "data"))
         ipc = max(1, math.floor(cell.budget_ipc + 1e-9))
-        ev = random_real_baseline(ds, ipc, ecfg, profile.eval_nets, profile.eval_seeds,
-                                  "color_crop_cutout_flip_scale_rotate")  # fmt: skip
+        ev = random_real_baseline(ds, ipc, ecfg, profile.eval_nets, profile.eval_seeds, cfg.dsa_strategy)
         return {"eval": ev, "sec_per_iter": None, "iterations": 0, "wall_s": time.time() - t0}
-    overrides = cell_overrides(profile, cell, workdir.parent.parent)
     files = [ROOT / cell.config] if cell.config else []
     cfg = resolve_config(files=files, overrides=overrides)
     run_dir = workdir / "run"
@@ -146,26 +148,26 @@ def experts_command(profile: Profile, out: Path, dataset: str) -> list[str]:
             *profile.experts[dataset]]  # fmt: skip
 
 
-def ensure_experts(profile: Profile, cells: list[Cell], out: Path, log) -> None:
-    """Train (or finish: the command resumes) the experts the selected MTT cells need."""
-    for dataset in dict.fromkeys(c.dataset for c in cells if c.method == "mtt"):
-        if dataset not in profile.experts:
-            raise SystemExit(f"profile {profile.name!r} has MTT cells on {dataset} but no experts recipe for it")
-        cmd = experts_command(profile, out, dataset)
-        log("$ " + shlex.join(cmd))
-        t0 = time.time()
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        log(f"experts for {dataset} ready ({time.time() - t0:.0f} s)")
+# relative cost of a cell, for longest-first scheduling: method x budget (measured shares of `make bench`)
+_METHOD_COST = {None: 1.0, "dm": 1.5, "dc": 2.0, "dsa": 2.0, "mtt": 4.0}
 
 
-def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=print) -> dict:
-    out = out_root / profile.name
-    cells_dir = out / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    cells = [c for c in profile.cells if not only or any(o in c.name for o in only)]
-    ensure_experts(profile, cells, out, log)
+def cell_cost(cell: Cell) -> float:
+    return _METHOD_COST.get(cell.method, 2.0) * (3.0 if cell.budget_ipc >= 10 else 1.0)
+
+
+def child_env(threads: int) -> dict:
+    """The environment of a cell's process: ``threads`` intra-op threads (torch reads OMP_NUM_THREADS)."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def _todo(profile: Profile, cells: list[Cell], out: Path, log) -> list[Cell]:
+    """The cells without a current result (a result from before protocols is redone, its run removed)."""
+    todo = []
     for cell in cells:
-        result_path = cells_dir / f"{cell.name}.json"
+        result_path = out / "cells" / f"{cell.name}.json"
         if result_path.exists():
             pid = protocol_id(json.loads(result_path.read_text()).get("protocol"))
             if pid not in ("legacy", "missing"):
@@ -175,21 +177,99 @@ def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=pr
             import shutil
 
             shutil.rmtree(out / "runs" / cell.name, ignore_errors=True)  # its run used the old network too
-        log(f"[run ] {cell.name}")
-        cmd = [sys.executable, "-m", "bench.run", "--profile", profile.name, "--cell", cell.name,
-               "--out", str(out_root)]  # fmt: skip
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if r.returncode != 0:
-            err = (r.stderr or r.stdout).strip().splitlines()[-12:]
-            log(f"[fail] {cell.name}:\n  " + "\n  ".join(err))
-            from haba_core import io
+        todo.append(cell)
+    return todo
 
-            io.write_json(cells_dir / f"{cell.name}.failed.json", {"cell": cell.name, "error": "\n".join(err)})
-            continue
-        (cells_dir / f"{cell.name}.failed.json").unlink(missing_ok=True)
-        res = json.loads(result_path.read_text())
-        log(f"       {res['summary']}")
-    return aggregate(profile, out_root)
+
+class _Job:
+    """One child process (a cell, or the experts of a dataset) writing its output to a log file."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path, threads: int):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.name, self.log_path, self.t0 = name, log_path, time.time()
+        self._fh = open(log_path, "w")  # noqa: SIM115 (closed in done())
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, env=child_env(threads))
+
+    def done(self) -> int | None:
+        rc = self.proc.poll()
+        if rc is not None and not self._fh.closed:
+            self._fh.close()
+        return rc
+
+    def tail(self, n: int = 12) -> list[str]:
+        return self.log_path.read_text(errors="replace").strip().splitlines()[-n:]
+
+
+def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=print, jobs: int | None = None) -> dict:
+    """Run the profile's missing cells, ``jobs`` processes at a time (default: the profile's), longest first;
+    each process gets ``cores // jobs`` threads. MTT cells start once their experts are trained (the experts
+    run as one more job, first). Each child's output goes to ``<out>/<profile>/logs/<name>.log``."""
+    out = out_root / profile.name
+    cells_dir = out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    jobs = max(1, jobs or profile.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cells = [c for c in profile.cells if not only or any(o in c.name for o in only)]
+    todo = _todo(profile, cells, out, log)
+    pending_experts = {c.dataset for c in todo if c.method == "mtt"}
+    for dataset in pending_experts:
+        if dataset not in profile.experts:
+            raise SystemExit(f"profile {profile.name!r} has MTT cells on {dataset} but no experts recipe for it")
+    queue: list[tuple[str, object]] = [("experts", d) for d in sorted(pending_experts)]
+    queue += [("cell", c) for c in sorted(todo, key=cell_cost, reverse=True)]  # longest first
+    log(f"{len(todo)} cells to run, {jobs} at a time, {threads} thread(s) each")
+    running: list[tuple[str, object, _Job]] = []
+    failed_experts: set[str] = set()
+    while queue or running:
+        # start what may start: experts any time, an MTT cell once its experts are ready
+        for entry in list(queue):
+            if len(running) >= jobs:
+                break
+            kind, item = entry
+            if kind == "cell" and item.method == "mtt":
+                if item.dataset in failed_experts:
+                    queue.remove(entry)
+                    log(f"[fail] {item.name}: its experts failed")
+                    continue
+                if item.dataset in pending_experts:  # queued or training
+                    continue
+            queue.remove(entry)
+            if kind == "experts":
+                cmd = experts_command(profile, out, item)
+                log("$ " + shlex.join(cmd))
+                job = _Job(f"experts_{item}", cmd, out / "logs" / f"experts_{item}.log", threads)
+                running.append((kind, item, job))
+            else:
+                log(f"[run ] {item.name}")
+                cmd = [sys.executable, "-m", "bench.run", "--profile", profile.name, "--cell", item.name,
+                       "--out", str(out_root)]  # fmt: skip
+                running.append((kind, item, _Job(item.name, cmd, out / "logs" / f"{item.name}.log", threads)))
+        time.sleep(0.5)
+        for entry in list(running):
+            kind, item, job = entry
+            rc = job.done()
+            if rc is None:
+                continue
+            running.remove(entry)
+            if kind == "experts":
+                pending_experts.discard(item)
+                if rc != 0:
+                    failed_experts.add(item)
+                    log(f"[fail] experts for {item}:\n  " + "\n  ".join(job.tail()))
+                else:
+                    log(f"experts for {item} ready ({time.time() - job.t0:.0f} s)")
+                continue
+            if rc != 0:
+                err = job.tail()
+                log(f"[fail] {item.name}:\n  " + "\n  ".join(err))
+                from haba_core import io
+
+                io.write_json(cells_dir / f"{item.name}.failed.json", {"cell": item.name, "error": "\n".join(err)})
+                continue
+            (cells_dir / f"{item.name}.failed.json").unlink(missing_ok=True)
+            res = json.loads((cells_dir / f"{item.name}.json").read_text())
+            log(f"[done] {item.name}: {res['summary']} ({res['wall_s']:.0f} s)")
+    return aggregate(profile, out_root, {"jobs": jobs, "threads_per_job": threads})
 
 
 def child(profile: Profile, cell_name: str, out_root: Path) -> int:
@@ -224,7 +304,7 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
     return 0
 
 
-def aggregate(profile: Profile, out_root: Path) -> dict:
+def aggregate(profile: Profile, out_root: Path, schedule: dict | None = None) -> dict:
     from haba_core import io
 
     cells_dir = out_root / profile.name / "cells"
@@ -246,6 +326,8 @@ def aggregate(profile: Profile, out_root: Path) -> dict:
         "failed": failed,
         "complete": len(rows) == len(profile.cells),
         "protocols": distinct_protocols(r.get("protocol") for r in rows),
+        "schedule": schedule or {},  # how this invocation ran its cells (timings were taken under it)
+        "wall_s": round(time.time() - _STARTED, 1),  # this invocation, from start to the aggregate
     }
     io.write_json(out_root / f"{profile.name}.json", result)
     md = markdown(result)
@@ -302,13 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="shorthand for --profile smoke")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--only", action="append", help="run only cells whose name contains this (repeatable)")
+    p.add_argument("--jobs", type=int, help="cells run at once (default: the profile's; each gets cores/jobs threads)")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     a = p.parse_args(argv)
     profile = PROFILES["smoke" if a.smoke else a.profile]
     out_root = Path(a.out)
     if a.cell:
         return child(profile, a.cell, out_root)
-    result = run_profile(profile, out_root, a.only)
+    result = run_profile(profile, out_root, a.only, jobs=a.jobs)
     print(markdown(result))
     return 0 if result["complete"] else 1
 

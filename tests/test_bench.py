@@ -10,11 +10,14 @@ from bench.run import cell_overrides, experts_command
 
 
 def test_bench_smoke_runs_and_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)]
+    # two cells at a time, one thread each: the scheduler's path (`make bench` runs the CPU profile so)
+    cmd = [sys.executable, "-m", "bench.run", "--smoke", "--jobs", "2", "--out", str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / "smoke.json").read_text())
     assert res["complete"] and not res["failed"]
+    assert res["schedule"]["jobs"] == 2 and "2 at a time" in r.stdout
+    assert all((tmp_path / "smoke" / "logs" / f"{n}.log").exists() for n in ("ipc2_dm_haba", "ipc2_random_real"))
     names = [c["cell"]["name"] for c in res["cells"]]
     assert names == ["ipc2_random_real", "ipc2_dm_pixels", "ipc2_dm_haba"]
     for c in res["cells"]:
