@@ -176,8 +176,9 @@ class Distiller:
         self._emit("on_end", state, error)
         return self
 
-    def evaluate(self, nets: Iterable[str] | None = None, seeds: int | None = None) -> dict:
-        e = self.cfg.eval
+    def evaluate(self, nets: Iterable[str] | None = None, seeds: int | None = None, ecfg=None) -> dict:
+        """Evaluate the current synthetic set under ``ecfg`` (an EvalConfig; default: the run's ``eval``)."""
+        e = ecfg or self.cfg.eval
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # evaluation must not shift the run's RNG stream
             return evaluate_synset(

@@ -111,3 +111,45 @@ def test_compiled_network_trains_like_the_eager_one(toy):
     assert eager.test() == fast.test()
     recs = train_seeds(src * 2, toy, "convnet", Recipe(1, 0.01, net_params={"width": 8}, compile=True), [0, 1], True)
     assert [r["path"] for r in recs] == ["grouped", "grouped"]
+
+
+def _dm_losses(*overrides: str, steps: int = 2, hook=None) -> list[float]:
+    from haba_core.engine import Distiller
+    from workbench.testing import tiny_config
+
+    cfg = tiny_config("method.name=dm", "synset.kind=pixels", "synset.budget_ipc=1", f"iterations={steps}",
+                      "snapshot_every=0", "checkpoint_every=0", *overrides)  # fmt: skip
+    d = Distiller(cfg)
+    if hook is not None:
+        make = d.method.ctx.make_net
+        d.method.ctx.make_net = lambda: hook(make())
+    losses = []
+    d.method.step = _recording(d.method.step, losses)
+    d.run()
+    return losses
+
+
+def _recording(step, out: list):
+    def wrapped(synset, generator):
+        logs = yield from step(synset, generator)
+        out.append(logs["dm"])
+        return logs
+
+    return wrapped
+
+
+def test_dm_bf16_runs_its_forward_passes_in_bfloat16_and_compile_keeps_the_loss():
+    seen: list[torch.dtype] = []
+
+    def hook(net):
+        net.features[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        return net
+
+    fp32 = _dm_losses(hook=hook)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = _dm_losses("method.precision=bf16", hook=hook)
+    assert set(seen) == {torch.bfloat16}
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.1)  # rounding moves the loss, a little
+    compiled = _dm_losses("method.compile=true")
+    assert compiled == pytest.approx(fp32, rel=1e-4)
