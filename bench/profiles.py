@@ -60,8 +60,11 @@ def _matrix(budgets, methods, presets, haba_sizes, extra=()) -> tuple[Cell, ...]
 
 
 def _fmnist(name: str, description: str, seeds: int, cells: tuple[Cell, ...], **kw) -> Profile:
-    """A Fashion-MNIST profile evaluated on ConvNet for 300 epochs (the CPU protocol), ``seeds`` networks."""
-    return Profile(name=name, description=description, common=("data.name=fashion_mnist", "eval.nets=convnet"),
+    """A Fashion-MNIST profile evaluated on ConvNet for 300 epochs (the CPU protocol), ``seeds`` networks, two
+    cells at a time with one thread each; evaluation networks are compiled (``eval.compile``: same arithmetic)."""
+    kw.setdefault("jobs", 2)
+    return Profile(name=name, description=description,
+                   common=("data.name=fashion_mnist", "eval.nets=convnet", "eval.compile=true"),
                    eval_nets=("convnet",), eval_seeds=seeds, eval_epochs=300, cells=cells,
                    data={"name": "fashion_mnist"}, **kw)  # fmt: skip
 
@@ -79,7 +82,6 @@ CPU = _fmnist(
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
     experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64".split())},
-    jobs=2,  # two cells side by side, one thread each (scripts/speed.py measures what that buys)
 )
 
 PAPER = Profile(

@@ -131,7 +131,7 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
     d = distill(cfg, run_dir, resume=resume)
     spi = d.seconds_per_iteration()
     with torch.random.fork_rng():
-        ev = d.evaluate(profile.eval_nets, profile.eval_seeds)
+        ev = d.evaluate(profile.eval_nets, profile.eval_seeds, cfg.eval)  # the profile's, even on a resumed run
     speed = conv_share(d, profile.profile_iterations)
     if spi is None:  # resumed a finished run: time the profiled iterations instead
         spi = d.seconds_per_iteration()
