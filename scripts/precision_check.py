@@ -1,0 +1,129 @@
+"""Does the fast evaluation keep accuracy? Each distilled set is evaluated under float32 eager (the reference),
+float32 compiled and bfloat16 compiled, over the same network seeds; a fast variant passes when its mean is
+within one standard deviation of the float32 eager mean (issue #14).
+
+    .venv/bin/python scripts/precision_check.py --runs bench/results/synsets/runs --sets ipc1_dm_pixels,...
+
+``--runs`` holds run folders (``<set>/run/synset.safetensors`` and ``config.json``, as ``bench.run`` leaves
+them). Evaluation follows each run's config except ``eval.nets=convnet``, ``--seeds`` networks and ``--epochs``
+epochs, with seeds ``seed + 1000 * iterations + k`` (those ``bench.run`` evaluated with). Each (set, variant)
+is evaluated in its own folder under ``--out`` with ``--workers`` processes (one thread each), so a stopped
+check resumes where it stopped. Writes ``<out>.json`` and ``<out>.md``, adding to what an earlier invocation
+with the same ``--out`` wrote (so cheap variants can cover more sets than expensive ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from haba_core import io
+from haba_core.config import RunConfig, resolve_config
+from haba_core.evaluate import evaluate_run
+from haba_core.executors import make_executor
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "fp32 eager": ["eval.precision=fp32", "eval.compile=false"],
+    "fp32 compiled": ["eval.precision=fp32", "eval.compile=true"],
+    "bf16 compiled": ["eval.precision=bf16", "eval.compile=true"],
+}
+REFERENCE = "fp32 eager"
+
+
+def check(results: dict) -> list[dict]:
+    """Per set and fast variant: the gap to the float32 eager mean and whether it is within one std of it."""
+    rows = []
+    for name, per in results.items():
+        ref = per.get(REFERENCE)
+        for variant, r in per.items():
+            row = {"set": name, "variant": variant, "mean": r["mean"], "std": r["std"], "train_s": r["train_s"]}
+            if ref and variant != REFERENCE:
+                row["gap"] = r["mean"] - ref["mean"]
+                row["passes"] = abs(row["gap"]) <= ref["std"]
+            rows.append(row)
+    return rows
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        "### Fast evaluation vs float32 (same seeds, same protocol apart from precision)",
+        "",
+        f"`{res['command']}` at commit `{res['git_commit'][:12]}`, {res['finished_at']}. {res['seeds']} ConvNet "
+        f"networks per row, {res['epochs']} epochs; a fast variant passes when its mean lies within one std of "
+        "the float32 eager mean.",
+        "",
+        "| set | variant | accuracy % | gap to fp32 eager | within 1 std | training s/net |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        gap = f"{100 * r['gap']:+.2f}" if "gap" in r else ""
+        ok = ("yes" if r["passes"] else "**no**") if "passes" in r else "(reference)"
+        lines.append(f"| {r['set']} | {r['variant']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {gap} | {ok} "
+                     f"| {r['train_s']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default=str(ROOT / "bench" / "results" / "synsets" / "runs"))
+    p.add_argument("--sets", default="ipc1_dm_pixels,ipc1_dm_haba,ipc10_dm_pixels,ipc10_dm_haba")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "precision"))
+    a = p.parse_args()
+    from bench.run import git_commit
+
+    out = Path(a.out)
+    work = out.parent / (out.name + "_runs")
+    # results accumulate across invocations (e.g. the cheap variants on some sets, the rest on others)
+    results: dict = io.read_json(out.with_suffix(".json"))["results"] if out.with_suffix(".json").exists() else {}
+    for name in a.sets.split(","):
+        src = Path(a.runs) / name / "run"
+        if not (src / "synset.safetensors").exists():
+            raise SystemExit(f"{src} holds no synset.safetensors; distill it first (python -m bench.run ...)")
+        cfg = RunConfig.from_dict(io.read_json(src / "config.json"))
+        seed = cfg.seed + 1000 * cfg.iterations
+        results.setdefault(name, {})
+        for variant in a.variants.split(","):
+            run = work / name / variant.replace(" ", "_")
+            run.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / "synset.safetensors", run / "synset.safetensors")
+            io.write_json(run / "config.json", cfg.to_dict())
+            fast = resolve_config(overrides=VARIANTS[variant]).eval
+            ecfg = dataclasses.replace(cfg.eval, nets=("convnet",), seeds=a.seeds, epochs=a.epochs,
+                                       precision=fast.precision, compile=fast.compile)  # fmt: skip
+            executor = make_executor("local", workers=a.workers)
+            try:
+                ev = evaluate_run(run, cfg, ecfg, run / "synset.safetensors", executor=executor, seed=seed, log=None)
+            finally:
+                executor.close()
+            r = ev["synset"]["nets"]["convnet"]
+            results[name][variant] = {"mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
+                                      "seeds": r["seeds"], "train_s": r["train_s"],
+                                      "protocol": ev["synset"]["protocol"]}  # fmt: skip
+            print(f"{name} {variant}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['train_s']:.1f} s/net)",
+                  flush=True)  # fmt: skip
+    res = {"command": "python scripts/precision_check.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
+           "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": a.seeds, "epochs": a.epochs,
+           "results": results, "rows": check(results)}  # fmt: skip
+    res["all_pass"] = all(r.get("passes", True) for r in res["rows"])
+    res["passing_variants"] = sorted(
+        {r["variant"] for r in res["rows"] if "passes" in r}
+        - {r["variant"] for r in res["rows"] if r.get("passes") is False}
+    )
+    io.write_json(out.with_suffix(".json"), res)
+    md = markdown(res)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The speed table of issue #14 in one run: the MTT+HaBa outer iteration, the DM step and HaBa's evaluation,
+each in its variants side by side, against the official code's figures measured on this machine.
+
+Rows (each a median over timed repetitions after warm-up, one variant after another in one process run):
+
+- ``mtt``: one MTT+HaBa outer iteration at CIFAR10 IPC 10 settings (syn_steps 30, 100 bases, 5
+  hallucinators, ConvNet-128, 3x32x32, DSA): ``scripts/profile_mtt.py`` in a child process, variants
+  ``reference`` (our unrolled reference path, which runs at the official code's speed), ``fast`` and ``bf16``.
+- ``dm``: one DM step on Fashion-MNIST IPC 10 pixels at the published settings (ConvNet-128 with the
+  reference padding, instance norm, batch_real 256, DSA), real data; variants per ``--dm-variants``.
+- ``eval``: HaBa's evaluation, ConvNet-128 trained 50 epochs on 100 bases x 5 hallucinators (3x32x32, random
+  pairing: 100 images an epoch) and tested on 10,000 images: five networks (seeds) through
+  ``evaluate_run`` with two worker processes (one thread each), as ``haba evaluate --workers 2`` runs them.
+  Variants: float32 eager (before), float32 compiled, bfloat16 compiled. Generated ``toy`` images: the data
+  fixes only shapes here.
+
+The official code's figures (``OFFICIAL``) were measured side by side with ours on this machine when the
+issue was filed (official HaBa code for MTT and evaluation; DatasetCondensation's ``main_DM.py`` for DM);
+they are not re-run here (that code is not part of this repository).
+
+    .venv/bin/python scripts/speed.py --out bench/results/speed
+
+writes ``speed.json`` (every measurement) and ``speed.md`` (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from haba_core import io
+from haba_core.config import resolve_config
+from haba_core.data import load_dataset
+from haba_core.engine import Distiller
+from haba_core.evaluate import evaluate_run
+from haba_core.executors import make_executor
+from haba_core.synsets import create_synset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# seconds, official code on this machine (issue #14): MTT+HaBa outer iteration, DM step, HaBa evaluation of
+# one network (training alone) and of five networks one after another
+OFFICIAL = {"mtt": 27.8, "dm": 2.25, "eval_net": 14.0, "eval_5": 70.0}
+TARGET = {"mtt": 2.5, "mtt_bf16": 3.5, "dm": 2.5, "eval_5": 3.0}  # speedup over the official code
+
+DM_VARIANTS = {"fp32": []}
+EVAL_VARIANTS = {
+    "fp32 eager": ["eval.precision=fp32", "eval.compile=false"],
+    "fp32 compiled": ["eval.precision=fp32", "eval.compile=true"],
+    "bf16 compiled": ["eval.precision=bf16", "eval.compile=true"],
+}
+
+
+def time_mtt(a) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "mtt.json"
+        cmd = [sys.executable, str(ROOT / "scripts" / "profile_mtt.py"), "--variants", a.mtt_variants,
+               "--iterations", str(a.mtt_iterations), "--json", str(out)]  # fmt: skip
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        return json.loads(out.read_text())["results"]
+
+
+def time_dm(a) -> dict:
+    ds = load_dataset("fashion_mnist", root=str(ROOT / "data"))
+    out = {}
+    for name, extra in DM_VARIANTS.items():
+        overrides = ["data.name=fashion_mnist", "method.name=dm", "synset.kind=pixels", "synset.budget_ipc=10",
+                     "net.width=128", "method.batch_real=256", "method.lr_img=1.0", "snapshot_every=0",
+                     "checkpoint_every=0", f"iterations={a.dm_warmup + a.dm_iterations}", *extra]  # fmt: skip
+        d = Distiller(resolve_config(overrides=overrides), dataset=ds)
+        d.run()
+        timed = d.step_times[a.dm_warmup :]
+        out[name] = {"median_s": statistics.median(timed), "times_s": [round(t, 3) for t in d.step_times]}
+        print(f"dm {name}: {out[name]['median_s']:.3f} s/step", flush=True)
+    return out
+
+
+def _eval_run(folder: Path) -> tuple[Path, object]:
+    """A run folder holding a 3x32x32 HaBa set: 10 bases per class, 5 hallucinators (CIFAR10 IPC 10 shapes)."""
+    options = {"channels": 3, "im_size": 32, "num_classes": 10, "n_test_per_class": 1000}
+    cfg = resolve_config(overrides=["data.name=toy", *(f"data.options.{k}={v}" for k, v in options.items())])
+    ds = load_dataset("toy", **options)
+    g = torch.Generator().manual_seed(0)
+    synset = create_synset("haba", ds.info, n_bases=10, n_hallucinators=5, generator=g)
+    synset.init_from_real(ds, g)
+    io.write_json(folder / "config.json", cfg.to_dict())
+    synset.save(folder / "synset.safetensors")
+    return folder, cfg
+
+
+def time_eval(a) -> dict:
+    out = {}
+    for name, extra in EVAL_VARIANTS.items():
+        reps = []
+        for rep in range(a.eval_repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                run, cfg = _eval_run(Path(tmp))
+                ecfg = resolve_config(overrides=["eval.epochs=50", "eval.seeds=5", *extra]).eval
+                executor = make_executor("local", workers=2)
+                t0 = time.perf_counter()
+                ev = evaluate_run(run, cfg, ecfg, run / "synset.safetensors", executor=executor, log=None)
+                wall = time.perf_counter() - t0
+                executor.close()
+                net = ev["synset"]["nets"]["convnet"]
+                reps.append({"wall_s": wall, "train_s_median": net["train_s"], "test_s_median": net["test_s"],
+                             "acc_mean": net["mean"], "protocol": ev["synset"]["protocol"]["name"]})  # fmt: skip
+                print(f"eval {name} #{rep}: 5 nets {wall:.1f} s wall, {net['train_s']:.1f} s training per net",
+                      flush=True)  # fmt: skip
+        out[name] = {
+            "wall_s": statistics.median(r["wall_s"] for r in reps),
+            "train_s": statistics.median(r["train_s_median"] for r in reps),
+            "repeats": reps,
+        }
+    return out
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [
+        "### Speed: ours vs the official code (issue #14)",
+        "",
+        f"`{res['command']}` at commit `{res['git_commit'][:12]}`, {res['finished_at']}; {m['cpu']}, "
+        f"{m['cores']} cores, torch {m['torch']}. Official figures: measured on this machine when the issue was "
+        "filed (not re-run here). Speedup = official / ours; target from the issue.",
+        "",
+        "| work | official s | ours s | speedup | target |",
+        "|---|---|---|---|---|",
+    ]
+    mtt = res.get("mtt") or {}
+    for name, label, tkey in (
+        ("reference", "MTT+HaBa outer iteration, CIFAR10-IPC10 settings: our reference unroll", None),
+        ("fast", "MTT+HaBa outer iteration, fp32 (fast unroll)", "mtt"),
+        ("bf16", "MTT+HaBa outer iteration, bf16 autocast", "mtt_bf16"),
+    ):
+        if name in mtt:
+            s = mtt[name]["median_s"]
+            tgt = f">= {TARGET[tkey]}x" if tkey else "(stand-in for the official code)"
+            lines.append(f"| {label} | {OFFICIAL['mtt']} | {s:.2f} | {OFFICIAL['mtt'] / s:.2f}x | {tgt} |")
+    for name, r in (res.get("dm") or {}).items():
+        s = r["median_s"]
+        lines.append(f"| DM step, Fashion-MNIST IPC 10 pixels, ConvNet-128, batch_real 256 ({name}) "
+                     f"| {OFFICIAL['dm']} | {s:.3f} | {OFFICIAL['dm'] / s:.2f}x | >= {TARGET['dm']}x |")  # fmt: skip
+    for name, r in (res.get("eval") or {}).items():
+        net, five = r["train_s"], r["wall_s"]
+        lines.append(f"| HaBa evaluation, one network's training (50 epochs, 100 bases x 5 hallucinators) ({name}) "
+                     f"| {OFFICIAL['eval_net']} | {net:.1f} | {OFFICIAL['eval_net'] / net:.2f}x | |")  # fmt: skip
+        lines.append(f"| HaBa evaluation, 5 networks, wall, 2 workers ({name}) | {OFFICIAL['eval_5']} "
+                     f"| {five:.1f} | {OFFICIAL['eval_5'] / five:.2f}x | >= {TARGET['eval_5']}x |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default="mtt,dm,eval", help="which rows to measure (comma-separated)")
+    p.add_argument("--mtt-variants", default="reference,fast,bf16")
+    p.add_argument("--mtt-iterations", type=int, default=3)
+    p.add_argument("--dm-iterations", type=int, default=10)
+    p.add_argument("--dm-warmup", type=int, default=2)
+    p.add_argument("--eval-repeats", type=int, default=1)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"), help="writes OUT.json and OUT.md")
+    a = p.parse_args()
+    rows = set(a.rows.split(","))
+    from bench.run import git_commit, machine
+
+    res: dict = {"command": "python scripts/speed.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
+                 "machine": machine(), "official": OFFICIAL, "targets": TARGET,
+                 "load_avg_start": os.getloadavg()}  # fmt: skip
+    if "dm" in rows:
+        res["dm"] = time_dm(a)
+    if "eval" in rows:
+        res["eval"] = time_eval(a)
+    if "mtt" in rows:
+        res["mtt"] = time_mtt(a)
+    res["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    res["load_avg_end"] = os.getloadavg()
+    res["python"] = platform.python_version()
+    out = Path(a.out)
+    io.write_json(out.with_suffix(".json"), res)
+    md = markdown(res)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
