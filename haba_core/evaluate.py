@@ -148,9 +148,10 @@ def summarize(accs: list[float]) -> dict:
     return {"mean": mean, "std": std, "n": len(accs), "per_seed": accs}
 
 
-def protocol_of(cfg, lr: float | None, dsa_strategy: str, test_images: int | None = None) -> dict:
-    """The recorded :class:`EvalProtocol` of EvalConfig ``cfg`` (``lr``: the set's learned lr, if any)."""
-    return EvalProtocol.from_config(cfg, dsa_strategy, test_images).record(lr)
+def protocol_of(cfg, lr: float | None, dsa_strategy: str, test_images: int | None = None, device=None) -> dict:
+    """The recorded :class:`EvalProtocol` of EvalConfig ``cfg`` (``lr``: the set's learned lr, if any;
+    ``device``: where the networks train, for ``eval.precision=auto``)."""
+    return EvalProtocol.from_config(cfg, dsa_strategy, test_images, device).record(lr)
 
 
 def _train_protocol(
@@ -194,7 +195,7 @@ def evaluate_synset(
     """Evaluate a synset under ``cfg`` (an EvalConfig). Returns per-net results, protocol and storage."""
     lr = lr if lr is not None else synset.extra.get("syn_lr")
     dataset = dataset.evaluated_on(cfg.split)
-    protocol = protocol_of(cfg, lr, dsa_strategy, len(dataset.labels_test))
+    protocol = protocol_of(cfg, lr, dsa_strategy, len(dataset.labels_test), dataset.images_test.device)
     device = dataset.images_test.device
     synset = synset.to(device)
     source = _synset_source(synset, cfg.pairing)
@@ -220,7 +221,7 @@ def random_real_baseline(
 ) -> dict:
     """The random-real-subset baseline: ``ipc`` real images per class (a new draw per network seed)."""
     dataset = dataset.evaluated_on(cfg.split)
-    protocol = protocol_of(cfg, None, dsa_strategy, len(dataset.labels_test))
+    protocol = protocol_of(cfg, None, dsa_strategy, len(dataset.labels_test), dataset.images_test.device)
     seed_list = [seed + k for k in range(seeds)]
     sources = [_fixed_source(*dataset.subset_random(ipc, torch.Generator().manual_seed(s))) for s in seed_list]
     per_net = {name: _net_summary(_train_protocol(sources, dataset, protocol, name, seed_list, batched, cfg.test_batch,
@@ -342,7 +343,7 @@ def evaluate_run(
     test_images = len(ds.labels_test)
     del ds
     sources: dict[str, dict] = {}
-    protocol = protocol_of(ecfg, synset.extra.get("syn_lr"), dsa, test_images)
+    protocol = protocol_of(ecfg, synset.extra.get("syn_lr"), dsa, test_images, resolve_device(device))
     sources["synset"] = {
         "protocol": protocol,
         "storage": synset.storage(),
@@ -352,7 +353,7 @@ def evaluate_run(
     if baseline == "random":
         ipc = max(1, math.floor(synset.storage()["ipc_equivalent"] + 1e-9))
         sources["random_real"] = {
-            "protocol": protocol_of(ecfg, None, dsa, test_images),  # the same protocol, without a learned lr
+            "protocol": protocol_of(ecfg, None, dsa, test_images, resolve_device(device)),  # same, no learned lr
             "storage": random_real_storage(info, ipc),
             "spec": {"kind": "random_real", "ipc": ipc},
             "identity": {"random_real_ipc": ipc},

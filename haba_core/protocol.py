@@ -46,8 +46,9 @@ class EvalProtocol:
     precision: str = "fp32"  # "fp32" | "bf16": the networks' forward pass under bfloat16 autocast
 
     @classmethod
-    def from_config(cls, ecfg, dsa_strategy: str, test_images: int | None = None) -> EvalProtocol:
-        """The protocol an :class:`~haba_core.config.EvalConfig` describes (``dsa_strategy``: the run's)."""
+    def from_config(cls, ecfg, dsa_strategy: str, test_images: int | None = None, device=None) -> EvalProtocol:
+        """The protocol an :class:`~haba_core.config.EvalConfig` describes (``dsa_strategy``: the run's;
+        ``eval.precision=auto`` resolves for ``device``, see :func:`resolve_precision`)."""
         return cls(
             epochs=int(ecfg.epochs),
             batch=int(ecfg.batch),
@@ -59,7 +60,7 @@ class EvalProtocol:
             pairing=str(ecfg.pairing),
             split=str(getattr(ecfg, "split", "test")),
             test_images=test_images,
-            precision=str(getattr(ecfg, "precision", "fp32")),
+            precision=resolve_precision(str(getattr(ecfg, "precision", "fp32")), device),
         )
 
     def lr_for(self, learned_lr: float | None) -> float:
@@ -96,6 +97,24 @@ class EvalProtocol:
         rule = "learned, else 0.01" if self.lr is None else "fixed"
         lr = self.lr_for(learned_lr)
         return {**dataclasses.asdict(self), "name": self.name, "id": self.id, "lr_rule": rule, "lr": lr}
+
+
+def resolve_precision(precision: str, device=None) -> str:
+    """``"auto"`` -> ``"bf16"`` where the device computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a
+    CUDA GPU that supports it), else ``"fp32"``; other values pass through. bf16 evaluation kept accuracy
+    within one std of float32 on Fashion-MNIST (``scripts/precision_check.py``) and trains ~1.4-1.8x faster."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
 
 
 def protocol_id(record: Mapping[str, Any] | None) -> str:

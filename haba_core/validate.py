@@ -50,8 +50,8 @@ _RULES: list[tuple[tuple[str, ...], Callable[[float], bool], str]] = [
 ]
 
 
-# string options whose values form a fixed set, by field name (wherever the field lives)
-_CHOICES: dict[str, tuple[str, ...]] = {"precision": ("fp32", "bf16")}
+# string options whose values form a fixed set, by dotted name, else by field name (wherever the field lives)
+_CHOICES: dict[str, tuple[str, ...]] = {"eval.precision": ("auto", "fp32", "bf16"), "precision": ("fp32", "bf16")}
 
 
 def _rule(name: str) -> tuple[Callable[[float], bool], str] | None:
@@ -103,7 +103,7 @@ def check_value(name: str, value: Any, annotation: Any) -> Any:
     if "bool" in kinds and isinstance(value, bool):
         return value
     if "str" in kinds and isinstance(value, str):
-        choices = _CHOICES.get(field)
+        choices = _CHOICES.get(name) or _CHOICES.get(field)
         if choices and value not in choices:
             raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}; use one of them.")
         return value

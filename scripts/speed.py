@@ -7,7 +7,8 @@ Rows (each a median over timed repetitions after warm-up, one variant after anot
   hallucinators, ConvNet-128, 3x32x32, DSA): ``scripts/profile_mtt.py`` in a child process, variants
   ``reference`` (our unrolled reference path, which runs at the official code's speed), ``fast`` and ``bf16``.
 - ``dm``: one DM step on Fashion-MNIST IPC 10 pixels at the published settings (ConvNet-128 with the
-  reference padding, instance norm, batch_real 256, DSA), real data; variants per ``--dm-variants``.
+  reference padding, instance norm, batch_real 256, DSA), real data; variants float32 eager (the default),
+  float32 with the feature extractor compiled, bfloat16 compiled.
 - ``eval``: HaBa's evaluation, ConvNet-128 trained 50 epochs on 100 bases x 5 hallucinators (3x32x32, random
   pairing: 100 images an epoch) and tested on 10,000 images: five networks (seeds) through
   ``evaluate_run`` with two worker processes (one thread each), as ``haba evaluate --workers 2`` runs them.
@@ -53,7 +54,11 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = {"mtt": 27.8, "dm": 2.25, "eval_net": 14.0, "eval_5": 70.0}
 TARGET = {"mtt": 2.5, "mtt_bf16": 3.5, "dm": 2.5, "eval_5": 3.0}  # speedup over the official code
 
-DM_VARIANTS = {"fp32": []}
+DM_VARIANTS = {
+    "fp32 eager": ["method.precision=fp32", "method.compile=false"],
+    "fp32 compiled": ["method.precision=fp32", "method.compile=true"],
+    "bf16 compiled": ["method.precision=bf16", "method.compile=true"],
+}
 EVAL_VARIANTS = {
     "fp32 eager": ["eval.precision=fp32", "eval.compile=false"],
     "fp32 compiled": ["eval.precision=fp32", "eval.compile=true"],

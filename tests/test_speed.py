@@ -88,11 +88,11 @@ def test_protocol_precision_is_recorded_and_float32_keeps_the_old_id():
 
 
 def test_precision_values_are_checked():
-    with pytest.raises(ConfigError, match="eval.precision='fp16' is not one of fp32, bf16"):
+    with pytest.raises(ConfigError, match="eval.precision='fp16' is not one of auto, fp32, bf16"):
         resolve_config(overrides=["eval.precision=fp16"])
     with pytest.raises(ConfigError, match="eval.compile"):
         resolve_config(overrides=["eval.compile=3"])
-    assert EvalConfig().precision == "fp32" and EvalConfig().compile is False
+    assert EvalConfig().precision == "auto" and EvalConfig().compile is False
 
 
 def test_compiled_network_trains_like_the_eager_one(toy):
@@ -153,3 +153,23 @@ def test_dm_bf16_runs_its_forward_passes_in_bfloat16_and_compile_keeps_the_loss(
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.1)  # rounding moves the loss, a little
     compiled = _dm_losses("method.compile=true")
     assert compiled == pytest.approx(fp32, rel=1e-4)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from haba_core.protocol import resolve_precision
+
+    class FakeMkldnn:
+        def __init__(self, native):
+            self.native = native
+
+        def _is_mkldnn_bf16_supported(self):
+            return self.native
+
+    monkeypatch.setattr(torch.ops, "mkldnn", FakeMkldnn(True))
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(torch.ops, "mkldnn", FakeMkldnn(False))
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", None) == "bf16"
+    # the recorded protocol holds the resolved precision, never "auto"
+    cfg = resolve_config(overrides=["eval.precision=auto"])
+    assert EvalProtocol.from_config(cfg.eval, "", device="cpu").precision == "fp32"
