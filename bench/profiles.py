@@ -122,7 +122,18 @@ SMOKE = Profile(
         Cell("ipc2_random_real", 2, None),
         Cell("ipc2_dm_pixels", 2, "dm", "pixels", None, ("iterations=2", "method.batch_real=16")),
         Cell("ipc2_dm_haba", 2, "dm", "haba", None, ("iterations=2", "method.batch_real=16")),
+        # an MTT cell waits for its experts, which train beside the other cells
+        Cell(
+            "ipc2_mtt_pixels",
+            2,
+            "mtt",
+            "pixels",
+            None,
+            ("iterations=2", "method.syn_steps=2", "method.expert_epochs=1", "method.max_start_epoch=1"),
+            dataset="toy",
+        ),  # fmt: skip
     ),
+    experts={"toy": ("--num-experts", "1", "--epochs", "2", "--set", "net.width=16")},
     profile_iterations=1,
     data={"name": "toy"},
 )

@@ -345,6 +345,11 @@ def markdown(result: dict) -> str:
         + (f", {m['cuda']}" if m.get("cuda") else "")
         + ".",
     ]
+    sched = result.get("schedule") or {}
+    if sched:
+        lines += ["", f"Schedule: {sched['jobs']} cell(s) at a time, {sched['threads_per_job']} thread(s) each "
+                      f"(s/iter and eval times were measured so); this invocation took "
+                      f"{result.get('wall_s', 0) / 60:.0f} min."]  # fmt: skip
     protocols = result.get("protocols") or distinct_protocols(r.get("protocol") for r in result["cells"])
     if len(protocols) > 1:
         lines += ["", f"**Rows were evaluated under {len(protocols)} different protocols "
