@@ -17,9 +17,13 @@ def test_bench_smoke_runs_and_resumes(tmp_path):
     res = json.loads((tmp_path / "smoke.json").read_text())
     assert res["complete"] and not res["failed"]
     assert res["schedule"]["jobs"] == 2 and "2 at a time" in r.stdout
-    assert all((tmp_path / "smoke" / "logs" / f"{n}.log").exists() for n in ("ipc2_dm_haba", "ipc2_random_real"))
+    logs = tmp_path / "smoke" / "logs"
+    assert all((logs / f"{n}.log").exists() for n in ("ipc2_dm_haba", "ipc2_random_real", "experts_toy"))
+    # the MTT cell started only after its experts had finished
+    order = [ln for ln in r.stdout.splitlines() if "experts for toy ready" in ln or "[run ] ipc2_mtt" in ln]
+    assert [("ready" in ln) for ln in order] == [True, False], r.stdout
     names = [c["cell"]["name"] for c in res["cells"]]
-    assert names == ["ipc2_random_real", "ipc2_dm_pixels", "ipc2_dm_haba"]
+    assert names == ["ipc2_random_real", "ipc2_dm_pixels", "ipc2_dm_haba", "ipc2_mtt_pixels"]
     for c in res["cells"]:
         assert 0 <= c["accuracy_mean"] <= 1 and len(c["accuracy_per_seed"]) == 2
         assert c["storage"]["floats_total"] <= 2 * 10 * 784  # equal storage: within the IPC-2 budget
@@ -32,7 +36,7 @@ def test_bench_smoke_runs_and_resumes(tmp_path):
     # a rerun skips finished cells and leaves their results untouched
     before = (tmp_path / "smoke" / "cells" / "ipc2_dm_haba.json").stat().st_mtime_ns
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and r.stdout.count("[skip]") == 3
+    assert r.returncode == 0 and r.stdout.count("[skip]") == 4
     assert (tmp_path / "smoke" / "cells" / "ipc2_dm_haba.json").stat().st_mtime_ns == before
 
 
