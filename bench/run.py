@@ -304,6 +304,15 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
     return 0
 
 
+def write_report(out: Path, result: dict, md: str) -> None:
+    """``<out>.json`` (every measurement) and ``<out>.md`` (the table), as the measurement scripts leave them."""
+    from haba_core import io
+
+    io.write_json(out.with_suffix(".json"), result)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
 def aggregate(profile: Profile, out_root: Path, schedule: dict | None = None) -> dict:
     from haba_core import io
 

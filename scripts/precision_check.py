@@ -84,7 +84,7 @@ def main() -> int:
     p.add_argument("--from-bench", help="take 'fp32 compiled' from these bench cells (<dir>/<set>.json, same seeds "
                    "and protocol, checked) instead of computing it again")  # fmt: skip
     a = p.parse_args()
-    from bench.run import git_commit
+    from bench.run import git_commit, write_report
 
     out = Path(a.out)
     work = out.parent / (out.name + "_runs")
@@ -140,10 +140,7 @@ def main() -> int:
         {r["variant"] for r in res["rows"] if "passes" in r}
         - {r["variant"] for r in res["rows"] if r.get("passes") is False}
     )
-    io.write_json(out.with_suffix(".json"), res)
-    md = markdown(res)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    write_report(Path(a.out), res, markdown(res))
     return 0
 
 

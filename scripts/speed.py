@@ -194,7 +194,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"), help="writes OUT.json and OUT.md")
     a = p.parse_args()
     rows = set(a.rows.split(","))
-    from bench.run import git_commit, machine
+    from bench.run import git_commit, machine, write_report
 
     res: dict = {"command": "python scripts/speed.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
                  "machine": machine(), "official": OFFICIAL, "targets": TARGET,
@@ -208,11 +208,7 @@ def main() -> int:
     res["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     res["load_avg_end"] = os.getloadavg()
     res["python"] = platform.python_version()
-    out = Path(a.out)
-    io.write_json(out.with_suffix(".json"), res)
-    md = markdown(res)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    write_report(Path(a.out), res, markdown(res))
     return 0
 
 
