@@ -148,7 +148,7 @@ def experts_command(profile: Profile, out: Path, dataset: str) -> list[str]:
             *profile.experts[dataset]]  # fmt: skip
 
 
-# relative cost of a cell, for longest-first scheduling: method x budget (measured shares of `make bench`)
+# rough relative cost of a cell, for longest-first scheduling: method x budget (shares of `make bench`'s time)
 _METHOD_COST = {None: 1.0, "dm": 1.5, "dc": 2.0, "dsa": 2.0, "mtt": 4.0}
 
 
@@ -230,6 +230,10 @@ def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=pr
                 if item.dataset in failed_experts:
                     queue.remove(entry)
                     log(f"[fail] {item.name}: its experts failed")
+                    from haba_core import io
+
+                    io.write_json(cells_dir / f"{item.name}.failed.json",
+                                  {"cell": item.name, "error": f"the experts for {item.dataset} failed"})  # fmt: skip
                     continue
                 if item.dataset in pending_experts:  # queued or training
                     continue
