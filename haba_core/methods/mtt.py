@@ -31,7 +31,6 @@ third of the CPU time), and ``precision="bf16"`` runs the student's forward unde
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -45,6 +44,7 @@ from haba_core.methods.base import METHODS, Method, Step
 from haba_core.methods.expert_set import ExpertSet
 from haba_core.methods.experts import make_experts_hint
 from haba_core.methods.memory import reuse_freed_memory
+from haba_core.training import autocast
 
 
 @dataclass(frozen=True)
@@ -183,11 +183,6 @@ class MTT(Method):
         logs = yield loss
         return {"loss": value, "mtt": value, "syn_lr": float(self.syn_lr.detach()), "start_epoch": float(start), **logs}
 
-    def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _params(self, flat: Tensor) -> dict[str, Tensor]:
         """Views of a flat (P,) vector as the net's named parameters."""
         return {
@@ -208,7 +203,7 @@ class MTT(Method):
                 x = apply_dsa(x, s.dsa)
             if nhwc:  # every activation after the first conv follows this layout
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
+            with autocast(self.cfg.precision, self.ctx.device):
                 out = functional_call(self.net, self._params(theta), (x,))
             ce = F.cross_entropy(out.float(), labels[s.idx])
             (grad,) = torch.autograd.grad(ce, theta, create_graph=True)
@@ -235,7 +230,7 @@ class MTT(Method):
                 size = math.prod(shape)
                 params[name] = theta[offset : offset + size].reshape(shape)
                 offset += size
-            with self._autocast():
+            with autocast(self.cfg.precision, self.ctx.device):
                 out = functional_call(self.net, params, (x,))
             ce = F.cross_entropy(out.float(), y)
             grads = torch.autograd.grad(ce, list(params.values()), create_graph=True)
