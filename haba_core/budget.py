@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from haba_core.data import DatasetInfo
 from haba_core.errors import BudgetError, ConfigError
@@ -103,19 +104,23 @@ class Plan:
         return "\n".join(lines)
 
 
+def _options(kind: str, options: dict) -> dict:
+    """The kind's options with defaults filled in (another kind's options dropped; unknown ones fail)."""
+    return SYNSETS.get(kind).options_from(options)
+
+
 def plan(
     info: DatasetInfo,
     kind: str,
     n_bases: int,
-    n_hallucinators: int = 5,
-    single_channel: bool = False,
+    *,
     basis_size: int | None = None,
     budget_ipc: float | None = None,
+    **options: Any,
 ) -> Plan:
-    """Storage of a synset with ``n_bases`` per class (no solving): the kind's own formula."""
-    s = SYNSETS.get(kind).storage_of(
-        info, n_bases, basis_size, n_hallucinators=n_hallucinators, single_channel=single_channel
-    )
+    """Storage of a synset with ``n_bases`` per class (no solving): the kind's own formula. ``options`` are the
+    kind's own (its ``Config`` fields, e.g. HaBa's ``n_hallucinators``); omitted ones take their defaults."""
+    s = SYNSETS.get(kind).storage_of(info, n_bases, basis_size, **_options(kind, options))
     return Plan(
         kind=kind,
         n_bases=n_bases,
@@ -130,12 +135,12 @@ def plan(
     )
 
 
-def _fits(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size) -> Plan | None:
+def _fits(info, kind, budget_ipc, basis_size, options) -> Plan | None:
     """The largest plan that fits, or None. Pure arithmetic: no messages, no recursion."""
-    one = plan(info, kind, 1, n_hallucinators, single_channel, basis_size, budget_ipc)
+    one = plan(info, kind, 1, basis_size=basis_size, budget_ipc=budget_ipc, **options)
     budget, fixed = one.budget_floats, one.floats_hallucinators
     n = (budget - fixed) // one.floats_bases if budget >= fixed else 0
-    return plan(info, kind, int(n), n_hallucinators, single_channel, basis_size, budget_ipc) if n >= 1 else None
+    return plan(info, kind, int(n), basis_size=basis_size, budget_ipc=budget_ipc, **options) if n >= 1 else None
 
 
 def _check_request(kind: str, budget_ipc, basis_size) -> None:
@@ -146,62 +151,55 @@ def _check_request(kind: str, budget_ipc, basis_size) -> None:
         raise ConfigError(f"basis_size must be an integer >= 3 (or None for full size), got {basis_size!r}.")
 
 
-def solve(
-    info: DatasetInfo,
-    kind: str,
-    budget_ipc: float,
-    n_hallucinators: int = 5,
-    single_channel: bool = False,
-    basis_size: int | None = None,
-) -> Plan:
+def solve(info: DatasetInfo, kind: str, budget_ipc: float, *, basis_size: int | None = None, **options: Any) -> Plan:
     """The largest ``n_bases`` per class whose storage fits ``budget_ipc``; raises BudgetError if none does."""
     _check_request(kind, budget_ipc, basis_size)
-    fitted = _fits(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size)
+    options = _options(kind, options)
+    fitted = _fits(info, kind, budget_ipc, basis_size, options)
     if fitted is None:
-        raise BudgetError(_too_small(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size))
+        raise BudgetError(_too_small(info, kind, budget_ipc, basis_size, options))
     return fitted
 
 
-def _too_small(info: DatasetInfo, kind: str, budget_ipc: float, k: int, single_channel: bool,
-               basis_size: int | None) -> str:  # fmt: skip
+def _too_small(info: DatasetInfo, kind: str, budget_ipc: float, basis_size: int | None, options: dict) -> str:
     """What does not fit, and what would: at most one fewer-hallucinators and one smaller-size option.
     Every probe is a call of :func:`_fits` (arithmetic), so this takes O(k + size) steps, never recursion."""
-    one = plan(info, kind, 1, k, single_channel, basis_size, budget_ipc)
+    one = plan(info, kind, 1, basis_size=basis_size, budget_ipc=budget_ipc, **options)
     shared = one.n_hallucinators
     what = f" plus {shared} hallucinator(s) ({one.floats_hallucinators:,} floats)" if shared else ""
     msg = (
         f"A budget of IPC {budget_ipc:g} ({one.budget_floats:,} floats) cannot hold one basis per class "
         f"({one.floats_bases:,} floats){what}."
     )
-    options = []
-    if shared:
-        fewer = next((kk for kk in range(k - 1, 0, -1)
-                      if _fits(info, kind, budget_ipc, kk, single_channel, basis_size)), None)  # fmt: skip
+    hints = []
+    if shared and "n_hallucinators" in options:
+        fits = [kk for kk in range(shared - 1, 0, -1)
+                if _fits(info, kind, budget_ipc, basis_size, {**options, "n_hallucinators": kk})]  # fmt: skip
+        fewer = fits[0] if fits else None
         if fewer:
-            options.append(f"use n_hallucinators={fewer}")
+            hints.append(f"use n_hallucinators={fewer}")
     for size in range((basis_size or min(info.im_size)) - 1, 3, -1):
-        p = _fits(info, kind, budget_ipc, k, single_channel, size)
+        p = _fits(info, kind, budget_ipc, size, options)
         if p:
-            options.append(f"store smaller bases (synset.basis_size={size} fits {p.n_bases} per class)")
+            hints.append(f"store smaller bases (synset.basis_size={size} fits {p.n_bases} per class)")
             break
     needed = one.floats_total / (info.num_classes * one.image_floats)
-    options.append(f"raise budget_ipc to at least {needed:.3g}")
-    options.append("or set synset.n_bases explicitly to run over budget (storage is still reported)")
-    return msg + " Options: " + "; ".join(options) + "."
+    hints.append(f"raise budget_ipc to at least {needed:.3g}")
+    hints.append("or set synset.n_bases explicitly to run over budget (storage is still reported)")
+    return msg + " Options: " + "; ".join(hints) + "."
 
 
-def solve_or_none(info, kind, budget_ipc, n_hallucinators=5, single_channel=False, basis_size=None) -> Plan | None:
+def solve_or_none(info, kind, budget_ipc, *, basis_size=None, **options) -> Plan | None:
     try:
-        return solve(info, kind, budget_ipc, n_hallucinators, single_channel, basis_size)
+        return solve(info, kind, budget_ipc, basis_size=basis_size, **options)
     except BudgetError:
         return None
 
 
-def auto_basis_size(info: DatasetInfo, kind: str, budget_ipc: float | None, n_hallucinators: int = 5,
-                    single_channel: bool = False) -> int | None:  # fmt: skip
+def auto_basis_size(info: DatasetInfo, kind: str, budget_ipc: float | None, **options: Any) -> int | None:
     """``None`` (full size) if full-size bases fit the budget, else the largest of H/2, H/3, ... that fits
     (None again when nothing fits: the budget solve then explains what would). A kind whose
-    ``auto_min_factor`` is k > 1 starts at H/k instead of full size.
+    ``auto_min_factor`` is k > 1 starts at H/k instead of full size. ``options``: the kind's own.
 
     The one rule the CLI, the library and the app share for ``synset.basis_size="auto"``. Whole-factor
     reductions (28 -> 14 on Fashion-MNIST, 32 -> 16 on CIFAR) upsample cleanly and leave room for several bases
@@ -209,18 +207,19 @@ def auto_basis_size(info: DatasetInfo, kind: str, budget_ipc: float | None, n_ha
     """
     if kind not in SYNSETS or not isinstance(budget_ipc, (int, float)) or not budget_ipc > 0:
         return None
+    options = _options(kind, options)
     first = max(1, int(SYNSETS.get(kind).auto_min_factor))
-    if first == 1 and _fits(info, kind, budget_ipc, n_hallucinators, single_channel, None):
+    if first == 1 and _fits(info, kind, budget_ipc, None, options):
         return None
     full = min(info.im_size)
     for factor in range(max(2, first), full // 3 + 1):
         size = round(full / factor)
-        if size >= 4 and _fits(info, kind, budget_ipc, n_hallucinators, single_channel, size):
+        if size >= 4 and _fits(info, kind, budget_ipc, size, options):
             return size
     return None
 
 
-def basis_note(info: DatasetInfo, kind: str, budget_ipc: float, k: int, size: int) -> str:
+def basis_note(info: DatasetInfo, kind: str, budget_ipc: float, size: int, **options: Any) -> str:
     """The sentence every front end prints when ``auto`` chose a smaller basis size."""
     h, w = info.im_size
     cls = SYNSETS.get(kind)
@@ -229,7 +228,7 @@ def basis_note(info: DatasetInfo, kind: str, budget_ipc: float, k: int, size: in
             f"{cls.label or kind} stores {size}x{size} bases for {h}x{w} images (basis_size=auto starts at 1/"
             f"{cls.auto_min_factor} of the side). Set synset.basis_size to trade resolution against bases per class."
         )
-    shared = plan(info, kind, 1, k).n_hallucinators
+    shared = plan(info, kind, 1, **options).n_hallucinators
     what = f"bases plus {shared} hallucinators" if shared else "images"
     return (
         f"Full-size {h}x{w} {what} do not fit IPC {budget_ipc:g}; basis_size=auto stores them at {size}x{size} "
@@ -242,19 +241,20 @@ def plan_from_config(info: DatasetInfo, cfg) -> Plan:
     """The synset plan a :class:`SynsetConfig` asks for: explicit ``n_bases`` wins, else the budget solve.
     ``basis_size="auto"`` is resolved here (:func:`auto_basis_size`); the plan records the choice."""
     SYNSETS.get(cfg.kind)
+    options = dict(cfg.params)
     size, note = cfg.basis_size, ""
     if size == "auto":
         size = None
         if cfg.n_bases is None and cfg.budget_ipc is not None:
-            size = auto_basis_size(info, cfg.kind, cfg.budget_ipc, cfg.n_hallucinators, cfg.single_channel)
+            size = auto_basis_size(info, cfg.kind, cfg.budget_ipc, **options)
             if size is not None:
-                note = basis_note(info, cfg.kind, cfg.budget_ipc, cfg.n_hallucinators, size)
+                note = basis_note(info, cfg.kind, cfg.budget_ipc, size, **options)
     if cfg.n_bases is not None:
         if cfg.n_bases < 1:
             raise ConfigError(f"synset.n_bases must be >= 1, got {cfg.n_bases}.")
-        p = plan(info, cfg.kind, cfg.n_bases, cfg.n_hallucinators, cfg.single_channel, size, cfg.budget_ipc)
+        p = plan(info, cfg.kind, cfg.n_bases, basis_size=size, budget_ipc=cfg.budget_ipc, **options)
     elif cfg.budget_ipc is None:
         raise ConfigError("Set synset.budget_ipc (storage budget) or synset.n_bases (bases per class).")
     else:
-        p = solve(info, cfg.kind, cfg.budget_ipc, cfg.n_hallucinators, cfg.single_channel, size)
+        p = solve(info, cfg.kind, cfg.budget_ipc, basis_size=size, **options)
     return dataclasses.replace(p, basis_note=note) if note else p

@@ -31,11 +31,23 @@ def _add_common_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synset", help=f"synset kind: {_registered(SYNSETS)}")
     p.add_argument("--budget-ipc", type=float, help="storage budget in images-per-class equivalents")
     p.add_argument("--n-bases", type=int, help="bases per class (overrides the budget solve)")
-    p.add_argument("--n-hallucinators", type=int, help="HaBa hallucinators (default 5)")
     p.add_argument("--basis-size", type=_basis_size_arg,
                    help="stored basis resolution: auto (default: full size if it fits the budget, else the largest "
                    "whole-factor reduction that does), full, or an integer >= 3")  # fmt: skip
-    p.add_argument("--single-channel", action="store_true", default=None, help="1-channel bases (HaBa)")
+    _add_synset_options(p)
+
+
+def _add_synset_options(p: argparse.ArgumentParser) -> None:
+    """``--<option>`` for every synset kind's own option (``synset.<option>``): a new kind's flags appear by
+    themselves."""
+    from haba_core.synsets.base import SYNSETS, option_fields
+
+    for name, (f, kinds) in option_fields().items():
+        flag, what = "--" + name.replace("_", "-"), f"{'/'.join(map(SYNSETS.label, kinds))} option ({f.default!r})"
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=what)
+        else:
+            p.add_argument(flag, type=type(f.default) if isinstance(f.default, (int, float)) else str, help=what)
 
 
 def _basis_size_arg(text: str) -> int | str:
@@ -91,6 +103,8 @@ def _default_param(section: str, name: str | None, key: str):
 
 
 def _config_overrides(a: argparse.Namespace) -> dict:
+    from haba_core.synsets.base import option_fields
+
     o = {}
     for flag, key in [
         ("dataset", "data.name"),
@@ -98,9 +112,8 @@ def _config_overrides(a: argparse.Namespace) -> dict:
         ("synset", "synset.kind"),
         ("budget_ipc", "synset.budget_ipc"),
         ("n_bases", "synset.n_bases"),
-        ("n_hallucinators", "synset.n_hallucinators"),
         ("basis_size", "synset.basis_size"),
-        ("single_channel", "synset.single_channel"),
+        *((name, f"synset.{name}") for name in option_fields()),
         ("iterations", "iterations"),
         ("seed", "seed"),
         ("device", "device"),
@@ -118,7 +131,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
     run_dir = Path(a.run_dir)
     if a.resume and (run_dir / RF.CONFIG).exists():
-        saved = io.read_json(run_dir / RF.CONFIG)
+        saved = RunConfig.from_dict(io.read_json(run_dir / RF.CONFIG)).to_dict()  # older layouts read too
         # what the command asks for, resolved as for a new run, compared with the saved run
         asked = apply_overrides(resolve_config(files=a.config or []).to_dict(), _config_overrides(a))
         asked = apply_overrides(asked, a.set or [])
@@ -355,9 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--synset", default="haba", choices=SYNSETS.list(), help=_registered(SYNSETS))
     b.add_argument("--budget-ipc", type=float, default=1.0)
     b.add_argument("--n-bases", type=int, help="plan this many bases per class instead of solving")
-    b.add_argument("--n-hallucinators", type=int)
     b.add_argument("--basis-size", type=_basis_size_arg, help="auto (default), full, or an integer >= 3")
-    b.add_argument("--single-channel", action="store_true", default=None)
+    _add_synset_options(b)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_budget)
 

@@ -6,7 +6,10 @@ into the run folder before step 0 and is enough to rebuild the run.
 
 Method-specific hyperparameters live in ``method.params`` as a plain mapping, validated by the chosen
 method's own dataclass (see ``haba_core.methods``); ``method.lr_img=100`` is shorthand for
-``method.params.lr_img=100``.
+``method.params.lr_img=100``. A synset kind's own options live the same way in ``synset.params``, validated by
+the kind's ``Config`` (see ``haba_core.synsets``) and stored resolved (every option of the kind, none of another
+kind's); ``synset.n_hallucinators=3`` is shorthand for ``synset.params.n_hallucinators=3``, and configs written
+before ``synset.params`` existed (kind options beside ``kind``) still read.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from haba_core.errors import ConfigError, did_you_mean
+from haba_core.synsets import SYNSETS
 from haba_core.validate import check_value
 
 
@@ -37,11 +41,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SynsetConfig:
-    kind: str = "haba"  # "pixels" | "haba"
+    kind: str = "haba"  # a registered synset kind (haba_core.synsets: pixels, haba, fred, ...)
     budget_ipc: float | None = 1.0  # storage budget in images-per-class equivalents; solves n_bases
     n_bases: int | None = None  # per class; overrides the budget solve when set (then storage is reported)
-    n_hallucinators: int = 5  # haba only
-    single_channel: bool = False  # haba only: 1-channel bases on RGB data (3x the bases per budget)
     # stored resolution (square): "auto" = full size when it fits the budget, else the largest whole-factor
     # reduction that does (budget.auto_basis_size; the run says what it chose); None = full size; or an int
     basis_size: int | str | None = "auto"
@@ -49,6 +51,22 @@ class SynsetConfig:
     lr_images: float | None = None  # None: the method's lr_img
     lr_hallucinators: float | None = None  # None: the method's lr_hallucinators (else its lr_img)
     momentum_hallucinators: float | None = None  # None: the method's momentum
+    params: dict = field(default_factory=dict)  # the kind's own options (its Config), e.g. HaBa's n_hallucinators
+
+    def __post_init__(self):
+        """``params`` becomes the kind's resolved options (its ``Config`` with defaults; another kind's options
+        dropped); an unknown kind or option fails here, with close matches."""
+        if not isinstance(self.params, Mapping):
+            raise ConfigError(f"synset.params must be a mapping of the kind's options, got {self.params!r}.")
+        own = [f.name for f in fields(self)]
+        kind = SYNSETS.get(str(self.kind))
+        object.__setattr__(self, "params", dataclasses.asdict(kind.make_options(self.params, "synset.", also=own)))
+
+    @classmethod
+    def normalize(cls, d: dict, prefix: str) -> dict:
+        """``_build`` hook on the raw mapping: kind options written beside ``kind`` (configs from before
+        ``params`` existed) move into ``params``."""
+        return dict(_kind_options_in_params({"synset": d})["synset"])
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,8 @@ class RunConfig:
 def _build(cls: type, d: Mapping[str, Any] | None, prefix: str) -> Any:
     """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys with close matches."""
     d = dict(d or {})
+    if hasattr(cls, "normalize"):
+        d = cls.normalize(d, prefix)
     known = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
@@ -203,10 +223,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_path(key: str) -> list[str]:
     """Dotted key -> path in the config dict: ``method.X`` / ``net.X`` (other than ``name``/``params``) live
-    at ``method.params.X`` / ``net.params.X``."""
+    at ``method.params.X`` / ``net.params.X``, and ``synset.X`` (not a :class:`SynsetConfig` field) at
+    ``synset.params.X``."""
     parts = key.split(".")
     if parts[0] in ("method", "net") and len(parts) == 2 and parts[1] not in ("name", "params"):
         parts = [parts[0], "params", parts[1]]
+    if parts[0] == "synset" and len(parts) == 2 and parts[1] not in {f.name for f in fields(SynsetConfig)}:
+        parts = ["synset", "params", parts[1]]
     return parts
 
 
@@ -241,9 +264,23 @@ def resolve_config(
     """Defaults <- files (in order) <- overrides, validated into a RunConfig."""
     d = RunConfig().to_dict()
     for layer in [base or {}] + [load_config_file(f) for f in files]:
-        d = _deep_merge(d, layer)
+        d = _deep_merge(d, _kind_options_in_params(layer))
     d = apply_overrides(d, overrides)
     return RunConfig.from_dict(d)
+
+
+def _kind_options_in_params(layer: Mapping) -> Mapping:
+    """A config layer with the synset kind's options written beside ``kind`` (the layout before
+    ``synset.params``) moved into ``synset.params``, so later layers and overrides still win over them."""
+    syn = layer.get("synset")
+    if not isinstance(syn, Mapping):
+        return layer
+    own = {f.name for f in fields(SynsetConfig)}
+    moved = {k: v for k, v in syn.items() if k not in own}
+    if not moved:
+        return layer
+    params = {**dict(syn.get("params") or {}), **moved}
+    return {**layer, "synset": {**{k: v for k, v in syn.items() if k in own}, "params": params}}
 
 
 def _deep_merge(a: dict, b: Mapping) -> dict:

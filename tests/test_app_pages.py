@@ -176,7 +176,7 @@ def test_new_run_launches_a_toy_run(empty_runs):
         assert run is not None and run.state in ("queued", "running")
         cfg = run.config
         assert cfg["data"]["name"] == "toy" and cfg["iterations"] == 2000 and cfg["net"]["params"]["width"] == 16
-        assert cfg["synset"]["n_hallucinators"] == 2 and cfg["method"]["name"] == "dm"
+        assert cfg["synset"]["params"]["n_hallucinators"] == 2 and cfg["method"]["name"] == "dm"
         assert "Live run" in texts(at.title)  # the app moved on to the Live page
     finally:
         J.cancel_run("from_the_form")

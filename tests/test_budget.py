@@ -16,23 +16,23 @@ def test_pixels_budget_is_ipc():
 
 def test_haba_budget_solve_is_largest_fit():
     c10 = dataset_info("cifar10")
-    p = solve(c10, "haba", 10, 5)
+    p = solve(c10, "haba", 10, n_hallucinators=5)
     # 10 * 10 * 3072 = 307,200 floats; 5 hallucinators = 27,840 -> floor(279,360 / 30,720) = 9 bases per class
     assert p.n_bases == 9 and p.floats_total <= p.budget_floats
-    assert plan(c10, "haba", p.n_bases + 1, 5).floats_total > p.budget_floats
+    assert plan(c10, "haba", p.n_bases + 1, n_hallucinators=5).floats_total > p.budget_floats
     assert p.images_per_class == 45
 
 
 def test_haba_half_resolution_bases_fit_ipc1_fashion_mnist():
     fm = dataset_info("fashion_mnist")
-    p = solve(fm, "haba", 1, 5, basis_size=14)
+    p = solve(fm, "haba", 1, basis_size=14, n_hallucinators=5)
     # 5 * (10 + 2*12*12 + 10) = 1,540; (7,840 - 1,540) // (10 * 196) = 3
     assert p.floats_hallucinators == 1540 and p.n_bases == 3 and p.floats_total <= 7840
 
 
 def test_plan_matches_built_synset_storage():
     fm = dataset_info("fashion_mnist")
-    p = solve(fm, "haba", 10, 5)
+    p = solve(fm, "haba", 10, n_hallucinators=5)
     s = create_synset("haba", fm, n_bases=p.n_bases, n_hallucinators=5)
     st = s.storage()
     assert st["floats_total"] == p.floats_total and st["floats_hallucinators"] == p.floats_hallucinators
@@ -51,6 +51,6 @@ def test_plan_from_config_explicit_n_bases_overrides_budget():
 
 
 def test_describe_mentions_every_part():
-    text = solve(dataset_info("cifar10"), "haba", 10, 5).describe()
+    text = solve(dataset_info("cifar10"), "haba", 10, n_hallucinators=5).describe()
     for word in ("bases per class", "hallucinators", "images per class", "IPC-equivalents", "% used"):
         assert word in text

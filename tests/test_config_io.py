@@ -3,7 +3,7 @@ import torch
 
 from haba_core import io
 from haba_core.config import RunConfig, apply_overrides, resolve_config
-from haba_core.errors import CheckpointError, ConfigError
+from haba_core.errors import CheckpointError, ConfigError, UnknownNameError
 
 
 def test_defaults_round_trip():
@@ -18,14 +18,50 @@ def test_overrides_and_method_shorthand(tmp_path):
     cfg = resolve_config(
         files=[f], overrides=["method.lr_img=100", "synset.single_channel=true", "eval.nets=convnet,mlp"]
     )
-    assert cfg.synset.n_hallucinators == 3 and cfg.synset.single_channel is True
+    assert cfg.synset.params == {"n_hallucinators": 3, "single_channel": True}
     assert cfg.method_params == {"lr_img": 100}
     assert cfg.eval.nets == ("convnet", "mlp")
+
+
+def test_synset_kind_options_live_in_params_validated_by_the_kind(tmp_path):
+    # the kind's options, resolved with its defaults; the shorthand synset.X and the full path agree
+    assert RunConfig().synset.params == {"n_hallucinators": 5, "single_channel": False}
+    a = resolve_config(overrides=["synset.n_hallucinators=2"]).synset
+    b = resolve_config(overrides=["synset.params.n_hallucinators=2"]).synset
+    assert a == b and a.params["n_hallucinators"] == 2
+    # another kind's options are dropped: a HaBa preset switched to pixels stores none
+    f = tmp_path / "haba.yaml"
+    f.write_text("synset:\n  kind: haba\n  n_hallucinators: 3\n")
+    assert resolve_config(files=[f], overrides=["synset.kind=pixels"]).synset.params == {}
+    assert resolve_config(files=[f], overrides=["synset.kind=fred"]).to_dict()["synset"]["params"] == {}
+    # values are checked by the kind's dataclass
+    with pytest.raises(ConfigError, match="n_hallucinators=0 is out of range"):
+        resolve_config(overrides=["synset.n_hallucinators=0"])
+    with pytest.raises(ConfigError, match="Unknown synset option synset.halucinators.*'synset.n_hallucinators'"):
+        resolve_config(overrides=["synset.params.halucinators=2"])
+    with pytest.raises(ConfigError, match="'synset.budget_ipc'"):  # a typo of a general field is hinted too
+        resolve_config(overrides=["synset.budget_ipcc=2"])
+
+
+def test_configs_written_before_synset_params_still_read(tmp_path):
+    # run folders and experiment files from before synset.params hold the options beside "kind"
+    old = RunConfig().to_dict()
+    old["synset"] = {k: v for k, v in old["synset"].items() if k != "params"}
+    old["synset"].update(kind="haba", n_hallucinators=3, single_channel=True)
+    cfg = RunConfig.from_dict(old)
+    assert cfg.synset.params == {"n_hallucinators": 3, "single_channel": True}
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    # an old-layout file sets a value; an override given after it still wins
+    f = tmp_path / "old.yaml"
+    f.write_text("synset:\n  n_hallucinators: 3\n")
+    assert resolve_config(files=[f], overrides=["synset.n_hallucinators=4"]).synset.params["n_hallucinators"] == 4
 
 
 def test_unknown_key_suggests_close_match():
     with pytest.raises(ConfigError, match="synset.n_hallucinators"):
         resolve_config(overrides=["synset.n_halucinators=2"])
+    with pytest.raises(UnknownNameError, match="Unknown synset 'hab'.*'haba'"):
+        resolve_config(overrides=["synset.kind=hab"])
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["nonsense"])
 

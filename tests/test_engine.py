@@ -71,6 +71,30 @@ def test_resume_continues_exactly(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_folder_written_before_synset_params_resumes_through_the_cli(tmp_path, capsys):
+    """Run folders from before ``synset.params`` hold HaBa's options beside ``synset.kind``: they resume as they
+    were made, and the resumed run writes the current layout."""
+    from haba_core.cli import main
+
+    run = tmp_path / "run"
+    cfg = tiny_config("iterations=2", "checkpoint_every=1", "synset.n_hallucinators=3")
+    distill(cfg, run)
+    saved = io.read_json(run / "config.json")
+    old = {**saved, "synset": {k: v for k, v in saved["synset"].items() if k != "params"}}
+    old["synset"].update(n_hallucinators=3, single_channel=False)
+    io.write_json(run / "config.json", old)
+    assert main(["distill", "--run-dir", str(run), "--resume", "--iterations", "3", "--quiet"]) == 0
+    assert load_synset(run / "synset.safetensors").n_hallucinators == 3
+    assert io.read_json(run / "config.json")["synset"]["params"] == {"n_hallucinators": 3, "single_channel": False}
+    # asking for the saved value in the old shorthand is no conflict; another value is
+    assert main(["distill", "--run-dir", str(run), "--resume", "--iterations", "4", "--n-hallucinators", "3",
+                 "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["distill", "--run-dir", str(run), "--resume", "--iterations", "5", "--n-hallucinators", "2",
+                 "--quiet"]) != 0  # fmt: skip
+    assert "synset.params.n_hallucinators: the run has 3, the command asks for 2" in capsys.readouterr().err
+
+
 def test_kill_and_resume_subprocess(tmp_path):
     """A real process killed with SIGKILL mid-run resumes from its last checkpoint, nothing lost."""
     run = tmp_path / "run"

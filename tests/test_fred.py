@@ -39,7 +39,7 @@ def scipy_render(block: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def test_registered_with_what_front_ends_need():
     cls = SYNSETS.get("fred")
     assert SYNSETS.label("fred") and SYNSETS.help("fred")
-    assert cls.options == () and not cls.contrastive
+    assert cls.option_names() == () and not cls.contrastive
 
 
 @pytest.mark.parametrize("k", [1, 5, 14])

@@ -41,10 +41,10 @@ def test_tiny_budgets_answer_at_once(budget_ipc, kind, basis_size):
     info = dataset_info("cifar100")  # the largest image and class count we register
     t = time.perf_counter()
     try:
-        B.solve(info, kind, budget_ipc, 10, False, basis_size)
+        B.solve(info, kind, budget_ipc, basis_size=basis_size, n_hallucinators=10)
     except BudgetError as e:
         assert "Options:" in str(e) and "raise budget_ipc" in str(e)
-    B.auto_basis_size(info, kind, budget_ipc, 10, False)
+    B.auto_basis_size(info, kind, budget_ipc, n_hallucinators=10)
     assert time.perf_counter() - t < 0.5
 
 
@@ -62,9 +62,9 @@ def test_the_budget_command_and_distill_answer_a_tiny_budget_within_seconds(tmp_
 def test_auto_basis_size_is_one_rule_for_cli_library_and_app(tmp_path):
     from workbench import newrun as NR
 
-    assert B.auto_basis_size(FMNIST, "haba", 1.0, 5, False) == 14  # full size does not fit IPC 1
-    assert B.auto_basis_size(FMNIST, "haba", 10.0, 5, False) is None  # it does at IPC 10
-    assert NR.auto_basis_size(FMNIST, "haba", 1.0, 5, False) == 14
+    assert B.auto_basis_size(FMNIST, "haba", 1.0, n_hallucinators=5) == 14  # full size does not fit IPC 1
+    assert B.auto_basis_size(FMNIST, "haba", 10.0, n_hallucinators=5) is None  # it does at IPC 10
+    assert NR.auto_basis_size(FMNIST, "haba", 1.0, n_hallucinators=5) == 14
     plan = B.plan_from_config(FMNIST, SynsetConfig(kind="haba", budget_ipc=1.0))  # the default is auto
     assert plan.basis_shape == (1, 14, 14) and plan.n_bases == 3 and "14x14" in plan.basis_note
     assert plan.to_dict()["basis_note"] == plan.basis_note

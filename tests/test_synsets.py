@@ -31,7 +31,7 @@ def test_official_storage_ratios():
     # DESIGN §3: IPC k bases + 5 hallucinators is 1.91x / 1.09x / 1.02x the pixel storage on CIFAR10
     c10 = dataset_info("cifar10")
     for ipc, ratio in [(1, 1.91), (10, 1.09), (50, 1.02)]:
-        p = plan(c10, "haba", ipc, 5)
+        p = plan(c10, "haba", ipc, n_hallucinators=5)
         assert p.ipc_equivalent / ipc == pytest.approx(ratio, abs=0.005)
 
 
@@ -87,7 +87,8 @@ def test_single_channel_bases_on_rgb():
     assert s.sample(4)[0].shape == (4, 3, 32, 32)
     # triples the bases per budget at IPC 50 (bases dominate)
     c10 = dataset_info("cifar10")
-    assert solve(c10, "haba", 50, 5, single_channel=True).n_bases >= 3 * solve(c10, "haba", 50, 5).n_bases - 3
+    one_channel = solve(c10, "haba", 50, n_hallucinators=5, single_channel=True)
+    assert one_channel.n_bases >= 3 * solve(c10, "haba", 50).n_bases - 3
 
 
 def test_basis_size_upsamples_to_image_size():
@@ -109,7 +110,7 @@ def test_init_from_real_uses_class_images(toy):
 
 @pytest.mark.parametrize("kind", list_synsets())
 def test_save_load_round_trip(tmp_path, kind):
-    kw = {"basis_size": 20, **({"n_hallucinators": 3} if "n_hallucinators" in SYNSETS.get(kind).options else {})}
+    kw = {"basis_size": 20, **({"n_hallucinators": 3} if "n_hallucinators" in SYNSETS.get(kind).option_names() else {})}
     s = create_synset(kind, info(), n_bases=2, **kw)
     s.extra["syn_lr"] = 0.02
     s.save(tmp_path / "s.safetensors")
@@ -150,7 +151,7 @@ def test_haba_needs_a_hallucinator():
 def test_budget_error_explains_what_fits():
     fm = dataset_info("fashion_mnist")
     with pytest.raises(BudgetError) as e:
-        solve(fm, "haba", 1, 5)
+        solve(fm, "haba", 1, n_hallucinators=5)
     msg = str(e.value)
     assert "7,840 floats" in msg and "basis_size=" in msg and "raise budget_ipc" in msg
 
@@ -162,7 +163,7 @@ def test_every_kind_storage_formula_matches_the_built_set(kind, options, basis_s
     """The budget solver plans with a kind's storage_of before anything is built: it must be what the set stores."""
     i = dataset_info("cifar10")  # RGB, so single-channel bases differ from the images
     cls = SYNSETS.get(kind)
-    kw = {k: v for k, v in options.items() if k in cls.options}
+    kw = {k: v for k, v in options.items() if k in cls.option_names()}
     s = create_synset(kind, i, n_bases=2, basis_size=basis_size, **kw)
     p = plan(i, kind, 2, basis_size=basis_size, **options)
     got = s.storage()
@@ -170,3 +171,48 @@ def test_every_kind_storage_formula_matches_the_built_set(kind, options, basis_s
         p.floats_bases, p.floats_hallucinators, p.n_hallucinators)  # fmt: skip
     assert tuple(got["basis_shape"]) == p.basis_shape
     assert sum(t.numel() for t in s.parameters()) == p.floats_total  # every learnable float is counted
+
+
+def test_a_kinds_own_config_reaches_config_budget_cli_and_app():
+    """A kind declares its options once (its Config); validation, the budget solver, the CLI flags and the New
+    run page's widgets all come from there."""
+    from dataclasses import dataclass
+
+    from haba_core.cli import build_parser
+    from haba_core.config import resolve_config
+    from haba_core.errors import ConfigError
+    from workbench import newrun as NR
+
+    @dataclass(frozen=True)
+    class TileOptions:
+        copies: int = 2  # images each basis renders
+
+    @SYNSETS.register("tiled_test")
+    class Tiled(SYNSETS.get("pixels")):
+        kind = "tiled_test"
+        Config = TileOptions
+
+        def __init__(self, info, n_bases, basis_size=None, copies=2, generator=None):
+            super().__init__(info, n_bases, basis_size)
+            self.copies = copies
+
+        @classmethod
+        def storage_of(cls, info, n_bases, basis_size, copies=2, **_):
+            s = super().storage_of(info, n_bases, basis_size)
+            return {**s, "floats_bases": s["floats_bases"] * copies}
+
+    try:
+        cfg = resolve_config(overrides=["synset.kind=tiled_test", "synset.copies=3", "synset.n_bases=1"])
+        assert cfg.synset.params == {"copies": 3}  # HaBa's default options dropped, this kind's kept
+        with pytest.raises(ConfigError, match="synset.copies='x' is not a number"):
+            resolve_config(overrides=["synset.kind=tiled_test", "synset.copies=x"])
+        fm = dataset_info("fashion_mnist")
+        assert plan(fm, "tiled_test", 1, copies=3).floats_bases == 3 * 10 * 28 * 28  # options reach storage_of
+        assert solve(fm, "tiled_test", 6, copies=3).n_bases == 2
+        a = build_parser().parse_args(["budget", "--synset", "tiled_test", "--copies", "4"])
+        assert a.copies == 4
+        spec = next(s for s in NR.synset_option_specs() if s.key == "synset.params.copies")
+        assert spec.default == 2 and spec.help == "images each basis renders"
+        assert NR.synset_takes("tiled_test", spec) and not NR.synset_takes("haba", spec)
+    finally:
+        SYNSETS.unregister("tiled_test")

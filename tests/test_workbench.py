@@ -208,8 +208,13 @@ def test_every_config_field_has_a_widget_spec():
     for section, value in flat.items():
         if section in ("method", "net"):
             continue
-        expected = {f"{section}.{k}" for k in value} if isinstance(value, dict) else {section}
+        expected = {f"{section}.{k}" for k in value if k != "params"} if isinstance(value, dict) else {section}
         assert expected <= keys, expected - keys
+    # every synset kind's own options (synset.params.*), not only the default kind's
+    from haba_core.synsets import SYNSETS
+
+    options = {f"synset.params.{o}" for kind in SYNSETS.list() for o in SYNSETS.get(kind).option_names()}
+    assert options and options <= keys, options - keys
     dm = {s.key for s in NR.method_specs("dm")}
     assert {"method.params.lr_img", "method.params.batch_real"} <= dm
     assert {s.key for s in NR.net_specs("convnet", {})} >= {"net.params.width"}

@@ -27,7 +27,7 @@ MAIN_KEYS = (
     "method.name",
     "synset.kind",
     "synset.budget_ipc",
-    "synset.n_hallucinators",
+    "synset.params.n_hallucinators",
     "synset.basis_size",
     "iterations",
     "seed",
@@ -185,9 +185,23 @@ def field_specs() -> list[FieldSpec]:
     """Every engine-level hyperparameter (run, data, synset, haba, eval) with its engine default."""
     from haba_core.config import DataConfig, EvalConfig, HabaLossConfig, RunConfig, SynsetConfig
 
-    specs = _specs(RunConfig, "") + _specs(DataConfig, "data.") + _specs(SynsetConfig, "synset.")
-    specs += _specs(HabaLossConfig, "haba.") + _specs(EvalConfig, "eval.")
+    specs = _specs(RunConfig, "") + _specs(DataConfig, "data.") + _specs(SynsetConfig, "synset.", skip=("params",))
+    specs += synset_option_specs() + _specs(HabaLossConfig, "haba.") + _specs(EvalConfig, "eval.")
     return specs
+
+
+def synset_option_specs() -> list[FieldSpec]:
+    """Every registered synset kind's own options (``synset.params.*``, from its ``Config``), each once."""
+    specs = [s for kind in available_synsets() for s in _specs(synset_class(kind).Config, "synset.params.")]
+    return [s for i, s in enumerate(specs) if s.key not in {t.key for t in specs[:i]}]
+
+
+def synset_takes(kind: str, spec: FieldSpec) -> bool:
+    """Whether synset kind ``kind`` reads the option ``spec`` (a ``synset.params.*`` field)."""
+    try:
+        return spec.key.rsplit(".", 1)[-1] in synset_class(kind).option_names()
+    except Exception:  # noqa: BLE001 - an unknown kind reads nothing
+        return False
 
 
 def method_specs(name: str) -> list[FieldSpec] | None:
@@ -325,12 +339,12 @@ def build_config(base: dict, values: dict[str, Any], set_lines: list[str] = ()) 
     return apply_overrides(d, list(set_lines)) if set_lines else d
 
 
-def auto_basis_size(info, kind: str, budget_ipc: float | None, k: int, single_channel: bool) -> int | None:
+def auto_basis_size(info, kind: str, budget_ipc: float | None, **options) -> int | None:
     """The engine's rule for ``basis_size="auto"`` (:func:`haba_core.budget.auto_basis_size`), so the page shows
-    exactly what ``distill`` will choose."""
+    exactly what ``distill`` will choose; ``options`` are the kind's own (``synset.params``)."""
     from haba_core.budget import auto_basis_size as engine_rule
 
-    return engine_rule(info, kind, budget_ipc, k, single_channel)
+    return engine_rule(info, kind, budget_ipc, **options)
 
 
 @dataclass
@@ -372,26 +386,20 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
     except (HabaError, TypeError, ValueError) as e:
         out.errors.append(f"Dataset: {e}")
         return out
-    syn = d.get("synset") or {}
-    if syn.get("basis_size") == AUTO:
-        size = auto_basis_size(
-            info,
-            syn.get("kind"),
-            syn.get("budget_ipc"),
-            int(syn.get("n_hallucinators") or 1),
-            bool(syn.get("single_channel")),
-        )
-        syn["basis_size"] = size
-        if size is not None:
-            from haba_core.budget import basis_note
-
-            out.notes.append(basis_note(info, syn.get("kind"), syn.get("budget_ipc"),
-                                        int(syn.get("n_hallucinators") or 1), size))  # fmt: skip
     try:
-        cfg = RunConfig.from_dict(d)
+        cfg = RunConfig.from_dict(d)  # the synset kind and its options are checked here
     except (HabaError, TypeError, ValueError) as e:
         out.errors.append(str(e))
         return out
+    if cfg.synset.basis_size == AUTO:
+        from haba_core.budget import auto_basis_size as engine_rule
+        from haba_core.budget import basis_note
+
+        s = cfg.synset
+        size = engine_rule(info, s.kind, s.budget_ipc, **s.params)
+        cfg = cfg.replace(synset=dataclasses.replace(s, basis_size=size))
+        if size is not None:
+            out.notes.append(basis_note(info, s.kind, s.budget_ipc, size, **s.params))
     if cfg.iterations < 1:
         out.errors.append("Iterations must be at least 1.")
     for key in ("snapshot_every", "checkpoint_every", "log_every", "eval_every"):
@@ -402,8 +410,6 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
     except HabaError as e:
         out.errors.append(str(e))
         return out
-    if "n_hallucinators" in kind.options and cfg.synset.n_hallucinators < 1:
-        out.errors.append(f"{kind.label or cfg.synset.kind} needs at least one hallucinator.")
     try:
         out.plan = plan_from_config(info, cfg.synset)
     except HabaError as e:
@@ -428,7 +434,7 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
 
         if not torch.cuda.is_available():
             out.errors.append(f"device={cfg.device} asks for CUDA, but this machine has no CUDA GPU; use auto or cpu.")
-    if kind.contrastive and not (cfg.synset.n_hallucinators >= 2 and cfg.haba.enabled):
+    if kind.contrastive and not (out.plan is not None and out.plan.n_hallucinators >= 2 and cfg.haba.enabled):
         out.notes.append("The adversarial contrastive constraint needs 2+ hallucinators and haba.enabled; it is off.")
     if name == "mtt" and experts_dir is not None:
         from workbench.jobs import has_experts

@@ -11,15 +11,19 @@ needs goes through four calls:
 
 A kind is one module in this package that registers a ``Synset`` subclass with ``@SYNSETS.register``; the
 package imports every module in it, so a new file is all a new kind needs. The class says what the rest of the
-workbench must know about it: ``label``/``help`` (app, CLI), ``options`` (the ``SynsetConfig`` fields it
-reads beyond ``n_bases``/``basis_size``), ``storage_of`` (its storage formula, which the budget solver uses
-before anything is built), ``variant_name`` (what one rendering of a basis is called), ``contrastive``
+workbench must know about it: ``label``/``help`` (app, CLI), ``Config`` (a frozen dataclass of its own
+options, set as ``synset.params`` or by the shorthand ``synset.<option>``; the CLI, the app and the budget
+solver read it), ``storage_of`` (its storage formula, which the budget solver uses before anything is built),
+``variant_name`` (what one rendering of a basis is called), ``contrastive``
 (whether HaBa's adversarial constraint applies) and ``auto_min_factor`` (where ``basis_size="auto"`` starts).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,8 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.data import DatasetInfo
+from haba_core.errors import ConfigError, did_you_mean
 from haba_core.io import FORMAT_VERSION, load_tensors, save_tensors
 from haba_core.registry import Registry
+from haba_core.validate import check_value
 
 SYNSETS: Registry = Registry("synset")
 SYNSET_FORMAT = "haba-synset"
@@ -41,13 +47,18 @@ def upsample_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a kind that has none beyond ``n_bases`` and ``basis_size``."""
+
+
 class Synset(nn.Module):
     """Base class: learnable bases with fixed class labels, stored at ``basis_size``."""
 
     kind = "base"
     label = ""  # how front ends name the kind (default: its registry key)
     help = ""  # one line for the app and the CLI
-    options: tuple[str, ...] = ()  # SynsetConfig fields this kind reads (passed to __init__ by name)
+    Config: type = NoOptions  # frozen dataclass of the kind's own options (passed to __init__ by name)
     variant_name = "image"  # what one rendering of a basis is called ("hallucinator" for HaBa)
     contrastive = False  # HaBa's adversarial contrastive constraint applies to this kind
     auto_min_factor = 1  # basis_size="auto" tries H / auto_min_factor first (1: full size when it fits)
@@ -87,9 +98,34 @@ class Synset(nn.Module):
 
     # -- what the kind is, before anything is built ---------------------------------------------------------
     @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls.Config))
+
+    @classmethod
+    def make_options(cls, params: Mapping[str, Any] | None = None, prefix: str = "synset.", also=()) -> Any:
+        """This kind's ``Config`` from ``params`` (``synset.params``), every value checked.
+
+        Options that belong to another registered kind are dropped (a config layered from a HaBa preset may
+        switch to pixels); a name no kind knows is an error with close matches (among ``also`` too)."""
+        own = {f.name: f.type for f in dataclasses.fields(cls.Config)}
+        kept = {}
+        for key, value in dict(params or {}).items():
+            if key in own:
+                kept[key] = check_value(prefix + key, value, own[key])
+            elif key not in all_option_names():
+                hint = did_you_mean(key, [*own, *all_option_names(), *also], prefix)
+                what = ", ".join(own) or "none"
+                raise ConfigError(
+                    f"Unknown synset option {prefix}{key} for the {cls.kind!r} kind.{hint} Its options: {what}."
+                )
+        return cls.Config(**kept)
+
+    @classmethod
     def options_from(cls, cfg) -> dict[str, Any]:
-        """This kind's constructor options from a :class:`~haba_core.config.SynsetConfig` (or any object)."""
-        return {name: getattr(cfg, name) for name in cls.options}
+        """This kind's constructor options, defaults filled in, from a :class:`~haba_core.config.SynsetConfig`
+        (its ``params``) or a plain mapping of options."""
+        params = cfg if isinstance(cfg, Mapping) else getattr(cfg, "params", {})
+        return dataclasses.asdict(cls.make_options(params))
 
     @classmethod
     def storage_of(cls, info: DatasetInfo, n_bases: int, basis_size: int | None, **options: Any) -> dict:
@@ -216,6 +252,20 @@ def create_synset(kind: str, info: DatasetInfo, **kwargs) -> Synset:
 
 def list_synsets() -> list[str]:
     return SYNSETS.list()
+
+
+def option_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Every registered kind's own options, each once: ``{name: (its dataclass field, [kinds that take it])}``."""
+    out: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for kind in SYNSETS.list():
+        for f in dataclasses.fields(SYNSETS.get(kind).Config):
+            out.setdefault(f.name, (f, []))[1].append(kind)
+    return out
+
+
+def all_option_names() -> set[str]:
+    """Every option some registered kind declares (its ``Config`` fields)."""
+    return set(option_fields())
 
 
 def load_synset(path, device: str | torch.device = "cpu") -> Synset:

@@ -16,6 +16,8 @@ hallucinators: rows are grouped by hallucinator, each group is one pair of convo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,12 +34,18 @@ def hallucinator_floats(basis_channels: int, channels: int, basis_hw: tuple[int,
     return k * (enc + affine + dec)
 
 
+@dataclass(frozen=True)
+class HabaOptions:
+    n_hallucinators: int = 5  # shared by all classes; each basis yields one image per hallucinator
+    single_channel: bool = False  # 1-channel bases on RGB data (3x the bases per budget)
+
+
 @SYNSETS.register("haba")
 class HabaSynset(Synset):
     kind = "haba"
     label = "HaBa"
     help = "bases x hallucinators, each pair a training image"
-    options = ("n_hallucinators", "single_channel")
+    Config = HabaOptions
     variant_name = "hallucinator"
     contrastive = True
 

@@ -82,6 +82,8 @@ def widgets(specs: list[NR.FieldSpec], defaults: dict, base: dict | None = None,
     cols = st.columns(3)
     for i, s in enumerate(specs):
         default = defaults[s.key] if s.key in defaults else NR.get_dotted(base or {}, s.key)
+        if default is None and s.key.startswith("synset.params."):
+            default = s.default  # an option of another kind than the preset's
         if s.key == "eval.nets":
             cols[i % 3].multiselect(
                 "nets",
@@ -171,16 +173,17 @@ with form:
         key=key("synset.budget_ipc"),
         help="Floats the synthetic set may store, in units of one image per class (budget x classes x C x H x W).",
     )
-    c2.number_input(
-        "Hallucinators",
-        min_value=1,
-        max_value=64,
-        value=int(base["synset"]["n_hallucinators"]),
-        step=1,
-        key=key("synset.n_hallucinators"),
-        disabled="n_hallucinators" not in NR.synset_class(kind).options,
-        help="Shared by every class; each basis yields one image per hallucinator.",
-    )
+    for spec in NR.synset_option_specs():  # kind options shown on the form itself (the rest: Advanced > Synset)
+        if spec.key in NR.MAIN_KEYS:
+            c2.number_input(
+                spec.label.capitalize(),
+                min_value=1,
+                value=int(NR.get_dotted(base, spec.key) or spec.default),
+                step=1,
+                key=key(spec.key),
+                disabled=not NR.synset_takes(kind, spec),
+                help=f"`{spec.key}`. {spec.help}",
+            )
     options_json = json.dumps(base["data"].get("options") or {}, sort_keys=True)
     try:  # the Advanced tab's data.options, once it has been drawn
         options_json = json.dumps(json.loads(st.session_state.get(key("data.options")) or options_json), sort_keys=True)
@@ -195,13 +198,15 @@ with form:
     preset_size = base["synset"].get("basis_size")
     auto_size = None
     if info is not None:
-        auto_size = NR.auto_basis_size(
-            info,
-            kind,
-            st.session_state.get(key("synset.budget_ipc")),
-            int(st.session_state.get(key("synset.n_hallucinators")) or 1),
-            bool(st.session_state.get(key("synset.single_channel"))),
-        )
+        kind_options = {  # the chosen kind's options as the form holds them (Advanced > Synset once drawn)
+            s.key.rsplit(".", 1)[-1]: st.session_state.get(key(s.key), s.default)
+            for s in NR.synset_option_specs()
+            if NR.synset_takes(kind, s)
+        }
+        try:
+            auto_size = NR.auto_basis_size(info, kind, st.session_state.get(key("synset.budget_ipc")), **kind_options)
+        except Exception:  # noqa: BLE001 - a bad option value is explained in the side panel by the check below
+            auto_size = None
     auto_label = f"auto ({auto_size or min(info.im_size)}x{auto_size or min(info.im_size)})" if info else "auto"
     c3.selectbox(
         "Basis size",
