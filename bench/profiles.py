@@ -9,6 +9,7 @@ published settings for GPU users; ``smoke`` runs in seconds on generated data to
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from haba_core.synsets import list_synsets
@@ -82,6 +83,19 @@ CPU = _fmnist(
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
     experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64".split())},
+)
+
+# The distillation-precision check (issue #14): the cpu profile's DM and MTT cells distilled under bf16 autocast
+# (DM also compiled), everything else equal (seeds, iterations, evaluation protocol); scripts/distill_precision.py
+# compares each cell with its float32 twin in bench/results/cpu.json.
+_BF16 = {"dm": ("method.precision=bf16", "method.compile=true"), "mtt": ("method.precision=bf16",)}
+CPU_BF16 = dataclasses.replace(
+    CPU,
+    name="cpu_bf16",
+    description="The cpu profile's DM and MTT cells distilled in bf16 (DM compiled): the distillation-precision check",
+    cells=tuple(
+        dataclasses.replace(c, overrides=(*c.overrides, *_BF16[c.method])) for c in CPU.cells if c.method in _BF16
+    ),  # fmt: skip
 )
 
 PAPER = Profile(
@@ -218,4 +232,4 @@ DEMO = _fmnist(
     ),
 )
 
-PROFILES = {p.name: p for p in (CPU, PAPER, SMOKE, REPRO, SYNSET_KINDS, DEMO)}
+PROFILES = {p.name: p for p in (CPU, CPU_BF16, PAPER, SMOKE, REPRO, SYNSET_KINDS, DEMO)}

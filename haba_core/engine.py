@@ -328,7 +328,8 @@ class RunFolder(Callback):
         self.path.mkdir(parents=True, exist_ok=True)
         io.write_json(self.path / RF.CONFIG, d.cfg.to_dict())
         io.write_json(self.path / RF.STORAGE, {**d.plan.to_dict(), "dataset": d.dataset.info.to_dict()})
-        self.write_status(d, "running", started_at=self.started, error=None, device=str(d.device))
+        self.write_status(d, "running", started_at=self.started, error=None, device=str(d.device),
+                          precision=d.method.precision)  # fmt: skip
 
     def on_step(self, d: Distiller, step: int, logs: dict) -> None:
         if step % max(1, d.cfg.log_every) == 0 or step == d.cfg.iterations:

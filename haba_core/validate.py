@@ -51,7 +51,7 @@ _RULES: list[tuple[tuple[str, ...], Callable[[float], bool], str]] = [
 
 
 # string options whose values form a fixed set, by dotted name, else by field name (wherever the field lives)
-_CHOICES: dict[str, tuple[str, ...]] = {"eval.precision": ("auto", "fp32", "bf16"), "precision": ("fp32", "bf16")}
+_CHOICES: dict[str, tuple[str, ...]] = {"precision": ("auto", "fp32", "bf16")}
 
 
 def _rule(name: str) -> tuple[Callable[[float], bool], str] | None:

@@ -173,3 +173,38 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
     # the recorded protocol holds the resolved precision, never "auto"
     cfg = resolve_config(overrides=["eval.precision=auto"])
     assert EvalProtocol.from_config(cfg.eval, "", device="cpu").precision == "fp32"
+
+
+def _cell(root, profile, name, per_seed, protocol="p1", spi=1.0, precision="fp32"):
+    import statistics
+
+    from haba_core import io
+
+    rec = {"accuracy_per_seed": per_seed, "accuracy_mean": statistics.mean(per_seed),
+           "accuracy_std": statistics.pstdev(per_seed), "protocol": {"id": protocol}, "sec_per_iter": spi}  # fmt: skip
+    io.write_json(root / profile / "cells" / f"{name}.json", rec)
+    cfg = resolve_config(overrides=["method.name=dm", f"method.precision={precision}"]).to_dict()
+    io.write_json(root / profile / "runs" / name / "run" / "config.json", cfg)
+
+
+def test_distill_precision_check_recomputes_the_gap_and_refuses_unlike_pairs(tmp_path):
+    from scripts.distill_precision import compare
+
+    _cell(tmp_path, "cpu", "a", [0.70, 0.72, 0.74], spi=2.0)  # mean 0.72, std 0.01633
+    _cell(tmp_path, "cpu_bf16", "a", [0.71, 0.73, 0.72], spi=1.0, precision="bf16")  # mean 0.72: gap 0
+    _cell(tmp_path, "cpu", "b", [0.70, 0.70, 0.70])
+    _cell(tmp_path, "cpu_bf16", "b", [0.69, 0.69, 0.69], precision="bf16")  # gap -0.01 > std 0: fails
+    rows = {r["cell"]: r for r in compare(tmp_path, "cpu", "cpu_bf16")}
+    assert rows["a"]["gap"] == pytest.approx(0.0, abs=1e-12) and rows["a"]["passes"]
+    assert rows["a"]["fp32_std"] == pytest.approx((2 * 0.02**2 / 3) ** 0.5)
+    assert rows["b"]["gap"] == pytest.approx(-0.01) and not rows["b"]["passes"]
+    _cell(tmp_path, "cpu_bf16", "b", [0.70] * 3, protocol="p2", precision="bf16")
+    with pytest.raises(SystemExit, match="protocols"):
+        compare(tmp_path, "cpu", "cpu_bf16")
+    _cell(tmp_path, "cpu_bf16", "b", [0.70] * 3, precision="bf16")
+    from haba_core import io
+
+    cfg = io.read_json(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json")
+    io.write_json(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json", {**cfg, "seed": 1})
+    with pytest.raises(SystemExit, match=r"differ beyond precision: \['seed'\]"):
+        compare(tmp_path, "cpu", "cpu_bf16")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.errors import ConfigError, did_you_mean
 from haba_core.nets import create_net
+from haba_core.protocol import resolve_precision
 from haba_core.registry import Registry
 from haba_core.validate import check_value
 
@@ -94,6 +95,13 @@ class Method:
     @property
     def momentum(self) -> float:
         return float(getattr(self.cfg, "momentum", 0.5))
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic of the method's forward passes, resolved: ``"fp32"`` or ``"bf16"`` (a method's
+        ``precision`` hyperparameter, where it has one; ``"auto"`` is bf16 where the device computes it natively).
+        The engine records it in ``status.json``."""
+        return resolve_precision(str(getattr(self.cfg, "precision", "fp32")), self.ctx.device)
 
     def param_groups(self) -> list[dict]:
         """Extra learnable parameters the method owns (MTT's student lr)."""

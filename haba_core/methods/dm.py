@@ -81,9 +81,9 @@ class DM(Method):
             else:
                 syn, _ = synset.images_of(idx, generator=generator)
             real, syn = self.ctx.augment(real, syn, generator=generator)
-            with torch.no_grad(), autocast(self.cfg.precision, real.device):
+            with torch.no_grad(), autocast(self.precision, real.device):
                 emb_real = features(net, real).float().mean(0)
-            with autocast(self.cfg.precision, syn.device):
+            with autocast(self.precision, syn.device):
                 emb_syn = features(net, syn).float().mean(0)
             loss = loss + ((emb_real - emb_syn) ** 2).sum()
         logs = yield loss

@@ -87,8 +87,6 @@ class MTT(Method):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        if cfg.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"method.precision must be 'fp32' or 'bf16', not {cfg.precision!r}.")
         if cfg.unroll not in ("fast", "reference"):
             raise ConfigError(f"method.unroll must be 'fast' or 'reference', not {cfg.unroll!r}.")
         if cfg.syn_steps < 1 or cfg.expert_epochs < 1 or cfg.max_start_epoch < 1:
@@ -196,14 +194,14 @@ class MTT(Method):
 
         theta = start_params.detach().clone().requires_grad_(True)  # (P,)
         bases, labels = synset.bases, synset.labels_base
-        nhwc = self.cfg.channels_last and self.cfg.precision == "fp32" and self.ctx.device.type == "cpu"
+        nhwc = self.cfg.channels_last and self.precision == "fp32" and self.ctx.device.type == "cpu"
         for s in plan:
             x = synset.render(bases[s.idx], torch.full((len(s.idx),), s.variant, device=bases.device))
             if s.dsa is not None:
                 x = apply_dsa(x, s.dsa)
             if nhwc:  # every activation after the first conv follows this layout
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.cfg.precision, self.ctx.device):
+            with autocast(self.precision, self.ctx.device):
                 out = functional_call(self.net, self._params(theta), (x,))
             ce = F.cross_entropy(out.float(), labels[s.idx])
             (grad,) = torch.autograd.grad(ce, theta, create_graph=True)
@@ -230,7 +228,7 @@ class MTT(Method):
                 size = math.prod(shape)
                 params[name] = theta[offset : offset + size].reshape(shape)
                 offset += size
-            with autocast(self.cfg.precision, self.ctx.device):
+            with autocast(self.precision, self.ctx.device):
                 out = functional_call(self.net, params, (x,))
             ce = F.cross_entropy(out.float(), y)
             grads = torch.autograd.grad(ce, list(params.values()), create_graph=True)

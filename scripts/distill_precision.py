@@ -1,0 +1,103 @@
+"""Does distilling in bf16 keep accuracy? Each cell of the ``cpu_bf16`` bench profile (DM and MTT distilled under
+bf16 autocast, DM compiled) is compared with its float32 twin of the ``cpu`` profile: same distillation seed and
+iterations, same experts, same evaluation protocol and network seeds. A cell passes when its mean accuracy lies
+within one standard deviation (of the float32 networks) of the float32 mean (issue #14).
+
+    .venv/bin/python -m bench.run --profile cpu_bf16      # the bf16 cells (the cpu profile's are the fp32 ones)
+    .venv/bin/python scripts/distill_precision.py         # -> bench/results/distill_precision.{json,md}
+
+The check refuses pairs whose evaluation protocols differ, or whose run configs (when the run folders are
+present) differ in anything but ``method.precision``, ``method.compile`` and the experts folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from haba_core import io
+from haba_core.config import RunConfig, flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+ALLOWED = {"method.params.precision", "method.params.compile", "method.params.expert_dir"}
+
+
+def config_difference(a: Path, b: Path) -> set[str]:
+    """Dotted keys whose values differ between two run configs (empty if either is missing)."""
+    if not (a.exists() and b.exists()):
+        return set()
+    fa, fb = (flatten(RunConfig.from_dict(io.read_json(p)).to_dict()) for p in (a, b))  # any layout, resolved
+    return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
+
+
+def compare(results: Path, reference: str, fast: str) -> list[dict]:
+    rows = []
+    for cell in sorted((results / fast / "cells").glob("*.json")):
+        if cell.name.endswith(".failed.json"):
+            continue
+        ref_path = results / reference / "cells" / cell.name
+        if not ref_path.exists():
+            raise SystemExit(f"{ref_path} is missing: run `python -m bench.run --profile {reference}` first")
+        f, r = io.read_json(cell), io.read_json(ref_path)
+        if f["protocol"]["id"] != r["protocol"]["id"]:
+            raise SystemExit(f"{cell.stem}: evaluated under protocols {f['protocol']['id']} vs {r['protocol']['id']}")
+        if len(f["accuracy_per_seed"]) != len(r["accuracy_per_seed"]):
+            raise SystemExit(f"{cell.stem}: a different number of evaluation networks")
+        run = f"runs/{cell.stem}/run/config.json"
+        extra = config_difference(results / reference / run, results / fast / run) - ALLOWED
+        if extra:
+            raise SystemExit(f"{cell.stem}: the configs differ beyond precision: {sorted(extra)}")
+        gap = f["accuracy_mean"] - r["accuracy_mean"]
+        rows.append({
+            "cell": cell.stem, "fp32_mean": r["accuracy_mean"], "fp32_std": r["accuracy_std"],
+            "bf16_mean": f["accuracy_mean"], "bf16_std": f["accuracy_std"], "gap": gap,
+            "passes": abs(gap) <= r["accuracy_std"], "fp32_s_per_iter": r["sec_per_iter"],
+            "bf16_s_per_iter": f["sec_per_iter"], "fp32_peak_rss_mb": r.get("peak_rss_mb"),
+            "bf16_peak_rss_mb": f.get("peak_rss_mb"), "protocol": f["protocol"]["id"],
+        })  # fmt: skip
+    return rows
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        "### Distilling in bf16 vs float32 (same seeds, experts and evaluation protocol)",
+        "",
+        f"`{res['command']}` at commit `{res['git_commit'][:12]}`, {res['finished_at']}: the `{res['fast']}` bench "
+        f"cells against their `{res['reference']}` twins. A cell passes when the bf16 mean lies within one std of "
+        "the float32 mean. Seconds per iteration are each cell's own run (one thread, two cells at a time).",
+        "",
+        "| cell | float32 % | bf16 % | gap | within 1 std | s/iter fp32 -> bf16 | speedup |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        ok = "yes" if r["passes"] else "**no**"
+        a, b = r["fp32_s_per_iter"], r["bf16_s_per_iter"]
+        lines.append(f"| {r['cell']} | {100 * r['fp32_mean']:.2f} +- {100 * r['fp32_std']:.2f} "
+                     f"| {100 * r['bf16_mean']:.2f} +- {100 * r['bf16_std']:.2f} | {100 * r['gap']:+.2f} | {ok} "
+                     f"| {a:.2f} -> {b:.2f} | {a / b:.2f}x |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--reference", default="cpu")
+    p.add_argument("--fast", default="cpu_bf16")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill_precision"))
+    a = p.parse_args()
+    from bench.run import git_commit, write_report
+
+    rows = compare(Path(a.results), a.reference, a.fast)
+    if not rows:
+        raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}")
+    res = {"command": "python scripts/distill_precision.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
+           "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "reference": a.reference, "fast": a.fast,
+           "rows": rows, "all_pass": all(r["passes"] for r in rows)}  # fmt: skip
+    write_report(Path(a.out), res, markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
