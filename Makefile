@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser app test test-slow demo bench lint format
+.PHONY: setup data jemalloc browser app test test-slow demo bench lint format
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP) data
+setup: $(STAMP) data jemalloc
 
 # Debian's Fashion-MNIST (the default dataset); without apt it is downloaded by torchvision on first use.
 data:
@@ -28,6 +28,16 @@ data:
 	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
 	    || echo "warning: could not install dataset-fashion-mnist; torchvision will try to download it"; \
 	  else echo "note: $(FMNIST) missing and apt unavailable; torchvision will try to download Fashion-MNIST"; fi; \
+	fi
+
+# jemalloc: distilling processes run under it, keeping freed memory (haba_core/methods/memory.py); optional
+jemalloc:
+	@if ! ls /usr/lib/*/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 2>/dev/null | grep -q .; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q libjemalloc2 >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjemalloc2 >/dev/null 2>&1)) \
+	    || echo "note: could not install libjemalloc2; distilling uses glibc's allocator"; \
+	  else echo "note: libjemalloc2 missing and apt unavailable; distilling uses glibc's allocator"; fi; \
 	fi
 
 # Chromium for the end-to-end browser test

@@ -157,10 +157,13 @@ def cell_cost(cell: Cell) -> float:
 
 
 def child_env(threads: int) -> dict:
-    """The environment of a cell's process: ``threads`` intra-op threads (torch reads OMP_NUM_THREADS)."""
+    """The environment of a cell's process: ``threads`` intra-op threads (torch reads OMP_NUM_THREADS), under
+    jemalloc keeping freed memory where it is installed (``haba_core.memory.allocator_env``)."""
+    from haba_core.memory import allocator_env
+
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return env
+    return allocator_env(env)
 
 
 def _todo(profile: Profile, cells: list[Cell], out: Path, log) -> list[Cell]:

@@ -31,6 +31,7 @@ from haba_core.devices import peak_memory_mb, reset_peak_memory, resolve_device
 from haba_core.errors import CheckpointError, ConfigError, HabaError
 from haba_core.evaluate import evaluate_synset
 from haba_core.haba_losses import ContrastiveConstraint
+from haba_core.memory import active_allocator
 from haba_core.methods import METHODS, Context, create_method
 from haba_core.nets import NETS
 from haba_core.synsets import SYNSETS, create_synset
@@ -329,7 +330,7 @@ class RunFolder(Callback):
         io.write_json(self.path / RF.CONFIG, d.cfg.to_dict())
         io.write_json(self.path / RF.STORAGE, {**d.plan.to_dict(), "dataset": d.dataset.info.to_dict()})
         self.write_status(d, "running", started_at=self.started, error=None, device=str(d.device),
-                          precision=d.method.precision)  # fmt: skip
+                          precision=d.method.precision, allocator=active_allocator())  # fmt: skip
 
     def on_step(self, d: Distiller, step: int, logs: dict) -> None:
         if step % max(1, d.cfg.log_every) == 0 or step == d.cfg.iterations:

@@ -35,6 +35,7 @@ import torch
 from haba_core.config import DataConfig, resolve_config  # noqa: E402
 from haba_core.data import load_dataset  # noqa: E402
 from haba_core.engine import Callback, Distiller  # noqa: E402
+from haba_core.memory import active_allocator  # noqa: E402
 from haba_core.methods.expert_set import write_synthetic_experts  # noqa: E402
 from haba_core.methods.experts import ExpertConfig  # noqa: E402
 
@@ -49,6 +50,10 @@ VARIANTS = {  # run in this order: reuse_memory changes the process's allocator 
     ],
     "fast": ["method.unroll=fast", "method.precision=fp32", "method.reuse_memory=true"],
     "bf16": ["method.unroll=fast", "method.precision=bf16", "method.reuse_memory=true"],
+    # the fast unroll in a process under jemalloc keeping freed memory (scripts/speed.py starts it so): what
+    # `haba distill` and the bench's cells run where jemalloc is installed
+    "jemalloc": ["method.unroll=fast", "method.precision=fp32", "method.reuse_memory=true"],
+    "jemalloc-bf16": ["method.unroll=fast", "method.precision=bf16", "method.reuse_memory=true"],
 }
 
 
@@ -102,6 +107,9 @@ def main() -> int:
         write_synthetic_experts(tmp, ecfg, ds.info, num_experts=2)
         names = sorted(a.variants.split(","), key=list(VARIANTS).index)
         for name in names:
+            if name.startswith("jemalloc") != (active_allocator() == "jemalloc"):
+                raise SystemExit(f"variant {name} needs a process {'under' if 'jemalloc' in name else 'without'} "
+                                 "jemalloc (scripts/speed.py starts each variant so)")  # fmt: skip
             overrides = [
                 "data.name=toy", *(f"data.options.{k}={v}" for k, v in data_options.items()),
                 f"net.width={a.width}", "synset.kind=haba", "synset.budget_ipc=null", f"synset.n_bases={a.ipc}",

@@ -48,6 +48,7 @@ from haba_core.data import load_dataset
 from haba_core.engine import Distiller
 from haba_core.evaluate import evaluate_run
 from haba_core.executors import make_executor
+from haba_core.memory import allocator_env
 from haba_core.synsets import create_synset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,13 @@ def time_mtt(a) -> dict:
             out = Path(tmp) / f"{variant}.json"
             cmd = [sys.executable, str(ROOT / "scripts" / "profile_mtt.py"), "--variants", variant,
                    "--iterations", str(a.mtt_iterations), "--json", str(out)]  # fmt: skip
-            subprocess.run(cmd, check=True, cwd=ROOT)
+            env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "HABA_ALLOCATOR")}
+            if variant.startswith("jemalloc"):  # the others run on the system allocator
+                env = allocator_env(env)
+                if "LD_PRELOAD" not in env:
+                    print(f"skipping {variant}: jemalloc is not installed", flush=True)
+                    continue
+            subprocess.run(cmd, check=True, cwd=ROOT, env=env)
             results.update(json.loads(out.read_text())["results"])
     return results
 
@@ -160,8 +167,10 @@ def markdown(res: dict) -> str:
         work = "MTT+HaBa outer iteration, CIFAR10-IPC10 settings"
         for name, label, tkey in (("reference", "reference unroll, fp32", None),
                                   ("fast-noreuse", "fast unroll, fp32, default allocator", "mtt"),
-                                  ("fast", "fast unroll, fp32", "mtt"),
-                                  ("bf16", "fast unroll, bf16 autocast", "mtt_bf16")):  # fmt: skip
+                                  ("fast", "fast unroll, fp32, glibc keeping freed memory", "mtt"),
+                                  ("bf16", "fast unroll, bf16 autocast, glibc keeping freed memory", "mtt_bf16"),
+                                  ("jemalloc", "fast unroll, fp32, jemalloc (the default where installed)", "mtt"),
+                                  ("jemalloc-bf16", "fast unroll, bf16 autocast, jemalloc", "mtt_bf16")):  # fmt: skip
             if name in mtt:
                 s = mtt[name]["median_s"]
                 peak = mtt[name].get("peak_rss_mb")
@@ -194,7 +203,7 @@ def markdown(res: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", default="mtt,dm,eval", help="which rows to measure (comma-separated)")
-    p.add_argument("--mtt-variants", default="reference,fast-noreuse,fast,bf16")
+    p.add_argument("--mtt-variants", default="reference,fast-noreuse,fast,bf16,jemalloc,jemalloc-bf16")
     p.add_argument("--mtt-iterations", type=int, default=3)
     p.add_argument("--dm-iterations", type=int, default=10)
     p.add_argument("--dm-warmup", type=int, default=2)

@@ -145,13 +145,13 @@ def test_dm_bf16_runs_its_forward_passes_in_bfloat16_and_compile_keeps_the_loss(
         net.features[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
         return net
 
-    fp32 = _dm_losses(hook=hook)
+    fp32 = _dm_losses("method.precision=fp32", hook=hook)
     assert set(seen) == {torch.float32}
     seen.clear()
     bf16 = _dm_losses("method.precision=bf16", hook=hook)
     assert set(seen) == {torch.bfloat16}
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.1)  # rounding moves the loss, a little
-    compiled = _dm_losses("method.compile=true")
+    compiled = _dm_losses("method.precision=fp32", "method.compile=true")
     assert compiled == pytest.approx(fp32, rel=1e-4)
 
 
@@ -208,3 +208,63 @@ def test_distill_precision_check_recomputes_the_gap_and_refuses_unlike_pairs(tmp
     io.write_json(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json", {**cfg, "seed": 1})
     with pytest.raises(SystemExit, match=r"differ beyond precision: \['seed'\]"):
         compare(tmp_path, "cpu", "cpu_bf16")
+
+
+def test_method_precision_auto_resolves_per_device_and_the_run_records_it(tmp_path, monkeypatch):
+    from haba_core import io
+    from haba_core.engine import distill
+    from workbench.testing import tiny_config
+
+    with pytest.raises(ConfigError, match="method.precision='fp16' is not one of auto, fp32, bf16"):
+        distill(tiny_config("method.name=dm", "method.precision=fp16"), tmp_path / "bad")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n, raising=False)
+        run = tmp_path / expected
+        d = distill(tiny_config("method.name=dm", "method.precision=auto", "synset.kind=pixels", "iterations=1"), run)
+        assert d.method.precision == expected
+        assert io.read_json(run / "status.json")["precision"] == expected
+    # a backend without a precision option computes in float32, and says so
+    assert distill(tiny_config("method.name=dc", "synset.kind=pixels", "iterations=1")).method.precision == "fp32"
+
+
+def test_allocator_env_preloads_jemalloc_only_when_installed_and_wanted(tmp_path, monkeypatch):
+    from haba_core import memory
+
+    lib = tmp_path / "libjemalloc.so.2"
+    monkeypatch.setattr(memory, "JEMALLOC_PATHS", (str(lib),))
+    assert memory.allocator_env({"PATH": "/bin"}) == {"PATH": "/bin"}  # not installed: unchanged
+    lib.write_bytes(b"")
+    env = memory.allocator_env({"PATH": "/bin", "LD_PRELOAD": "/other.so"})
+    assert env["LD_PRELOAD"] == f"{lib}:/other.so" and env["HABA_ALLOCATOR"] == "jemalloc"
+    assert env["MALLOC_CONF"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # freed pages are kept, never re-faulted
+    assert memory.allocator_env(env) == env  # idempotent
+    assert memory.allocator_env({"MALLOC_CONF": "narenas:1"})["MALLOC_CONF"] == "narenas:1"  # a user's choice wins
+    assert memory.allocator_env({"HABA_ALLOCATOR": "system"}) == {"HABA_ALLOCATOR": "system"}
+
+
+@pytest.mark.skipif(__import__("haba_core.memory").memory.jemalloc_library() is None,
+                    reason="libjemalloc2 is not installed (make setup installs it)")  # fmt: skip
+def test_haba_distill_restarts_under_jemalloc_and_records_it(tmp_path):
+    """The real program: `python -m haba_core distill` runs under jemalloc (same pid, restarted once), unless
+    HABA_ALLOCATOR=system; the run says which in status.json. Library calls of cli.main never restart."""
+    import os
+    import subprocess
+
+    from haba_core import io
+    from tests.conftest import distill_command
+
+    for wanted, expected in (("", "jemalloc"), ("system", "system")):
+        run = tmp_path / (expected or "default")
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "HABA_ALLOCATOR")}
+        if wanted:
+            env["HABA_ALLOCATOR"] = wanted
+        p = subprocess.Popen(distill_command(run, 2, "pixels", "--budget-ipc", "1"), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        status = io.read_json(run / "status.json")
+        assert status["allocator"] == expected
+        assert status["pid"] == p.pid  # the restart replaced the process: front ends still track the right pid
+    from haba_core.memory import active_allocator
+
+    assert active_allocator() == "system"  # this test process (it called nothing that restarts)

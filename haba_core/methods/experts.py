@@ -38,7 +38,7 @@ from haba_core import io
 from haba_core.config import DataConfig, flatten
 from haba_core.devices import resolve_device
 from haba_core.errors import CheckpointError, ConfigError
-from haba_core.methods.memory import reuse_freed_memory
+from haba_core.memory import reuse_freed_memory
 
 EXPERT_FORMAT = "haba-expert-trajectory"
 EXPERT_SET_FORMAT = "haba-expert-set"

@@ -25,8 +25,9 @@ dict, takes one ``autograd.grad`` over the flat vector and keeps float32 activat
 (oneDNN then skips its layout reorders). ``unroll="reference"`` is the straightforward version (the whole
 set rendered every step, a parameter dict rebuilt from slices, one gradient per parameter tensor, NCHW):
 same random draws, same loss, kept as the profiling baseline (``scripts/profile_mtt.py``). Independently,
-``reuse_memory`` stops glibc from returning freed activations to the OS (``memory.py``: page faults were a
-third of the CPU time), and ``precision="bf16"`` runs the student's forward under bf16 autocast.
+freed activations are kept for reuse instead of being returned to the OS (page faults were a third of the CPU
+time): ``haba distill`` runs under jemalloc where it is installed, else ``reuse_memory`` tells glibc to keep
+them (``memory.py``); and ``precision="bf16"`` runs the student's forward under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from torch import Tensor
 from torch.func import functional_call
 
 from haba_core.errors import ConfigError, HabaError
+from haba_core.memory import reuse_freed_memory
 from haba_core.methods.base import METHODS, Method, Step
 from haba_core.methods.expert_set import ExpertSet
 from haba_core.methods.experts import make_experts_hint
-from haba_core.methods.memory import reuse_freed_memory
 from haba_core.training import autocast
 
 
@@ -64,9 +65,11 @@ class MTTConfig:
     min_syn_lr: float = 0.001  # the student lr is clipped at this after each update (official HaBa)
     batch_syn: int | None = None  # bases per unrolled step; None: all of them (official default)
     max_experts: int | None = None  # use only the first k experts of the folder
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast of the student's forward)
+    # "fp32" | "bf16" (autocast of the student's forward) | "auto" (bf16 where native). Not bf16 by default: at
+    # Fashion-MNIST IPC 1 pixels it cost 1.4 points, more than one std (bench/results/distill_precision.md)
+    precision: str = "fp32"
     unroll: str = "fast"  # "fast" | "reference" (see the module docstring)
-    reuse_memory: bool = True  # CPU + glibc: keep freed memory for reuse (see reuse_freed_memory)
+    reuse_memory: bool = True  # CPU, glibc's allocator: keep freed memory (faster, more heap; not under jemalloc)
     channels_last: bool = True  # fast fp32 unroll on CPU: NHWC activations (oneDNN skips its reorders)
 
 
