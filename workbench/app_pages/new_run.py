@@ -176,7 +176,7 @@ with form:
     for spec in NR.synset_option_specs():  # kind options shown on the form itself (the rest: Advanced > Synset)
         if spec.key in NR.MAIN_KEYS:
             c2.number_input(
-                spec.label.capitalize(),
+                spec.label.removeprefix("n ").capitalize(),  # "n hallucinators" -> "Hallucinators"
                 min_value=1,
                 value=int(NR.get_dotted(base, spec.key) or spec.default),
                 step=1,
