@@ -7,11 +7,11 @@ kernel) on first touch: a third of the CPU time of MTT's unroll. Two remedies, b
 - **jemalloc, keeping freed memory** (:func:`allocator_env`): processes that distill (``haba distill``, the
   bench's cells) start under ``libjemalloc.so.2`` (``LD_PRELOAD``) with ``MALLOC_CONF`` set never to return
   freed pages to the kernel. Its size classes reuse exact blocks, so memory stays at the live peak. Measured
-  on one MTT+HaBa iteration at CIFAR10-IPC10 settings (fast unroll, float32): 23.8 s at 11.1 GB, against the
-  reference unroll's 35.2 s at 11.6 GB and glibc's 42.3 s at 10.6 GB. ``make setup`` installs it (Debian's
-  ``libjemalloc2``); ``HABA_ALLOCATOR=system`` turns it off.
+  side by side on one MTT+HaBa iteration at CIFAR10-IPC10 settings (``bench/results/speed_mtt.md``; fast
+  unroll, float32): 24.0 s at 10.9 GB, against the reference unroll's 36.6 s at 11.4 GB and glibc's 44.1 s.
+  ``make setup`` installs it (Debian's ``libjemalloc2``); ``HABA_ALLOCATOR=system`` turns it off.
 - **glibc, never trimming** (:func:`reuse_freed_memory`): where jemalloc is not there. As fast, but glibc's heap
-  fragments: the same iteration holds 14.3 GB.
+  fragments: the same iteration takes 26.8 s but holds 14.1 GB.
 """
 
 from __future__ import annotations
