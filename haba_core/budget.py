@@ -173,9 +173,9 @@ def _too_small(info: DatasetInfo, kind: str, budget_ipc: float, basis_size: int 
     )
     hints = []
     if shared and "n_hallucinators" in options:
-        fits = [kk for kk in range(shared - 1, 0, -1)
-                if _fits(info, kind, budget_ipc, basis_size, {**options, "n_hallucinators": kk})]  # fmt: skip
-        fewer = fits[0] if fits else None
+        fitting = (k for k in range(shared - 1, 0, -1)
+                   if _fits(info, kind, budget_ipc, basis_size, {**options, "n_hallucinators": k}))  # fmt: skip
+        fewer = next(fitting, None)  # the most that fit: probing stops there
         if fewer:
             hints.append(f"use n_hallucinators={fewer}")
     for size in range((basis_size or min(info.im_size)) - 1, 3, -1):

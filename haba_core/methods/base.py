@@ -11,6 +11,7 @@ step *returns* a dict of named float losses. Methods do no I/O and never touch a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,11 +97,11 @@ class Method:
     def momentum(self) -> float:
         return float(getattr(self.cfg, "momentum", 0.5))
 
-    @property
+    @functools.cached_property
     def precision(self) -> str:
-        """The arithmetic of the method's forward passes, resolved: ``"fp32"`` or ``"bf16"`` (a method's
+        """The arithmetic of the method's forward passes, resolved once: ``"fp32"`` or ``"bf16"`` (a method's
         ``precision`` hyperparameter, where it has one; ``"auto"`` is bf16 where the device computes it natively).
-        The engine records it in ``status.json``."""
+        The engine records it in ``status.json``; the loops read it every step."""
         return resolve_precision(str(getattr(self.cfg, "precision", "fp32")), self.ctx.device)
 
     def param_groups(self) -> list[dict]:
