@@ -14,6 +14,7 @@ processes. ``scripts/speed.py`` measures both.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -93,11 +94,30 @@ def augment_batch(x: Tensor, dsa_strategy: str, g: torch.Generator, im_size, std
     return x
 
 
+# Test images per forward pass on CPU. A network in eval mode maps each image on its own, so this is an
+# execution choice (the protocol's ``test_batch`` still fixes the standardization statistics). Small chunks stay
+# in cache: ConvNet-128 on the 10,000 Fashion-MNIST test images, one thread, measured 1.4x faster in bf16
+# compiled (6.1 vs 8.7 s) and 1.4-1.9x in fp32 eager at 16-32 images than at 1,000 (the first convolution of a
+# 1,000-image batch writes 260 MB of feature maps).
+CPU_TEST_CHUNK = 32
+TEST_CHUNK_ENV = "HABA_TEST_CHUNK"  # overrides it on every device (scripts/speed.py times the old 1,000 with it)
+
+
+def test_chunk(device: torch.device | str, batch: int) -> int:
+    """Images per forward pass in :func:`test_accuracy`: ``$HABA_TEST_CHUNK`` if set, else
+    :data:`CPU_TEST_CHUNK` on CPU and the whole batch elsewhere."""
+    if os.environ.get(TEST_CHUNK_ENV):
+        return max(1, min(batch, int(os.environ[TEST_CHUNK_ENV])))
+    return min(batch, CPU_TEST_CHUNK) if torch.device(device).type == "cpu" else batch
+
+
 @torch.no_grad()
 def test_accuracy(
     net: nn.Module, images: Tensor, labels: Tensor, batch: int = 1000, std: bool = False, precision: str = "fp32"
 ) -> float:
-    """Top-1 accuracy of ``net`` (in eval mode; its previous mode is restored) on ``images``."""
+    """Top-1 accuracy of ``net`` (in eval mode; its previous mode is restored) on ``images``, in test batches of
+    ``batch`` (each standardized on its own when ``std``), each run through the network in chunks of
+    :func:`test_chunk` images (same arithmetic: images do not interact in eval mode)."""
     was = net.training
     net.eval()
     correct = 0
@@ -105,7 +125,7 @@ def test_accuracy(
         x = images[i : i + batch]
         x = standardize(x) if std else x
         with autocast(precision, x.device):
-            logits = net(x)
+            logits = torch.cat([net(c) for c in x.split(test_chunk(x.device, len(x)))])
         correct += int((logits.argmax(1) == labels[i : i + batch]).sum())
     net.train(was)
     return correct / max(1, len(images))

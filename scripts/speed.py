@@ -50,6 +50,7 @@ from haba_core.evaluate import evaluate_run
 from haba_core.executors import make_executor
 from haba_core.memory import allocator_env
 from haba_core.synsets import create_synset
+from haba_core.training import TEST_CHUNK_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,15 @@ DM_VARIANTS = {
 EVAL_VARIANTS = {
     "fp32 eager": ["eval.precision=fp32", "eval.compile=false"],
     "fp32 compiled": ["eval.precision=fp32", "eval.compile=true"],
+    "bf16 compiled, 1000-image test chunks": ["eval.precision=bf16", "eval.compile=true"],
     "bf16 compiled": ["eval.precision=bf16", "eval.compile=true"],
+}
+# environment of a variant's evaluation workers: the fp32 rows keep the test pass they were measured with before
+# the CPU test chunk (haba_core.training.CPU_TEST_CHUNK) existed; the last row is today's default
+EVAL_ENV = {
+    "fp32 eager": {TEST_CHUNK_ENV: "1000"},
+    "fp32 compiled": {TEST_CHUNK_ENV: "1000"},
+    "bf16 compiled, 1000-image test chunks": {TEST_CHUNK_ENV: "1000"},
 }
 
 
@@ -122,7 +131,13 @@ def _eval_run(folder: Path) -> tuple[Path, object]:
 def time_eval(a) -> dict:
     out = {}
     for name, extra in EVAL_VARIANTS.items():
+        if a.eval_variants and name not in a.eval_variants.split(";"):
+            continue
         reps = []
+        env = EVAL_ENV.get(name, {})
+        saved = {k: os.environ.get(k) for k in (TEST_CHUNK_ENV, *env)}
+        os.environ.pop(TEST_CHUNK_ENV, None)
+        os.environ.update(env)  # the workers start below and inherit it
         for rep in range(a.eval_repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 run, cfg = _eval_run(Path(tmp))
@@ -137,9 +152,13 @@ def time_eval(a) -> dict:
                              "acc_mean": net["mean"], "protocol": ev["synset"]["protocol"]["name"]})  # fmt: skip
                 print(f"eval {name} #{rep}: 5 nets {wall:.1f} s wall, {net['train_s']:.1f} s training per net",
                       flush=True)  # fmt: skip
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         out[name] = {
+            "env": env,
             "wall_s": statistics.median(r["wall_s"] for r in reps),
             "train_s": statistics.median(r["train_s_median"] for r in reps),
+            "test_s": statistics.median(r["test_s_median"] for r in reps),
             "repeats": reps,
         }
     return out
@@ -194,6 +213,10 @@ def markdown(res: dict) -> str:
         for name, r in ev.items():
             x = first["train_s"] / r["train_s"]
             lines.append(f"| {one} | {name} | {r['train_s']:.1f} | {x:.2f}x | | {OFFICIAL['eval_net']} |")
+        test = "HaBa evaluation: one network's test pass (10,000 images of 3x32x32)"
+        for name, r in ev.items():
+            x = first["test_s"] / r["test_s"]
+            lines.append(f"| {test} | {name} | {r['test_s']:.1f} | {x:.2f}x | | |")
         for name, r in ev.items():
             x, tgt = first["wall_s"] / r["wall_s"], TARGET["eval_5"]
             lines.append(f"| {five} | {name} | {r['wall_s']:.1f} | {x:.2f}x | >= {tgt}x | {OFFICIAL['eval_5']} |")
@@ -208,6 +231,7 @@ def main() -> int:
     p.add_argument("--dm-iterations", type=int, default=10)
     p.add_argument("--dm-warmup", type=int, default=2)
     p.add_argument("--eval-repeats", type=int, default=1)
+    p.add_argument("--eval-variants", default="", help="';'-separated eval variants to run (default: all)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"), help="writes OUT.json and OUT.md")
     a = p.parse_args()
     rows = set(a.rows.split(","))

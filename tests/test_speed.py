@@ -268,3 +268,42 @@ def test_haba_distill_restarts_under_jemalloc_and_records_it(tmp_path):
     from haba_core.memory import active_allocator
 
     assert active_allocator() == "system"  # this test process (it called nothing that restarts)
+
+
+class _Recorder(nn.Module):
+    """A linear classifier that records every input batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.seen = nn.Linear(48, 5), []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("std", [False, True])
+def test_test_pass_in_cpu_chunks_counts_like_whole_batches(std, monkeypatch):
+    """The CPU test pass runs each test batch through the network in small chunks; the network sees exactly the
+    images (standardized over the whole test batch, not the chunk) and the accuracy that whole batches give."""
+    torch.manual_seed(0)
+    net = _Recorder()
+    images, labels = torch.randn(250, 3, 4, 4) * 3 + 1, torch.randint(0, 5, (250,))
+    monkeypatch.delenv(training.TEST_CHUNK_ENV, raising=False)
+    assert training.test_chunk("cpu", 100) == training.CPU_TEST_CHUNK < 100
+    assert training.test_chunk("cuda", 100) == 100
+    batches = []  # by hand: whole test batches of 100 (the last one 50), each standardized on its own
+    for i in range(0, 250, 100):
+        x = images[i : i + 100]
+        batches.append((x - x.mean()) / x.std() if std else x)
+    with torch.no_grad():
+        correct = sum(int((net.fc(b.flatten(1)).argmax(1) == labels[i * 100 : i * 100 + 100]).sum())
+                      for i, b in enumerate(batches))  # fmt: skip
+    for chunk in (None, "7"):
+        if chunk:
+            monkeypatch.setenv(training.TEST_CHUNK_ENV, chunk)
+        net.seen.clear()
+        assert training.test_accuracy(net, images, labels, batch=100, std=std) == correct / 250
+        assert max(len(x) for x in net.seen) == int(chunk or training.CPU_TEST_CHUNK)
+        assert torch.allclose(torch.cat(net.seen), torch.cat(batches), atol=1e-6)
+    assert training.test_chunk("cuda", 100) == 7
