@@ -96,9 +96,9 @@ def augment_batch(x: Tensor, dsa_strategy: str, g: torch.Generator, im_size, std
 
 # Test images per forward pass on CPU. A network in eval mode maps each image on its own, so this is an
 # execution choice (the protocol's ``test_batch`` still fixes the standardization statistics). Small chunks stay
-# in cache: ConvNet-128 on the 10,000 Fashion-MNIST test images, one thread, measured 1.4x faster in bf16
-# compiled (6.1 vs 8.7 s) and 1.4-1.9x in fp32 eager at 16-32 images than at 1,000 (the first convolution of a
-# 1,000-image batch writes 260 MB of feature maps).
+# in cache (the first convolution of a 1,000-image batch writes 260 MB of feature maps): ConvNet-128's test
+# pass on 10,000 3x32x32 images, bf16 compiled, one thread, 5.8 s in chunks of 32 vs 7.7 s in batches of 1,000
+# (scripts/speed.py, bench/results/speed_eval.md).
 CPU_TEST_CHUNK = 32
 TEST_CHUNK_ENV = "HABA_TEST_CHUNK"  # overrides it on every device (scripts/speed.py times the old 1,000 with it)
 
@@ -106,8 +106,11 @@ TEST_CHUNK_ENV = "HABA_TEST_CHUNK"  # overrides it on every device (scripts/spee
 def test_chunk(device: torch.device | str, batch: int) -> int:
     """Images per forward pass in :func:`test_accuracy`: ``$HABA_TEST_CHUNK`` if set, else
     :data:`CPU_TEST_CHUNK` on CPU and the whole batch elsewhere."""
-    if os.environ.get(TEST_CHUNK_ENV):
-        return max(1, min(batch, int(os.environ[TEST_CHUNK_ENV])))
+    value = os.environ.get(TEST_CHUNK_ENV)
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{TEST_CHUNK_ENV} must be a positive integer (images per forward pass), not {value!r}")
+        return min(batch, int(value))
     return min(batch, CPU_TEST_CHUNK) if torch.device(device).type == "cpu" else batch
 
 

@@ -153,7 +153,10 @@ def time_eval(a) -> dict:
                 print(f"eval {name} #{rep}: 5 nets {wall:.1f} s wall, {net['train_s']:.1f} s training per net",
                       flush=True)  # fmt: skip
         for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         out[name] = {
             "env": env,
             "wall_s": statistics.median(r["wall_s"] for r in reps),

@@ -307,3 +307,7 @@ def test_test_pass_in_cpu_chunks_counts_like_whole_batches(std, monkeypatch):
         assert max(len(x) for x in net.seen) == int(chunk or training.CPU_TEST_CHUNK)
         assert torch.allclose(torch.cat(net.seen), torch.cat(batches), atol=1e-6)
     assert training.test_chunk("cuda", 100) == 7
+    for bad in ("0", "-3", "many"):
+        monkeypatch.setenv(training.TEST_CHUNK_ENV, bad)
+        with pytest.raises(ValueError, match="HABA_TEST_CHUNK must be a positive integer"):
+            training.test_chunk("cpu", 100)
