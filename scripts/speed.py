@@ -13,8 +13,11 @@ Rows (each a median over timed repetitions after warm-up, one variant after anot
 - ``eval``: HaBa's evaluation, ConvNet-128 trained 50 epochs on 100 bases x 5 hallucinators (3x32x32, random
   pairing: 100 images an epoch) and tested on 10,000 images: five networks (seeds) through
   ``evaluate_run`` with two worker processes (one thread each), as ``haba evaluate --workers 2`` runs them.
-  Variants: float32 eager (before), float32 compiled, bfloat16 compiled. Generated ``toy`` images: the data
-  fixes only shapes here.
+  Variants: float32 eager (before), float32 compiled, bfloat16 compiled (with the old 1,000-image test pass
+  and with today's CPU test chunks). Generated ``toy`` images: the data fixes only shapes here.
+- ``pad``: one evaluation training step of ConvNet-128 with the reference first layer (1x28x28, padding 3) on
+  100 images, bf16 eager and compiled, with the first convolution padded by oneDNN vs explicitly
+  (``haba_core.nets.convnet.WidePadConv2d``), in alternating rounds in one process.
 
 The official code's figures (``OFFICIAL``) were measured side by side with ours when the issue was filed
 (official HaBa code for MTT and evaluation; DatasetCondensation's ``main_DM.py`` for DM), on the machine of
@@ -115,6 +118,56 @@ def time_dm(a) -> dict:
     return out
 
 
+def time_pad(a) -> dict:
+    """One evaluation training step of ConvNet-128 with the reference first layer (1x28x28, padding 3) on 100
+    images with DSA, one thread, under bf16 autocast: the first convolution padded by oneDNN vs explicitly
+    (``WidePadConv2d.explicit_pad``), alternating rounds in one process. Generated images: they fix shapes only."""
+    import torch.nn.functional as F
+
+    from haba_core.nets import create_net
+    from haba_core.nets.convnet import WidePadConv2d
+    from haba_core.training import augment_batch, autocast, compiled
+
+    torch.set_num_threads(1)
+    g0 = torch.Generator().manual_seed(0)
+    x0, y0 = torch.randn(100, 1, 28, 28, generator=g0), torch.randint(0, 10, (100,), generator=g0)
+    out = {}
+    for mode in ("bf16 eager", "bf16 compiled"):
+        steps = {}
+        for explicit in (False, True):
+            torch.manual_seed(0)
+            net = create_net("convnet", 1, 10, (28, 28), width=128)
+            f = compiled(net) if mode.endswith("compiled") else net
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            g = torch.Generator().manual_seed(0)
+
+            def step(f=f, opt=opt, g=g, explicit=explicit):
+                WidePadConv2d.explicit_pad = explicit
+                x = augment_batch(x0, "color_crop_cutout_flip_scale_rotate", g, (28, 28))
+                with autocast("bf16", "cpu"):
+                    loss = F.cross_entropy(f(x), y0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            for _ in range(3):  # warm-up (and the compile)
+                step()
+            steps[explicit] = step
+        times = {False: [], True: []}
+        for _ in range(a.pad_rounds):
+            for explicit, step in steps.items():
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    step()
+                times[explicit].append((time.perf_counter() - t0) / 5)
+        WidePadConv2d.explicit_pad = True
+        for explicit, ts in times.items():
+            name = f"{mode}, {'explicit pad (default)' if explicit else 'padding=3 in the convolution'}"
+            out[name] = {"median_s": statistics.median(ts), "rounds_s": [round(t, 4) for t in ts]}
+            print(f"pad {name}: {out[name]['median_s'] * 1000:.1f} ms/step", flush=True)
+    return out
+
+
 def _eval_run(folder: Path) -> tuple[Path, object]:
     """A run folder holding a 3x32x32 HaBa set: 10 bases per class, 5 hallucinators (CIFAR10 IPC 10 shapes)."""
     options = {"channels": 3, "im_size": 32, "num_classes": 10, "n_test_per_class": 1000}
@@ -206,6 +259,14 @@ def markdown(res: dict) -> str:
             lines.append(f"| DM step, Fashion-MNIST IPC 10 pixels, ConvNet-128, batch_real 256 | {name} "
                          f"| {r['median_s']:.3f} | {ref / r['median_s']:.2f}x | >= {TARGET['dm']}x "
                          f"| {OFFICIAL['dm']} |")  # fmt: skip
+    pad = res.get("pad") or {}
+    names = list(pad)
+    for before, after in zip(names[::2], names[1::2], strict=True):
+        ref = pad[before]["median_s"]
+        for name in (before, after):
+            s = pad[name]["median_s"]
+            lines.append(f"| Evaluation training step, Fashion-MNIST shapes (1x28x28, first padding 3), 100 images "
+                         f"| {name} | {s:.3f} | {ref / s:.2f}x | | |")  # fmt: skip
     ev = res.get("eval") or {}
     if ev:
         first = ev[next(iter(ev))]
@@ -228,12 +289,13 @@ def markdown(res: dict) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default="mtt,dm,eval", help="which rows to measure (comma-separated)")
+    p.add_argument("--rows", default="mtt,dm,eval,pad", help="which rows to measure (comma-separated)")
     p.add_argument("--mtt-variants", default="reference,fast-noreuse,fast,bf16,jemalloc,jemalloc-bf16")
     p.add_argument("--mtt-iterations", type=int, default=3)
     p.add_argument("--dm-iterations", type=int, default=10)
     p.add_argument("--dm-warmup", type=int, default=2)
     p.add_argument("--eval-repeats", type=int, default=1)
+    p.add_argument("--pad-rounds", type=int, default=6, help="alternating rounds of 5 steps per variant (pad row)")
     p.add_argument("--eval-variants", default="", help="';'-separated eval variants to run (default: all)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"), help="writes OUT.json and OUT.md")
     a = p.parse_args()
@@ -247,6 +309,8 @@ def main() -> int:
         res["dm"] = time_dm(a)
     if "eval" in rows:
         res["eval"] = time_eval(a)
+    if "pad" in rows:
+        res["pad"] = time_pad(a)
     if "mtt" in rows:
         res["mtt"] = time_mtt(a)
     res["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -149,3 +149,30 @@ def test_convnet_on_1x28x28_is_the_reference_network():
     assert create_net("convnet", 3, 10, 28).num_features == 128 * 3 * 3
     with pytest.raises(ConfigError):
         create_net("convnet", 1, 10, 28, first_padding=-1)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_reference_first_layer_computes_a_padding_3_convolution(precision):
+    """The reference ConvNet's first layer (1x28x28, padding 3) pads explicitly under CPU bf16 autocast (speed);
+    outputs, weight gradients and double backward (MTT) are those of a plain padding-3 convolution, and the
+    parameters keep their names (checkpoints and expert trajectories load as before)."""
+    from haba_core.nets.convnet import WidePadConv2d
+    from haba_core.training import autocast
+
+    torch.manual_seed(0)
+    net = create_net("convnet", 1, 10, (28, 28), width=16)
+    conv = net.features[0]
+    assert isinstance(conv, WidePadConv2d) and isinstance(conv, torch.nn.Conv2d) and conv.padding == (3, 3)
+    assert "features.0.weight" in net.state_dict()
+    assert type(create_net("convnet", 3, 10, 32).features[0]) is torch.nn.Conv2d  # padding 1: the plain layer
+    x = torch.randn(6, 1, 28, 28, requires_grad=True)
+    with autocast(precision, "cpu"):
+        ours = conv(x)
+        ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=3)  # by hand: padding in the conv
+    assert ours.shape == (6, 16, 32, 32) and ours.dtype == ref.dtype
+    assert torch.allclose(ours.float(), ref.float(), atol=1e-6 if precision == "fp32" else 1e-2)
+    (g_ours,) = torch.autograd.grad(ours.float().square().sum(), conv.weight, create_graph=True)
+    (g_ref,) = torch.autograd.grad(ref.float().square().sum(), conv.weight, create_graph=True)
+    assert torch.allclose(g_ours, g_ref, rtol=1e-4 if precision == "fp32" else 2e-2, atol=1e-3)
+    (gg,) = torch.autograd.grad(g_ours.square().sum(), x)  # double backward through the explicit pad
+    assert gg.shape == x.shape and torch.isfinite(gg).all()
