@@ -152,7 +152,7 @@ def test_convnet_on_1x28x28_is_the_reference_network():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_reference_first_layer_computes_a_padding_3_convolution(precision):
+def test_reference_first_layer_computes_a_padding_3_convolution(precision, monkeypatch):
     """The reference ConvNet's first layer (1x28x28, padding 3) pads explicitly under CPU bf16 autocast (speed);
     outputs, weight gradients and double backward (MTT) are those of a plain padding-3 convolution, and the
     parameters keep their names (checkpoints and expert trajectories load as before)."""
@@ -166,8 +166,15 @@ def test_reference_first_layer_computes_a_padding_3_convolution(precision):
     assert "features.0.weight" in net.state_dict()
     assert type(create_net("convnet", 3, 10, 32).features[0]) is torch.nn.Conv2d  # padding 1: the plain layer
     x = torch.randn(6, 1, 28, 28, requires_grad=True)
+    import haba_core.nets.convnet as convnet
+
+    pads, pad = [], convnet.F.pad
+    monkeypatch.setattr(convnet.F, "pad", lambda *a, **k: pads.append(a[1]) or pad(*a, **k))
     with autocast(precision, "cpu"):
         ours = conv(x)
+    assert pads == ([(3, 3, 3, 3)] if precision == "bf16" else [])  # the explicit pad under bf16 only
+    monkeypatch.undo()
+    with autocast(precision, "cpu"):
         ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=3)  # by hand: padding in the conv
     assert ours.shape == (6, 16, 32, 32) and ours.dtype == ref.dtype
     assert torch.allclose(ours.float(), ref.float(), atol=1e-6 if precision == "fp32" else 1e-2)
