@@ -30,7 +30,7 @@ data:
 	  else echo "note: $(FMNIST) missing and apt unavailable; torchvision will try to download Fashion-MNIST"; fi; \
 	fi
 
-# jemalloc: distilling processes run under it, keeping freed memory (haba_core/methods/memory.py); optional
+# jemalloc: distilling processes run under it, keeping freed memory (haba_core/memory.py); optional
 jemalloc:
 	@if ! ls /usr/lib/*/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 2>/dev/null | grep -q .; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

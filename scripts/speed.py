@@ -128,7 +128,8 @@ def time_pad(a) -> dict:
     from haba_core.nets.convnet import WidePadConv2d
     from haba_core.training import augment_batch, autocast, compiled
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # restored below: rows measured after this one keep the process's threads
     g0 = torch.Generator().manual_seed(0)
     x0, y0 = torch.randn(100, 1, 28, 28, generator=g0), torch.randint(0, 10, (100,), generator=g0)
     out = {}
@@ -165,6 +166,7 @@ def time_pad(a) -> dict:
             name = f"{mode}, {'explicit pad (default)' if explicit else 'padding=3 in the convolution'}"
             out[name] = {"median_s": statistics.median(ts), "rounds_s": [round(t, 4) for t in ts]}
             print(f"pad {name}: {out[name]['median_s'] * 1000:.1f} ms/step", flush=True)
+    torch.set_num_threads(threads)
     return out
 
 
