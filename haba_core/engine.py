@@ -253,6 +253,18 @@ class Distiller:
             ) from e
 
 
+class InitialSnapshot(Callback):
+    """Saves the set before the first update as ``snapshots/step_0000000.safetensors`` (the app's and the
+    tutorials' step 0; what a study of accuracy against iterations starts from)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir)
+
+    def on_start(self, d: Distiller) -> None:
+        if d.step == 0:
+            d.synset.save(RF.snapshot_path(self.path, 0), {"step": 0})
+
+
 class RunFolder(Callback):
     """Keeps a run folder: config.json, status.json, metrics.jsonl, snapshots/, checkpoints/, synset.safetensors.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 import nbformat
 import pytest
@@ -18,6 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
+POLL_SLICE_S = 1.0  # longest single wait on a kernel socket (see SlicedPollingClient)
 
 # What each notebook runs with in CI; every name must exist in its parameters cell.
 COMMON = {"DATASET": "toy", "SMALL": True, "THREADS": 1}
@@ -48,18 +50,54 @@ def inject_parameters(nb, params: dict) -> None:
     nb.cells.insert(i + 1, cell)
 
 
+def sliced(get_msg, slice_s: float = POLL_SLICE_S):
+    """``get_msg(timeout)`` of an async kernel channel, waiting in polls of at most ``slice_s`` seconds.
+
+    With ipykernel 7.4, jupyter_client 8.10 and pyzmq 27.3, nbclient now and then does not see a reply that
+    is already in its shell socket until its whole per-cell poll timeout (300 s) has run out: about one run
+    in ten of notebook 3 under load, measured here (the kernel stamped the execute_reply 5 s into the cell,
+    answered another client's kernel_info meanwhile, and nbclient received the reply at its 300 s
+    deadline). A poll that times out re-checks the socket, so short polls bound that delay to ``slice_s``.
+    """
+
+    async def get(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = slice_s if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await get_msg(timeout=min(slice_s, left))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    return get
+
+
+def notebook_client(nb, workdir: Path, timeout: int = CELL_TIMEOUT_S):
+    """An nbclient ``NotebookClient`` for ``nb`` (kernel cwd ``workdir``) whose shell and IOPub waits are
+    :func:`sliced`; records per-cell timing in each cell's metadata."""
+    from nbclient import NotebookClient
+
+    class SlicedPollingClient(NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            for channel in (kc.shell_channel, kc.iopub_channel):
+                channel.get_msg = sliced(channel.get_msg)
+            return kc
+
+    return SlicedPollingClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
+                               resources={"metadata": {"path": str(workdir)}})  # fmt: skip
+
+
 def execute_notebook(path: Path, params: dict, workdir: Path, timeout: int = CELL_TIMEOUT_S):
     """Execute ``path`` with ``params`` injected, kernel cwd ``workdir``; returns the executed notebook.
 
     Raises ``nbclient.exceptions.CellExecutionError`` on the first cell that raises.
     """
-    from nbclient import NotebookClient
-
     nb = nbformat.read(path, as_version=4)
     inject_parameters(nb, params)
     # no PYTHONPATH: the kernel finds haba_core and workbench because the project is installed (`make` does it)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
-    client.execute()
+    notebook_client(nb, workdir, timeout).execute()
     return nb
 
 
@@ -96,3 +134,37 @@ def test_executes_with_small_settings(path: Path, tmp_path: Path):
     assert not errors
     assert any((tmp_path / "runs").iterdir()), "the notebook wrote no run under RUNS_DIR"
     print(f"{path.name}: {seconds:.1f} s", file=sys.stderr)
+
+
+def test_sliced_waits_poll_in_short_slices_until_the_deadline():
+    import asyncio
+
+    asked: list[float | None] = []
+
+    async def get_msg(timeout=None):
+        asked.append(timeout)
+        if len(asked) < 4:
+            await asyncio.sleep(timeout)
+            raise Empty
+        return "reply"
+
+    # a reply found on the fourth short poll
+    assert asyncio.run(sliced(get_msg, slice_s=0.02)(timeout=10)) == "reply"
+    assert asked == [0.02] * 4
+    # no reply: Empty once the caller's timeout has passed, never a poll longer than a slice
+    asked.clear()
+
+    async def never(timeout=None):
+        asked.append(timeout)
+        await asyncio.sleep(timeout)
+        raise Empty
+
+    t0 = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(sliced(never, slice_s=0.02)(timeout=0.1))
+    assert 0.1 <= time.monotonic() - t0 < 1.0
+    assert max(asked) <= 0.02 and len(asked) >= 5
+    # timeout=None (wait for ever) still polls in slices
+    asked.clear()
+    assert asyncio.run(sliced(get_msg, slice_s=0.01)(timeout=None)) == "reply"
+    assert asked == [0.01] * 4

@@ -34,7 +34,7 @@ from IPython.display import clear_output, display
 from PIL import Image
 
 from haba_core import runfolder as RF
-from haba_core.engine import Callback, RunFolder
+from haba_core.engine import Callback, InitialSnapshot
 from workbench import diversity, figures, grids
 from workbench import runs as R
 
@@ -79,17 +79,6 @@ class LiveLosses(Callback):
     def on_end(self, d, state: str, error: str | None) -> None:
         if self.records:
             self.draw()
-
-
-class InitialSnapshot(Callback):
-    """Saves the set before the first update as ``snapshots/step_0000000.safetensors`` (the browser's step 0)."""
-
-    def __init__(self, run_dir: Path):
-        self.folder = RunFolder(run_dir)
-
-    def on_start(self, d) -> None:
-        if d.step == 0:
-            d.synset.save(self.folder.snapshot_path(0), {"step": 0})
 
 
 def _same_config(run_dir: Path, cfg) -> bool:
