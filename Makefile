@@ -31,8 +31,9 @@ data:
 	fi
 
 # jemalloc: distilling processes run under it, keeping freed memory (haba_core/memory.py); optional
-jemalloc:
-	@if ! ls /usr/lib/*/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 2>/dev/null | grep -q .; then \
+# (installed is what haba_core.memory.jemalloc_library finds: the one list of paths)
+jemalloc: $(STAMP)
+	@if ! $(PY) -c "import sys; from haba_core.memory import jemalloc_library; sys.exit(not jemalloc_library())"; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get install -y -q libjemalloc2 >/dev/null 2>&1 || \
 	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjemalloc2 >/dev/null 2>&1)) \

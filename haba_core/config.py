@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from haba_core.errors import ConfigError, did_you_mean
+from haba_core.errors import ConfigError
 from haba_core.synsets import SYNSETS
-from haba_core.validate import check_value
+from haba_core.validate import check_value, checked_fields
 
 
 @dataclass(frozen=True)
@@ -149,20 +149,20 @@ def _build(cls: type, d: Mapping[str, Any] | None, prefix: str) -> Any:
     d = dict(d or {})
     if hasattr(cls, "normalize"):
         d = cls.normalize(d, prefix)
-    known = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in d.items():
-        if key not in known:
-            hint = did_you_mean(key, known, prefix)
-            raise ConfigError(f"Unknown config key {prefix + key!r}.{hint} Valid: {', '.join(sorted(known))}.")
-        f = known[key]
-        sub = _DATACLASS_FIELDS.get((cls, key)) or getattr(cls, "NESTED", {}).get(key)
+    valid = ", ".join(sorted(f.name for f in fields(cls)))
+
+    def unknown(key: str, hint: str) -> str:
+        return f"Unknown config key {prefix + key!r}.{hint} Valid: {valid}."
+
+    def convert(f, value):
+        sub = _DATACLASS_FIELDS.get((cls, f.name)) or getattr(cls, "NESTED", {}).get(f.name)
         if sub is not None:
-            kwargs[key] = _build(sub, value, f"{prefix}{key}.")
-        elif f.type in ("tuple[str, ...]",) and value is not None:
-            kwargs[key] = tuple(value.split(",") if isinstance(value, str) else value)
-        else:
-            kwargs[key] = check_value(prefix + key, value, f.type)
+            return _build(sub, value, f"{prefix}{f.name}.")
+        if f.type in ("tuple[str, ...]",) and value is not None:
+            return tuple(value.split(",") if isinstance(value, str) else value)
+        return check_value(prefix + f.name, value, f.type)
+
+    kwargs = checked_fields(cls, d, prefix, unknown, convert=convert)
     try:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - guarded by the key check above

@@ -1,8 +1,9 @@
 """Validation of every option value, in one place.
 
 ``config._build`` (hence ``RunConfig.from_dict``, ``resolve_config``, the CLI, the app's New run page and
-library callers alike), ``Method.make_config`` and the experts' config run each value through
-:func:`check_value` before a dataclass is built. A value is checked against its field's annotation (an
+library callers alike), ``Method.make_config``, ``Synset.make_options`` and the experts' config build their
+dataclasses through :func:`checked_fields`, which rejects unknown names (with close matches) and runs each
+value through :func:`check_value`. A value is checked against its field's annotation (an
 integer field takes integers, and integral floats such as ``1e3`` become ints; a float field takes numbers,
 never booleans) and against the rule its name implies (learning rates > 0, momenta in [0, 1), counts >= 1,
 ``*_every`` >= 0, ...). A bad value raises a :class:`ConfigError` that names the option, the value and what to
@@ -11,12 +12,13 @@ use instead, before any data is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from fnmatch import fnmatch
 from typing import Any
 
-from haba_core.errors import ConfigError
+from haba_core.errors import ConfigError, did_you_mean
 
 # (name patterns, predicate on the number, what to use) in priority order; the first matching pattern wins.
 _RULES: list[tuple[tuple[str, ...], Callable[[float], bool], str]] = [
@@ -69,6 +71,35 @@ def _kinds(annotation: Any) -> set[str]:
     for p in parts:
         kinds.add(p if p in ("int", "float", "bool", "str", "None") else "other")
     return kinds
+
+
+def checked_fields(
+    cls: type,
+    params: Mapping[str, Any] | None,
+    prefix: str,
+    unknown: Callable[[str, str], str],
+    *,
+    skip: Iterable[str] = (),
+    also: Iterable[str] = (),
+    convert: Callable[[dataclasses.Field, Any], Any] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of dataclass ``cls`` set in ``params``, each value checked.
+
+    A value goes through ``convert(field, value)`` when given (nested dataclasses, tuples), else through
+    :func:`check_value` as option ``prefix + key``. A key that is no field of ``cls`` is dropped when it is in
+    ``skip`` and otherwise raises ``ConfigError(unknown(key, hint))``, ``hint`` naming close matches among the
+    fields and ``also``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    skip = set(skip)
+    kept: dict[str, Any] = {}
+    for key, value in dict(params or {}).items():
+        if key in fields:
+            f = fields[key]
+            kept[key] = convert(f, value) if convert else check_value(prefix + key, value, f.type)
+        elif key not in skip:
+            raise ConfigError(unknown(key, did_you_mean(key, [*fields, *also], prefix)))
+    return kept
 
 
 def check_value(name: str, value: Any, annotation: Any) -> Any:

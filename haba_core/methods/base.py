@@ -20,11 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from haba_core.augment import apply_dsa, sample_dsa_params
-from haba_core.errors import ConfigError, did_you_mean
 from haba_core.nets import create_net
 from haba_core.protocol import resolve_precision
 from haba_core.registry import Registry
-from haba_core.validate import check_value
+from haba_core.validate import checked_fields
 
 METHODS: Registry = Registry("method")
 
@@ -73,15 +72,12 @@ class Method:
 
     @classmethod
     def make_config(cls, params: dict) -> Any:
-        known = {f.name for f in dataclasses.fields(cls.Config)}
-        for k in params:
-            if k not in known:
-                hint = did_you_mean(k, known, "method.")
-                raise ConfigError(
-                    f"Unknown hyperparameter method.{k} for {cls.__name__}.{hint} Valid: {', '.join(sorted(known))}."
-                )
-        types = {f.name: f.type for f in dataclasses.fields(cls.Config)}
-        return cls.Config(**{k: check_value(f"method.{k}", v, types[k]) for k, v in params.items()})
+        valid = ", ".join(sorted(f.name for f in dataclasses.fields(cls.Config)))
+
+        def unknown(key: str, hint: str) -> str:
+            return f"Unknown hyperparameter method.{key} for {cls.__name__}.{hint} Valid: {valid}."
+
+        return cls.Config(**checked_fields(cls.Config, params, "method.", unknown))
 
     @property
     def lr_img(self) -> float:

@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.data import DatasetInfo
-from haba_core.errors import ConfigError, did_you_mean
 from haba_core.io import FORMAT_VERSION, load_tensors, save_tensors
 from haba_core.registry import Registry
-from haba_core.validate import check_value
+from haba_core.validate import checked_fields
 
 SYNSETS: Registry = Registry("synset")
 SYNSET_FORMAT = "haba-synset"
@@ -107,18 +106,13 @@ class Synset(nn.Module):
 
         Options that belong to another registered kind are dropped (a config layered from a HaBa preset may
         switch to pixels); a name no kind knows is an error with close matches (among ``also`` too)."""
-        own = {f.name: f.type for f in dataclasses.fields(cls.Config)}
-        kept = {}
-        for key, value in dict(params or {}).items():
-            if key in own:
-                kept[key] = check_value(prefix + key, value, own[key])
-            elif key not in all_option_names():
-                hint = did_you_mean(key, [*own, *all_option_names(), *also], prefix)
-                what = ", ".join(own) or "none"
-                raise ConfigError(
-                    f"Unknown synset option {prefix}{key} for the {cls.kind!r} kind.{hint} Its options: {what}."
-                )
-        return cls.Config(**kept)
+        others = all_option_names()
+        what = ", ".join(f.name for f in dataclasses.fields(cls.Config)) or "none"
+
+        def unknown(key: str, hint: str) -> str:
+            return f"Unknown synset option {prefix}{key} for the {cls.kind!r} kind.{hint} Its options: {what}."
+
+        return cls.Config(**checked_fields(cls.Config, params, prefix, unknown, skip=others, also=[*others, *also]))
 
     @classmethod
     def options_from(cls, cfg) -> dict[str, Any]:
