@@ -99,7 +99,10 @@ class EvalConfig:
     pairing: str = "random"  # haba: "random" (each basis once per epoch, random hallucinator) | "all"
     standardize: bool = False  # per-batch (x - mean) / std before DSA (HaBa's official evaluation), all rows alike
     split: str = "test"  # "test" | "val": where accuracy is measured ("val" needs data.val_per_class)
-    test_batch: int = 1000
+    test_batch: int = 1000  # test images per forward batch (an execution choice when standardize is off)
+    # with standardize: test images per standardization batch, i.e. whose mean and std each test image is
+    # standardized with; HaBa's official test loader takes 128. Part of the protocol (only then).
+    standardize_test_batch: int = 128
     # "auto" (bf16 where the device computes it natively, else fp32) | "fp32" | "bf16": forward passes under
     # bfloat16 autocast; part of the protocol, recorded resolved. bf16 kept accuracy within 1 std of float32 on
     # Fashion-MNIST IPC 1 and 10, HaBa and pixels (bench/results/precision.md)

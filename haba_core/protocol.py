@@ -5,7 +5,9 @@ everything about *how* fresh networks are trained on a synthetic set and tested,
 is evaluated: epochs, batch, the lr rule (a fixed lr, or "the set's learned lr, else 0.01"), momentum,
 weight decay, DSA strategy, whether every batch is standardized ``(x - x.mean()) / x.std()`` (HaBa's
 official evaluation) and in which order (standardize first, then augment, as the reference code), the
-HaBa pairing rule, the test split and its size, and which network is reported (the final one).
+HaBa pairing rule, the test split and its size, and which network is reported (the final one). With
+standardization, the test images are standardized in batches as well, and that batch size (HaBa's official
+test loader: 128) changes the numbers, so it is part of the protocol too.
 
 The same protocol applies to every row of a comparison (HaBa, pixels, the random real subset): it never
 depends on the synset's kind. ``id`` hashes the fields that decide comparability; ``name`` is a readable
@@ -44,6 +46,8 @@ class EvalProtocol:
     order: str = "standardize_then_augment"
     version: int = PROTOCOL_VERSION
     precision: str = "fp32"  # "fp32" | "bf16": the networks' forward pass under bfloat16 autocast
+    # with standardize: test images per standardization batch (HaBa's official test loader: 128); None otherwise
+    standardize_test_batch: int | None = None
 
     @classmethod
     def from_config(cls, ecfg, dsa_strategy: str, test_images: int | None = None, device=None) -> EvalProtocol:
@@ -61,6 +65,7 @@ class EvalProtocol:
             split=str(getattr(ecfg, "split", "test")),
             test_images=test_images,
             precision=resolve_precision(str(getattr(ecfg, "precision", "fp32")), device),
+            standardize_test_batch=int(getattr(ecfg, "standardize_test_batch", 128)) if ecfg.standardize else None,
         )
 
     def lr_for(self, learned_lr: float | None) -> float:
@@ -71,10 +76,13 @@ class EvalProtocol:
 
     def identity(self) -> dict[str, Any]:
         """What must agree for two results to be comparable (every field; the lr as its rule). ``precision``
-        joined later: at float32 it is left out, so the ids of results recorded before it stay valid."""
+        and ``standardize_test_batch`` joined later: at float32, and without standardization, they are left
+        out, so the ids of results recorded before them stay valid."""
         out = dataclasses.asdict(self)
         if out["precision"] == "fp32":
             del out["precision"]
+        if out["standardize_test_batch"] is None:
+            del out["standardize_test_batch"]
         return out
 
     @property

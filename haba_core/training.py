@@ -68,10 +68,14 @@ class Recipe:
     @classmethod
     def from_protocol(cls, protocol: Mapping[str, Any], test_batch: int = 1000, compile: bool = False) -> Recipe:
         """The recipe of a recorded protocol (``EvalProtocol.record(lr)``: its lr already resolved); records
-        without ``precision`` (written before it existed) are float32."""
+        without ``precision`` (written before it existed) are float32. With standardization the test batch is
+        the protocol's ``standardize_test_batch`` (it fixes the statistics), else ``test_batch``."""
+        std = bool(protocol["standardize"])
+        if std and protocol.get("standardize_test_batch"):
+            test_batch = int(protocol["standardize_test_batch"])
         return cls(epochs=int(protocol["epochs"]), lr=float(protocol["lr"]), batch=int(protocol["batch"]),
                    momentum=float(protocol["momentum"]), weight_decay=float(protocol["weight_decay"]),
-                   dsa=str(protocol["dsa"] or ""), standardize=bool(protocol["standardize"]),
+                   dsa=str(protocol["dsa"] or ""), standardize=std,
                    precision=str(protocol.get("precision", "fp32")), test_batch=test_batch,
                    compile=compile)  # fmt: skip
 
@@ -95,10 +99,10 @@ def augment_batch(x: Tensor, dsa_strategy: str, g: torch.Generator, im_size, std
 
 
 # Test images per forward pass on CPU. A network in eval mode maps each image on its own, so this is an
-# execution choice (the protocol's ``test_batch`` still fixes the standardization statistics). Small chunks stay
-# in cache (the first convolution of a 1,000-image batch writes 260 MB of feature maps): ConvNet-128's test
-# pass on 10,000 3x32x32 images, bf16 compiled, one thread, 5.8 s in chunks of 32 vs 7.7 s in batches of 1,000
-# (scripts/speed.py, bench/results/speed_eval.md).
+# execution choice (with standardization, the protocol's ``standardize_test_batch`` fixes the statistics).
+# Small chunks stay in cache (the first convolution of a 1,000-image batch writes 260 MB of feature maps):
+# ConvNet-128's test pass on 10,000 3x32x32 images, bf16 compiled, one thread, 5.8 s in chunks of 32 vs 7.7 s
+# in batches of 1,000 (scripts/speed.py, bench/results/speed_eval.md).
 CPU_TEST_CHUNK = 32
 TEST_CHUNK_ENV = "HABA_TEST_CHUNK"  # overrides it on every device (scripts/speed.py times the old 1,000 with it)
 

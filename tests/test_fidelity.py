@@ -18,7 +18,7 @@ from haba_core.engine import Distiller
 from haba_core.evaluate import evaluate_synset, random_real_baseline
 from haba_core.methods.dc import DCConfig
 from haba_core.protocol import EvalProtocol, MixedProtocolsError, protocol_id, require_one_protocol
-from haba_core.training import augment_batch
+from haba_core.training import Recipe, augment_batch
 from tests.conftest import tiny_config
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -48,6 +48,38 @@ def test_test_batches_are_standardized_when_the_protocol_says_so():
     x, y = torch.randn(50, 1, 4, 4) * 4 + 2, torch.randint(3, (50,))
     expected = (net(by_hand_standardize(x)).argmax(1) == y).float().mean().item()
     assert evaluate_module.test_accuracy(net, x, y, batch=1000, std=True) == pytest.approx(expected)
+
+
+def test_standardized_test_images_take_the_statistics_of_reference_sized_batches():
+    """HaBa's official evaluation standardizes every *test* batch too, and its test loader holds 128 images:
+    each image is standardized with the mean and std of its batch of 128 (the last one shorter)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    # batches that differ in scale, so the statistics of 128 images are not those of the whole set
+    x = torch.cat([torch.randn(128, 1, 4, 4) * s + s for s in (1.0, 3.0, 0.5)] + [torch.randn(50, 1, 4, 4) * 2])
+    y = torch.randint(3, (len(x),))
+    hits = 0
+    for i in range(0, len(x), 128):  # the reference test loop, by hand
+        xb = x[i : i + 128]
+        hits += int((net(by_hand_standardize(xb)).argmax(1) == y[i : i + 128]).sum())
+    expected = hits / len(x)
+    p128 = EvalProtocol.from_config(EvalConfig(standardize=True), STRATEGY, len(x))
+    protocol = p128.record()
+    assert protocol["standardize_test_batch"] == 128
+    recipe = Recipe.from_protocol(protocol, test_batch=1000)  # the execution batch gives way to the protocol's
+    assert recipe.test_batch == 128
+    got = evaluate_module.test_accuracy(net, x, y, recipe.test_batch, recipe.standardize)
+    assert got == pytest.approx(expected)
+    whole = (net(by_hand_standardize(x)).argmax(1) == y).float().mean().item()
+    assert got != pytest.approx(whole)  # the batch size matters here, so it is in the protocol
+    other = EvalProtocol.from_config(EvalConfig(standardize=True, standardize_test_batch=256), STRATEGY, len(x))
+    assert other.id != p128.id
+    # without standardization the test batch is an execution choice: not in the protocol, ids unchanged
+    plain = EvalProtocol.from_config(EvalConfig(test_batch=128), STRATEGY, 10000)
+    assert plain.standardize_test_batch is None and "standardize_test_batch" not in plain.identity()
+    assert plain.id == EvalProtocol.from_config(EvalConfig(test_batch=1000, standardize_test_batch=64), STRATEGY,
+                                                10000).id  # fmt: skip
+    assert Recipe.from_protocol(plain.record(), test_batch=500).test_batch == 500
 
 
 def test_one_protocol_for_every_kind_of_set(toy):
