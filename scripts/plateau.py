@@ -48,6 +48,18 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
     return name.strip(), [s.strip() for s in sets.split(",") if s.strip()]
 
 
+def arm_iterations(sets: list[str], default: int) -> tuple[list[str], int]:
+    """An arm's own ``iterations=N`` (to run one arm longer) taken out of its overrides, else ``default``."""
+    rest, n = [], default
+    for s in sets:
+        key, _, value = s.partition("=")
+        if key.strip() == "iterations":
+            n = int(value)
+        else:
+            rest.append(s)
+    return rest, n
+
+
 def windowed_loss(metrics: list[dict], steps: list[int], key: str = "loss") -> dict[int, float | None]:
     """Mean of ``key`` over the iterations after the previous evaluated step, up to and including ``step``."""
     out, prev = {}, 0
@@ -63,7 +75,7 @@ def plateau_step(points: list[dict], loss_tol: float) -> int | None:
     less than ``loss_tol`` (relative) to the end; ``None`` when no step qualifies (not plateaued)."""
     best = max(points, key=lambda p: p["val_mean"])
     final_loss = points[-1]["loss"]
-    for p in points:
+    for p in points[:-1]:  # the last step qualifies trivially: still climbing there is no plateau
         if p["val_mean"] < best["val_mean"] - best["val_std"]:
             continue
         if final_loss is None:  # no loss recorded at all: accuracy alone
@@ -104,22 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="distill and validate this arm only (no test, no report)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "plateau"))
     a = p.parse_args(argv)
-    arms = dict(parse_arm(t) for t in a.arm)
-    steps = sorted({int(s) for s in a.eval_at.split(",")} | {a.iterations})
-    if steps[0] < 0 or steps[-1] > a.iterations:
-        raise SystemExit(f"--eval-at must lie in 0..{a.iterations}")
+    arms = {name: arm_iterations(sets, a.iterations) for name, sets in map(parse_arm, a.arm)}
+    asked = {int(s) for s in a.eval_at.split(",")}
+    if min(asked) < 0:
+        raise SystemExit("--eval-at steps must be >= 0")
     if a.only and a.only not in arms:
         raise SystemExit(f"--only {a.only!r}: not one of the arms {sorted(arms)}")
-    every = 0
-    for s in steps:  # snapshot at the gcd of the evaluated steps
-        every = gcd(every, s)
     out = Path(a.out)
     executor = LocalExecutor(workers=a.workers) if a.workers > 1 else None
     rows = []
-    for name, sets in arms.items():
+    for name, (sets, iterations) in arms.items():
         if a.only and name != a.only:
             continue
-        overrides = [*a.set, *sets, f"data.val_per_class={a.val_per_class}", f"iterations={a.iterations}",
+        steps = sorted({s for s in asked if s <= iterations} | {iterations})
+        every = 0
+        for s in steps:  # snapshot at the gcd of the evaluated steps
+            every = gcd(every, s)
+        overrides = [*a.set, *sets, f"data.val_per_class={a.val_per_class}", f"iterations={iterations}",
                      f"snapshot_every={every}", f"checkpoint_every={every}"]  # fmt: skip
         cfg = resolve_config(files=a.config, overrides=overrides)
         run = out / "runs" / a.name / name
@@ -140,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                            "loss": losses[s], "protocol": res["synset"]["protocol"]})  # fmt: skip
             print(f"{name} step {s}: val {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}, "
                   f"loss {losses[s] if losses[s] is None else round(losses[s], 4)}", flush=True)  # fmt: skip
-        rows.append({"arm": name, "overrides": sets, "points": points, "plateau": plateau_step(points, a.loss_tol),
-                     "sec_per_iter": status.get("sec_per_iter"), "distill_s": distill_s,
+        rows.append({"arm": name, "overrides": sets, "iterations": iterations, "points": points,
+                     "plateau": plateau_step(points, a.loss_tol), "sec_per_iter": status.get("sec_per_iter"),
+                     "distill_s": distill_s,
                      "storage": status.get("storage"), "run": shown(run)})  # fmt: skip
         del d
     if a.only:
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         run = ROOT / r["run"]  # shown() paths are relative to the repository or absolute
         cfg = resolve_config(base=io.read_json(run / "config.json"))
         test_cfg = replace(cfg.eval, split="test", seeds=a.test_seeds)
-        res = evaluate_run(run, cfg, test_cfg, snapshot(run, a.iterations), executor=executor, log=None)
+        res = evaluate_run(run, cfg, test_cfg, snapshot(run, r["iterations"]), executor=executor, log=None)
         r["test"] = {k: res["synset"]["nets"][test_cfg.nets[0]][k] for k in ("mean", "std", "per_seed")}
         r["test_protocol"] = res["synset"]["protocol"]
     require_one_protocol([r["test_protocol"] for r in rows], "the test rows")
@@ -160,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         executor.close()
     command = "python scripts/plateau.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"name": a.name, "command": command, "git_commit": git_commit(), "machine": machine(),
-              "val_per_class": a.val_per_class, "steps": steps, "rows": rows,
+              "val_per_class": a.val_per_class, "steps": sorted({p["step"] for r in rows for p in r["points"]}),
+              "rows": rows,
               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     io.write_json(out / f"{a.name}.json", result)
     (out / f"{a.name}.md").write_text(report(result) + "\n")
@@ -183,20 +198,24 @@ def report(result: dict) -> str:
         "|---|---|" + "---|" * len(result["steps"]),
     ]
     for r in rows:
-        accs = " | ".join(f"{100 * p['val_mean']:.2f} +- {100 * p['val_std']:.2f}" for p in r["points"])
-        loss = " | ".join("" if p["loss"] is None else f"{p['loss']:.4g}" for p in r["points"])
+        at = {p["step"]: p for p in r["points"]}
+        accs = " | ".join(f"{100 * at[s]['val_mean']:.2f} +- {100 * at[s]['val_std']:.2f}" if s in at else ""
+                          for s in result["steps"])  # fmt: skip
+        loss = " | ".join(
+            "" if s not in at or at[s]["loss"] is None else f"{at[s]['loss']:.4g}" for s in result["steps"]
+        )
         lines += [f"| {r['arm']} | val accuracy % | {accs} |", f"| {r['arm']} | mean loss since previous | {loss} |"]
     lines += [
         "",
-        "| arm | plateau (iterations) | test accuracy % (final set) | networks | stored floats | s/iter |",
-        "|---|---|---|---|---|---|",
+        "| arm | iterations | plateau (iterations) | test accuracy % (final set) | networks | stored floats | s/iter |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t = r["test"]
-        plateau = r["plateau"] if r["plateau"] is not None else f"not reached by {result['steps'][-1]}"
+        plateau = r["plateau"] if r["plateau"] is not None else f"not reached by {r['iterations']}"
         acc = f"{100 * t['mean']:.2f} +- {100 * t['std']:.2f}"
-        lines.append(f"| {r['arm']} | {plateau} | {acc} | {len(t['per_seed'])} | {r['storage']['floats_total']:,} "
-                     f"| {r['sec_per_iter'] or 0:.3f} |")  # fmt: skip
+        lines.append(f"| {r['arm']} | {r['iterations']} | {plateau} | {acc} | {len(t['per_seed'])} "
+                     f"| {r['storage']['floats_total']:,} | {r['sec_per_iter'] or 0:.3f} |")  # fmt: skip
     return "\n".join(lines)
 
 

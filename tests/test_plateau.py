@@ -35,9 +35,14 @@ def test_plateau_is_the_first_step_near_the_best_accuracy_after_which_the_loss_s
     # the initial set never counts as the plateau while losses exist, even at the best accuracy
     flat = [point(0, 0.80, 0.01, None), point(100, 0.80, 0.01, 1.0), point(200, 0.80, 0.01, 1.0)]
     assert plateau.plateau_step(flat, loss_tol=0.02) == 100
-    # still falling at the end: only the last step qualifies
+    # still climbing at the end: no plateau (the last step always matches itself)
     falling = [point(100, 0.70, 0.005, 3.0), point(200, 0.75, 0.005, 2.0), point(400, 0.80, 0.005, 1.0)]
-    assert plateau.plateau_step(falling, loss_tol=0.02) == 400
+    assert plateau.plateau_step(falling, loss_tol=0.02) is None
+
+
+def test_an_arm_may_run_longer_than_the_others():
+    assert plateau.arm_iterations(["synset.kind=pixels", "iterations=4000"], 2000) == (["synset.kind=pixels"], 4000)
+    assert plateau.arm_iterations(["synset.kind=haba"], 2000) == (["synset.kind=haba"], 2000)
 
 
 def test_runs_an_arm_on_toy_data_and_reports_validation_points_and_the_test(tmp_path):
