@@ -104,7 +104,10 @@ class EvalProtocol:
         """The JSON written next to a result: every field, ``name``, ``id``, the lr rule and the lr used."""
         rule = "learned, else 0.01" if self.lr is None else "fixed"
         lr = self.lr_for(learned_lr)
-        return {**dataclasses.asdict(self), "name": self.name, "id": self.id, "lr_rule": rule, "lr": lr}
+        fields = dataclasses.asdict(self)
+        if fields["standardize_test_batch"] is None:  # as before it existed: evaluation cells keyed by the
+            del fields["standardize_test_batch"]  # record (evaluate_run) keep their keys and are reused
+        return {**fields, "name": self.name, "id": self.id, "lr_rule": rule, "lr": lr}
 
 
 def resolve_precision(precision: str, device=None) -> str:

@@ -80,6 +80,8 @@ def test_standardized_test_images_take_the_statistics_of_reference_sized_batches
     assert plain.id == EvalProtocol.from_config(EvalConfig(test_batch=1000, standardize_test_batch=64), STRATEGY,
                                                 10000).id  # fmt: skip
     assert Recipe.from_protocol(plain.record(), test_batch=500).test_batch == 500
+    # and its record is the one written before the field existed, so cached evaluation cells keep their keys
+    assert "standardize_test_batch" not in plain.record()
 
 
 def test_one_protocol_for_every_kind_of_set(toy):
