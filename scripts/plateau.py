@@ -136,12 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"snapshot_every={every}", f"checkpoint_every={every}"]  # fmt: skip
         cfg = resolve_config(files=a.config, overrides=overrides)
         run = out / "runs" / a.name / name
-        t0 = time.time()
         d = distill(cfg, run, resume=(run / "config.json").exists(), callbacks=[InitialSnapshot(run)])
         status = io.read_json(run / "status.json")
         if status.get("state") != "finished":
             raise SystemExit(f"{run}: distillation ended {status.get('state')!r}: {status.get('error')}")
-        distill_s = time.time() - t0
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         losses = windowed_loss(metrics, steps)
         val_cfg = replace(cfg.eval, split="val", seeds=a.val_seeds, nets=cfg.eval.nets[:1])
@@ -153,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                            "loss": losses[s], "protocol": res["synset"]["protocol"]})  # fmt: skip
             print(f"{name} step {s}: val {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}, "
                   f"loss {losses[s] if losses[s] is None else round(losses[s], 4)}", flush=True)  # fmt: skip
+        times = [m["time_s"] for m in metrics if m.get("time_s") is not None]  # every step, across resumes
         rows.append({"arm": name, "overrides": sets, "iterations": iterations, "points": points,
-                     "plateau": plateau_step(points, a.loss_tol), "sec_per_iter": status.get("sec_per_iter"),
-                     "distill_s": distill_s,
+                     "plateau": plateau_step(points, a.loss_tol),
+                     "sec_per_iter": statistics.median(times) if times else None,
                      "storage": status.get("storage"), "run": shown(run)})  # fmt: skip
         del d
     if a.only:
