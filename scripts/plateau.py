@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         d = distill(cfg, run, resume=(run / "config.json").exists(), callbacks=[InitialSnapshot(run)])
         status = io.read_json(run / "status.json")
         if status.get("state") != "finished":
-            raise SystemExit(f"{run}: distillation ended {status.get('state')!r}: {status.get('error')}")
+            raise SystemExit(
+                f"{run}: distillation ended {status.get('state')!r} ({status.get('error')}); "
+                "run the same command again to resume it from its last checkpoint"
+            )
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         losses = windowed_loss(metrics, steps)
         val_cfg = replace(cfg.eval, split="val", seeds=a.val_seeds, nets=cfg.eval.nets[:1])
@@ -160,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.only:
         return 0
     require_one_protocol([pt["protocol"] for r in rows for pt in r["points"]], "the validation points")
-    test_cfg = None
     for r in rows:  # the test set, touched once per arm: the final set, same protocol
         run = ROOT / r["run"]  # shown() paths are relative to the repository or absolute
         cfg = resolve_config(base=io.read_json(run / "config.json"))
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
               "rows": rows,
               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     io.write_json(out / f"{a.name}.json", result)
-    (out / f"{a.name}.md").write_text(report(result) + "\n")
+    io.atomic_write_bytes(out / f"{a.name}.md", (report(result) + "\n").encode())
     print(report(result))
     return 0
 
