@@ -78,9 +78,15 @@ class EvalProtocol:
         """What must agree for two results to be comparable (every field; the lr as its rule). ``precision``
         and ``standardize_test_batch`` joined later: at float32, and without standardization, they are left
         out, so the ids of results recorded before them stay valid."""
-        out = dataclasses.asdict(self)
+        out = self._fields()
         if out["precision"] == "fp32":
             del out["precision"]
+        return out
+
+    def _fields(self) -> dict[str, Any]:
+        """Every field, but ``standardize_test_batch`` when unset: plain protocols' ids and records stay as
+        they were before it existed (evaluation cells keyed by the record keep their keys)."""
+        out = dataclasses.asdict(self)
         if out["standardize_test_batch"] is None:
             del out["standardize_test_batch"]
         return out
@@ -104,10 +110,7 @@ class EvalProtocol:
         """The JSON written next to a result: every field, ``name``, ``id``, the lr rule and the lr used."""
         rule = "learned, else 0.01" if self.lr is None else "fixed"
         lr = self.lr_for(learned_lr)
-        fields = dataclasses.asdict(self)
-        if fields["standardize_test_batch"] is None:  # as before it existed: evaluation cells keyed by the
-            del fields["standardize_test_batch"]  # record (evaluate_run) keep their keys and are reused
-        return {**fields, "name": self.name, "id": self.id, "lr_rule": rule, "lr": lr}
+        return {**self._fields(), "name": self.name, "id": self.id, "lr_rule": rule, "lr": lr}
 
 
 def resolve_precision(precision: str, device=None) -> str:

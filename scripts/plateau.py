@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from bench.run import git_commit, machine  # noqa: E402
 from haba_core import io  # noqa: E402
+from haba_core import runfolder as RF  # noqa: E402
 from haba_core.config import resolve_config  # noqa: E402
 from haba_core.engine import InitialSnapshot, distill  # noqa: E402
 from haba_core.evaluate import evaluate_run  # noqa: E402
@@ -94,7 +95,7 @@ def shown(path: Path) -> str:
 
 
 def snapshot(run: Path, step: int) -> Path:
-    path = run / "snapshots" / f"step_{step:07d}.safetensors"
+    path = RF.snapshot_path(run, step)
     if not path.exists():
         raise SystemExit(f"{path} is missing: distill with snapshot steps that include {step}")
     return path
