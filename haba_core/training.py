@@ -14,6 +14,7 @@ processes. ``scripts/speed.py`` measures both.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +40,22 @@ def autocast(precision: str, device: torch.device | str):
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def compile_once(fn: Callable) -> Callable:
+    """``fn(net, x)`` through one process-wide ``torch.compile`` with static shapes, built at the first call.
+    The network is an argument, so its weights are graph inputs: every network of one architecture (a fresh
+    one each distillation iteration) shares the compiled graph. Single backward only: autograd cannot take a
+    second derivative through a compiled graph, so create_graph passes stay eager."""
+    built: list[Callable] = []
+
+    @functools.wraps(fn)
+    def call(net: nn.Module, x: Tensor) -> Tensor:
+        if not built:
+            built.append(torch.compile(fn, dynamic=False))
+        return built[0](net, x)
+
+    return call
 
 
 def compiled(net: nn.Module) -> nn.Module:

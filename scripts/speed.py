@@ -10,6 +10,10 @@ Rows (each a median over timed repetitions after warm-up, one variant after anot
 - ``dm``: one DM step on Fashion-MNIST IPC 10 pixels at the published settings (ConvNet-128 with the
   reference padding, instance norm, batch_real 256, DSA), real data; variants float32 eager (the default),
   float32 with the feature extractor compiled, bfloat16 compiled.
+- ``dc``: one DSA step on Fashion-MNIST IPC 1 pixels (real data) at two settings: the published ones the
+  reproduction profile runs (ConvNet-128 with the reference padding, batch_real 256, loops 1/1) and the CPU
+  preset ``make bench`` runs (ConvNet-64, batch_real 64); float32 eager (the default) vs the real batches'
+  pass compiled (``method.compile``). DC's step differs only by the augmentation.
 - ``eval``: HaBa's evaluation, ConvNet-128 trained 50 epochs on 100 bases x 5 hallucinators (3x32x32, random
   pairing: 100 images an epoch) and tested on 10,000 images: five networks (seeds) through
   ``evaluate_run`` with two worker processes (one thread each), as ``haba evaluate --workers 2`` runs them.
@@ -67,6 +71,11 @@ DM_VARIANTS = {
     "fp32 eager": ["method.precision=fp32", "method.compile=false"],
     "fp32 compiled": ["method.precision=fp32", "method.compile=true"],
     "bf16 compiled": ["method.precision=bf16", "method.compile=true"],
+}
+DC_VARIANTS = {"fp32 eager": ["method.compile=false"], "fp32, real pass compiled": ["method.compile=true"]}
+DC_SETTINGS = {
+    "published settings (ConvNet-128, batch_real 256)": ["net.width=128", "method.batch_real=256"],
+    "CPU preset (ConvNet-64, batch_real 64)": ["net.width=64", "method.batch_real=64"],
 }
 EVAL_VARIANTS = {
     "fp32 eager": ["eval.precision=fp32", "eval.compile=false"],
@@ -222,6 +231,24 @@ def time_eval(a) -> dict:
     return out
 
 
+def time_dc(a) -> dict:
+    ds = load_dataset("fashion_mnist", root=str(ROOT / "data"))
+    out = {}
+    for setting, extra_s in DC_SETTINGS.items():
+        out[setting] = {}
+        for name, extra in DC_VARIANTS.items():
+            steps = a.dc_warmup + a.dc_iterations
+            overrides = ["data.name=fashion_mnist", "method.name=dsa", "synset.kind=pixels", "synset.budget_ipc=1",
+                         "method.outer_loop=1", "method.inner_loop=1", "method.lr_img=0.1", "snapshot_every=0",
+                         "checkpoint_every=0", f"iterations={steps}", *extra_s, *extra]  # fmt: skip
+            d = Distiller(resolve_config(overrides=overrides), dataset=ds)
+            d.run()
+            timed = d.step_times[a.dc_warmup :]
+            out[setting][name] = {"median_s": statistics.median(timed), "times_s": [round(t, 3) for t in d.step_times]}
+            print(f"dsa {setting}, {name}: {out[setting][name]['median_s']:.3f} s/step", flush=True)
+    return out
+
+
 def markdown(res: dict) -> str:
     """The table: each fast variant against our reference path for the same work, measured side by side in this
     run (the speedups to compare with the targets), and the official figure as the issue recorded it."""
@@ -261,6 +288,11 @@ def markdown(res: dict) -> str:
             lines.append(f"| DM step, Fashion-MNIST IPC 10 pixels, ConvNet-128, batch_real 256 | {name} "
                          f"| {r['median_s']:.3f} | {ref / r['median_s']:.2f}x | >= {TARGET['dm']}x "
                          f"| {OFFICIAL['dm']} |")  # fmt: skip
+    for setting, variants in (res.get("dc") or {}).items():
+        ref = variants[next(iter(variants))]["median_s"]
+        for name, r in variants.items():
+            lines.append(f"| DSA step, Fashion-MNIST IPC 1 pixels, {setting} | {name} | {r['median_s']:.3f} "
+                         f"| {ref / r['median_s']:.2f}x | | |")  # fmt: skip
     pad = res.get("pad") or {}
     names = list(pad)
     for before, after in zip(names[::2], names[1::2], strict=True):
@@ -291,11 +323,13 @@ def markdown(res: dict) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default="mtt,dm,eval,pad", help="which rows to measure (comma-separated)")
+    p.add_argument("--rows", default="mtt,dm,dc,eval,pad", help="which rows to measure (comma-separated)")
     p.add_argument("--mtt-variants", default="reference,fast-noreuse,fast,bf16,jemalloc,jemalloc-bf16")
     p.add_argument("--mtt-iterations", type=int, default=3)
     p.add_argument("--dm-iterations", type=int, default=10)
     p.add_argument("--dm-warmup", type=int, default=2)
+    p.add_argument("--dc-iterations", type=int, default=4)
+    p.add_argument("--dc-warmup", type=int, default=2)
     p.add_argument("--eval-repeats", type=int, default=1)
     p.add_argument("--pad-rounds", type=int, default=6, help="alternating rounds of 5 steps per variant (pad row)")
     p.add_argument("--eval-variants", default="", help="';'-separated eval variants to run (default: all)")
@@ -309,6 +343,8 @@ def main() -> int:
                  "load_avg_start": os.getloadavg()}  # fmt: skip
     if "dm" in rows:
         res["dm"] = time_dm(a)
+    if "dc" in rows:
+        res["dc"] = time_dc(a)
     if "eval" in rows:
         res["eval"] = time_eval(a)
     if "pad" in rows:

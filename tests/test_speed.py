@@ -116,25 +116,29 @@ def test_compiled_network_trains_like_the_eager_one(toy):
 
 
 def _dm_losses(*overrides: str, steps: int = 2, hook=None) -> list[float]:
+    return _losses("dm", *overrides, steps=steps, hook=hook)
+
+
+def _losses(method: str, *overrides: str, steps: int = 2, hook=None) -> list[float]:
     from haba_core.engine import Distiller
     from workbench.testing import tiny_config
 
-    cfg = tiny_config("method.name=dm", "synset.kind=pixels", "synset.budget_ipc=1", f"iterations={steps}",
+    cfg = tiny_config(f"method.name={method}", "synset.kind=pixels", "synset.budget_ipc=1", f"iterations={steps}",
                       "snapshot_every=0", "checkpoint_every=0", *overrides)  # fmt: skip
     d = Distiller(cfg)
     if hook is not None:
         make = d.method.ctx.make_net
         d.method.ctx.make_net = lambda: hook(make())
     losses = []
-    d.method.step = _recording(d.method.step, losses)
+    d.method.step = _recording(d.method.step, losses, method)
     d.run()
     return losses
 
 
-def _recording(step, out: list):
+def _recording(step, out: list, key: str):
     def wrapped(synset, generator):
         logs = yield from step(synset, generator)
-        out.append(logs["dm"])
+        out.append(logs[key])
         return logs
 
     return wrapped
@@ -155,6 +159,20 @@ def test_dm_bf16_runs_its_forward_passes_in_bfloat16_and_compile_keeps_the_loss(
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.1)  # rounding moves the loss, a little
     compiled = _dm_losses("method.precision=fp32", "method.compile=true")
     assert compiled == pytest.approx(fp32, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["dc", "dsa"])
+def test_dc_compile_runs_the_real_pass_compiled_and_keeps_the_loss(method, monkeypatch):
+    from haba_core.methods import dc
+
+    calls = []
+    real = dc.compiled_logits
+    monkeypatch.setattr(dc, "compiled_logits", lambda net, x: calls.append(len(x)) or real(net, x))
+    eager = _losses(method, "method.batch_real=8")
+    assert calls == []
+    fast = _losses(method, "method.batch_real=8", "method.compile=true")
+    assert calls and set(calls) == {8}  # only the real batches go through the compiled graph
+    assert fast == pytest.approx(eager, rel=1e-3)
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):

@@ -27,22 +27,14 @@ from dataclasses import dataclass
 import torch
 
 from haba_core.methods.base import METHODS, Method, Step
-from haba_core.training import autocast
+from haba_core.training import autocast, compile_once
 
 
 def _features(net, x):
     return net.forward_features(x)
 
 
-_compiled_features = None
-
-
-def compiled_features(net, x):
-    """``net.forward_features(x)`` through one process-wide ``torch.compile`` (nets of one architecture share it)."""
-    global _compiled_features
-    if _compiled_features is None:
-        _compiled_features = torch.compile(_features, dynamic=False)
-    return _compiled_features(net, x)
+compiled_features = compile_once(_features)
 
 
 @dataclass(frozen=True)
