@@ -8,6 +8,14 @@ the test set under the same protocol. Runs live in ``OUT/runs/<combination>`` an
 
     python scripts/val_search.py --name dm_haba_ipc1_lr --config configs/fmnist_cpu_dm.yaml \\
         --set synset.kind=haba --set synset.budget_ipc=1 --grid synset.lr_hallucinators=1e-3,5e-4 --test
+
+A knob that is a whole preset, such as the backend (each has its own config file and settings), is an axis of
+``--preset NAME=FILE[,KEY=VALUE...]`` flags, multiplied with the grid; every preset's rows must share one
+evaluation protocol (the search refuses otherwise):
+
+    python scripts/val_search.py --name haba_ipc1_backend --set synset.kind=haba --set synset.budget_ipc=1 \\
+        --preset dm=configs/fmnist_cpu_dm.yaml --preset dc=configs/fmnist_cpu_dc.yaml \\
+        --preset mtt=configs/fmnist_cpu_mtt.yaml,method.lr_img=100,method.expert_dir=experts/fmnist_cpu_val --test
 """
 
 from __future__ import annotations
@@ -35,6 +43,30 @@ def combinations(grid: list[str]) -> list[dict[str, str]]:
         key, values = g.split("=", 1)
         axes.append([(key.strip(), v.strip()) for v in values.split(",")])
     return [dict(c) for c in itertools.product(*axes)] if axes else [{}]
+
+
+def presets(specs: list[str]) -> list[tuple[str, list[str], list[str]]]:
+    """``NAME=FILE[,KEY=VALUE...]`` flags -> (name, [file], [overrides]); none -> one unnamed entry."""
+    out = []
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        file, *overrides = rest.split(",")
+        if not name.strip() or not file.strip() or any("=" not in o for o in overrides):
+            raise SystemExit(f"--preset {spec!r}: expected NAME=FILE[,KEY=VALUE...]")
+        out.append((name.strip(), [file.strip()], [o.strip() for o in overrides]))
+    return out or [("", [], [])]
+
+
+def candidates(a) -> list[tuple[dict[str, str], list[str], list[str]]]:
+    """(combination as recorded, config files, overrides) for every preset x grid combination; a preset shows in
+    the combination as ``preset=NAME``, its own overrides after the search's ``--set`` and before the grid's."""
+    out = []
+    for name, files, own in presets(a.preset):
+        for combo in combinations(a.grid):
+            shown = {"preset": name, **combo} if name else combo
+            overrides = [*a.set, *own, f"data.val_per_class={a.val_per_class}", *(f"{k}={v}" for k, v in combo.items())]
+            out.append((shown, [*a.config, *files], overrides))
+    return out
 
 
 def tag(combo: dict[str, str]) -> str:
@@ -70,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", action="append", default=[])
     p.add_argument("--set", action="append", default=[], help="fixed overrides for every combination")
     p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable: the product is run)")
+    p.add_argument("--preset", action="append", default=[], help="NAME=FILE[,KEY=VALUE...]: one value of a preset axis")
     p.add_argument("--val-per-class", type=int, default=500)
     p.add_argument("--test", action="store_true", help="evaluate the best combination on the test set")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "val_search"))
@@ -82,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             keep = {k: v for k, v in row.items() if k not in ("combination", "split", "wall_s")}
             if run_dir.is_dir() and not (run_dir / "search_val.json").exists():
                 io.write_json(run_dir / "search_val.json", keep)
-    rows = []
-    for combo in combinations(a.grid):
-        overrides = [*a.set, f"data.val_per_class={a.val_per_class}", *(f"{k}={v}" for k, v in combo.items())]
-        cfg = resolve_config(files=a.config, overrides=overrides)
+    rows, setup = [], {}
+    for combo, files, overrides in candidates(a):
+        cfg = resolve_config(files=files, overrides=overrides)
+        setup[tag(combo)] = cfg
         t0 = time.time()
         res = run_one(cfg, out / "runs" / a.name / tag(combo), "val")
         rows.append({"combination": combo, "split": "val", **res, "wall_s": time.time() - t0})
@@ -97,13 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"name": a.name, "command": command, "git_commit": git_commit(), "machine": machine(), "rows": rows,
               "best": best["combination"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     if a.test:  # the chosen configuration, touched on the test set once (distilled without the holdout)
-        overrides = [
-            *a.set,
-            f"data.val_per_class={a.val_per_class}",
-            *(f"{k}={v}" for k, v in best["combination"].items()),
-        ]
-        cfg = resolve_config(files=a.config, overrides=overrides)
-        result["test"] = run_one(cfg, out / "runs" / a.name / tag(best["combination"]), "test")
+        chosen = tag(best["combination"])
+        result["test"] = run_one(setup[chosen], out / "runs" / a.name / chosen, "test")
     io.write_json(out / f"{a.name}.json", result)
     proto = rows[0]["protocol"]
     lines = [

@@ -1,0 +1,69 @@
+"""scripts/val_search.py: combinations scored on the validation split, presets as an axis, one test run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import val_search  # noqa: E402
+
+
+def test_a_preset_is_a_config_file_with_its_own_overrides():
+    assert val_search.presets([]) == [("", [], [])]
+    assert val_search.presets(["mtt=configs/m.yaml,method.lr_img=100,method.expert_dir=e"]) == [
+        ("mtt", ["configs/m.yaml"], ["method.lr_img=100", "method.expert_dir=e"])
+    ]
+    for bad in ("configs/m.yaml", "mtt=", "mtt=m.yaml,lr"):
+        with pytest.raises(SystemExit, match="NAME=FILE"):
+            val_search.presets([bad])
+
+
+def test_presets_times_grid_in_order_with_the_holdout_and_the_preset_overrides_before_the_grid():
+    class A:
+        preset = ["dm=dm.yaml,method.lr_img=2", "dc=dc.yaml"]
+        grid = ["synset.n_hallucinators=2,5"]
+        config = ["base.yaml"]
+        set = ["synset.kind=haba"]
+        val_per_class = 50
+
+    got = val_search.candidates(A)
+    assert [val_search.tag(c) for c, _, _ in got] == [
+        "preset=dm_n_hallucinators=2", "preset=dm_n_hallucinators=5",
+        "preset=dc_n_hallucinators=2", "preset=dc_n_hallucinators=5",
+    ]  # fmt: skip
+    combo, files, overrides = got[1]
+    assert combo == {"preset": "dm", "synset.n_hallucinators": "5"}
+    assert files == ["base.yaml", "dm.yaml"]
+    assert overrides == ["synset.kind=haba", "method.lr_img=2", "data.val_per_class=50", "synset.n_hallucinators=5"]
+
+
+def test_searches_backends_on_toy_data_and_tests_only_the_chosen_one(tmp_path):
+    (tmp_path / "dm.yaml").write_text("method:\n  name: dm\n")
+    (tmp_path / "dc.yaml").write_text("method:\n  name: dc\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "scripts" / "val_search.py"), "--name", "toy", "--out", str(out),
+           "--set", "data.name=toy", "--set", "net.width=8", "--set", "method.batch_real=8", "--set", "iterations=2",
+           "--set", "eval.epochs=1", "--set", "eval.seeds=1", "--set", "eval.test_batch=100",
+           "--set", "synset.budget_ipc=1", "--set", "synset.kind=pixels", "--val-per-class", "5",
+           "--preset", f"dm={tmp_path / 'dm.yaml'}", "--preset", f"dc={tmp_path / 'dc.yaml'}", "--test"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "toy.json").read_text())
+    assert [row["combination"] for row in res["rows"]] == [{"preset": "dm"}, {"preset": "dc"}]
+    assert all(row["split"] == "val" and row["protocol"]["split"] == "val" for row in res["rows"])
+    for name in ("dm", "dc"):
+        cfg = json.loads((out / "runs" / "toy" / f"preset={name}" / "config.json").read_text())
+        assert cfg["method"]["name"] == name and cfg["data"]["val_per_class"] == 5
+    best = max(res["rows"], key=lambda row: row["mean"])
+    assert res["best"] == best["combination"] and res["test"]["protocol"]["split"] == "test"
+    chosen = out / "runs" / "toy" / val_search.tag(best["combination"])
+    other = next(p for p in (out / "runs" / "toy").iterdir() if p != chosen)
+    assert (chosen / "search_test.json").exists() and not (other / "search_test.json").exists()
+    assert "| preset=dm |" in (out / "toy.md").read_text()
