@@ -438,6 +438,18 @@ def test_validation_split_is_seeded_balanced_and_held_out():
         load_dataset("toy", n_per_class=20, val_per_class=20)
 
 
+def test_a_train_limit_keeps_the_same_holdout_and_takes_its_subset_from_the_rest():
+    """Experts train on a limited subset; their holdout must be the distillation's (same images), or they would
+    learn from the images the distillation is validated on."""
+    d = load_dataset("toy", n_per_class=20, val_per_class=4, val_seed=1)
+    lim = load_dataset("toy", n_per_class=20, val_per_class=4, val_seed=1, train_limit=50)
+    assert torch.equal(lim.images_val, d.images_val) and torch.equal(lim.labels_val, d.labels_val)
+    # the limit's first-of-each-class subset, taken from the images left after the holdout
+    first = torch.cat([d.images_train[d.labels_train == c][:5] for c in range(10)])
+    order = torch.cat([torch.nonzero(d.labels_train == c).flatten()[:5] for c in range(10)]).sort().indices
+    assert len(lim.labels_train) == 50 and torch.equal(lim.images_train, first[order])
+
+
 # ------------------------------------------------------------------------------------------ real Fashion-MNIST
 
 

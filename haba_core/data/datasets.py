@@ -339,8 +339,10 @@ def load_dataset(
     zca: ZCA-whiten, fitted on the training images kept after ``train_limit`` and the validation holdout.
     zca_variant: "kornia" (the reference: raw x / 255 pixels, absolute eps ``zca_reg``) or "relative"
         (normalized pixels, eps ``zca_reg`` x mean eigenvalue).
-    val_per_class / val_seed: hold out that many training images per class (seeded) as the validation split.
-    train_limit / test_limit: keep a deterministic class-balanced subset of that many images.
+    val_per_class / val_seed: hold out that many training images per class (seeded) as the validation split,
+        drawn from the whole training set, so every process with the same values holds out the same images.
+    train_limit / test_limit: keep a deterministic class-balanced subset of that many images (of the training
+        images left after the holdout).
     download: allow a torchvision download when the files are not found (never in tests).
     options: the source's own options, e.g. ``load_dataset("toy", channels=3, im_size=32)``.
     Raises DatasetNotFoundError (with instructions) when the files are missing and cannot be fetched.
@@ -365,19 +367,18 @@ def load_dataset(
     # the reference ZCA whitens raw [0, 1] pixels: no mean/std normalization before it
     prepare = (lambda x: x.to(torch.float32).div_(255.0)) if zca and zca_variant == "kornia" else (
         lambda x: _normalize(x, info))  # fmt: skip
-    uint8 = {}
-    for split, limit in (("train", train_limit), ("test", test_limit)):
-        images, labels = getattr(raw, f"images_{split}"), getattr(raw, f"labels_{split}")
-        keep = balanced_indices(labels, info.num_classes, limit)
-        if keep is not None:
-            images, labels = images[keep], labels[keep]
-        uint8[split] = (images, labels)
-    if val_per_class:
+    uint8 = {split: (getattr(raw, f"images_{split}"), getattr(raw, f"labels_{split}")) for split in ("train", "test")}
+    if val_per_class:  # from the whole training set, before any limit: a train_limit (experts) never moves it
         images, labels = uint8["train"]
         held = validation_indices(labels, info.num_classes, val_per_class, val_seed)
         rest = torch.ones(labels.numel(), dtype=torch.bool)
         rest[held] = False
         uint8["val"], uint8["train"] = (images[held], labels[held]), (images[rest], labels[rest])
+    for split, limit in (("train", train_limit), ("test", test_limit)):
+        images, labels = uint8[split]
+        keep = balanced_indices(labels, info.num_classes, limit)
+        if keep is not None:
+            uint8[split] = (images[keep], labels[keep])
     splits = {split: (prepare(x), y.clone()) for split, (x, y) in uint8.items()}
 
     fitted = None
