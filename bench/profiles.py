@@ -44,13 +44,13 @@ class Profile:
     jobs: int = 1  # cells run at once by default (`--jobs`), each with cores // jobs threads
 
 
-def _matrix(budgets, methods, presets, haba_sizes, extra=()) -> tuple[Cell, ...]:
+def _matrix(budgets, methods, presets, haba_sizes, extra=(), per_method=None) -> tuple[Cell, ...]:
     cells = []
     for b in budgets:
         cells.append(Cell(f"ipc{b:g}_random_real", b, None))
         for m in methods:
             for kind in ("pixels", "haba"):
-                ov = list(extra)
+                ov = [*extra, *(per_method or {}).get(m, ())]
                 size = haba_sizes.get(b)
                 if kind == "haba" and size:
                     ov.append(f"synset.basis_size={size}")
@@ -80,6 +80,8 @@ CPU = _fmnist(
         presets={m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")},
         # full-size bases + 5 hallucinators do not fit IPC 1 on 28x28: store 14x14 bases there
         haba_sizes={1: 14},
+        # execution choices, not protocol: the compiled real-batch pass of DM, DC and DSA (scripts/speed.py)
+        per_method={m: ("method.compile=true",) for m in ("dm", "dc", "dsa")},
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
     experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64".split())},
@@ -88,7 +90,7 @@ CPU = _fmnist(
 # The distillation-precision check (issue #14): the cpu profile's DM and MTT cells distilled under bf16 autocast
 # (DM also compiled), everything else equal (seeds, iterations, evaluation protocol); scripts/distill_precision.py
 # compares each cell with its float32 twin in bench/results/cpu.json.
-_BF16 = {"dm": ("method.precision=bf16", "method.compile=true"), "mtt": ("method.precision=bf16",)}
+_BF16 = {"dm": ("method.precision=bf16",), "mtt": ("method.precision=bf16",)}  # DM is compiled in cpu too
 CPU_BF16 = dataclasses.replace(
     CPU,
     name="cpu_bf16",
