@@ -112,17 +112,21 @@ def time_mtt(a) -> dict:
     return results
 
 
+def time_steps(ds, overrides: list[str], warmup: int, iterations: int) -> dict:
+    """Distill ``warmup + iterations`` steps (no snapshots or checkpoints) and take the median of the timed ones."""
+    steps = ["snapshot_every=0", "checkpoint_every=0", f"iterations={warmup + iterations}"]
+    d = Distiller(resolve_config(overrides=[*overrides, *steps]), dataset=ds)
+    d.run()
+    return {"median_s": statistics.median(d.step_times[warmup:]), "times_s": [round(t, 3) for t in d.step_times]}
+
+
 def time_dm(a) -> dict:
     ds = load_dataset("fashion_mnist", root=str(ROOT / "data"))
     out = {}
     for name, extra in DM_VARIANTS.items():
         overrides = ["data.name=fashion_mnist", "method.name=dm", "synset.kind=pixels", "synset.budget_ipc=10",
-                     "net.width=128", "method.batch_real=256", "method.lr_img=1.0", "snapshot_every=0",
-                     "checkpoint_every=0", f"iterations={a.dm_warmup + a.dm_iterations}", *extra]  # fmt: skip
-        d = Distiller(resolve_config(overrides=overrides), dataset=ds)
-        d.run()
-        timed = d.step_times[a.dm_warmup :]
-        out[name] = {"median_s": statistics.median(timed), "times_s": [round(t, 3) for t in d.step_times]}
+                     "net.width=128", "method.batch_real=256", "method.lr_img=1.0", *extra]  # fmt: skip
+        out[name] = time_steps(ds, overrides, a.dm_warmup, a.dm_iterations)
         print(f"dm {name}: {out[name]['median_s']:.3f} s/step", flush=True)
     return out
 
@@ -237,14 +241,10 @@ def time_dc(a) -> dict:
     for setting, extra_s in DC_SETTINGS.items():
         out[setting] = {}
         for name, extra in DC_VARIANTS.items():
-            steps = a.dc_warmup + a.dc_iterations
             overrides = ["data.name=fashion_mnist", "method.name=dsa", "synset.kind=pixels", "synset.budget_ipc=1",
-                         "method.outer_loop=1", "method.inner_loop=1", "method.lr_img=0.1", "snapshot_every=0",
-                         "checkpoint_every=0", f"iterations={steps}", *extra_s, *extra]  # fmt: skip
-            d = Distiller(resolve_config(overrides=overrides), dataset=ds)
-            d.run()
-            timed = d.step_times[a.dc_warmup :]
-            out[setting][name] = {"median_s": statistics.median(timed), "times_s": [round(t, 3) for t in d.step_times]}
+                         "method.outer_loop=1", "method.inner_loop=1", "method.lr_img=0.1",
+                         *extra_s, *extra]  # fmt: skip
+            out[setting][name] = time_steps(ds, overrides, a.dc_warmup, a.dc_iterations)
             print(f"dsa {setting}, {name}: {out[setting][name]['median_s']:.3f} s/step", flush=True)
     return out
 

@@ -115,10 +115,6 @@ def test_compiled_network_trains_like_the_eager_one(toy):
     assert [r["path"] for r in recs] == ["grouped", "grouped"]
 
 
-def _dm_losses(*overrides: str, steps: int = 2, hook=None) -> list[float]:
-    return _losses("dm", *overrides, steps=steps, hook=hook)
-
-
 def _losses(method: str, *overrides: str, steps: int = 2, hook=None) -> list[float]:
     from haba_core.engine import Distiller
     from workbench.testing import tiny_config
@@ -151,13 +147,13 @@ def test_dm_bf16_runs_its_forward_passes_in_bfloat16_and_compile_keeps_the_loss(
         net.features[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
         return net
 
-    fp32 = _dm_losses("method.precision=fp32", hook=hook)
+    fp32 = _losses("dm", "method.precision=fp32", hook=hook)
     assert set(seen) == {torch.float32}
     seen.clear()
-    bf16 = _dm_losses("method.precision=bf16", hook=hook)
+    bf16 = _losses("dm", "method.precision=bf16", hook=hook)
     assert set(seen) == {torch.bfloat16}
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.1)  # rounding moves the loss, a little
-    compiled = _dm_losses("method.precision=fp32", "method.compile=true")
+    compiled = _losses("dm", "method.precision=fp32", "method.compile=true")
     assert compiled == pytest.approx(fp32, rel=1e-4)
 
 
