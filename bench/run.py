@@ -136,7 +136,7 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
     if spi is None:  # resumed a finished run: time the profiled iterations instead
         spi = d.seconds_per_iteration()
     return {"eval": ev, "sec_per_iter": spi, "iterations": cfg.iterations, "wall_s": time.time() - t0,
-            "config": cfg.to_dict(), **speed}  # fmt: skip
+            "config": cfg.to_dict(), "distill_precision": getattr(d.method, "precision", None), **speed}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- driver (parent)
@@ -298,10 +298,12 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         "accuracy_per_seed": acc["per_seed"],
         "eval_net": net,
         "eval_train_s_median": acc.get("train_s"),
+        "eval_test_s_median": acc.get("test_s"),
         "storage": ev["storage"],
         "protocol": ev["protocol"],
         "sec_per_iter": res["sec_per_iter"],
         "iterations": res["iterations"],
+        "distill_precision": res.get("distill_precision"),  # what method.precision resolved to
         "conv_share": res.get("conv_share"),
         "peak_rss_mb": peak_rss_mb(),
         "wall_s": res["wall_s"],
@@ -373,9 +375,9 @@ def markdown(result: dict) -> str:
     elif protocols:
         lines += ["", f"Every row: evaluation protocol {protocols[0]}."]
     published = any(r["cell"].get("published") for r in result["cells"])
-    head = ("| budget (IPC) | cell | accuracy % | stored floats | IPC-equiv | images/class | s/iter | conv share "
-            "| eval s/net | peak MB | protocol |")  # fmt: skip
-    lines += ["", head + (" published % | gap |" if published else ""), "|---" * (11 + 2 * published) + "|"]
+    head = ("| budget (IPC) | cell | accuracy % | stored floats | IPC-equiv | images/class | s/iter | distilled in "
+            "| conv share | eval s/net | peak MB | protocol |")  # fmt: skip
+    lines += ["", head + (" published % | gap |" if published else ""), "|---" * (12 + 2 * published) + "|"]
     for r in result["cells"]:
         c, st = r["cell"], r["storage"]
         name = "random real" if c["method"] is None else f"{c['method'].upper()} + {c['synset']}"
@@ -384,7 +386,8 @@ def markdown(result: dict) -> str:
         ev = "" if r.get("eval_train_s_median") is None else f"{r['eval_train_s_median']:.1f}"
         row = (
             f"| {c['budget_ipc']:g} | {name} | {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} "
-            f"| {st['floats_total']:,} | {st['ipc_equivalent']:.3f} | {st['images_per_class']} | {spi} | {share} "
+            f"| {st['floats_total']:,} | {st['ipc_equivalent']:.3f} | {st['images_per_class']} | {spi} "
+            f"| {r.get('distill_precision') or ''} | {share} "
             f"| {ev} | {r['peak_rss_mb']:.0f} | {protocol_label(r.get('protocol'))} |"
         )
         if published:
@@ -393,7 +396,7 @@ def markdown(result: dict) -> str:
                     else " (none) | |")  # fmt: skip
         lines.append(row)
     for f in result["failed"]:
-        lines.append(f"| | {f['cell']} | failed |" + " |" * (9 + 2 * published))
+        lines.append(f"| | {f['cell']} | failed |" + " |" * (10 + 2 * published))
     if not result["complete"]:
         lines += ["", "_Incomplete: rerun the same command to finish the missing cells._"]
     return "\n".join(lines) + "\n"

@@ -30,6 +30,10 @@ def test_bench_smoke_runs_and_resumes(tmp_path):
         assert c["peak_rss_mb"] > 0
     haba = res["cells"][2]
     assert haba["sec_per_iter"] > 0 and 0 < haba["conv_share"] < 1
+    # what each cell distilled in, as its run resolved it (random real distills nothing), and its test pass time
+    assert res["cells"][0]["distill_precision"] is None
+    assert {c["distill_precision"] for c in res["cells"][1:]} <= {"fp32", "bf16"}
+    assert all(c["eval_test_s_median"] > 0 for c in res["cells"])
     assert res["machine"]["cores"] and res["git_commit"] and "bench.run --smoke" in res["command"]
     md = (tmp_path / "smoke.md").read_text()
     assert "| 2 | DM + haba |" in md and "random real" in md
