@@ -88,17 +88,21 @@ CPU = _fmnist(
 )
 
 # The distillation-precision check (issue #14): the cpu profile's DM and MTT cells distilled under bf16 autocast
-# (DM also compiled), everything else equal (seeds, iterations, evaluation protocol); scripts/distill_precision.py
-# compares each cell with its float32 twin in bench/results/cpu.json.
-_BF16 = {"dm": ("method.precision=bf16",), "mtt": ("method.precision=bf16",)}  # DM is compiled in cpu too
-CPU_BF16 = dataclasses.replace(
-    CPU,
-    name="cpu_bf16",
-    description="The cpu profile's DM and MTT cells distilled in bf16 (DM compiled): the distillation-precision check",
-    cells=tuple(
-        dataclasses.replace(c, overrides=(*c.overrides, *_BF16[c.method])) for c in CPU.cells if c.method in _BF16
-    ),  # fmt: skip
-)
+# (DM also compiled) and in float32, everything else equal (seeds, iterations, evaluation protocol);
+# scripts/distill_precision.py compares the two. Both pin method.precision: cpu runs the defaults, and DM's
+# `auto` resolves to bf16 on this CPU.
+def _pinned(name: str, precision: str, description: str) -> Profile:
+    return dataclasses.replace(
+        CPU, name=name, description=description,
+        cells=tuple(dataclasses.replace(c, overrides=(*c.overrides, f"method.precision={precision}"))
+                    for c in CPU.cells if c.method in ("dm", "mtt")),
+    )  # fmt: skip
+
+
+CPU_BF16 = _pinned("cpu_bf16", "bf16", "The cpu profile's DM and MTT cells distilled in bf16 (DM compiled): the "
+                   "distillation-precision check")  # fmt: skip
+CPU_FP32 = _pinned("cpu_fp32", "fp32", "The cpu profile's DM and MTT cells distilled in float32 (DM compiled): the "
+                   "float32 twins of cpu_bf16")  # fmt: skip
 
 PAPER = Profile(
     name="paper",
@@ -239,4 +243,4 @@ DEMO = _fmnist(
     ),
 )
 
-PROFILES = {p.name: p for p in (CPU, CPU_BF16, PAPER, SMOKE, REPRO, SYNSET_KINDS, DEMO)}
+PROFILES = {p.name: p for p in (CPU, CPU_BF16, CPU_FP32, PAPER, SMOKE, REPRO, SYNSET_KINDS, DEMO)}

@@ -3,11 +3,16 @@ bf16 autocast, DM compiled) is compared with its float32 twin of the ``cpu`` pro
 iterations, same experts, same evaluation protocol and network seeds. A cell passes when its mean accuracy lies
 within one standard deviation (of the float32 networks) of the float32 mean (issue #14).
 
-    .venv/bin/python -m bench.run --profile cpu_bf16      # the bf16 cells (the cpu profile's are the fp32 ones)
+    .venv/bin/python -m bench.run --profile cpu_fp32      # the float32 twins
+    .venv/bin/python -m bench.run --profile cpu_bf16      # the bf16 cells
     .venv/bin/python scripts/distill_precision.py         # -> bench/results/distill_precision.{json,md}
 
-The check refuses pairs whose evaluation protocols differ, or whose run configs (when the run folders are
-present) differ in anything but ``method.precision``, ``method.compile`` and the experts folder.
+(``cpu_fp32`` pins ``method.precision=fp32``: the ``cpu`` profile itself runs the defaults, and DM's default
+resolves to bf16 on this CPU since it passed this check, so its DM cells are no float32 twins any more.)
+The check refuses pairs whose evaluation protocols differ, whose run configs (when the run folders are
+present) differ in anything but ``method.precision``, ``method.compile`` and the experts folder, or whose
+distillations did not run in float32 and bf16 as recorded (``distill_precision`` in the cell record, else
+the run's ``status.json``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ def config_difference(a: Path, b: Path) -> set[str]:
     return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
 
 
+def distilled_in(results: Path, profile: str, cell: str, record: dict) -> str | None:
+    """The precision a bench cell's distillation resolved to: its record's ``distill_precision``, else its
+    run's ``status.json``; None when neither says (older records without their run folder)."""
+    if record.get("distill_precision"):
+        return record["distill_precision"]
+    status = results / profile / "runs" / cell / "run" / "status.json"
+    return io.read_json(status).get("precision") if status.exists() else None
+
+
 def compare(results: Path, reference: str, fast: str) -> list[dict]:
     rows = []
     for cell in sorted((results / fast / "cells").glob("*.json")):
@@ -45,6 +59,11 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
             raise SystemExit(f"{cell.stem}: evaluated under protocols {f['protocol']['id']} vs {r['protocol']['id']}")
         if len(f["accuracy_per_seed"]) != len(r["accuracy_per_seed"]):
             raise SystemExit(f"{cell.stem}: a different number of evaluation networks")
+        for name, rec, want in ((reference, r, "fp32"), (fast, f, "bf16")):
+            got = distilled_in(results, name, cell.stem, rec)
+            if got not in (None, want):
+                raise SystemExit(f"{cell.stem}: the `{name}` cell distilled in {got}, not {want}; the float32 twins "
+                                 "are `python -m bench.run --profile cpu_fp32` (`--reference cpu_fp32`)")  # fmt: skip
         run = f"runs/{cell.stem}/run/config.json"
         extra = config_difference(results / reference / run, results / fast / run) - ALLOWED
         if extra:
@@ -83,7 +102,7 @@ def markdown(res: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
-    p.add_argument("--reference", default="cpu")
+    p.add_argument("--reference", default="cpu_fp32")
     p.add_argument("--fast", default="cpu_bf16")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill_precision"))
     a = p.parse_args()

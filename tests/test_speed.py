@@ -224,6 +224,28 @@ def test_distill_precision_check_recomputes_the_gap_and_refuses_unlike_pairs(tmp
     io.write_json(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json", {**cfg, "seed": 1})
     with pytest.raises(SystemExit, match=r"differ beyond precision: \['seed'\]"):
         compare(tmp_path, "cpu", "cpu_bf16")
+    io.write_json(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json", cfg)
+    assert len(compare(tmp_path, "cpu", "cpu_bf16")) == 2
+    # a reference that resolved `auto` to bf16 (cpu's DM cells since bf16 became DM's default) is no twin
+    rec = io.read_json(tmp_path / "cpu" / "cells" / "b.json")
+    io.write_json(tmp_path / "cpu" / "cells" / "b.json", {**rec, "distill_precision": "bf16"})
+    with pytest.raises(SystemExit, match="distilled in bf16, not fp32.*cpu_fp32"):
+        compare(tmp_path, "cpu", "cpu_bf16")
+    io.write_json(tmp_path / "cpu" / "cells" / "b.json", rec)  # without the field, the run's status.json says
+    io.write_json(tmp_path / "cpu" / "runs" / "b" / "run" / "status.json", {"precision": "bf16"})
+    with pytest.raises(SystemExit, match="distilled in bf16"):
+        compare(tmp_path, "cpu", "cpu_bf16")
+
+
+def test_the_precision_twins_differ_only_in_pinned_precision():
+    from bench.profiles import CPU, PROFILES
+
+    fp32, bf16 = PROFILES["cpu_fp32"], PROFILES["cpu_bf16"]
+    want = [c for c in CPU.cells if c.method in ("dm", "mtt")]
+    assert [c.name for c in fp32.cells] == [c.name for c in bf16.cells] == [c.name for c in want] and len(want) == 8
+    for c, a, b in zip(want, fp32.cells, bf16.cells, strict=True):
+        assert a.overrides == (*c.overrides, "method.precision=fp32")
+        assert b.overrides == (*c.overrides, "method.precision=bf16")
 
 
 def test_method_precision_auto_resolves_per_device_and_the_run_records_it(tmp_path, monkeypatch):
