@@ -1,7 +1,8 @@
 """Benchmark profiles as data: which cells run, on which data, with which settings.
 
 A *cell* is one row of the headline table: a storage budget and a method x synset (or the random real
-subset at the same storage). ``cpu`` is sized to finish in about an hour on 2 cores; ``paper`` holds the
+subset at the same storage). ``cpu`` is sized to finish in about 50 minutes on 2 cores (``cpu_bf16`` and
+``cpu_fp32``: its DM and MTT cells at pinned precisions, for the distillation-precision check); ``paper`` holds the
 published settings for GPU users; ``smoke`` runs in seconds on generated data to keep the harness working;
 ``repro`` reproduces published baselines; ``synsets`` puts every registered synset kind side by side;
 ``demo`` is ``make demo`` (minutes).
@@ -72,7 +73,7 @@ def _fmnist(name: str, description: str, seeds: int, cells: tuple[Cell, ...], **
 
 CPU = _fmnist(
     "cpu",
-    "Fashion-MNIST, CPU-sized iterations (about an hour on 2 cores), ConvNet, 3 evaluation networks",
+    "Fashion-MNIST, CPU-sized iterations (about 50 minutes on 2 cores), ConvNet, 3 evaluation networks",
     3,
     _matrix(
         budgets=(1, 10),
@@ -86,6 +87,7 @@ CPU = _fmnist(
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
     experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64".split())},
 )
+
 
 # The distillation-precision check (issue #14): the cpu profile's DM and MTT cells distilled under bf16 autocast
 # (DM also compiled) and in float32, everything else equal (seeds, iterations, evaluation protocol);
