@@ -1,5 +1,5 @@
 """Does distilling in bf16 keep accuracy? Each cell of the ``cpu_bf16`` bench profile (DM and MTT distilled under
-bf16 autocast, DM compiled) is compared with its float32 twin of the ``cpu`` profile: same distillation seed and
+bf16 autocast, DM compiled) is compared with its float32 twin of the ``cpu_fp32`` profile: same distillation seed and
 iterations, same experts, same evaluation protocol and network seeds. A cell passes when its mean accuracy lies
 within one standard deviation (of the float32 networks) of the float32 mean (issue #14).
 
