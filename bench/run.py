@@ -136,7 +136,7 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
     if spi is None:  # resumed a finished run: time the profiled iterations instead
         spi = d.seconds_per_iteration()
     return {"eval": ev, "sec_per_iter": spi, "iterations": cfg.iterations, "wall_s": time.time() - t0,
-            "config": cfg.to_dict(), "distill_precision": getattr(d.method, "precision", None), **speed}  # fmt: skip
+            "config": cfg.to_dict(), "distill_precision": d.method.precision, **speed}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- driver (parent)

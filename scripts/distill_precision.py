@@ -24,6 +24,7 @@ from pathlib import Path
 
 from haba_core import io
 from haba_core.config import RunConfig, flatten
+from haba_core.runfolder import STATUS
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {"method.params.precision", "method.params.compile", "method.params.expert_dir"}
@@ -42,7 +43,7 @@ def distilled_in(results: Path, profile: str, cell: str, record: dict) -> str | 
     run's ``status.json``; None when neither says (older records without their run folder)."""
     if record.get("distill_precision"):
         return record["distill_precision"]
-    status = results / profile / "runs" / cell / "run" / "status.json"
+    status = results / profile / "runs" / cell / "run" / STATUS
     return io.read_json(status).get("precision") if status.exists() else None
 
 
