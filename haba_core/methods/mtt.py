@@ -21,10 +21,11 @@ The learned alpha is stored in ``synset.extra["syn_lr"]`` after every update, so
 Nothing is kept between iterations: the unrolled graph is freed by ``update``'s backward.
 
 Speed (DESIGN §6). ``unroll="fast"`` renders only the step's chunk, views the flat vector as the parameter
-dict, takes one ``autograd.grad`` over the flat vector and keeps float32 activations channels-last on CPU
-(oneDNN then skips its layout reorders). ``unroll="reference"`` is the straightforward version (the whole
-set rendered every step, a parameter dict rebuilt from slices, one gradient per parameter tensor, NCHW):
-same random draws, same loss, kept as the profiling baseline (``scripts/profile_mtt.py``). Independently,
+dict, takes one ``autograd.grad`` over the flat vector and keeps float32 activations of multi-channel
+images channels-last on CPU (oneDNN then skips its layout reorders; 1-channel batches stay NCHW, see
+``unroll_fast``). ``unroll="reference"`` is the straightforward version (the whole set rendered every
+step, a parameter dict rebuilt from slices, one gradient per parameter tensor, NCHW): same random draws,
+same loss, kept as the profiling baseline (``scripts/profile_mtt.py``). Independently,
 freed activations are kept for reuse instead of being returned to the OS (page faults were a third of the CPU
 time): ``haba distill`` runs under jemalloc where it is installed, else ``reuse_memory`` tells glibc to keep
 them (``memory.py``); and ``precision="bf16"`` runs the student's forward under bf16 autocast.
@@ -70,7 +71,7 @@ class MTTConfig:
     precision: str = "fp32"
     unroll: str = "fast"  # "fast" | "reference" (see the module docstring)
     reuse_memory: bool = True  # CPU, glibc's allocator: keep freed memory (faster, more heap; not under jemalloc)
-    channels_last: bool = True  # fast fp32 unroll on CPU: NHWC activations (oneDNN skips its reorders)
+    channels_last: bool = True  # fast fp32 unroll on CPU: NHWC activations for multi-channel images
 
 
 @dataclass
@@ -203,6 +204,10 @@ class MTT(Method):
             if s.dsa is not None:
                 x = apply_dsa(x, s.dsa)
             if nhwc:  # every activation after the first conv follows this layout
+                # A 1-channel batch (Fashion-MNIST) already counts as channels-last by its strides, so this
+                # leaves it, and every layer after it, NCHW. That is kept on purpose: forcing NHWC there
+                # (``clone(memory_format=...)``) measured 0.80x on the Fashion-MNIST unroll (ConvNet-64,
+                # 100 images, one thread), group norm's backward being ~10x slower on NHWC at that size.
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, self.ctx.device):
                 out = functional_call(self.net, self._params(theta), (x,))
