@@ -209,7 +209,7 @@ def test_engine_imports_no_ui_packages():
 
 @pytest.mark.parametrize(
     ("method", "iterations", "default_lr", "lr_img"),
-    [("dm", 15, 5e-5, 1.0), ("dc", 10, 1e-4, 0.1)],
+    [("dm", 15, 5e-5, 1.0), ("dc", 10, 1e-3, 0.1), ("dsa", 10, 3e-4, 0.1)],
 )
 def test_haba_default_hallucinator_lr_keeps_hallucinations_bounded(method, iterations, default_lr, lr_img):
     """The backend's default hallucinator lr keeps images near the data (below the explorer's blown-up mark);
