@@ -23,6 +23,10 @@ Rows (each a median over timed repetitions after warm-up, one variant after anot
   100 images, bf16 eager and compiled, with the first convolution padded by oneDNN vs explicitly
   (``haba_core.nets.convnet.WidePadConv2d``), in alternating rounds in one process.
 
+- ``pool``: 2x2 average pooling, ATen's NCHW kernel vs one matrix product (``haba_core.nets.layers.AvgPool2x2``),
+  float32 and bf16: the op alone, and whole DSA and MTT steps of the ``make bench`` cells (Fashion-MNIST IPC 10
+  pixels, CPU presets), in alternating rounds in one process.
+
 The official code's figures (``OFFICIAL``) were measured side by side with ours when the issue was filed
 (official HaBa code for MTT and evaluation; DatasetCondensation's ``main_DM.py`` for DM), on the machine of
 that day; they are not re-run here (that code is not part of this repository). Speedups are therefore taken
@@ -183,6 +187,71 @@ def time_pad(a) -> dict:
     return out
 
 
+POOL_STEPS = {  # the make-bench cells the pooling change speeds most: CPU presets, Fashion-MNIST IPC 10 pixels
+    "DSA step, CPU preset, IPC 10 pixels": ["configs/fmnist_cpu_dsa.yaml", "method.compile=true"],
+    "MTT step, CPU preset, IPC 10 pixels": ["configs/fmnist_cpu_mtt.yaml"],
+}
+
+
+def time_pool(a) -> dict:
+    """2x2 average pooling, ATen's NCHW kernel vs one matrix product (``AvgPool2x2.matmul``), one thread, in
+    alternating rounds in one process: the op alone (forward + backward on 150 x 64 x 32 x 32 maps) and whole
+    distillation steps of the ``make bench`` cells, float32 and bf16. MTT's experts are untrained stand-ins
+    (``write_synthetic_experts``): the step's work does not depend on their values."""
+    from haba_core.data import dataset_info
+    from haba_core.methods.expert_set import write_synthetic_experts
+    from haba_core.methods.experts import resolve_expert_config
+    from haba_core.nets.layers import AvgPool2x2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out: dict = {"op": {}, "steps": {}}
+    pool = AvgPool2x2()
+    for dtype in (torch.float32, torch.bfloat16):
+        x0 = torch.randn(150, 64, 32, 32).to(dtype)
+        g = torch.randn(150, 64, 16, 16).to(dtype)
+
+        def op(x0=x0, g=g):
+            x = x0.detach().requires_grad_()
+            pool(x).backward(g)
+
+        times = {False: [], True: []}
+        for _ in range(3 + a.pool_op_reps):
+            for flag in (False, True):
+                AvgPool2x2.matmul = flag
+                t0 = time.perf_counter()
+                op()
+                times[flag].append(time.perf_counter() - t0)
+        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        out["op"][name] = {("matmul" if f else "aten"): statistics.median(ts[3:]) for f, ts in times.items()}
+        print(f"pool op {name}: {out['op'][name]}", flush=True)
+    ds = load_dataset("fashion_mnist", root=str(ROOT / "data"))
+    with tempfile.TemporaryDirectory() as experts:
+        ecfg = resolve_expert_config(["net.width=64"], dataset="fashion_mnist", epochs=6)
+        write_synthetic_experts(experts, ecfg, dataset_info("fashion_mnist"), num_experts=2)
+        for work, (preset, *extra) in POOL_STEPS.items():
+            for precision in ("fp32", "bf16"):
+                cfg = resolve_config(files=[ROOT / preset], overrides=[
+                    *extra, "synset.kind=pixels", "synset.budget_ipc=10", f"method.precision={precision}",
+                    f"data.root={ROOT / 'data'}", "snapshot_every=0", "checkpoint_every=0",
+                    *([f"method.expert_dir={experts}"] if "mtt" in preset else [])])  # fmt: skip
+                d = Distiller(cfg, dataset=ds)
+                d.iterate()  # warm-up (and the compile)
+                times = {False: [], True: []}
+                for _ in range(a.pool_rounds):
+                    for flag in (False, True):
+                        AvgPool2x2.matmul = flag
+                        t0 = time.perf_counter()
+                        d.iterate()
+                        times[flag].append(time.perf_counter() - t0)
+                r = {("matmul" if f else "aten"): statistics.median(ts) for f, ts in times.items()}
+                out["steps"][f"{work}, {precision}"] = r
+                print(f"pool {work}, {precision}: {r}", flush=True)
+    AvgPool2x2.matmul = True
+    torch.set_num_threads(threads)
+    return out
+
+
 def _eval_run(folder: Path) -> tuple[Path, object]:
     """A run folder holding a 3x32x32 HaBa set: 10 bases per class, 5 hallucinators (CIFAR10 IPC 10 shapes)."""
     options = {"channels": 3, "im_size": 32, "num_classes": 10, "n_test_per_class": 1000}
@@ -301,6 +370,14 @@ def markdown(res: dict) -> str:
             s = pad[name]["median_s"]
             lines.append(f"| Evaluation training step, Fashion-MNIST shapes (1x28x28, first padding 3), 100 images "
                          f"| {name} | {s:.3f} | {ref / s:.2f}x | | |")  # fmt: skip
+    po = res.get("pool") or {}
+    for name, r in (po.get("op") or {}).items():
+        lines.append(f"| 2x2 average pooling, forward + backward, 150 x 64 x 32 x 32, {name} | ATen NCHW kernel -> one "
+                     f"matrix product (default) | {r['aten']:.4f} -> {r['matmul']:.4f} | {r['aten'] / r['matmul']:.2f}x "
+                     "| | |")  # fmt: skip
+    for name, r in (po.get("steps") or {}).items():
+        lines.append(f"| {name} | pooling: ATen NCHW kernel -> one matrix product (default) | {r['aten']:.3f} -> "
+                     f"{r['matmul']:.3f} | {r['aten'] / r['matmul']:.2f}x | | |")  # fmt: skip
     ev = res.get("eval") or {}
     if ev:
         first = ev[next(iter(ev))]
@@ -323,7 +400,7 @@ def markdown(res: dict) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default="mtt,dm,dc,eval,pad", help="which rows to measure (comma-separated)")
+    p.add_argument("--rows", default="mtt,dm,dc,eval,pad,pool", help="which rows to measure (comma-separated)")
     p.add_argument("--mtt-variants", default="reference,fast-noreuse,fast,bf16,jemalloc,jemalloc-bf16")
     p.add_argument("--mtt-iterations", type=int, default=3)
     p.add_argument("--dm-iterations", type=int, default=10)
@@ -332,6 +409,8 @@ def main() -> int:
     p.add_argument("--dc-warmup", type=int, default=2)
     p.add_argument("--eval-repeats", type=int, default=1)
     p.add_argument("--pad-rounds", type=int, default=6, help="alternating rounds of 5 steps per variant (pad row)")
+    p.add_argument("--pool-op-reps", type=int, default=15, help="timed repetitions per variant (pool row, the op)")
+    p.add_argument("--pool-rounds", type=int, default=3, help="alternating rounds of one step per variant (pool row)")
     p.add_argument("--eval-variants", default="", help="';'-separated eval variants to run (default: all)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"), help="writes OUT.json and OUT.md")
     a = p.parse_args()
@@ -349,6 +428,8 @@ def main() -> int:
         res["eval"] = time_eval(a)
     if "pad" in rows:
         res["pad"] = time_pad(a)
+    if "pool" in rows:
+        res["pool"] = time_pool(a)
     if "mtt" in rows:
         res["mtt"] = time_mtt(a)
     res["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")

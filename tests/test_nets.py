@@ -183,3 +183,49 @@ def test_reference_first_layer_computes_a_padding_3_convolution(precision, monke
     assert torch.allclose(g_ours, g_ref, rtol=1e-4 if precision == "fp32" else 2e-2, atol=1e-3)
     (gg,) = torch.autograd.grad(g_ours.square().sum(), x)  # double backward through the explicit pad
     assert gg.shape == x.shape and torch.isfinite(gg).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_avg_pool_as_one_matrix_product_is_2x2_average_pooling(dtype, monkeypatch):
+    """ConvNet's 2x2 average pooling runs as a matrix product on CPU NCHW maps (speed): forward, backward and the
+    double backward MTT and DC take through it agree with ATen's pooling, each output written out by hand as the
+    mean of its four inputs; other layouts, odd sizes and compiled graphs keep ATen's kernel."""
+    import torch.nn.functional as F
+
+    from haba_core.nets.layers import AvgPool2x2
+
+    pool = create_net("convnet", 1, 10, (28, 28), width=8).features[3]
+    assert isinstance(pool, AvgPool2x2) and isinstance(pool, nn.AvgPool2d)
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 6, 8).to(dtype)
+    by_hand = (x[..., 0::2, 0::2].float() + x[..., 0::2, 1::2].float() + x[..., 1::2, 0::2].float()
+               + x[..., 1::2, 1::2].float()) / 4  # fmt: skip
+    calls = []
+    real_pool = F.avg_pool2d
+    monkeypatch.setattr(F, "avg_pool2d", lambda *a, **k: calls.append(1) or real_pool(*a, **k))
+    y = pool(x)
+    assert calls == [] and y.dtype == dtype and y.shape == (3, 5, 3, 4)
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(y, by_hand.to(dtype), **tol)  # bf16: one rounding of the float32 sum, as ATen
+    torch.testing.assert_close(y, real_pool(x, 2, 2), **tol)
+
+    # a tiny conv -> pool -> linear net: gradients and the double backward (gradient matching) agree with ATen's
+    w, v = torch.randn(5, 5, 3, 3, requires_grad=True), torch.randn(4, 5 * 3 * 4, requires_grad=True)
+    img = torch.randn(3, 5, 6, 8, requires_grad=True)
+
+    def matching_grad(pool_fn):
+        h = pool_fn(F.conv2d(img.to(dtype), w.to(dtype), padding=1))
+        loss = F.linear(h.flatten(1).float(), v).logsumexp(1).sum()
+        gw, gv = torch.autograd.grad(loss, (w, v), create_graph=True)
+        return torch.autograd.grad(gw.square().sum() + gv.square().sum(), img)[0]
+
+    ours, ref = matching_grad(pool), matching_grad(lambda h: real_pool(h, 2, 2))
+    torch.testing.assert_close(ours, ref, rtol=1e-4 if dtype == torch.float32 else 2e-2, atol=1e-4)
+    assert ours.abs().sum() > 0
+
+    calls.clear()
+    pool(x.contiguous(memory_format=torch.channels_last))  # NHWC: ATen's kernel is fast there
+    pool(torch.randn(2, 3, 7, 7).to(dtype))  # odd size
+    monkeypatch.setattr(AvgPool2x2, "matmul", False)  # the switch scripts/speed.py times
+    pool(x)
+    assert len(calls) == 3
