@@ -79,6 +79,17 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
         train_experts(cfg(epochs=1, lr=0.1), tmp_path, 1, log=None)
 
 
+def test_a_compiled_expert_follows_the_eager_one_and_joins_the_same_set(tmp_path):
+    eager = resolve_expert_config(SETS, dataset="toy", epochs=2, batch=50)  # 200 images: no short last batch
+    train_experts(eager, tmp_path / "eager", 1, log=None)
+    train_experts(dataclasses.replace(eager, compile=True), tmp_path / "mixed", 1, log=None)
+    a, b = ExpertSet(tmp_path / "eager").trajectory(0), ExpertSet(tmp_path / "mixed").trajectory(0)
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)  # the same SGD path, summed in another order
+    assert (b[-1] - b[0]).norm() > 0.01
+    train_experts(eager, tmp_path / "mixed", 2, log=None)  # compiling is not part of the recipe: no refusal
+    assert read_expert_meta(expert_path(tmp_path / "mixed", 1))["config"]["compile"] is False
+
+
 def test_missing_and_foreign_expert_files_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist.*python -m haba_core experts"):
         ExpertSet(tmp_path / "missing")

@@ -65,6 +65,9 @@ class ExpertConfig:
     seed: int = 0  # expert i uses seed + i
     device: str = "cpu"
     test_every: int = 0  # epochs between test-accuracy measurements (0: only after the last epoch)
+    # torch.compile the training network (static shapes): how the experts are computed, not what they are (same
+    # arithmetic up to fusion order), so a set may mix compiled and eager experts
+    compile: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -204,7 +207,7 @@ def train_expert(
     """
     from haba_core.augment import parse_strategy
     from haba_core.nets import create_net
-    from haba_core.training import test_accuracy, train_epoch
+    from haba_core.training import compiled, test_accuracy, train_epoch
 
     final, partial = expert_path(out, index), expert_path(out, index, partial=True)
     if final.exists():
@@ -236,12 +239,13 @@ def train_expert(
     strategy = cfg.dsa_strategy if parse_strategy(cfg.dsa_strategy) else ""
     images, labels = ds.images_train, ds.labels_train
     n = len(images)
+    model = compiled(net) if cfg.compile else net  # shares net's parameters, which opt updates
     for epoch in range(len(rows) - 1, cfg.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             return partial
         t0 = time.perf_counter()
         correct, loss_sum = train_epoch(
-            net, opt, images, labels, cfg.batch, generator, strategy, im_size=info.im_size, stats=True
+            model, opt, images, labels, cfg.batch, generator, strategy, im_size=info.im_size, stats=True
         )
         rows.append(flat_params(net))  # a clone: every epoch is its own snapshot
         history["train_acc"].append(correct / n)
@@ -338,7 +342,7 @@ def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
         except ConfigError:
             old_cfg = flatten(old.get("config", {}))
         new_cfg = flatten(manifest["config"])
-        ignore = {"device", "test_every", "data.root"}  # how, not what: may change between sessions
+        ignore = {"device", "test_every", "compile", "data.root"}  # how, not what: may change between sessions
         diff = sorted(k for k in set(old_cfg) | set(new_cfg) if k not in ignore and old_cfg.get(k) != new_cfg.get(k))
         if diff:
             raise ConfigError(
