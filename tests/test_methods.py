@@ -146,6 +146,32 @@ def test_dc_same_seed_same_result(expert_dir):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("method", ["dc", "dsa"])
+def test_dc_bf16_runs_every_convolution_in_bf16_and_matches_in_float32(method, expert_dir):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ConvDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: set[torch.dtype] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default and len(args[0]) > 1:  # not a new net's 1-image probe
+                self.seen.add(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    losses = {}
+    for precision in ("fp32", "bf16"):  # outer_loop 2: the matching passes and the inner loop's training
+        d = Distiller(method_config(method, "pixels", expert_dir, f"method.precision={precision}"))
+        with ConvDtypes() as mode:
+            losses[precision] = d.iterate()[method]
+        assert mode.seen == {torch.float32 if precision == "fp32" else torch.bfloat16}, precision
+        assert d.method.precision == precision
+        assert all(p.dtype == torch.float32 for p in d.synset.parameters())
+    assert losses["bf16"] != losses["fp32"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)  # the same distance, in float32 on bf16 grads
+
+
 PRESETS = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
 
 

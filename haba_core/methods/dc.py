@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from haba_core.errors import ConfigError
 from haba_core.methods.base import METHODS, Method, Step
-from haba_core.training import compile_once, train_epoch
+from haba_core.training import autocast, compile_once, train_epoch
 
 # DC's get_loops: ipc -> (outer_loop, inner_loop)
 LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -104,6 +104,9 @@ class DCConfig:
     match_bias: bool = False  # official: 1-d tensors (biases, norm params) do not count
     bn_size_pc: int = 16  # BatchNorm nets: real images per class to fix the running statistics
     compile: bool = False  # torch.compile the real batches' pass (compiled once per process)
+    # "fp32" | "bf16" | "auto" (bf16 where the device computes it natively): the real and synthetic forward passes
+    # and the inner loop's under bfloat16 autocast; the parameter gradients and the matching distance stay float32
+    precision: str = "fp32"
 
 
 @METHODS.register("dc")
@@ -158,9 +161,12 @@ class DC(Method):
                 syn, labels_syn = self.class_images(synset, c, generator)
                 real, syn = self._augment(real, syn, generator=generator)
                 labels_real = torch.full((len(real),), c, dtype=torch.long, device=real.device)
-                g_real = torch.autograd.grad(F.cross_entropy(real_logits(net, real), labels_real), params)
-                g_real = [g.detach() for g in g_real]
-                g_syn = torch.autograd.grad(F.cross_entropy(net(syn), labels_syn), params, create_graph=True)
+                with autocast(self.precision, real.device):
+                    loss_real = F.cross_entropy(real_logits(net, real), labels_real)
+                g_real = [g.detach() for g in torch.autograd.grad(loss_real, params)]
+                with autocast(self.precision, syn.device):
+                    loss_syn = F.cross_entropy(net(syn), labels_syn)
+                g_syn = torch.autograd.grad(loss_syn, params, create_graph=True)
                 loss = loss + match_loss(g_syn, g_real, self.cfg.match_bias)
             logs = yield loss
             total += loss.item()
@@ -185,7 +191,8 @@ class DC(Method):
         # DSA: one draw per image here (not the matching step's shared batch draw)
         dsa = self.ctx.dsa_strategy if self.augment_matching else ""
         for _ in range(epochs):
-            train_epoch(net, opt, images, labels, self.cfg.batch_train, generator, dsa, False, self.ctx.info.im_size)
+            train_epoch(net, opt, images, labels, self.cfg.batch_train, generator, dsa, False, self.ctx.info.im_size,
+                        precision=self.precision)
 
     def _freeze_batchnorm(self, net: nn.Module, generator) -> None:
         """Official DC: with BatchNorm, set running statistics from a real batch, then freeze them."""
