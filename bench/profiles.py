@@ -84,27 +84,29 @@ CPU = _fmnist(
         # execution choices, not protocol: the compiled real-batch pass of DM, DC and DSA (scripts/speed.py)
         per_method={m: ("method.compile=true",) for m in ("dm", "dc", "dsa")},
     ),
-    # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml)
-    experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64".split())},
+    # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml), trained compiled (an execution choice, like the above)
+    experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64 --compile"
+                                    .split())},  # fmt: skip
+    profile_iterations=1,  # the convolution share of one iteration (every iteration does the same work)
 )
 
 
-# The distillation-precision check (issue #14): the cpu profile's DM and MTT cells distilled under bf16 autocast
-# (DM also compiled) and in float32, everything else equal (seeds, iterations, evaluation protocol);
-# scripts/distill_precision.py compares the two. Both pin method.precision: cpu runs the defaults, and DM's
+# The distillation-precision check (issue #14): the cpu profile's distilled cells (DM, DC, DSA, MTT) under bf16
+# autocast and in float32, everything else equal (seeds, iterations, evaluation protocol, compiled real-batch
+# passes); scripts/distill_precision.py compares the two. Both pin method.precision: cpu runs the defaults, whose
 # `auto` resolves to bf16 on this CPU.
 def _pinned(name: str, precision: str, description: str) -> Profile:
     return dataclasses.replace(
         CPU, name=name, description=description,
         cells=tuple(dataclasses.replace(c, overrides=(*c.overrides, f"method.precision={precision}"))
-                    for c in CPU.cells if c.method in ("dm", "mtt")),
+                    for c in CPU.cells if c.method is not None),
     )  # fmt: skip
 
 
-CPU_BF16 = _pinned("cpu_bf16", "bf16", "The cpu profile's DM and MTT cells distilled in bf16 (DM compiled): the "
-                   "distillation-precision check")  # fmt: skip
-CPU_FP32 = _pinned("cpu_fp32", "fp32", "The cpu profile's DM and MTT cells distilled in float32 (DM compiled): the "
-                   "float32 twins of cpu_bf16")  # fmt: skip
+CPU_BF16 = _pinned("cpu_bf16", "bf16", "The cpu profile's distilled cells in bf16: the distillation-precision "
+                   "check")  # fmt: skip
+CPU_FP32 = _pinned("cpu_fp32", "fp32", "The cpu profile's distilled cells in float32: the float32 twins of "
+                   "cpu_bf16")  # fmt: skip
 
 PAPER = Profile(
     name="paper",

@@ -48,13 +48,19 @@ def distilled_in(results: Path, profile: str, cell: str, record: dict) -> str | 
 
 
 def compare(results: Path, reference: str, fast: str) -> list[dict]:
+    """One row per finished cell of ``fast``. ``reference`` names the float32 twins' folder under ``results``, or
+    several, comma-separated: each cell takes its twin from the first folder that has it."""
     rows = []
+    references = [r for r in reference.split(",") if r]
     for cell in sorted((results / fast / "cells").glob("*.json")):
         if cell.name.endswith(".failed.json"):
             continue
+        found = [r for r in references if (results / r / "cells" / cell.name).exists()]
+        if not found:
+            raise SystemExit(f"{cell.name}: no float32 twin in {', '.join(references)}: run `python -m bench.run "
+                             f"--profile cpu_fp32` first")  # fmt: skip
+        reference = found[0]
         ref_path = results / reference / "cells" / cell.name
-        if not ref_path.exists():
-            raise SystemExit(f"{ref_path} is missing: run `python -m bench.run --profile {reference}` first")
         f, r = io.read_json(cell), io.read_json(ref_path)
         if f["protocol"]["id"] != r["protocol"]["id"]:
             raise SystemExit(f"{cell.stem}: evaluated under protocols {f['protocol']['id']} vs {r['protocol']['id']}")
@@ -75,7 +81,7 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
             "bf16_mean": f["accuracy_mean"], "bf16_std": f["accuracy_std"], "gap": gap,
             "passes": abs(gap) <= r["accuracy_std"], "fp32_s_per_iter": r["sec_per_iter"],
             "bf16_s_per_iter": f["sec_per_iter"], "fp32_peak_rss_mb": r.get("peak_rss_mb"),
-            "bf16_peak_rss_mb": f.get("peak_rss_mb"), "protocol": f["protocol"]["id"],
+            "bf16_peak_rss_mb": f.get("peak_rss_mb"), "protocol": f["protocol"]["id"], "reference": reference,
         })  # fmt: skip
     return rows
 
@@ -88,22 +94,23 @@ def markdown(res: dict) -> str:
         f"cells against their `{res['reference']}` twins. A cell passes when the bf16 mean lies within one std of "
         "the float32 mean. Seconds per iteration are each cell's own run (one thread, two cells at a time).",
         "",
-        "| cell | float32 % | bf16 % | gap | within 1 std | s/iter fp32 -> bf16 | speedup |",
-        "|---|---|---|---|---|---|---|",
+        "| cell | float32 % | bf16 % | gap | within 1 std | s/iter fp32 -> bf16 | speedup | float32 twin |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         ok = "yes" if r["passes"] else "**no**"
         a, b = r["fp32_s_per_iter"], r["bf16_s_per_iter"]
         lines.append(f"| {r['cell']} | {100 * r['fp32_mean']:.2f} +- {100 * r['fp32_std']:.2f} "
                      f"| {100 * r['bf16_mean']:.2f} +- {100 * r['bf16_std']:.2f} | {100 * r['gap']:+.2f} | {ok} "
-                     f"| {a:.2f} -> {b:.2f} | {a / b:.2f}x |")  # fmt: skip
+                     f"| {a:.2f} -> {b:.2f} | {a / b:.2f}x | `{r.get('reference', res['reference'])}` |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
-    p.add_argument("--reference", default="cpu_fp32")
+    p.add_argument("--reference", default="cpu_fp32", help="the twins' folder(s) under --results, comma-separated: "
+                   "each cell's twin comes from the first that has it")  # fmt: skip
     p.add_argument("--fast", default="cpu_bf16")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill_precision"))
     a = p.parse_args()

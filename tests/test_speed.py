@@ -237,12 +237,28 @@ def test_distill_precision_check_recomputes_the_gap_and_refuses_unlike_pairs(tmp
         compare(tmp_path, "cpu", "cpu_bf16")
 
 
+def test_distill_precision_takes_each_twin_from_the_first_reference_folder_that_has_it(tmp_path):
+    from scripts.distill_precision import compare
+
+    _cell(tmp_path, "old", "a", [0.60] * 3)
+    _cell(tmp_path, "old", "b", [0.70, 0.72, 0.74])
+    _cell(tmp_path, "rerun", "a", [0.65] * 3)  # a rerun under newer defaults: it wins over "old" for a
+    _cell(tmp_path, "fast", "a", [0.65] * 3, precision="bf16")
+    _cell(tmp_path, "fast", "b", [0.72] * 3, precision="bf16")
+    rows = {r["cell"]: r for r in compare(tmp_path, "rerun,old", "fast")}
+    assert (rows["a"]["reference"], rows["a"]["fp32_mean"]) == ("rerun", pytest.approx(0.65))
+    assert (rows["b"]["reference"], rows["b"]["fp32_mean"]) == ("old", pytest.approx(0.72))
+    _cell(tmp_path, "fast", "c", [0.72] * 3, precision="bf16")
+    with pytest.raises(SystemExit, match="c.json: no float32 twin in rerun, old"):
+        compare(tmp_path, "rerun,old", "fast")
+
+
 def test_the_precision_twins_differ_only_in_pinned_precision():
     from bench.profiles import CPU, PROFILES
 
     fp32, bf16 = PROFILES["cpu_fp32"], PROFILES["cpu_bf16"]
-    want = [c for c in CPU.cells if c.method in ("dm", "mtt")]
-    assert [c.name for c in fp32.cells] == [c.name for c in bf16.cells] == [c.name for c in want] and len(want) == 8
+    want = [c for c in CPU.cells if c.method is not None]  # every distilled cell: DM, DC, DSA, MTT x 2 kinds x 2 IPCs
+    assert [c.name for c in fp32.cells] == [c.name for c in bf16.cells] == [c.name for c in want] and len(want) == 16
     for c, a, b in zip(want, fp32.cells, bf16.cells, strict=True):
         assert a.overrides == (*c.overrides, "method.precision=fp32")
         assert b.overrides == (*c.overrides, "method.precision=bf16")
