@@ -169,7 +169,7 @@ SMOKE = Profile(
 # 0.9, weight decay 5e-4, batch 256, no standardization, float32. 5 evaluation networks (the papers use 20 x 5).
 _PUBLISHED = ("net.width=128", "method.batch_real=256", "method.lr_img=0.1", "method.lr_net=0.01",
               "method.outer_loop=1", "method.inner_loop=1", "iterations=1000", "eval.standardize=false",
-              "eval.precision=fp32")  # fmt: skip
+              "eval.precision=fp32", "method.precision=fp32")  # fmt: skip
 # execution choices, not protocol (same arithmetic up to fusion order): the real batches' pass and the evaluation
 # networks compiled (DSA step 1.43x at these settings, bench/results/speed_dc.md). The DSA pixels cell ran
 # without them (it finished before they existed); its record lists the overrides it ran with.

@@ -92,17 +92,21 @@ def markdown(res: dict) -> str:
         "",
         f"`{res['command']}` at commit `{res['git_commit'][:12]}`, {res['finished_at']}: the `{res['fast']}` bench "
         f"cells against their `{res['reference']}` twins. A cell passes when the bf16 mean lies within one std of "
-        "the float32 mean. Seconds per iteration are each cell's own run (one thread, two cells at a time).",
+        "the float32 mean. "
+        + ("Seconds per iteration are each cell's own run (one thread, two cells at a time)."
+           if res.get("speeds", True) else
+           "No seconds per iteration: the two sides ran under different loads, so their timings do not compare."),
         "",
         "| cell | float32 % | bf16 % | gap | within 1 std | s/iter fp32 -> bf16 | speedup | float32 twin |",
         "|---|---|---|---|---|---|---|---|",
-    ]
+    ]  # fmt: skip
     for r in res["rows"]:
         ok = "yes" if r["passes"] else "**no**"
         a, b = r["fp32_s_per_iter"], r["bf16_s_per_iter"]
+        speed = f"{a:.2f} -> {b:.2f} | {a / b:.2f}x" if res.get("speeds", True) else "- | -"
         lines.append(f"| {r['cell']} | {100 * r['fp32_mean']:.2f} +- {100 * r['fp32_std']:.2f} "
                      f"| {100 * r['bf16_mean']:.2f} +- {100 * r['bf16_std']:.2f} | {100 * r['gap']:+.2f} | {ok} "
-                     f"| {a:.2f} -> {b:.2f} | {a / b:.2f}x | `{r.get('reference', res['reference'])}` |")  # fmt: skip
+                     f"| {speed} | `{r.get('reference', res['reference'])}` |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -113,6 +117,8 @@ def main() -> int:
                    "each cell's twin comes from the first that has it")  # fmt: skip
     p.add_argument("--fast", default="cpu_bf16")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill_precision"))
+    p.add_argument("--no-speeds", action="store_true", help="leave s/iter out of the table (the two sides ran under "
+                   "different loads)")  # fmt: skip
     a = p.parse_args()
     from bench.run import git_commit, write_report
 
@@ -121,7 +127,7 @@ def main() -> int:
         raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}")
     res = {"command": "python scripts/distill_precision.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "reference": a.reference, "fast": a.fast,
-           "rows": rows, "all_pass": all(r["passes"] for r in rows)}  # fmt: skip
+           "rows": rows, "all_pass": all(r["passes"] for r in rows), "speeds": not a.no_speeds}  # fmt: skip
     write_report(Path(a.out), res, markdown(res))
     return 0
 

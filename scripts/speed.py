@@ -12,8 +12,8 @@ Rows (each a median over timed repetitions after warm-up, one variant after anot
   float32 with the feature extractor compiled, bfloat16 compiled.
 - ``dc``: one DSA step on Fashion-MNIST IPC 1 pixels (real data) at two settings: the published ones the
   reproduction profile runs (ConvNet-128 with the reference padding, batch_real 256, loops 1/1) and the CPU
-  preset ``make bench`` runs (ConvNet-64, batch_real 64); float32 eager (the default) vs the real batches'
-  pass compiled (``method.compile``). DC's step differs only by the augmentation.
+  preset ``make bench`` runs (ConvNet-64, batch_real 64); float32 eager vs the real batches' pass compiled
+  (``method.compile``), then also in bf16 (``method.precision``). DC's step differs only by the augmentation.
 - ``eval``: HaBa's evaluation, ConvNet-128 trained 50 epochs on 100 bases x 5 hallucinators (3x32x32, random
   pairing: 100 images an epoch) and tested on 10,000 images: five networks (seeds) through
   ``evaluate_run`` with two worker processes (one thread each), as ``haba evaluate --workers 2`` runs them.
@@ -76,7 +76,9 @@ DM_VARIANTS = {
     "fp32 compiled": ["method.precision=fp32", "method.compile=true"],
     "bf16 compiled": ["method.precision=bf16", "method.compile=true"],
 }
-DC_VARIANTS = {"fp32 eager": ["method.compile=false"], "fp32, real pass compiled": ["method.compile=true"]}
+DC_VARIANTS = {"fp32 eager": ["method.compile=false", "method.precision=fp32"],
+               "fp32, real pass compiled": ["method.compile=true", "method.precision=fp32"],
+               "bf16, real pass compiled": ["method.compile=true", "method.precision=bf16"]}  # fmt: skip
 DC_SETTINGS = {
     "published settings (ConvNet-128, batch_real 256)": ["net.width=128", "method.batch_real=256"],
     "CPU preset (ConvNet-64, batch_real 64)": ["net.width=64", "method.batch_real=64"],

@@ -68,9 +68,10 @@ class MTTConfig:
     min_syn_lr: float = 0.001  # the student lr is clipped at this after each update (official HaBa)
     batch_syn: int | None = None  # bases per unrolled step; None: all of them (official default)
     max_experts: int | None = None  # use only the first k experts of the folder
-    # "fp32" | "bf16" (autocast of the student's forward) | "auto" (bf16 where native). Not bf16 by default: at
-    # Fashion-MNIST IPC 1 pixels it cost 1.4 points, more than one std (bench/results/distill_precision.md)
-    precision: str = "fp32"
+    # "fp32" | "bf16" (autocast of the student's forward) | "auto" (bf16 where native). bf16 kept accuracy within
+    # 1 std of float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels, under the current lrs
+    # (bench/results/distill_precision.md; at the old pixel lr_img 1000 it had cost 1.4 points at IPC 1 pixels)
+    precision: str = "auto"
     unroll: str = "fast"  # "fast" | "reference" (see the module docstring)
     reuse_memory: bool = True  # CPU, glibc's allocator: keep freed memory (faster, more heap; not under jemalloc)
     channels_last: bool = True  # fast fp32 unroll on CPU: NHWC activations for multi-channel images
