@@ -71,7 +71,7 @@ format: $(STAMP)
 	$(PY) -m ruff format haba_core workbench tests scripts bench app.py
 	$(PY) -m ruff check --fix haba_core workbench tests scripts bench app.py
 
-# The benchmark protocol (bench/): `make bench` runs the CPU profile (about an hour, resumable);
+# The benchmark protocol (bench/): `make bench` runs the CPU profile (about 40 minutes, resumable);
 # BENCH_ARGS="--profile paper" for the published settings on a GPU.
 BENCH_ARGS ?= --profile cpu
 bench: setup

@@ -1,7 +1,7 @@
 """Benchmark profiles as data: which cells run, on which data, with which settings.
 
 A *cell* is one row of the headline table: a storage budget and a method x synset (or the random real
-subset at the same storage). ``cpu`` is sized to finish in about 50 minutes on 2 cores (``cpu_bf16`` and
+subset at the same storage). ``cpu`` is sized to finish in about 40 minutes on 2 cores (``cpu_bf16`` and
 ``cpu_fp32``: its DM and MTT cells at pinned precisions, for the distillation-precision check); ``paper`` holds the
 published settings for GPU users; ``smoke`` runs in seconds on generated data to keep the harness working;
 ``repro`` reproduces published baselines; ``synsets`` puts every registered synset kind side by side;
@@ -73,7 +73,7 @@ def _fmnist(name: str, description: str, seeds: int, cells: tuple[Cell, ...], **
 
 CPU = _fmnist(
     "cpu",
-    "Fashion-MNIST, CPU-sized iterations (about 50 minutes on 2 cores), ConvNet, 3 evaluation networks",
+    "Fashion-MNIST, CPU-sized iterations (about 40 minutes on 2 cores), ConvNet, 3 evaluation networks",
     3,
     _matrix(
         budgets=(1, 10),
@@ -85,8 +85,9 @@ CPU = _fmnist(
         per_method={m: ("method.compile=true",) for m in ("dm", "dc", "dsa")},
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml), trained compiled (an execution choice, like the above)
-    experts={"fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64 --compile"
-                                    .split())},  # fmt: skip
+    experts={
+        "fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64 --compile".split())
+    },  # fmt: skip
     profile_iterations=1,  # the convolution share of one iteration (every iteration does the same work)
 )
 

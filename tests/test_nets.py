@@ -229,3 +229,16 @@ def test_avg_pool_as_one_matrix_product_is_2x2_average_pooling(dtype, monkeypatc
     monkeypatch.setattr(AvgPool2x2, "matmul", False)  # the switch scripts/speed.py times
     pool(x)
     assert len(calls) == 3
+
+
+def test_haba_pool_aten_starts_a_process_with_atens_pooling():
+    """speed.py's reference paths run their worker processes with ATen's kernel through the environment."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from haba_core.nets.layers import AvgPool2x2; print(AvgPool2x2.matmul)"
+    for value, expected in (("aten", "False"), ("matmul", "True")):
+        env = {**os.environ, "HABA_POOL": value}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert r.stdout.strip() == expected, r.stderr

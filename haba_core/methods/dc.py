@@ -196,8 +196,18 @@ class DC(Method):
         # DSA: one draw per image here (not the matching step's shared batch draw)
         dsa = self.ctx.dsa_strategy if self.augment_matching else ""
         for _ in range(epochs):
-            train_epoch(net, opt, images, labels, self.cfg.batch_train, generator, dsa, False, self.ctx.info.im_size,
-                        precision=self.precision)
+            train_epoch(
+                net,
+                opt,
+                images,
+                labels,
+                self.cfg.batch_train,
+                generator,
+                dsa,
+                False,
+                self.ctx.info.im_size,
+                precision=self.precision,
+            )
 
     def _freeze_batchnorm(self, net: nn.Module, generator) -> None:
         """Official DC: with BatchNorm, set running statistics from a real batch, then freeze them."""

@@ -7,6 +7,7 @@ normalizes each image on its own and so keeps gradient matching independent of t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -29,18 +30,23 @@ _ACTS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
 }
 
+POOL_ENV = "HABA_POOL"
+
+
 class AvgPool2x2(nn.AvgPool2d):
     """``nn.AvgPool2d(2, 2)`` (same output, same module type), computed on CPU as one matrix product where that is
     much faster: eager (not under ``torch.compile``, whose own pooling kernel is fused), float32 or bfloat16, NCHW
     contiguous maps of even height and width. Each pair of image rows, read as one row of ``2 W`` values, times a
     fixed ``(2 W, W / 2)`` matrix of 0.25s gives one pooled row. ATen's NCHW pooling loops over outputs; the
     product runs as a blocked GEMM, and its backward and double backward (MTT's unroll, DC's matching) are
-    products too. Forward + backward on 150 x 64 x 32 x 32 maps, one thread: bf16 126 -> 14 ms, float32
-    130 -> 72 ms (``scripts/speed.py --rows pool``). Every output is the sum of four inputs times 0.25, accumulated
+    products too. Forward + backward on 150 x 64 x 32 x 32 maps, one thread: bf16 49 -> 6 ms, float32
+    53 -> 29 ms; a whole MTT step of the Fashion-MNIST IPC-10 bench cell 1.30x in bf16, 1.13x in float32
+    (``scripts/speed.py --rows pool``). Every output is the sum of four inputs times 0.25, accumulated
     in float32 as ATen does, so bf16 results are the same; float32 ones may differ in the last bit (summation
     order). Other layouts (NHWC, CUDA) keep ATen's kernel, which is fast there."""
 
-    matmul = True  # class switch, for scripts/speed.py's side-by-side timing
+    # class switch, for side-by-side timing; HABA_POOL=aten starts a process (and its workers) with ATen's kernel
+    matmul = os.environ.get(POOL_ENV, "matmul") != "aten"
 
     def __init__(self, ceil_mode: bool = False) -> None:
         super().__init__(2, 2, ceil_mode=ceil_mode)
@@ -66,7 +72,7 @@ _POOL_MATRICES: dict[tuple[int, torch.dtype], Tensor] = {}
 
 
 def _pool_matrix(w: int, dtype: torch.dtype) -> Tensor:
-    """``(2 w, w / 2)``: input ``i`` of a row pair (``i mod w`` is its column) feeds output column ``(i mod w) // 2``."""
+    """``(2 w, w / 2)``: input ``i`` of a row pair (``i mod w`` is its column) feeds output ``(i mod w) // 2``."""
     key = (w, dtype)
     if key not in _POOL_MATRICES:
         i = torch.arange(2 * w)
