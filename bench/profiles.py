@@ -2,7 +2,7 @@
 
 A *cell* is one row of the headline table: a storage budget and a method x synset (or the random real
 subset at the same storage). ``cpu`` is sized to finish in about 40 minutes on 2 cores (``cpu_bf16`` and
-``cpu_fp32``: its DM and MTT cells at pinned precisions, for the distillation-precision check); ``paper`` holds the
+``cpu_fp32``: its distilled cells at pinned precisions, for the distillation-precision check); ``paper`` holds the
 published settings for GPU users; ``smoke`` runs in seconds on generated data to keep the harness working;
 ``repro`` reproduces published baselines; ``synsets`` puts every registered synset kind side by side;
 ``demo`` is ``make demo`` (minutes).

@@ -1,5 +1,5 @@
-"""Does distilling in bf16 keep accuracy? Each cell of the ``cpu_bf16`` bench profile (DM and MTT distilled under
-bf16 autocast, DM compiled) is compared with its float32 twin of the ``cpu_fp32`` profile: same distillation seed and
+"""Does distilling in bf16 keep accuracy? Each cell of the ``cpu_bf16`` bench profile (the ``cpu`` profile's DM, DC,
+DSA and MTT cells distilled under bf16 autocast) is compared with its float32 twin (``cpu_fp32``): same seed and
 iterations, same experts, same evaluation protocol and network seeds. A cell passes when its mean accuracy lies
 within one standard deviation (of the float32 networks) of the float32 mean (issue #14).
 
@@ -59,20 +59,20 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
         if not found:
             raise SystemExit(f"{cell.name}: no float32 twin in {', '.join(references)}: run `python -m bench.run "
                              f"--profile cpu_fp32` first")  # fmt: skip
-        reference = found[0]
-        ref_path = results / reference / "cells" / cell.name
+        twin = found[0]
+        ref_path = results / twin / "cells" / cell.name
         f, r = io.read_json(cell), io.read_json(ref_path)
         if f["protocol"]["id"] != r["protocol"]["id"]:
             raise SystemExit(f"{cell.stem}: evaluated under protocols {f['protocol']['id']} vs {r['protocol']['id']}")
         if len(f["accuracy_per_seed"]) != len(r["accuracy_per_seed"]):
             raise SystemExit(f"{cell.stem}: a different number of evaluation networks")
-        for name, rec, want in ((reference, r, "fp32"), (fast, f, "bf16")):
+        for name, rec, want in ((twin, r, "fp32"), (fast, f, "bf16")):
             got = distilled_in(results, name, cell.stem, rec)
             if got not in (None, want):
                 raise SystemExit(f"{cell.stem}: the `{name}` cell distilled in {got}, not {want}; the float32 twins "
                                  "are `python -m bench.run --profile cpu_fp32` (`--reference cpu_fp32`)")  # fmt: skip
         run = f"runs/{cell.stem}/run/config.json"
-        extra = config_difference(results / reference / run, results / fast / run) - ALLOWED
+        extra = config_difference(results / twin / run, results / fast / run) - ALLOWED
         if extra:
             raise SystemExit(f"{cell.stem}: the configs differ beyond precision: {sorted(extra)}")
         gap = f["accuracy_mean"] - r["accuracy_mean"]
@@ -81,7 +81,7 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
             "bf16_mean": f["accuracy_mean"], "bf16_std": f["accuracy_std"], "gap": gap,
             "passes": abs(gap) <= r["accuracy_std"], "fp32_s_per_iter": r["sec_per_iter"],
             "bf16_s_per_iter": f["sec_per_iter"], "fp32_peak_rss_mb": r.get("peak_rss_mb"),
-            "bf16_peak_rss_mb": f.get("peak_rss_mb"), "protocol": f["protocol"]["id"], "reference": reference,
+            "bf16_peak_rss_mb": f.get("peak_rss_mb"), "protocol": f["protocol"]["id"], "reference": twin,
         })  # fmt: skip
     return rows
 

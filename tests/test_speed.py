@@ -173,7 +173,7 @@ def test_dc_compile_runs_the_real_pass_compiled_and_keeps_the_loss(method, monke
 
 def test_distillation_precision_defaults_follow_the_check():
     """auto (bf16 where native) for the backends whose bf16 cells all kept accuracy (DM, DC, MTT), float32 for
-    DSA, which lost more than one std at IPC 1 + HaBa (bench/results/distill_precision.md)."""
+    DSA, which lost more than one std at IPC 1 + HaBa (bench/results/distill_precision_dc_mtt.md)."""
     from haba_core.methods import METHODS
 
     defaults = {name: METHODS.get(name).Config().precision for name in ("dm", "dc", "dsa", "mtt")}

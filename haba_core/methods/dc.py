@@ -110,7 +110,7 @@ class DCConfig:
     # "fp32" | "bf16" | "auto" (bf16 where the device computes it natively): the real and synthetic forward passes
     # and the inner loop's under bfloat16 autocast; the parameter gradients and the matching distance stay float32.
     # DC in bf16 kept accuracy within 1 std of float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels
-    # (bench/results/distill_precision.md), so DC's default is auto; DSA's is not (below)
+    # (bench/results/distill_precision_dc_mtt.md), so DC's default is auto; DSA's is not (below)
     precision: str = "auto"
 
 
@@ -229,7 +229,7 @@ class DSAConfig(DCConfig):
     # (bench/results/val_search/dsa_haba_ipc1_lr_hallucinators.md): 1e-3 69.73%, 3e-4 71.71%, 1e-4 70.75%, 3e-5 69.81%
     lr_hallucinators: float = 3e-4
     # float32 by default: in bf16, DSA + HaBa at Fashion-MNIST IPC 1 lost 0.40 points, just over one std (0.38) of
-    # float32 (bench/results/distill_precision.md); the other three DSA cells passed. method.precision=bf16 opts in
+    # float32 (bench/results/distill_precision_dc_mtt.md); the other three DSA cells passed; method.precision=bf16
     precision: str = "fp32"
 
 

@@ -70,7 +70,7 @@ class MTTConfig:
     max_experts: int | None = None  # use only the first k experts of the folder
     # "fp32" | "bf16" (autocast of the student's forward) | "auto" (bf16 where native). bf16 kept accuracy within
     # 1 std of float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels, under the current lrs
-    # (bench/results/distill_precision.md; at the old pixel lr_img 1000 it had cost 1.4 points at IPC 1 pixels)
+    # (bench/results/distill_precision_dc_mtt.md; at the old pixel lr_img 1000 it had cost 1.4 points at IPC 1 pixels)
     precision: str = "auto"
     unroll: str = "fast"  # "fast" | "reference" (see the module docstring)
     reuse_memory: bool = True  # CPU, glibc's allocator: keep freed memory (faster, more heap; not under jemalloc)
