@@ -86,7 +86,9 @@ CPU = _fmnist(
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml), trained compiled (an execution choice, like the above)
     experts={
-        "fashion_mnist": tuple("--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64 --compile".split())
+        "fashion_mnist": tuple(
+            "--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64 --set compile=true".split()
+        )
     },  # fmt: skip
     profile_iterations=1,  # the convolution share of one iteration (every iteration does the same work)
 )

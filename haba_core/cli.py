@@ -293,7 +293,6 @@ def cmd_experts(a: argparse.Namespace) -> int:
         "lr": a.lr,
         "batch": a.batch,
         "train_limit": a.train_limit,
-        "compile": True if a.compile else None,
     }
     cfg = resolve_expert_config(a.set or [], **fields)
     t0 = time.time()
@@ -394,11 +393,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu (default), cuda, auto")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. net.width=64, dsa_strategy=none")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    t.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the training network (faster on CPU after a one-off compile; same recipe)",
-    )
     t.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: --workers processes here; ray: one task per expert on a Ray cluster")  # fmt: skip
     t.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001); none starts a local Ray")

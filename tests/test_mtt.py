@@ -53,7 +53,7 @@ def hand_forward(params, x):
 
 @pytest.mark.parametrize("unroll", ["fast", "reference"])
 def test_mtt_loss_matches_a_hand_unrolled_student(experts, unroll):
-    d = Distiller(config(experts, f"method.unroll={unroll}"))
+    d = Distiller(config(experts, f"method.unroll={unroll}", "method.precision=fp32"))  # the float32 arithmetic
     m, s = d.method, d.synset
     assert m.param_names == ["features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias",
                              "classifier.weight", "classifier.bias"]  # fmt: skip
