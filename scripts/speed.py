@@ -22,7 +22,6 @@ Rows (each a median over timed repetitions after warm-up, one variant after anot
 - ``pad``: one evaluation training step of ConvNet-128 with the reference first layer (1x28x28, padding 3) on
   100 images, bf16 eager and compiled, with the first convolution padded by oneDNN vs explicitly
   (``haba_core.nets.convnet.WidePadConv2d``), in alternating rounds in one process.
-
 - ``pool``: 2x2 average pooling, ATen's NCHW kernel vs one matrix product (``haba_core.nets.layers.AvgPool2x2``),
   float32 and bf16: the op alone, and whole DSA and MTT steps of the ``make bench`` cells (Fashion-MNIST IPC 10
   pixels, CPU presets), in alternating rounds in one process.
