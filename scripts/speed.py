@@ -72,6 +72,7 @@ OFFICIAL = {"mtt": 27.8, "dm": 2.25, "eval_net": 14.0, "eval_5": 70.0}
 OFFICIAL_MACHINE = "measured on the Intel Xeon 2-core machine the issue was filed on"
 TARGET = {"mtt": 2.5, "mtt_bf16": 3.5, "dm": 2.5, "eval_5": 3.0}  # speedup over the official code
 
+REFERENCE = "fp32 eager"  # the variant that stands in for the official code: it pools with ATen's kernel
 DM_VARIANTS = {
     "fp32 eager": ["method.precision=fp32", "method.compile=false"],
     "fp32 compiled": ["method.precision=fp32", "method.compile=true"],
@@ -93,7 +94,7 @@ EVAL_VARIANTS = {
 # environment of a variant's evaluation workers: the fp32 rows keep the test pass they were measured with before
 # the CPU test chunk (haba_core.training.CPU_TEST_CHUNK) existed; the last row is today's default
 EVAL_ENV = {
-    "fp32 eager": {TEST_CHUNK_ENV: "1000", POOL_ENV: "aten"},
+    REFERENCE: {TEST_CHUNK_ENV: "1000", POOL_ENV: "aten"},
     "fp32 compiled": {TEST_CHUNK_ENV: "1000"},
     "bf16 compiled, 1000-image test chunks": {TEST_CHUNK_ENV: "1000"},
 }
@@ -119,11 +120,16 @@ def time_mtt(a) -> dict:
     return results
 
 
-def time_steps(ds, overrides: list[str], warmup: int, iterations: int) -> dict:
-    """Distill ``warmup + iterations`` steps (no snapshots or checkpoints) and take the median of the timed ones."""
+def time_steps(ds, overrides: list[str], warmup: int, iterations: int, aten_pool: bool = False) -> dict:
+    """Distill ``warmup + iterations`` steps (no snapshots or checkpoints) and take the median of the timed ones;
+    ``aten_pool``: with ATen's pooling kernel (``AvgPool2x2.matmul`` off), as the official code."""
     steps = ["snapshot_every=0", "checkpoint_every=0", f"iterations={warmup + iterations}"]
     d = Distiller(resolve_config(overrides=[*overrides, *steps]), dataset=ds)
-    d.run()
+    AvgPool2x2.matmul = not aten_pool
+    try:
+        d.run()
+    finally:
+        AvgPool2x2.matmul = True
     return {"median_s": statistics.median(d.step_times[warmup:]), "times_s": [round(t, 3) for t in d.step_times]}
 
 
@@ -133,9 +139,7 @@ def time_dm(a) -> dict:
     for name, extra in DM_VARIANTS.items():
         overrides = ["data.name=fashion_mnist", "method.name=dm", "synset.kind=pixels", "synset.budget_ipc=10",
                      "net.width=128", "method.batch_real=256", "method.lr_img=1.0", *extra]  # fmt: skip
-        AvgPool2x2.matmul = name != "fp32 eager"  # our reference path pools with ATen's kernel, as the official code
-        out[name] = time_steps(ds, overrides, a.dm_warmup, a.dm_iterations)
-        AvgPool2x2.matmul = True
+        out[name] = time_steps(ds, overrides, a.dm_warmup, a.dm_iterations, aten_pool=name == REFERENCE)
         print(f"dm {name}: {out[name]['median_s']:.3f} s/step", flush=True)
     return out
 
@@ -198,6 +202,21 @@ POOL_STEPS = {  # the make-bench cells the pooling change speeds most: CPU prese
 }
 
 
+def _pool_ab(fn, rounds: int, warmup: int = 0) -> dict:
+    """Median seconds of ``fn()`` with ATen's pooling and with the matrix product, in alternating rounds (the
+    first ``warmup`` rounds untimed)."""
+    times: dict[str, list[float]] = {"aten": [], "matmul": []}
+    for i in range(warmup + rounds):
+        for name in times:
+            AvgPool2x2.matmul = name == "matmul"
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    AvgPool2x2.matmul = True
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def time_pool(a) -> dict:
     """2x2 average pooling, ATen's NCHW kernel vs one matrix product (``AvgPool2x2.matmul``), one thread, in
     alternating rounds in one process: the op alone (forward + backward on 150 x 64 x 32 x 32 maps) and whole
@@ -219,15 +238,8 @@ def time_pool(a) -> dict:
             x = x0.detach().requires_grad_()
             pool(x).backward(g)
 
-        times = {False: [], True: []}
-        for _ in range(3 + a.pool_op_reps):
-            for flag in (False, True):
-                AvgPool2x2.matmul = flag
-                t0 = time.perf_counter()
-                op()
-                times[flag].append(time.perf_counter() - t0)
         name = "bf16" if dtype == torch.bfloat16 else "fp32"
-        out["op"][name] = {("matmul" if f else "aten"): statistics.median(ts[3:]) for f, ts in times.items()}
+        out["op"][name] = _pool_ab(op, a.pool_op_reps, warmup=3)
         print(f"pool op {name}: {out['op'][name]}", flush=True)
     ds = load_dataset("fashion_mnist", root=str(ROOT / "data"))
     with tempfile.TemporaryDirectory() as experts:
@@ -241,17 +253,9 @@ def time_pool(a) -> dict:
                     *([f"method.expert_dir={experts}"] if "mtt" in preset else [])])  # fmt: skip
                 d = Distiller(cfg, dataset=ds)
                 d.iterate()  # warm-up (and the compile)
-                times = {False: [], True: []}
-                for _ in range(a.pool_rounds):
-                    for flag in (False, True):
-                        AvgPool2x2.matmul = flag
-                        t0 = time.perf_counter()
-                        d.iterate()
-                        times[flag].append(time.perf_counter() - t0)
-                r = {("matmul" if f else "aten"): statistics.median(ts) for f, ts in times.items()}
+                r = _pool_ab(d.iterate, a.pool_rounds)
                 out["steps"][f"{work}, {precision}"] = r
                 print(f"pool {work}, {precision}: {r}", flush=True)
-    AvgPool2x2.matmul = True
     torch.set_num_threads(threads)
     return out
 
@@ -317,9 +321,7 @@ def time_dc(a) -> dict:
             overrides = ["data.name=fashion_mnist", "method.name=dsa", "synset.kind=pixels", "synset.budget_ipc=1",
                          "method.outer_loop=1", "method.inner_loop=1", "method.lr_img=0.1",
                          *extra_s, *extra]  # fmt: skip
-            AvgPool2x2.matmul = name != "fp32 eager"  # the reference path: ATen's pooling, as the official code
-            out[setting][name] = time_steps(ds, overrides, a.dc_warmup, a.dc_iterations)
-            AvgPool2x2.matmul = True
+            out[setting][name] = time_steps(ds, overrides, a.dc_warmup, a.dc_iterations, aten_pool=name == REFERENCE)
             print(f"dsa {setting}, {name}: {out[setting][name]['median_s']:.3f} s/step", flush=True)
     return out
 

@@ -7,6 +7,7 @@ normalizes each image on its own and so keeps gradient matching independent of t
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -68,18 +69,13 @@ class AvgPool2x2(nn.AvgPool2d):
         return super().forward(x)
 
 
-_POOL_MATRICES: dict[tuple[int, torch.dtype], Tensor] = {}
-
-
+@functools.cache
 def _pool_matrix(w: int, dtype: torch.dtype) -> Tensor:
     """``(2 w, w / 2)``: input ``i`` of a row pair (``i mod w`` is its column) feeds output ``(i mod w) // 2``."""
-    key = (w, dtype)
-    if key not in _POOL_MATRICES:
-        i = torch.arange(2 * w)
-        m = torch.zeros(2 * w, w // 2)
-        m[i, (i % w) // 2] = 0.25
-        _POOL_MATRICES[key] = m.to(dtype)
-    return _POOL_MATRICES[key]
+    i = torch.arange(2 * w)
+    m = torch.zeros(2 * w, w // 2)
+    m[i, (i % w) // 2] = 0.25
+    return m.to(dtype)
 
 
 _POOLS: dict[str, Callable[[bool], nn.Module]] = {
