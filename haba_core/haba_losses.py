@@ -1,9 +1,11 @@
 """HaBa's adversarial contrastive constraint (Liu et al., NeurIPS 2022, Sec. 3.3; DESIGN §3).
 
-A feature extractor F (ConvNet body + linear classifier) sees bases hallucinated by two *different*
-random hallucinators, (x0, x1), each after its own independent DSA draw (one per image, as the official
-code's two ``DiffAugment`` calls), so F must also learn to see through augmentation. Every basis is in the
-batch (``batch=None``, the reference); an integer caps it at a random subset of that many bases.
+A feature extractor F (ConvNet body + linear classifier) sees a batch of bases hallucinated by one pair of
+*different* random hallucinators ``(j0, j1)``, drawn once for the whole batch: x0 = hallucinator j0 of every
+basis, x1 = hallucinator j1 of the same bases. As the official code, the two views then go through *one* DSA
+call on their concatenation ``cat([x0, x1])``: one operation family for the call (DSA's single mode), its
+parameters drawn per image, so F must also learn to see through augmentation. Every basis is in the batch
+(``batch=None``, the reference's default ``batch_syn``); an integer caps it at a random subset of that many.
 
 - Synthetic side: ``lambda_cos * mean((cos(F(x0), F(x1)) + 1) / 2)`` is added to the DD loss; minimising it
   pushes the two hallucinations of one basis apart in F's feature space.
@@ -59,24 +61,23 @@ class ContrastiveConstraint:
             self.extractor.parameters(), lr=cfg.extractor_lr, momentum=cfg.extractor_momentum
         )
 
-    def _pair(self, synset, generator) -> tuple[Tensor, Tensor, Tensor]:
+    def _pair(self, synset, generator) -> tuple[Tensor, Tensor]:
+        """The two views, concatenated and augmented as one batch: (2B, C, H, W) ``[x0; x1]``, and labels (B,)."""
         n = synset.bases.shape[0]
         k = n if self.cfg.batch is None else min(int(self.cfg.batch), n)
         idx = torch.randperm(n, generator=generator)[:k].to(synset.bases.device)
         x0, x1, y = synset.pair(idx, generator)
-        if self.dsa_strategy:  # two independent draws: the views differ by hallucinator *and* augmentation
-            p0 = sample_dsa_params(self.dsa_strategy, len(idx), generator, x0.device, self.im_size)
-            p1 = sample_dsa_params(self.dsa_strategy, len(idx), generator, x1.device, self.im_size)
-            x0, x1 = apply_dsa(x0, p0), apply_dsa(x1, p1)
-        return x0, x1, y
+        x = torch.cat([x0, x1])
+        if self.dsa_strategy:  # one call: one op family for both views, per-image parameters
+            x = apply_dsa(x, sample_dsa_params(self.dsa_strategy, len(x), generator, x.device, self.im_size))
+        return x, y
 
     def synthetic_loss(self, synset, generator) -> Tensor:
         """lambda_cos * mean((cos + 1) / 2): differentiable w.r.t. the synset only."""
         self.extractor.requires_grad_(False)
         try:
-            x0, x1, _ = self._pair(synset, generator)
-            f = self.extractor.forward_features(torch.cat([x0, x1]))
-            f0, f1 = f.chunk(2)
+            x, _ = self._pair(synset, generator)
+            f0, f1 = self.extractor.forward_features(x).chunk(2)
             return self.cfg.lambda_cos * ((pair_cosine(f0, f1) + 1) / 2).mean()
         finally:
             self.extractor.requires_grad_(True)
@@ -84,8 +85,8 @@ class ContrastiveConstraint:
     def update_extractor(self, synset, generator) -> dict[str, float]:
         """One SGD step of F on a fresh, detached pair; returns its loss terms."""
         with torch.no_grad():
-            x0, x1, y = self._pair(synset, generator)
-        feats = self.extractor.forward_features(torch.cat([x0, x1]))  # (2B, D)
+            x, y = self._pair(synset, generator)
+        feats = self.extractor.forward_features(x)  # (2B, D)
         logits = self.extractor.forward_head(feats)
         f0, f1 = feats.chunk(2)
         ce = F.cross_entropy(logits, torch.cat([y, y]))

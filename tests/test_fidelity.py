@@ -123,26 +123,25 @@ def haba_distiller(*extra):
                                  "synset.n_hallucinators=3", "iterations=1", *extra))  # fmt: skip
 
 
-def test_contrastive_views_get_independent_augmentations():
-    """HaBa's official code augments x0 and x1 with two separate (unseeded) DiffAugment calls."""
+def test_contrastive_pair_follows_the_reference():
+    """HaBa's official ``distill_fac.py``: ``style_idx = randperm(n_style)[:2]`` (one pair of distinct
+    hallucinators for the whole batch), ``x = cat([style_0(base), style_1(base)])``, then *one* unseeded
+    ``DiffAugment(x)``: one op family for the call, parameters drawn per image."""
     d = haba_distiller("haba.batch=null")
     c, s = d.constraint, d.synset
-    g = torch.Generator().manual_seed(11)
-    x0, x1, y = c._pair(s, g)
-    # by hand, drawing in the order the reference does: bases, hallucinators, then one DSA draw per view
+    x, y = c._pair(s, torch.Generator().manual_seed(11))
+    # by hand, drawing in the reference's order: the bases, the pair of hallucinators, one DSA draw for 2n rows
     h = torch.Generator().manual_seed(11)
     n, k = s.bases.shape[0], s.n_hallucinators
     idx = torch.randperm(n, generator=h)
-    j0 = torch.randint(k, (n,), generator=h)
-    j1 = (j0 + 1 + torch.randint(k - 1, (n,), generator=h)) % k
-    v0, v1 = s.render(s.bases[idx], j0), s.render(s.bases[idx], j1)
-    size = tuple(s.info.im_size)
-    p0 = sample_dsa_params(d.ctx.dsa_strategy, n, h, v0.device, size)
-    p1 = sample_dsa_params(d.ctx.dsa_strategy, n, h, v1.device, size)
-    torch.testing.assert_close(x0, apply_dsa(v0, p0))
-    torch.testing.assert_close(x1, apply_dsa(v1, p1))
+    j0, j1 = torch.randperm(k, generator=h)[:2].tolist()
+    assert j0 != j1
+    b = s.bases[idx]
+    views = torch.cat([s.hallucinate(b, j0), s.hallucinate(b, j1)])  # full-size bases: no upsampling
+    p = sample_dsa_params(d.ctx.dsa_strategy, 2 * n, h, views.device, tuple(s.info.im_size))
+    assert len(p.ops) == 1  # DSA's single mode: one family for both views
+    torch.testing.assert_close(x, apply_dsa(views, p))
     assert torch.equal(y, s.labels_base[idx])
-    assert not torch.allclose(x1, apply_dsa(v1, p0))  # not one shared draw
 
 
 def test_contrastive_batch_holds_every_basis_by_default():
@@ -150,13 +149,13 @@ def test_contrastive_batch_holds_every_basis_by_default():
     d = haba_distiller()  # the tiny config caps at 32; 3 bases x 10 classes fit anyway
     d_all = Distiller(tiny_config("synset.kind=haba", "synset.budget_ipc=null", "synset.n_bases=5",
                                   "synset.n_hallucinators=2", "haba.batch=null", "iterations=1"))  # fmt: skip
-    x0, _, _ = d_all.constraint._pair(d_all.synset, torch.Generator().manual_seed(0))
-    assert len(x0) == 50  # 5 bases x 10 classes, no cap
-    x0, _, _ = d.constraint._pair(d.synset, torch.Generator().manual_seed(0))
-    assert len(x0) == 30
+    x, y = d_all.constraint._pair(d_all.synset, torch.Generator().manual_seed(0))
+    assert len(y) == 50 and len(x) == 100  # 5 bases x 10 classes, no cap; two views each
+    _, y = d.constraint._pair(d.synset, torch.Generator().manual_seed(0))
+    assert len(y) == 30
     capped = Distiller(tiny_config("synset.kind=haba", "synset.budget_ipc=null", "synset.n_bases=5",
                                    "synset.n_hallucinators=2", "haba.batch=16", "iterations=1"))  # fmt: skip
-    assert len(capped.constraint._pair(capped.synset, torch.Generator().manual_seed(0))[0]) == 16
+    assert len(capped.constraint._pair(capped.synset, torch.Generator().manual_seed(0))[1]) == 16
 
 
 def test_dsa_inner_loop_is_plain_sgd_with_per_image_augmentation():

@@ -72,12 +72,15 @@ def test_materialize_all_pairs_and_random():
     assert x.shape[0] == 20
 
 
-def test_pair_uses_different_hallucinators():
-    s = create_synset("haba", info(), n_bases=3, n_hallucinators=2)
+def test_pair_uses_one_pair_of_different_hallucinators_for_the_batch():
+    s = create_synset("haba", info(), n_bases=3, n_hallucinators=4)
     idx = torch.arange(30)
-    x0, x1, y = s.pair(idx, torch.Generator().manual_seed(1))
-    assert not torch.allclose(x0, x1)
-    assert torch.equal(y, s.labels_base)
+    for seed in range(5):
+        x0, x1, y = s.pair(idx, torch.Generator().manual_seed(seed))
+        j0, j1 = torch.randperm(4, generator=torch.Generator().manual_seed(seed))[:2].tolist()
+        torch.testing.assert_close(x0, s.hallucinate(s.bases, j0))
+        torch.testing.assert_close(x1, s.hallucinate(s.bases, j1))
+        assert j0 != j1 and torch.equal(y, s.labels_base)
 
 
 def test_single_channel_bases_on_rgb():

@@ -139,12 +139,15 @@ class HabaSynset(Synset):
         return upsample_to(out, self.info.im_size)
 
     def pair(self, idx: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Bases ``idx`` hallucinated by two *different* random hallucinators: (x0, x1, labels).
+        """Bases ``idx`` hallucinated by one pair of *different* random hallucinators: (x0, x1, labels).
 
-        Used by the adversarial contrastive constraint; needs at least two hallucinators.
+        As the official code, one pair ``(j0, j1)`` serves the whole batch: every row of x0 comes from
+        hallucinator j0 and every row of x1 from j1. Used by the adversarial contrastive constraint; needs at
+        least two hallucinators.
         """
-        k = self.n_hallucinators
-        j0 = torch.randint(k, (len(idx),), generator=generator).to(idx.device)
-        j1 = (j0 + 1 + torch.randint(k - 1, (len(idx),), generator=generator).to(idx.device)) % k
+        if self.n_hallucinators < 2:
+            raise ValueError("a contrastive pair needs at least two hallucinators")
+        j0, j1 = torch.randperm(self.n_hallucinators, generator=generator)[:2].tolist()
         b = self.bases[idx]
-        return self.render(b, j0), self.render(b, j1), self.labels_base[idx]
+        v = torch.ones(len(idx), dtype=torch.long, device=b.device)
+        return self.render(b, v * j0), self.render(b, v * j1), self.labels_base[idx]
