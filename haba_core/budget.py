@@ -1,10 +1,11 @@
 """Storage accounting and budget solving.
 
-Storage is what a synthetic set must keep to be rebuilt: base floats plus hallucinator parameters
-(labels are implied by the class-major layout and cost nothing). A budget is given in IPC-equivalents:
-``budget_ipc * classes * C * H * W`` floats, the storage of ``budget_ipc`` plain images per class. The
-official HaBa runs at "IPC k" store k bases per class *plus* the hallucinators (1.91x the pixel storage at
-CIFAR10 IPC 1); budget-matched mode instead solves the largest ``n_bases`` that fits.
+Storage is what a synthetic set must keep to be rebuilt: base floats plus hallucinator parameters plus fixed
+masks (FreD's per-class frequency choice); labels are implied by the class-major layout and cost nothing. A
+budget is given in IPC-equivalents: ``budget_ipc * classes * C * H * W`` floats, the storage of ``budget_ipc``
+plain images per class. The official HaBa runs at "IPC k" store k bases per class *plus* the hallucinators
+(1.91x the pixel storage at CIFAR10 IPC 1); budget-matched mode instead solves the largest ``n_bases`` that
+fits.
 
 Each synset kind owns its storage formula (``Synset.storage_of``); nothing here names a kind.
 """
@@ -12,6 +13,7 @@ Each synset kind owns its storage formula (``Synset.storage_of``); nothing here 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,7 @@ class Plan:
     budget_ipc: float | None
     image_hw: tuple[int, int] = (0, 0)  # (H, W) of the dataset's images
     basis_note: str = ""  # set when basis_size="auto" chose a smaller size: what it chose and why
+    floats_masks: int = 0  # fixed, non-learned data beside the bases (FreD's per-class masks), float32-equivalents
 
     @property
     def basis_size(self) -> int | None:
@@ -44,11 +47,19 @@ class Plan:
 
     @property
     def floats_total(self) -> int:
-        return self.floats_bases + self.floats_hallucinators
+        return self.floats_bases + self.floats_hallucinators + self.floats_masks
 
     @property
     def ipc_equivalent(self) -> float:
         return self.floats_total / (self.num_classes * self.image_floats)
+
+    @property
+    def budget_images(self) -> int:
+        """The storage budget in whole images per class, rounded up: ``budget_ipc`` when one was set, else the
+        IPC-equivalent of what is stored. Settings the reference keys by IPC (DC's loops) follow it, so every
+        kind at one budget runs the same algorithm (a HaBa set of 3 bases per class at budget 1 runs IPC 1's)."""
+        ipc = self.budget_ipc if self.budget_ipc is not None else self.ipc_equivalent
+        return max(1, math.ceil(round(ipc, 6)))  # round: 9.9999999 stored floats-wise is 10
 
     @property
     def budget_floats(self) -> int | None:
@@ -68,6 +79,7 @@ class Plan:
             "images_total": self.images_per_class * self.num_classes,
             "floats_bases": self.floats_bases,
             "floats_hallucinators": self.floats_hallucinators,
+            "floats_masks": self.floats_masks,
             "floats_total": self.floats_total,
             "ipc_equivalent": self.ipc_equivalent,
             "budget_ipc": self.budget_ipc,
@@ -90,6 +102,8 @@ class Plan:
                 f"hallucinators        {self.n_hallucinators}  ({each:,} floats each)",
                 f"hallucinator floats  {self.floats_hallucinators:,}",
             ]
+        if self.floats_masks:
+            lines.append(f"mask floats          {self.floats_masks:,}")
         lines += [
             f"images per class     {self.images_per_class}  ({self.images_per_class * self.num_classes} in all)",
             f"stored floats        {self.floats_total:,}  = {self.ipc_equivalent:.3f} IPC-equivalents",
@@ -132,13 +146,14 @@ def plan(
         floats_hallucinators=int(s["floats_hallucinators"]),
         budget_ipc=budget_ipc,
         image_hw=tuple(info.im_size),
+        floats_masks=int(s.get("floats_masks", 0)),
     )
 
 
 def _fits(info, kind, budget_ipc, basis_size, options) -> Plan | None:
     """The largest plan that fits, or None. Pure arithmetic: no messages, no recursion."""
     one = plan(info, kind, 1, basis_size=basis_size, budget_ipc=budget_ipc, **options)
-    budget, fixed = one.budget_floats, one.floats_hallucinators
+    budget, fixed = one.budget_floats, one.floats_hallucinators + one.floats_masks
     n = (budget - fixed) // one.floats_bases if budget >= fixed else 0
     return plan(info, kind, int(n), basis_size=basis_size, budget_ipc=budget_ipc, **options) if n >= 1 else None
 
@@ -167,6 +182,7 @@ def _too_small(info: DatasetInfo, kind: str, budget_ipc: float, basis_size: int 
     one = plan(info, kind, 1, basis_size=basis_size, budget_ipc=budget_ipc, **options)
     shared = one.n_hallucinators
     what = f" plus {shared} hallucinator(s) ({one.floats_hallucinators:,} floats)" if shared else ""
+    what += f" plus masks ({one.floats_masks:,} floats)" if one.floats_masks else ""
     msg = (
         f"A budget of IPC {budget_ipc:g} ({one.budget_floats:,} floats) cannot hold one basis per class "
         f"({one.floats_bases:,} floats){what}."

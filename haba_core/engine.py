@@ -64,6 +64,12 @@ class Distiller:
         METHODS.get(cfg.method_name).make_config(cfg.method_params)
         kind = SYNSETS.get(cfg.synset.kind)
         NETS.get(cfg.net.get("name", "convnet"))
+        self.run_dir = next((cb.path for cb in self.callbacks if isinstance(cb, RunFolder)), None)
+        if (cfg.eval_every or cfg.eval_at_end) and cfg.eval.split == "test" and self.run_dir is None:
+            raise ConfigError(
+                "Evaluating on the test split during a run is recorded in the run folder's test ledger: distill "
+                "into a run folder (run_dir), or evaluate on eval.split=val."
+            )
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         d = cfg.data
@@ -87,9 +93,13 @@ class Distiller:
             dsa_strategy=cfg.dsa_strategy if cfg.dsa_strategy not in ("none",) else "",
             net_name=cfg.net.get("name", "convnet"),
             net_params=dict(cfg.net.get("params", {})),
+            budget_images=self.plan.budget_images,
         )
         self.method = create_method(cfg.method_name, cfg.method_params, self.ctx)
         self.method.setup(self.synset)
+        resolved = {**cfg.method_params, **self.method.resolved_params()}
+        if resolved != cfg.method_params:  # what the method derived is recorded with the run (config.json)
+            self.cfg = cfg = cfg.replace(method={**cfg.method, "params": resolved})
         lr_i = s.lr_images if s.lr_images is not None else self.method.lr_img
         lr_h = s.lr_hallucinators if s.lr_hallucinators is not None else self.method.lr_hallucinators
         groups = self.synset.param_groups(lr_i, lr_h)
@@ -177,9 +187,11 @@ class Distiller:
         self._emit("on_end", state, error)
         return self
 
-    def evaluate(self, nets: Iterable[str] | None = None, seeds: int | None = None, ecfg=None) -> dict:
-        """Evaluate the current synthetic set under ``ecfg`` (an EvalConfig; default: the run's ``eval``)."""
+    def evaluate(self, nets: Iterable[str] | None = None, seeds: int | None = None, ecfg=None, ledger=None) -> dict:
+        """Evaluate the current synthetic set under ``ecfg`` (an EvalConfig; default: the run's ``eval``); on the
+        test split recorded through ``ledger`` (a ``LedgerEntry``; default: the run folder's test ledger)."""
         e = ecfg or self.cfg.eval
+        ledger = ledger or (self.run_dir and RF.ledger_entry(self.run_dir, self.cfg.to_dict(), "in-run eval"))
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # evaluation must not shift the run's RNG stream
             return evaluate_synset(
@@ -191,6 +203,7 @@ class Distiller:
                 lr=self.method.eval_lr(),
                 dsa_strategy=self.ctx.dsa_strategy,
                 seed=self.cfg.seed + 1000 * self.step,
+                ledger=ledger,
             )
 
     def seconds_per_iteration(self) -> float | None:
@@ -291,25 +304,14 @@ class RunFolder(Callback):
     def checkpoint_path(self, step: int) -> Path:
         return RF.checkpoint_path(self.path, step)
 
-    def latest_checkpoint(self) -> Path | None:
-        ptr = self.path / RF.CHECKPOINTS / "latest.json"
-        if not ptr.exists():
-            return None
-        return self.path / RF.CHECKPOINTS / io.read_json(ptr)["file"]
-
     def restore(self, d: Distiller) -> bool:
         """Load the newest readable checkpoint into ``d``; False when there is none.
 
         A damaged newest checkpoint (say, a disk filled mid-write outside our atomic path) falls back to the
         one before it, with a warning; if every checkpoint is damaged the error names them all.
         """
-        found = sorted((self.path / RF.CHECKPOINTS).glob("ckpt_*.safetensors"), reverse=True)
-        latest = self.latest_checkpoint()
-        if latest is not None and latest in found:
-            found.remove(latest)
-            found.insert(0, latest)
         errors = []
-        for path in found:
+        for path in RF.checkpoints(self.path):
             try:
                 d.load_checkpoint(path)
             except CheckpointError as e:
@@ -350,7 +352,7 @@ class RunFolder(Callback):
         self.write_status(d, "running")
 
     def on_eval(self, d: Distiller, step: int, results: dict) -> None:
-        io.append_jsonl(self.path / "evals.jsonl", {"step": step, **results})
+        io.append_jsonl(self.path / RF.EVALS, {"step": step, **results})
 
     def on_snapshot(self, d: Distiller, step: int) -> None:
         d.synset.save(self.snapshot_path(step), {"step": step})
@@ -358,10 +360,7 @@ class RunFolder(Callback):
     def on_checkpoint(self, d: Distiller, step: int) -> None:
         path = self.checkpoint_path(step)
         d.save_checkpoint(path)
-        io.write_json(self.path / RF.CHECKPOINTS / "latest.json", {"file": path.name, "step": step})
-        ckpts = sorted((self.path / RF.CHECKPOINTS).glob("ckpt_*.safetensors"))
-        for old in ckpts[:-KEEP_CHECKPOINTS]:
-            old.unlink(missing_ok=True)
+        RF.keep_checkpoint(self.path, path, step, KEEP_CHECKPOINTS)
 
     def on_end(self, d: Distiller, state: str, error: str | None) -> None:
         if state == "finished":
@@ -436,7 +435,7 @@ def distill(
     if folder is not None and resume:
         if folder.restore(d):
             io.truncate_jsonl(folder.metrics_path, lambda r: r.get("step", 0) <= d.step)
-            io.truncate_jsonl(folder.path / "evals.jsonl", lambda r: r.get("step", 0) <= d.step)
+            io.truncate_jsonl(folder.path / RF.EVALS, lambda r: r.get("step", 0) <= d.step)
         else:  # killed before the first checkpoint: start over, dropping partial metrics
             io.truncate_jsonl(folder.metrics_path, lambda r: False)
     handlers = {}

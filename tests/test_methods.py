@@ -125,12 +125,51 @@ def test_dc_loops_by_ipc():
     assert loops_for_ipc(200) == (50, 10)
 
 
-def test_dc_loops_follow_n_bases_unless_set(expert_dir):
+def reference_get_loops(budget_ipc: float) -> tuple[int, int]:
+    """DatasetCondensation's ``get_loops`` table, keyed by the budget rounded up to whole images per class and
+    then up to the next IPC the table lists (it defines 1, 10, 20, 30, 40, 50)."""
+    table = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+    ipc = math.ceil(budget_ipc)
+    return table[min([k for k in table if k >= ipc] or [50])]
+
+
+@pytest.mark.parametrize("budget", [1, 1.5, 10, 12])
+def test_dc_loops_follow_the_storage_budget_for_every_kind(budget, expert_dir, tmp_path):
+    """At one budget, pixels and HaBa (many more, smaller bases) run the same loops, the reference's for that
+    budget; the resolved pair is recorded in the run's config."""
+    loops = set()
+    for kind in ("pixels", "haba"):
+        d = Distiller(method_config("dc", kind, expert_dir, "method.outer_loop=null", "method.inner_loop=null",
+                                    "synset.n_bases=null", f"synset.budget_ipc={budget}"))  # fmt: skip
+        loops.add(d.method.loops())
+        assert (d.cfg.method_params["outer_loop"], d.cfg.method_params["inner_loop"]) == d.method.loops()
+    assert loops == {reference_get_loops(budget)}
+
+
+def test_dc_loops_without_a_budget_follow_what_is_stored(expert_dir):
+    # 2 full-size bases x 2 hallucinators on toy data store a little over 2 images per class: budget 3 -> 10/50
+    d = Distiller(method_config("dc", "haba", expert_dir, "method.outer_loop=null", "method.inner_loop=null"))
+    assert 2 < d.plan.ipc_equivalent < 3 and d.method.loops() == reference_get_loops(d.plan.ipc_equivalent)
     d = Distiller(method_config("dc", "pixels", expert_dir, "method.outer_loop=null", "method.inner_loop=null",
                                 "synset.n_bases=1"))  # fmt: skip
-    assert d.method.loops(d.synset) == (1, 1)
+    assert d.method.loops() == (1, 1)
+
+
+def test_dc_loops_set_in_the_config_win(expert_dir, tmp_path):
     d = Distiller(method_config("dc", "pixels", expert_dir, "method.outer_loop=3", "method.inner_loop=0"))
-    assert d.method.loops(d.synset) == (3, 0)
+    assert d.method.loops() == (3, 0)
+
+
+def test_a_run_folder_records_the_resolved_loops(expert_dir, tmp_path):
+    from haba_core import io
+    from haba_core.engine import distill
+
+    cfg = method_config("dc", "haba", expert_dir, "method.outer_loop=null", "method.inner_loop=null",
+                        "synset.n_bases=null", "synset.budget_ipc=1", "iterations=1")  # fmt: skip
+    distill(cfg, tmp_path / "run")
+    saved = io.read_json(tmp_path / "run" / "config.json")["method"]["params"]
+    assert (saved["outer_loop"], saved["inner_loop"]) == (1, 1)
+    distill(cfg.replace(iterations=2), tmp_path / "run", resume=True)  # the recorded config resumes as it is
 
 
 def test_dsa_without_a_strategy_is_a_clear_error(expert_dir):

@@ -40,6 +40,7 @@ class Context:
     dsa_strategy: str = ""
     net_name: str = "convnet"
     net_params: dict = field(default_factory=dict)
+    budget_images: int = 1  # the storage budget in whole images per class (budget.Plan.budget_images)
 
     @property
     def info(self):
@@ -111,6 +112,11 @@ class Method:
     # hooks the engine calls (no-ops unless a method needs them)
     def setup(self, synset) -> None:
         """Once, after the synthetic set is built (before any step or checkpoint restore)."""
+
+    def resolved_params(self) -> dict:
+        """Hyperparameters the method derived from the context rather than read from its config (DC's loops from
+        the storage budget); the engine records them in the run's config, so a run's config.json says what ran."""
+        return {}
 
     def after_update(self) -> None:
         """After every synthetic-set update (e.g. MTT clips its learned lr)."""

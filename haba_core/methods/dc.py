@@ -31,7 +31,10 @@ and the distance is float32): 1.3-1.5x a step at the CPU preset. DC's default is
 DSA's float32: the accuracy check (``scripts/distill_precision.py``) passed DC's four cells and failed one of DSA's.
 
 Loops by IPC (DC's ``get_loops``): 1 -> 1/1, 10 -> 10/50, 50 -> 50/10 (otherwise: the next listed IPC up,
-and 50/10 beyond 50), chosen from ``synset.n_bases`` unless ``outer_loop``/``inner_loop`` are set.
+and 50/10 beyond 50), keyed by the *storage budget* in whole images per class (``Context.budget_images``: the
+budget rounded up, or the IPC-equivalent of what is stored when only ``n_bases`` is given), not by the number of
+bases: at one budget every synset kind runs the same algorithm. ``outer_loop``/``inner_loop`` override them; the
+engine records the resolved pair in the run's config.
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ class DCConfig:
     momentum_net: float = 0.0  # the reference's inner loop is plain SGD
     batch_real: int = 256
     batch_train: int = 256  # inner-loop mini-batch on the synthetic set
-    outer_loop: int | None = None  # None: from synset.n_bases (DC's get_loops)
+    outer_loop: int | None = None  # None: from the storage budget (DC's get_loops of the budget's IPC)
     inner_loop: int | None = None
     syn_pairing: str = "random"  # haba: "random" (one hallucinator per basis) | "all" (every pair)
     match_bias: bool = False  # official: 1-d tensors (biases, norm params) do not count
@@ -131,9 +134,14 @@ class DC(Method):
         if self.augment_matching and not ctx.dsa_strategy:
             raise ConfigError("method dsa needs a DSA strategy (dsa_strategy=none was set); use method dc instead.")
 
-    def loops(self, synset) -> tuple[int, int]:
-        outer, inner = loops_for_ipc(synset.n_bases)
+    def loops(self) -> tuple[int, int]:
+        """(outer_loop, inner_loop): the config's where set, else DC's ``get_loops`` of the storage budget."""
+        outer, inner = loops_for_ipc(self.ctx.budget_images)
         return (self.cfg.outer_loop or outer, self.cfg.inner_loop if self.cfg.inner_loop is not None else inner)
+
+    def resolved_params(self) -> dict:
+        outer, inner = self.loops()
+        return {"outer_loop": outer, "inner_loop": inner}
 
     def _augment(self, *batches: Tensor, generator) -> list[Tensor]:
         return self.ctx.augment(*batches, generator=generator) if self.augment_matching else list(batches)
@@ -153,7 +161,7 @@ class DC(Method):
         params = [p for p in net.parameters() if p.requires_grad]
         real_logits = compiled_logits if self.cfg.compile else _logits
         opt_net = torch.optim.SGD(params, lr=self.cfg.lr_net, momentum=self.cfg.momentum_net)
-        outer_loop, inner_loop = self.loops(synset)
+        outer_loop, inner_loop = self.loops()
         data = self.ctx.dataset
         num_classes = self.ctx.info.num_classes
         total = 0.0
