@@ -26,10 +26,15 @@ Three layers:
   or failed evaluation, run again, computes only the missing cells. ``<tag>`` names the source and hashes
   everything a cell depends on (the synset file's bytes, the protocol, the data), so cells of another synset
   or protocol are never reused.
+
+Every evaluation on the test split is recorded in a test ledger (``haba_core.ledger``): the in-memory entry points
+take a ``ledger`` entry and refuse to test without one; :func:`evaluate_run` records each finished task in the
+driver, where its cells are written, whichever executor (this process, a process pool, Ray) computed it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -45,6 +50,7 @@ from torch import Tensor
 
 from haba_core.devices import resolve_device
 from haba_core.grouped import GroupedTrainer, NotStackable, grouped_by_default, stack_nets, train_seeds_grouped  # noqa: F401
+from haba_core.ledger import LedgerEntry, admit
 from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol
 from haba_core.reports import matrix_csv, matrix_markdown, matrix_rows  # noqa: F401
@@ -143,9 +149,10 @@ def train_seeds(
 
 
 def summarize(accs: list[float]) -> dict:
+    """Mean and sample std (ddof 1; 0 for one network) of ``accs`` over its ``n`` networks."""
     mean = statistics.fmean(accs) if accs else float("nan")
-    std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-    return {"mean": mean, "std": std, "n": len(accs), "per_seed": accs}
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    return {"mean": mean, "std": std, "ddof": 1, "n": len(accs), "per_seed": accs}
 
 
 def protocol_of(cfg, lr: float | None, dsa_strategy: str, test_images: int | None = None, device=None) -> dict:
@@ -190,10 +197,13 @@ def evaluate_source(
 
 
 def evaluate_synset(
-    synset, dataset, cfg, nets=("convnet",), seeds=3, lr=None, dsa_strategy="", seed=0, batched: bool | None = None
+    synset, dataset, cfg, nets=("convnet",), seeds=3, lr=None, dsa_strategy="", seed=0, batched=None, ledger=None
 ) -> dict:
-    """Evaluate a synset under ``cfg`` (an EvalConfig). Returns per-net results, protocol and storage."""
+    """Evaluate a synset under ``cfg`` (an EvalConfig). Returns per-net results, protocol and storage. ``batched``:
+    see :func:`train_seeds`. On the test split the evaluation is recorded through ``ledger`` (a
+    :class:`~haba_core.ledger.LedgerEntry`, required there)."""
     lr = lr if lr is not None else synset.extra.get("syn_lr")
+    look = admit(ledger, cfg.split, {"eval": dataclasses.asdict(cfg)})
     dataset = dataset.evaluated_on(cfg.split)
     protocol = protocol_of(cfg, lr, dsa_strategy, len(dataset.labels_test), dataset.images_test.device)
     device = dataset.images_test.device
@@ -201,7 +211,7 @@ def evaluate_synset(
     source = _synset_source(synset, cfg.pairing)
     with torch.enable_grad():
         per_net = evaluate_source(source, dataset, protocol, nets, seeds, seed, batched, cfg.test_batch, cfg.compile)
-    return _result(per_net, protocol, synset.storage())
+    return _result(per_net, protocol, synset.storage(), look)
 
 
 def _synset_source(synset, pairing: str) -> ImageSource:
@@ -217,16 +227,18 @@ def _fixed_source(images: Tensor, labels: Tensor) -> ImageSource:
 
 
 def random_real_baseline(
-    dataset, ipc: int, cfg, nets=("convnet",), seeds=3, dsa_strategy="", seed=0, batched: bool | None = None
+    dataset, ipc: int, cfg, nets=("convnet",), seeds=3, dsa_strategy="", seed=0, batched=None, ledger=None
 ) -> dict:
-    """The random-real-subset baseline: ``ipc`` real images per class (a new draw per network seed)."""
+    """The random-real-subset baseline: ``ipc`` real images per class (a new draw per network seed); on the test
+    split recorded through ``ledger`` (required there)."""
+    look = admit(ledger, cfg.split, {"eval": dataclasses.asdict(cfg)})
     dataset = dataset.evaluated_on(cfg.split)
     protocol = protocol_of(cfg, None, dsa_strategy, len(dataset.labels_test), dataset.images_test.device)
     seed_list = [seed + k for k in range(seeds)]
     sources = [_fixed_source(*dataset.subset_random(ipc, torch.Generator().manual_seed(s))) for s in seed_list]
     per_net = {name: _net_summary(_train_protocol(sources, dataset, protocol, name, seed_list, batched, cfg.test_batch,
                                                   cfg.compile)) for name in nets}  # fmt: skip
-    return _result(per_net, protocol, random_real_storage(dataset.info, ipc))
+    return _result(per_net, protocol, random_real_storage(dataset.info, ipc), look)
 
 
 def random_real_storage(info, ipc: int) -> dict:
@@ -240,7 +252,13 @@ def random_real_storage(info, ipc: int) -> dict:
     }
 
 
-def _result(per_net: dict, protocol: dict, storage: dict) -> dict:
+def _result(per_net: dict, protocol: dict, storage: dict, look: LedgerEntry | None = None) -> dict:
+    """The result of an in-memory evaluation, recorded in the test ledger through ``look`` (when testing)."""
+    if look is not None:
+        seeds = sorted({s for r in per_net.values() for s in r["seeds"]})
+        look.record(
+            protocol, sum(r["n"] for r in per_net.values()), kind=storage["kind"], nets=list(per_net), seeds=seeds
+        )
     summary = ", ".join(f"{n} {100 * r['mean']:.2f}+-{100 * r['std']:.2f}" for n, r in per_net.items())
     return {"nets": per_net, "protocol": protocol, "storage": storage, "summary": summary}
 
@@ -305,6 +323,7 @@ def evaluate_run(
     device: str | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
+    ledger: LedgerEntry | None = None,
 ) -> dict:
     """The cross-architecture matrix of a run folder: ``ecfg.nets`` x ``ecfg.seeds`` on the synset at
     ``synset_path`` (and on a random real subset at the same storage when ``baseline="random"``).
@@ -314,9 +333,11 @@ def evaluate_run(
     recomputed; new ones are written as they finish. Writes ``RUN/evaluation.json`` (the structure of
     :func:`evaluate_synset` under ``"synset"``/``"random_real"``, plus ``failed``, ``complete``, ``executor``,
     ``wall_s``, ...), a copy under ``RUN/eval/eval_<time>.json``, and ``RUN/eval/matrix.csv``. Returns the
-    evaluation dict; ``result["complete"]`` is False when some task failed after its retries.
+    evaluation dict; ``result["complete"]`` is False when some task failed after its retries. On the test split
+    every finished task is recorded through ``ledger`` (default: the run folder's test ledger) as it lands.
     """
     from haba_core import io
+    from haba_core import runfolder as RF
     from haba_core.data import dataset_from_config
     from haba_core.errors import ConfigError
     from haba_core.executors import InlineExecutor, Task
@@ -385,6 +406,8 @@ def evaluate_run(
                        "compile": ecfg.compile}  # fmt: skip
                 tasks.append(Task(tid, (job,)))
                 meta[tid] = (name, net, group)
+    # the test split is recorded task by task as results land; a search refuses a second test before any is run
+    look = admit(ledger or RF.ledger_entry(run, cfg.to_dict()), ecfg.split, cfg.to_dict(), check=bool(tasks))
     total = len(sources) * len(nets) * len(seeds)
     say(f"evaluation: {total} cells ({len(nets)} nets x {len(seeds)} seeds x {len(sources)} sources), "
         f"{reused} already done, {len(tasks)} tasks to run")  # fmt: skip
@@ -398,6 +421,9 @@ def evaluate_run(
             cell = {**rec, "source": name, "tag": sources[name]["tag"], "attempts": r.attempts, "worker": r.worker,
                     "task_s": round(r.seconds, 3), "finished_at": time.time()}  # fmt: skip
             io.write_json(cell_path(sources[name]["dir"], net, rec["seed"]), cell)
+        if look is not None:
+            src = sources[name]
+            look.record(src["protocol"], len(r.value), cell=r.id, kind=src["storage"]["kind"], nets=[net], seeds=group)
         accs = " ".join(f"{100 * rec['acc']:.2f}" for rec in r.value)
         say(f"done {r.id}: {accs} ({r.value[0].get('path')}, {r.seconds:.1f} s on {r.worker})")
 

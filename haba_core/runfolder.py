@@ -7,6 +7,7 @@ A run folder holds::
     storage.json         what the synthetic set stores (budget plan) and the dataset's facts
     metrics.jsonl        one record per logged step (append-only; trimmed back to the checkpoint on resume)
     evals.jsonl          periodic evaluations during the run
+    test_ledger.jsonl    one line per evaluation on the test split (``haba_core.ledger``; in-run and ``evaluate``)
     snapshots/step_*.safetensors, checkpoints/ckpt_*.safetensors (+ latest.json), synset.safetensors
     log.txt, eval_log.txt, eval_job.json, eval/    when launched by the app / evaluated
 
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from haba_core import io
+from haba_core.ledger import LedgerEntry
 
 CONFIG = "config.json"
 STATUS = "status.json"
@@ -46,6 +48,8 @@ LOG = "log.txt"
 EVAL_LOG = "eval_log.txt"
 EVAL_JOB = "eval_job.json"
 EVALUATION = "evaluation.json"
+TEST_LEDGER = "test_ledger.jsonl"
+LATEST = "latest.json"  # under checkpoints/: which checkpoint is the newest complete one
 _LOCK = ".status.lock"
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
@@ -76,6 +80,33 @@ def snapshots(run: Path) -> dict[int, Path]:
 
 def has_checkpoint(run: Path) -> bool:
     return any((Path(run) / CHECKPOINTS).glob("ckpt_*.safetensors"))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The checkpoint ``checkpoints/latest.json`` points at (None when there is no pointer)."""
+    ptr = Path(run) / CHECKPOINTS / LATEST
+    return Path(run) / CHECKPOINTS / io.read_json(ptr)["file"] if ptr.exists() else None
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """Every checkpoint file, the one ``latest.json`` points at first, then newest to oldest (the order to try
+    them in when resuming)."""
+    found = sorted((Path(run) / CHECKPOINTS).glob("ckpt_*.safetensors"), reverse=True)
+    latest = latest_checkpoint(run)
+    return [latest, *(p for p in found if p != latest)] if latest in found else found
+
+
+def keep_checkpoint(run: Path, path: Path, step: int, keep: int) -> None:
+    """Point ``latest.json`` at the checkpoint just written (``path``, of ``step``) and delete all but the newest
+    ``keep`` checkpoints."""
+    io.write_json(Path(run) / CHECKPOINTS / LATEST, {"file": Path(path).name, "step": step})
+    for old in sorted((Path(run) / CHECKPOINTS).glob("ckpt_*.safetensors"))[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def ledger_entry(run: Path, config: dict, purpose: str = "eval") -> LedgerEntry:
+    """The run folder's own test ledger (``test_ledger.jsonl``), for an evaluation of ``run`` under ``config``."""
+    return LedgerEntry(Path(run) / TEST_LEDGER, run=str(run), purpose=purpose, config=dict(config))
 
 
 # -- status: one locked writer ---------------------------------------------------------------------------------
