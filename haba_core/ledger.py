@@ -132,13 +132,14 @@ class LedgerEntry:
 
     def check(self) -> None:
         """Before a test: raise :class:`RetestError` when this entry's search was tested by an earlier invocation
-        and no ``retest_reason`` is given."""
+        (a line older than ``since``; times are kept to the millisecond) and no ``retest_reason`` is given."""
         if not self.search or self.retest_reason:
             return
         earlier = [
             line
             for line in read_ledger(self.path)
-            if line.get("search") == self.search and datetime.fromisoformat(line["time"]).timestamp() < self.since
+            if line.get("search") == self.search
+            and datetime.fromisoformat(line["time"]).timestamp() < self.since - 1e-3
         ]
         if earlier:
             first = earlier[0]

@@ -21,6 +21,18 @@ def distill_command(run, iterations: int, synset: str, *extra: str, sets: tuple[
     return args
 
 
+@pytest.fixture(autouse=True, scope="session")
+def ledger_file(tmp_path_factory):
+    """The suite's test ledger: every test-split evaluation of the session (subprocesses and notebook kernels inherit
+    the variable) appends here, never to bench/results or a run folder's own ledger."""
+    from haba_core.ledger import LEDGER_ENV
+
+    path = tmp_path_factory.mktemp("ledger") / "test_ledger.jsonl"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(LEDGER_ENV, str(path))
+        yield path
+
+
 @pytest.fixture
 def toy():
     from haba_core.data import load_dataset

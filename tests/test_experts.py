@@ -35,7 +35,8 @@ def test_trajectory_moves_and_records_its_recipe(tmp_path):
     assert meta["format"] == EXPERT_FORMAT and meta["version"] == EXPERT_VERSION and meta["complete"]
     assert meta["dataset"]["name"] == "toy" and meta["net"] == {"name": "convnet", "params": {"width": 8}}
     assert meta["lr"] == 0.01 and meta["epochs"] == 3 and meta["seed"] == 0 and meta["zca"] is False
-    assert len(meta["train_acc"]) == 3 and meta["test_acc"][-1] is not None
+    # no validation split here (data.val_per_class=0): no accuracy but train accuracy; never the test split's
+    assert len(meta["train_acc"]) == 3 and meta["val_acc"] == [None] * 3 and "test_acc" not in meta
     assert "git" not in json.dumps(meta)
     traj = ExpertSet(tmp_path).trajectory(0)
     assert traj.shape == (4, meta["num_params"])

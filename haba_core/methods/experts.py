@@ -12,6 +12,8 @@ Files (one folder per expert set; nothing is pickled)::
                                        flat parameter vector after e epochs (row 0: the initialisation),
                                        plus JSON metadata: format + version, dataset info, net name/params,
                                        parameter names/shapes, lr, epochs, seed, zca, per-epoch train accuracy
+                                       and validation accuracy (the held-out split of data.val_per_class;
+                                       experts never touch the test split)
     DIR/expert_0000.partial.safetensors  an unfinished expert (epochs so far + optimizer and RNG states),
                                        replaced by the finished file when it completes
 
@@ -24,7 +26,6 @@ Snapshots are ``detach().clone()``: ``tensor.cpu()`` of a CPU tensor aliases it 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class ExpertConfig:
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # "" or "none": no augmentation
     seed: int = 0  # expert i uses seed + i
     device: str = "cpu"
-    test_every: int = 0  # epochs between test-accuracy measurements (0: only after the last epoch)
+    val_every: int = 0  # epochs between validation-accuracy measurements (0: after the last; needs data.val_per_class)
     # torch.compile the training network (static shapes): how the experts are computed, not what they are (same
     # arithmetic up to fusion order), so a set may mix compiled and eager experts
     compile: bool = False
@@ -96,6 +97,8 @@ _LEGACY_DATA_KEYS = {"dataset": "name", "data_root": "root", "data_options": "op
 def _nest_legacy(d: dict) -> dict:
     """A config dict with the old flat data keys (``dataset``, ``data_root``, ...) moved under ``data``."""
     d = dict(d)
+    if "test_every" in d:  # written when experts measured test accuracy: they measure validation accuracy now
+        d["val_every"] = d.pop("test_every")
     data = dict(d.get("data") or {})
     for old, new in _LEGACY_DATA_KEYS.items():
         if old in d:
@@ -225,7 +228,7 @@ def train_expert(
     generator = torch.Generator().manual_seed(seed)
     meta = _expert_meta(cfg, index, info, net)
     rows: list[Tensor] = [flat_params(net)]
-    history: dict[str, list] = {"train_acc": [], "train_loss": [], "test_acc": [], "epoch_s": []}
+    history: dict[str, list] = {"train_acc": [], "train_loss": [], "val_acc": [], "epoch_s": []}
     if partial.exists():
         tensors, pmeta = io.load_tensors(partial, expect_format=EXPERT_FORMAT)
         _check_same_recipe(partial, pmeta, meta)
@@ -235,7 +238,7 @@ def train_expert(
         opt.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        history = {k: list(pmeta["history"][k]) for k in history}
+        history = {k: list(pmeta["history"].get(k) or [None] * (len(rows) - 1)) for k in history}
     strategy = cfg.dsa_strategy if parse_strategy(cfg.dsa_strategy) else ""
     images, labels = ds.images_train, ds.labels_train
     n = len(images)
@@ -251,13 +254,13 @@ def train_expert(
         history["train_acc"].append(correct / n)
         history["train_loss"].append(loss_sum / n)
         last = epoch + 1 == cfg.epochs
-        test = last or (cfg.test_every and (epoch + 1) % cfg.test_every == 0)
-        history["test_acc"].append(test_accuracy(net, ds.images_test, ds.labels_test) if test else None)
+        val = len(ds.labels_val) > 0 and (last or (cfg.val_every and (epoch + 1) % cfg.val_every == 0))
+        history["val_acc"].append(test_accuracy(net, ds.images_val, ds.labels_val) if val else None)
         history["epoch_s"].append(round(time.perf_counter() - t0, 3))
         if log:
             log(
                 f"expert {index}: epoch {epoch + 1}/{cfg.epochs} train acc {correct / n:.4f}"
-                + (f" test acc {history['test_acc'][-1]:.4f}" if test else "")
+                + (f" val acc {history['val_acc'][-1]:.4f}" if val else "")
             )
         if not last:
             skeleton, tensors = io.flatten_state(
@@ -321,13 +324,6 @@ def _expert_task(cfg_dict: dict, index: int, out: str) -> dict:
         return {"index": index, "data": train_expert(cfg, index, tmp).read_bytes()}
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
     """Create ``out/experts.json``, or check that an existing one records the same recipe."""
     out = Path(out)
@@ -342,7 +338,8 @@ def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
         except ConfigError:
             old_cfg = flatten(old.get("config", {}))
         new_cfg = flatten(manifest["config"])
-        ignore = {"device", "test_every", "compile", "data.root"}  # how, not what: may change between sessions
+        # how, not what: may change between sessions (test_every: val_every's name in older manifests)
+        ignore = {"device", "val_every", "test_every", "compile", "data.root"}
         diff = sorted(k for k in set(old_cfg) | set(new_cfg) if k not in ignore and old_cfg.get(k) != new_cfg.get(k))
         if diff:
             raise ConfigError(
