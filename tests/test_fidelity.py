@@ -16,6 +16,7 @@ from haba_core.config import EvalConfig, HabaLossConfig
 from haba_core.data import load_dataset
 from haba_core.engine import Distiller
 from haba_core.evaluate import evaluate_synset, random_real_baseline
+from haba_core.ledger import LedgerEntry
 from haba_core.methods.dc import DCConfig
 from haba_core.protocol import EvalProtocol, MixedProtocolsError, protocol_id, require_one_protocol
 from haba_core.training import Recipe, augment_batch
@@ -84,14 +85,15 @@ def test_standardized_test_images_take_the_statistics_of_reference_sized_batches
     assert "standardize_test_batch" not in plain.record()
 
 
-def test_one_protocol_for_every_kind_of_set(toy):
+def test_one_protocol_for_every_kind_of_set(toy, tmp_path):
     """HaBa, pixels and the random real subset are evaluated under one protocol (same id) by default."""
     ecfg = EvalConfig(epochs=1, seeds=1, test_batch=200)
     d = Distiller(tiny_config("synset.kind=haba", "iterations=1"))
     p = Distiller(tiny_config("synset.kind=pixels", "iterations=1"))
-    ev_h = evaluate_synset(d.synset, toy, ecfg, nets=("mlp",), seeds=1)
-    ev_p = evaluate_synset(p.synset, toy, ecfg, nets=("mlp",), seeds=1)
-    ev_r = random_real_baseline(toy, 1, ecfg, nets=("mlp",), seeds=1)
+    look = LedgerEntry(tmp_path / "ledger.jsonl", "fidelity", "eval")  # $HABA_TEST_LEDGER (tests/conftest.py) wins
+    ev_h = evaluate_synset(d.synset, toy, ecfg, nets=("mlp",), seeds=1, ledger=look)
+    ev_p = evaluate_synset(p.synset, toy, ecfg, nets=("mlp",), seeds=1, ledger=look)
+    ev_r = random_real_baseline(toy, 1, ecfg, nets=("mlp",), seeds=1, ledger=look)
     ids = {ev["protocol"]["id"] for ev in (ev_h, ev_p, ev_r)}
     assert len(ids) == 1 and ev_h["protocol"]["standardize"] is False
     assert ev_h["protocol"]["order"] == "standardize_then_augment"
