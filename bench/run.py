@@ -3,8 +3,10 @@
 Each cell runs in its own process (so peak memory is per cell) and writes one JSON file when it is done;
 a rerun skips finished cells, so a stopped benchmark continues where it stopped (distillations inside a
 cell also resume from their checkpoints). Results: ``bench/results/<profile>.json`` and ``<profile>.md``
-with accuracy (mean +- std over networks), storage, seconds per iteration, evaluation time, peak memory,
-the share of each iteration spent in convolutions, the machine, the git commit and the exact command.
+with accuracy (mean +- sample std over n networks), storage, seconds per iteration, evaluation time, peak memory,
+the share of each iteration spent in convolutions, the machine, the git commit and the exact command. Each cell's
+JSON also keeps its seeds (distillation and evaluation networks), its full resolved config and the commit (with a
+dirty flag) it ran at; each cell's test evaluation is a line of ``<out>/test_ledger.jsonl`` (``haba_core.ledger``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import os
 import platform
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.profiles import PROFILES, Cell, Profile
+from haba_core.ledger import LedgerEntry, git_commit, git_state
 from haba_core.protocol import distinct_protocols, protocol_id, protocol_label
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,14 +60,13 @@ def machine() -> dict:
     }
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+TEST_LEDGER = "test_ledger.jsonl"  # beside the results: bench/results/test_ledger.jsonl for the bench and studies
+STUDIES_LEDGER = ROOT / "bench" / "results" / TEST_LEDGER  # where the studies (scripts/) record their tests
+
+
+def sample_std(values: list[float]) -> float:
+    """The sample standard deviation (ddof 1) every reported +- is; 0 for a single value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 # ------------------------------------------------------------------------------------------ one cell (child)
@@ -105,8 +108,9 @@ def cell_overrides(profile: Profile, cell: Cell, profile_out: Path) -> list[str]
     return overrides
 
 
-def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
-    """Distill (unless random real) and evaluate one cell in this process."""
+def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -> dict:
+    """Distill (unless random real) and evaluate one cell in this process; its test evaluation is recorded
+    through ``ledger`` with the cell's resolved config."""
     import torch
 
     from haba_core.config import resolve_config
@@ -122,8 +126,11 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
                                    epochs=profile.eval_epochs)  # fmt: skip
         ds = load_dataset(profile.data.get("name", "fashion_mnist"), root=str(ROOT / "data"))
         ipc = max(1, math.floor(cell.budget_ipc + 1e-9))
-        ev = random_real_baseline(ds, ipc, ecfg, profile.eval_nets, profile.eval_seeds, cfg.dsa_strategy)
-        return {"eval": ev, "sec_per_iter": None, "iterations": 0, "wall_s": time.time() - t0}
+        config = {**cfg.to_dict(), "eval": dataclasses.asdict(ecfg), "random_real_ipc": ipc}
+        look = dataclasses.replace(ledger, config=config)
+        ev = random_real_baseline(ds, ipc, ecfg, profile.eval_nets, profile.eval_seeds, cfg.dsa_strategy, ledger=look)
+        out = {"eval": ev, "sec_per_iter": None, "iterations": 0, "wall_s": time.time() - t0}
+        return {**out, "config": config, "distill_seed": None}
     files = [ROOT / cell.config] if cell.config else []
     cfg = resolve_config(files=files, overrides=overrides)
     run_dir = workdir / "run"
@@ -131,12 +138,14 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path) -> dict:
     d = distill(cfg, run_dir, resume=resume)
     spi = d.seconds_per_iteration()
     with torch.random.fork_rng():
-        ev = d.evaluate(profile.eval_nets, profile.eval_seeds, cfg.eval)  # the profile's, even on a resumed run
+        look = dataclasses.replace(ledger, config=d.cfg.to_dict())
+        ev = d.evaluate(profile.eval_nets, profile.eval_seeds, cfg.eval, ledger=look)  # the profile's, even resumed
     speed = conv_share(d, profile.profile_iterations)
     if spi is None:  # resumed a finished run: time the profiled iterations instead
         spi = d.seconds_per_iteration()
     return {"eval": ev, "sec_per_iter": spi, "iterations": cfg.iterations, "wall_s": time.time() - t0,
-            "config": cfg.to_dict(), "distill_precision": d.method.precision, **speed}  # fmt: skip
+            "config": d.cfg.to_dict(), "distill_seed": cfg.seed, "distill_precision": d.method.precision,
+            **speed}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- driver (parent)
@@ -287,15 +296,21 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         raise SystemExit(f"unknown cell {cell_name!r}; cells: {', '.join(c.name for c in profile.cells)}")
     workdir = out_root / profile.name / "runs" / cell.name
     workdir.mkdir(parents=True, exist_ok=True)
-    res = run_cell(profile, cell, workdir)
+    git = git_state()  # the commit (and whether tracked files differed from it) this cell ran at
+    res = run_cell(
+        profile, cell, workdir, LedgerEntry(out_root / TEST_LEDGER, f"{profile.name}/{cell.name}", "bench cell")
+    )
     ev = res["eval"]
     net = profile.eval_nets[0]
     acc = ev["nets"][net]
+    n = len(acc["per_seed"])
     record = {
         "cell": dataclasses.asdict(cell),
         "accuracy_mean": acc["mean"],
-        "accuracy_std": acc["std"],
+        "accuracy_std": sample_std(acc["per_seed"]),  # sample std (ddof 1) over accuracy_n networks
+        "accuracy_n": n,
         "accuracy_per_seed": acc["per_seed"],
+        "seeds": {"distill": res["distill_seed"], "eval": acc["seeds"]},
         "eval_net": net,
         "eval_train_s_median": acc.get("train_s"),
         "eval_test_s_median": acc.get("test_s"),
@@ -307,7 +322,11 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         "conv_share": res.get("conv_share"),
         "peak_rss_mb": peak_rss_mb(),
         "wall_s": res["wall_s"],
-        "summary": f"{100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} % ({net}, {len(acc['per_seed'])} nets)",
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "config": res["config"],  # the full resolved config of the cell
+        "summary": f"{100 * acc['mean']:.2f} +- {100 * sample_std(acc['per_seed']):.2f} % ({net}, sample std over "
+        f"n = {n} nets)",
     }
     io.write_json(out_root / profile.name / "cells" / f"{cell.name}.json", record)
     return 0
@@ -374,6 +393,9 @@ def markdown(result: dict) -> str:
                       f"({'; '.join(protocols)}): compare only rows that share one.**"]  # fmt: skip
     elif protocols:
         lines += ["", f"Every row: evaluation protocol {protocols[0]}."]
+    ns = sorted({len(r["accuracy_per_seed"]) for r in result["cells"]})
+    if ns:
+        lines += ["", f"Accuracy: mean +- sample std (ddof 1) over n = {' or '.join(map(str, ns))} networks per row."]
     published = any(r["cell"].get("published") for r in result["cells"])
     head = ("| budget (IPC) | cell | accuracy % | stored floats | IPC-equiv | images/class | s/iter | distilled in "
             "| conv share | eval s/net | peak MB | protocol |")  # fmt: skip
@@ -385,7 +407,8 @@ def markdown(result: dict) -> str:
         share = "" if r.get("conv_share") is None else f"{100 * r['conv_share']:.0f}%"
         ev = "" if r.get("eval_train_s_median") is None else f"{r['eval_train_s_median']:.1f}"
         row = (
-            f"| {c['budget_ipc']:g} | {name} | {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} "
+            f"| {c['budget_ipc']:g} | {name} | {100 * r['accuracy_mean']:.2f} +- "
+            f"{100 * sample_std(r['accuracy_per_seed']):.2f} "
             f"| {st['floats_total']:,} | {st['ipc_equivalent']:.3f} | {st['images_per_class']} | {spi} "
             f"| {r.get('distill_precision') or ''} | {share} "
             f"| {ev} | {r['peak_rss_mb']:.0f} | {protocol_label(r.get('protocol'))} |"

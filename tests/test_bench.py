@@ -1,9 +1,12 @@
 """The benchmark harness on generated data: every cell runs, results are written, reruns skip done cells."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from bench.profiles import PROFILES
 from bench.run import cell_overrides, experts_command
@@ -12,7 +15,9 @@ from bench.run import cell_overrides, experts_command
 def test_bench_smoke_runs_and_resumes(tmp_path):
     # two cells at a time, one thread each: the scheduler's path (`make bench` runs the CPU profile so)
     cmd = [sys.executable, "-m", "bench.run", "--smoke", "--jobs", "2", "--out", str(tmp_path)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    ledger = tmp_path / "ledger.jsonl"
+    env = {**os.environ, "HABA_TEST_LEDGER": str(ledger)}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / "smoke.json").read_text())
     assert res["complete"] and not res["failed"]
@@ -35,12 +40,26 @@ def test_bench_smoke_runs_and_resumes(tmp_path):
     assert {c["distill_precision"] for c in res["cells"][1:]} <= {"fp32", "bf16"}
     assert all(c["eval_test_s_median"] > 0 for c in res["cells"])
     assert res["machine"]["cores"] and res["git_commit"] and "bench.run --smoke" in res["command"]
+    # each cell keeps its seeds, its full resolved config and its own commit, and reports the sample std over n
+    for c in res["cells"]:
+        a, b = c["accuracy_per_seed"]
+        assert c["accuracy_n"] == 2 and c["accuracy_std"] == pytest.approx(abs(a - b) / 2**0.5)
+        assert c["config"]["eval"]["epochs"] == 3 and len(c["git_commit"]) == 40 and isinstance(c["git_dirty"], bool)
+    assert res["cells"][0]["seeds"] == {"distill": None, "eval": [0, 1]}  # random real: one draw per network seed
+    assert res["cells"][1]["seeds"] == {"distill": 0, "eval": [2000, 2001]}  # seed + 1000 * iterations + k
+    assert res["cells"][1]["config"]["synset"]["kind"] == "pixels"
+    # every cell's test evaluation is a line of the ledger (here the override; by default <out>/test_ledger.jsonl)
+    lines = [json.loads(x) for x in ledger.read_text().splitlines()]
+    assert sorted(x["run"] for x in lines) == sorted(f"smoke/{n}" for n in names)
+    assert {x["purpose"] for x in lines} == {"bench cell"} and all(x["networks"] == 2 for x in lines)
+    assert not (tmp_path / "test_ledger.jsonl").exists()
     md = (tmp_path / "smoke.md").read_text()
-    assert "| 2 | DM + haba |" in md and "random real" in md
+    assert "| 2 | DM + haba |" in md and "random real" in md and "sample std (ddof 1) over n = 2" in md
     # a rerun skips finished cells and leaves their results untouched
     before = (tmp_path / "smoke" / "cells" / "ipc2_dm_haba.json").stat().st_mtime_ns
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0 and r.stdout.count("[skip]") == 4
+    assert len(ledger.read_text().splitlines()) == 4  # skipped cells test nothing
     assert (tmp_path / "smoke" / "cells" / "ipc2_dm_haba.json").stat().st_mtime_ns == before
 
 
