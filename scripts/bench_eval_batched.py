@@ -12,7 +12,8 @@ their final accuracies agree (``max |acc diff|``).
 
 Defaults are Fashion-MNIST-sized: 1x28x28 images, 10 classes, ``--ipc`` real images per class as the
 training set (IPC 3 = 30 images, the size of a HaBa set at a budget of IPC 1 with 14x14 bases), DSA on,
-batch 256, lr 0.01, and ``--test-limit`` test images. ``--json PATH`` writes every measurement.
+batch 256, lr 0.01, and the test pass on ``--val-images`` held-out training images (the validation split: a speed
+study has no business with the test split). ``--json PATH`` writes every measurement.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from haba_core.augment import DSA_DEFAULT  # noqa: E402
-from haba_core.data import load_dataset  # noqa: E402
+from haba_core.data import dataset_info, load_dataset  # noqa: E402
 from haba_core.evaluate import SequentialTrainer  # noqa: E402
 from haba_core.grouped import GroupedTrainer, NotStackable  # noqa: E402
 from haba_core.training import Recipe  # noqa: E402
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="networks trained together (S)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--ipc", type=int, default=3, help="training images per class")
-    p.add_argument("--test-limit", type=int, default=1000, help="test images (class-balanced)")
+    p.add_argument("--val-images", type=int, default=1000, help="held-out training images the test pass measures")
     p.add_argument("--test-repeats", type=int, default=2, help="alternations of the two test passes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the default)")
     p.add_argument("--no-dsa", action="store_true")
@@ -105,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    ds = load_dataset(a.dataset, root=a.data_root, test_limit=a.test_limit)
+    per_class = max(1, a.val_images // dataset_info(a.dataset).num_classes)
+    ds = load_dataset(a.dataset, root=a.data_root, val_per_class=per_class).evaluated_on("val")
     images, labels = ds.subset_random(a.ipc, torch.Generator().manual_seed(0))
-    head = (f"{ds.info.name}: {tuple(images.shape)} training images, {len(ds.labels_test)} test, S={a.seeds} "
+    head = (f"{ds.info.name}: {tuple(images.shape)} training images, {len(ds.labels_test)} validation, S={a.seeds} "
             f"seeds, {a.epochs} epochs alternating, DSA {'off' if a.no_dsa else 'on'}, torch threads "
             f"{torch.get_num_threads()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start")  # fmt: skip
     print(head, flush=True)
