@@ -233,3 +233,22 @@ def test_paper_presets_cover_every_backend_dataset_and_ipc():
                 assert f"{ds}_{m}_ipc{ipc}.yaml" in names
     for m in ("dc", "dsa", "dm", "mtt"):
         assert f"fmnist_cpu_{m}.yaml" in names
+
+
+@pytest.mark.parametrize(
+    ("kind", "official"),
+    [("pixels", (0.5, 0.5)), ("haba", (0.95, 0.9))],  # mtt-distillation's distill.py; HaBa's distill_fac.py
+)
+def test_mtt_momenta_are_each_official_code_s(kind, official, expert_dir):
+    """``optimizer_img``/``optimizer_style`` and ``optimizer_lr`` of the official code the set's kind comes from;
+    explicit values win, and the resolved momenta are recorded in the run's config."""
+    d = Distiller(method_config("mtt", kind, expert_dir))
+    by_name = {g["name"]: g["momentum"] for g in d.optimizer.param_groups}
+    expected = {"bases": official[0], "syn_lr": official[1]}
+    if kind == "haba":
+        expected["hallucinators"] = official[0]
+    assert by_name == expected
+    assert (d.cfg.method_params["momentum"], d.cfg.method_params["momentum_lr"]) == official
+    d = Distiller(method_config("mtt", kind, expert_dir, "method.momentum=0.7", "method.momentum_lr=0.2"))
+    assert {g["name"]: g["momentum"] for g in d.optimizer.param_groups}["syn_lr"] == 0.2
+    assert {g["name"]: g["momentum"] for g in d.optimizer.param_groups}["bases"] == 0.7

@@ -86,9 +86,13 @@ def test_mtt_loss_matches_a_hand_unrolled_student(experts, unroll):
 
 
 def test_fast_and_reference_unrolls_agree_through_the_engine(experts):
-    """Same draws, same arithmetic up to float rounding (which lr_img=10 amplifies a little)."""
-    a = Distiller(config(experts, "method.unroll=fast")).run()
-    b = Distiller(config(experts, "method.unroll=reference")).run()
+    """Same draws, same arithmetic up to float rounding (which lr_img=10 amplifies a little). In float32 and
+    without HaBa's constraint: its adversarial extractor amplifies a rounding difference of the first update
+    chaotically (up to 5e-2 after two iterations for some seeds), and it is no part of the
+    unroll compared here."""
+    fixed = ("method.precision=fp32", "haba.enabled=false")
+    a = Distiller(config(experts, "method.unroll=fast", *fixed)).run()
+    b = Distiller(config(experts, "method.unroll=reference", *fixed)).run()
     for k, v in a.synset.state_dict().items():
         torch.testing.assert_close(v, b.synset.state_dict()[k], rtol=1e-3, atol=1e-3)
     assert a.synset.extra["syn_lr"] == pytest.approx(b.synset.extra["syn_lr"], rel=1e-4)

@@ -61,9 +61,12 @@ class MTTConfig:
     # of 14x14 + 5 hallucinators, 3 nets; bench/results/val_search/mtt_haba_ipc1_lr_hallucinators.md):
     # 0.3 76.23%, 0.1 76.13%, 0.03 75.86% (all within noise of each other).
     lr_hallucinators: float = 0.3
-    momentum: float = 0.5  # SGD momentum of the synthetic set (MTT official; HaBa's official runs: 0.95)
+    # SGD momenta of the synthetic set and of the learned student lr; None: each code's official value, by what
+    # the set is: MTT's 0.5 / 0.5 (``distill.py``) for pixels and other kinds, HaBa's 0.95 / 0.9
+    # (``distill_fac.py``, bases and hallucinators alike) for haba. Resolved at setup and recorded in config.json.
+    momentum: float | None = None
     lr_lr: float = 1e-5  # SGD lr of the learnable student lr
-    momentum_lr: float = 0.5  # MTT official (HaBa's code: 0.9)
+    momentum_lr: float | None = None
     lr_teacher: float = 0.01  # initial student lr
     min_syn_lr: float = 0.001  # the student lr is clipped at this after each update (official HaBa)
     batch_syn: int | None = None  # bases per unrolled step; None: all of them (official default)
@@ -75,6 +78,10 @@ class MTTConfig:
     unroll: str = "fast"  # "fast" | "reference" (see the module docstring)
     reuse_memory: bool = True  # CPU, glibc's allocator: keep freed memory (faster, more heap; not under jemalloc)
     channels_last: bool = True  # fast fp32 unroll on CPU: NHWC activations for multi-channel images
+
+
+# synset kind -> (momentum of the synthetic set, momentum of the learned lr) in that kind's official MTT code
+OFFICIAL_MOMENTA = {"pixels": (0.5, 0.5), "haba": (0.95, 0.9)}
 
 
 @dataclass
@@ -127,9 +134,21 @@ class MTT(Method):
     def setup(self, synset) -> None:
         self.synset = synset
         synset.extra["syn_lr"] = float(self.syn_lr.detach())
+        official = OFFICIAL_MOMENTA.get(synset.kind, OFFICIAL_MOMENTA["pixels"])
+        self._momenta = (
+            official[0] if self.cfg.momentum is None else float(self.cfg.momentum),
+            official[1] if self.cfg.momentum_lr is None else float(self.cfg.momentum_lr),
+        )
+
+    @property
+    def momentum(self) -> float:
+        return self._momenta[0]
+
+    def resolved_params(self) -> dict:
+        return {"momentum": self._momenta[0], "momentum_lr": self._momenta[1]}
 
     def param_groups(self) -> list[dict]:
-        return [{"params": [self.syn_lr], "lr": self.cfg.lr_lr, "momentum": self.cfg.momentum_lr, "name": "syn_lr"}]
+        return [{"params": [self.syn_lr], "lr": self.cfg.lr_lr, "momentum": self._momenta[1], "name": "syn_lr"}]
 
     def after_update(self) -> None:
         with torch.no_grad():
