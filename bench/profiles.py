@@ -222,7 +222,8 @@ REPRO = Profile(
 
 # Every registered synset kind (a new kind joins by itself) at equal storage: DM with the CPU preset (lr_img 1.0
 # suits any kind whose bases are an orthonormal transform of pixels), basis_size=auto (each kind's own rule),
-# one protocol, 5 evaluation networks.
+# one protocol, 5 evaluation networks. fred runs FreD's per-class variance masks (its default) and, beside it,
+# the low-pass square at the same budget (the masks' storage costs the variance cells one image per class).
 SYNSET_KINDS = _fmnist(
     "synsets",
     "Every registered synset kind at equal storage: Fashion-MNIST DM (CPU preset) at IPC 1 and 10, ConvNet, "
@@ -234,6 +235,9 @@ SYNSET_KINDS = _fmnist(
         for cell in (
             Cell(f"ipc{b}_random_real", b, None),
             *(Cell(f"ipc{b}_dm_{kind}", b, "dm", kind, "configs/fmnist_cpu_dm.yaml") for kind in list_synsets()),
+            Cell(
+                f"ipc{b}_dm_fred_lowpass", b, "dm", "fred", "configs/fmnist_cpu_dm.yaml", ("synset.selection=lowpass",)
+            ),
         )
     ),
 )

@@ -88,6 +88,11 @@ class Plan:
             **({"basis_note": self.basis_note} if self.basis_note else {}),
         }
 
+    def floats_parts(self) -> str:
+        """The stored floats by part, e.g. ``bases 5,880 + masks 245`` (bases always, other parts when not 0)."""
+        parts = {"bases": self.floats_bases, "hallucinators": self.floats_hallucinators, "masks": self.floats_masks}
+        return " + ".join(f"{k} {v:,}" for k, v in parts.items() if v or k == "bases")
+
     def describe(self) -> str:
         """A human-readable storage breakdown (what the CLI's ``budget`` command prints)."""
         c, h, w = self.basis_shape

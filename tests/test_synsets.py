@@ -170,10 +170,11 @@ def test_every_kind_storage_formula_matches_the_built_set(kind, options, basis_s
     s = create_synset(kind, i, n_bases=2, basis_size=basis_size, **kw)
     p = plan(i, kind, 2, basis_size=basis_size, **options)
     got = s.storage()
-    assert (got["floats_bases"], got["floats_hallucinators"], got["n_hallucinators"]) == (
-        p.floats_bases, p.floats_hallucinators, p.n_hallucinators)  # fmt: skip
-    assert tuple(got["basis_shape"]) == p.basis_shape
-    assert sum(t.numel() for t in s.parameters()) == p.floats_total  # every learnable float is counted
+    assert (got["floats_bases"], got["floats_hallucinators"], got["n_hallucinators"], got["floats_masks"]) == (
+        p.floats_bases, p.floats_hallucinators, p.n_hallucinators, p.floats_masks)  # fmt: skip
+    assert tuple(got["basis_shape"]) == p.basis_shape and got["floats_total"] == p.floats_total
+    # every learnable float is counted, and beside them only fixed masks (FreD's per-class frequency choice)
+    assert sum(t.numel() for t in s.parameters()) + p.floats_masks == p.floats_total
 
 
 def test_a_kinds_own_config_reaches_config_budget_cli_and_app():

@@ -459,10 +459,7 @@ def breakdown_rows(plan) -> list[tuple[str, str]]:
         rows.append(("Hallucinators", f"{p['n_hallucinators']}  ({each:,} floats each)"))
     rows += [
         ("Images it yields", f"{p['images_per_class']} per class, {p['images_total']} in all"),
-        (
-            "Floats stored",
-            f"{p['floats_total']:,}  (bases {p['floats_bases']:,} + hallucinators {p['floats_hallucinators']:,})",
-        ),
+        ("Floats stored", f"{p['floats_total']:,}  ({plan.floats_parts()})"),
         ("IPC-equivalent", f"{p['ipc_equivalent']:.3f}"),
     ]
     if p.get("budget_floats"):

@@ -124,7 +124,8 @@ class Synset(nn.Module):
     @classmethod
     def storage_of(cls, info: DatasetInfo, n_bases: int, basis_size: int | None, **options: Any) -> dict:
         """What ``n_bases`` per class would store: ``basis_shape`` (C_b, h, w), ``floats_bases``,
-        ``n_hallucinators`` and ``floats_hallucinators`` (shared parameters). Options of other kinds are
+        ``n_hallucinators``, ``floats_hallucinators`` (shared parameters) and ``floats_masks`` (fixed data that
+        is not learned, such as FreD's per-class frequency masks; 0 when left out). Options of other kinds are
         ignored. Must agree with :meth:`storage` of a built set (tests check every kind)."""
         h, w = (basis_size, basis_size) if basis_size else tuple(info.im_size)
         c = info.channels
@@ -133,6 +134,7 @@ class Synset(nn.Module):
             "floats_bases": n_bases * info.num_classes * c * h * w,
             "n_hallucinators": 0,
             "floats_hallucinators": 0,
+            "floats_masks": 0,
         }
 
     # -- what subclasses implement ------------------------------------------------------------------------
@@ -141,6 +143,10 @@ class Synset(nn.Module):
         raise NotImplementedError
 
     def hallucinator_floats(self) -> int:
+        return 0
+
+    def mask_floats(self) -> int:
+        """Floats-equivalent of fixed, non-learned data the set stores beside its parameters (FreD's masks)."""
         return 0
 
     def display_bases(self, idx: Tensor) -> Tensor:
@@ -194,15 +200,18 @@ class Synset(nn.Module):
         image_floats = c * h * w
         bases = self.bases.numel()
         halluc = self.hallucinator_floats()
-        total = bases + halluc
+        masks = self.mask_floats()
+        total = bases + halluc + masks
         return {
             "kind": self.kind,
+            "label": self.label or self.kind,  # what the set ran as (a kind may name its options, e.g. FreD's)
             "n_bases": self.n_bases,
             "n_hallucinators": self.n_hallucinators,
             "images_per_class": self.images_per_class,
             "basis_shape": [self.basis_channels, *self.basis_hw],
             "floats_bases": bases,
             "floats_hallucinators": halluc,
+            "floats_masks": masks,
             "floats_total": total,
             "ipc_equivalent": total / (self.num_classes * image_floats),
         }
