@@ -7,8 +7,11 @@ networks, the same network seeds at every step), and the loss is averaged over t
 before it. The *plateau* of an arm is the first evaluated step whose validation accuracy is within one
 standard deviation (of the networks at the best step) of the best step's, and from which the windowed loss
 falls by less than ``--loss-tol`` (relative) to the end. Only then is the test set touched: every arm's final
-set, ``--test-seeds`` networks, one protocol for every row. Runs and evaluation cells resume; results go to
-``OUT/<name>.json`` and ``.md`` with the command, commit, protocol and storage.
+set, ``--test-seeds`` networks, one protocol for every row; each arm's test is a line of
+``bench/results/test_ledger.jsonl`` (search ``plateau/<name>``), and a later invocation that would test again (an
+arm added or lengthened) is refused unless ``--retest-reason "..."`` says why. Runs and evaluation cells resume
+(reused cells are no new test); results go to ``OUT/<name>.json`` and ``.md`` with the command, commit, protocol
+and storage.
 
     python scripts/plateau.py --name dm_ipc10 --config configs/fmnist_cpu_dm.yaml --set synset.budget_ipc=10 \\
         --arm pixels:synset.kind=pixels --arm haba:synset.kind=haba --iterations 2000 \\
@@ -32,13 +35,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.run import git_commit, machine  # noqa: E402
+from bench.run import STUDIES_LEDGER, git_commit, machine  # noqa: E402
 from haba_core import io  # noqa: E402
 from haba_core import runfolder as RF  # noqa: E402
 from haba_core.config import resolve_config  # noqa: E402
 from haba_core.engine import InitialSnapshot, distill  # noqa: E402
 from haba_core.evaluate import evaluate_run  # noqa: E402
 from haba_core.executors import LocalExecutor  # noqa: E402
+from haba_core.ledger import LedgerEntry, RetestError  # noqa: E402
 from haba_core.protocol import require_one_protocol  # noqa: E402
 
 
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss-tol", type=float, default=0.02)
     p.add_argument("--workers", type=int, default=1, help="evaluation processes (1: in this process)")
     p.add_argument("--only", help="distill and validate this arm only (no test, no report)")
+    p.add_argument("--retest-reason", help="why this study may test again (recorded in the test ledger)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "plateau"))
     a = p.parse_args(argv)
     arms = {name: arm_iterations(sets, a.iterations) for name, sets in map(parse_arm, a.arm)}
@@ -164,11 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     if a.only:
         return 0
     require_one_protocol([pt["protocol"] for r in rows for pt in r["points"]], "the validation points")
+    search = LedgerEntry(
+        STUDIES_LEDGER, "", "search final test", search=f"plateau/{a.name}", retest_reason=a.retest_reason
+    )
     for r in rows:  # the test set, touched once per arm: the final set, same protocol
         run = ROOT / r["run"]  # shown() paths are relative to the repository or absolute
         cfg = resolve_config(base=io.read_json(run / "config.json"))
         test_cfg = replace(cfg.eval, split="test", seeds=a.test_seeds)
-        res = evaluate_run(run, cfg, test_cfg, snapshot(run, r["iterations"]), executor=executor, log=None)
+        look = replace(search, run=f"plateau/{a.name}/{r['arm']}")
+        try:
+            res = evaluate_run(
+                run, cfg, test_cfg, snapshot(run, r["iterations"]), executor=executor, log=None, ledger=look
+            )
+        except RetestError as e:
+            raise SystemExit(f"error: {e}") from e
         r["test"] = {k: res["synset"]["nets"][test_cfg.nets[0]][k] for k in ("mean", "std", "per_seed")}
         r["test_protocol"] = res["synset"]["protocol"]
     require_one_protocol([r["test_protocol"] for r in rows], "the test rows")

@@ -3,8 +3,11 @@
 Every combination of ``--grid KEY=V1,V2,...`` (several ``--grid`` flags multiply) is distilled with the
 training set minus a seeded class-balanced holdout (``data.val_per_class``) and evaluated on that holdout
 (``eval.split=val``). The best combination by validation accuracy is then, with ``--test``, evaluated once on
-the test set under the same protocol. Runs live in ``OUT/runs/<combination>`` and resume; results go to
-``OUT/<name>.json`` and ``.md`` with the command, commit, protocol and storage of each row.
+the test set under the same protocol, and that test is a line of ``bench/results/test_ledger.jsonl`` (search
+``val_search/<name>``). A second test of the same search (say, after the grid grew and another combination won)
+is refused unless ``--retest-reason "..."`` says why; the reason is recorded with it. Runs live in
+``OUT/runs/<combination>`` and resume (a finished test is reused, not repeated); results go to ``OUT/<name>.json``
+and ``.md`` with the command, commit, protocol and storage of each row.
 
     python scripts/val_search.py --name dm_haba_ipc1_lr --config configs/fmnist_cpu_dm.yaml \\
         --set synset.kind=haba --set synset.budget_ipc=1 --grid synset.lr_hallucinators=1e-3,5e-4 --test
@@ -30,10 +33,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.run import git_commit, machine  # noqa: E402
+from bench.run import STUDIES_LEDGER, git_commit, machine  # noqa: E402
 from haba_core import io  # noqa: E402
 from haba_core.config import RunConfig, resolve_config  # noqa: E402
 from haba_core.engine import distill  # noqa: E402
+from haba_core.ledger import LedgerEntry, RetestError  # noqa: E402
 from haba_core.protocol import require_one_protocol  # noqa: E402
 
 
@@ -73,22 +77,23 @@ def tag(combo: dict[str, str]) -> str:
     return "_".join(f"{k.split('.')[-1]}={v}" for k, v in combo.items()) or "default"
 
 
-def run_one(cfg: RunConfig, run_dir: Path, split: str) -> dict:
-    """Distill (or resume) and score on ``split``; a finished score is kept in the run folder and reused."""
+def run_one(cfg: RunConfig, run_dir: Path, split: str, ledger: LedgerEntry | None = None) -> dict:
+    """Distill (or resume) and score on ``split`` (a test recorded through ``ledger``); a finished score is kept in
+    the run folder and reused."""
     cached = run_dir / f"search_{split}.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    out = _run_one(cfg, run_dir, split)
+    out = _run_one(cfg, run_dir, split, ledger)
     io.write_json(cached, out)
     return out
 
 
-def _run_one(cfg: RunConfig, run_dir: Path, split: str) -> dict:
+def _run_one(cfg: RunConfig, run_dir: Path, split: str, ledger: LedgerEntry | None) -> dict:
     resume = (run_dir / "config.json").exists()
     d = distill(cfg, run_dir, resume=resume)
     ecfg = cfg.eval.__class__(**{**cfg.eval.__dict__, "split": split})
     d.cfg = cfg.replace(eval=ecfg)
-    ev = d.evaluate()
+    ev = d.evaluate(ledger=ledger)
     net = cfg.eval.nets[0]
     acc = ev["nets"][net]
     return {"mean": acc["mean"], "std": acc["std"], "per_seed": acc["per_seed"], "protocol": ev["protocol"],
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", action="append", default=[], help="NAME=FILE[,KEY=VALUE...]: one value of a preset axis")
     p.add_argument("--val-per-class", type=int, default=500)
     p.add_argument("--test", action="store_true", help="evaluate the best combination on the test set")
+    p.add_argument("--retest-reason", help="why this search may be tested again (recorded in the test ledger)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "val_search"))
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -131,7 +137,18 @@ def main(argv: list[str] | None = None) -> int:
               "best": best["combination"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     if a.test:  # the chosen configuration, touched on the test set once (distilled without the holdout)
         chosen = tag(best["combination"])
-        result["test"] = run_one(setup[chosen], out / "runs" / a.name / chosen, "test")
+        look = LedgerEntry(
+            STUDIES_LEDGER,
+            f"val_search/{a.name}/{chosen}",
+            "search final test",
+            config=setup[chosen].to_dict(),
+            search=f"val_search/{a.name}",
+            retest_reason=a.retest_reason,
+        )
+        try:
+            result["test"] = run_one(setup[chosen], out / "runs" / a.name / chosen, "test", look)
+        except RetestError as e:
+            raise SystemExit(f"error: {e}") from e
     io.write_json(out / f"{a.name}.json", result)
     proto = rows[0]["protocol"]
     lines = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,9 @@ def test_runs_an_arm_on_toy_data_and_reports_validation_points_and_the_test(tmp_
            "--set", "eval.epochs=1", "--set", "eval.test_batch=100", "--set", "synset.budget_ipc=1",
            "--arm", "pixels:synset.kind=pixels", "--iterations", "2", "--eval-at", "0,1",
            "--val-per-class", "5", "--val-seeds", "1", "--test-seeds", "2"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    ledger = tmp_path / "ledger.jsonl"
+    env = {**os.environ, "HABA_TEST_LEDGER": str(ledger)}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "toy.json").read_text())
     (row,) = res["rows"]
@@ -65,7 +68,26 @@ def test_runs_an_arm_on_toy_data_and_reports_validation_points_and_the_test(tmp_
     assert json.loads((run / "config.json").read_text())["data"]["val_per_class"] == 5
     assert "| pixels | val accuracy % |" in (out / "toy.md").read_text()
     # a second call finds the run and every evaluation cell done: same numbers, nothing retrained
-    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert r2.returncode == 0, r2.stderr[-3000:]
     again = json.loads((out / "toy.json").read_text())["rows"][0]
     assert again["points"] == row["points"] and again["test"] == row["test"]
+    # only the test touched the test split, once per network (reused cells are no new test)
+    lines = [json.loads(x) for x in ledger.read_text().splitlines()]
+    assert [x["cell"] for x in lines] == ["synset/convnet/s0", "synset/convnet/s1"]
+    assert {(x["search"], x["run"], x["purpose"]) for x in lines} == {
+        ("plateau/toy", "plateau/toy/pixels", "search final test")
+    }
+    # testing again (the test cells gone, as when an arm is lengthened) is refused unless told why
+    specs = (run / "eval" / "cells").glob("*/spec.json")
+    (tested,) = [p.parent for p in specs if json.loads(p.read_text())["protocol"]["split"] == "test"]
+    for cell in tested.glob("*_s*.json"):
+        cell.unlink()
+    r3 = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert r3.returncode != 0 and "already tested" in r3.stderr
+    r4 = subprocess.run(
+        [*cmd, "--retest-reason", "longer arm"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env
+    )
+    assert r4.returncode == 0, r4.stderr[-3000:]
+    reasons = [json.loads(x).get("retest_reason") for x in ledger.read_text().splitlines()]
+    assert reasons == [None, None, "longer arm", "longer arm"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,9 @@ def test_searches_backends_on_toy_data_and_tests_only_the_chosen_one(tmp_path):
            "--set", "eval.epochs=1", "--set", "eval.seeds=1", "--set", "eval.test_batch=100",
            "--set", "synset.budget_ipc=1", "--set", "synset.kind=pixels", "--val-per-class", "5",
            "--preset", f"dm={tmp_path / 'dm.yaml'}", "--preset", f"dc={tmp_path / 'dc.yaml'}", "--test"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    ledger = tmp_path / "ledger.jsonl"
+    env = {**os.environ, "HABA_TEST_LEDGER": str(ledger)}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "toy.json").read_text())
     assert [row["combination"] for row in res["rows"]] == [{"preset": "dm"}, {"preset": "dc"}]
@@ -67,3 +70,17 @@ def test_searches_backends_on_toy_data_and_tests_only_the_chosen_one(tmp_path):
     other = next(p for p in (out / "runs" / "toy").iterdir() if p != chosen)
     assert (chosen / "search_test.json").exists() and not (other / "search_test.json").exists()
     assert "| preset=dm |" in (out / "toy.md").read_text()
+    # the one test is a ledger line of the search; a second test (its cached result gone, as when another
+    # combination wins a larger grid) is refused unless told why, and the reason is recorded
+    (line,) = [json.loads(x) for x in ledger.read_text().splitlines()]
+    assert line["search"] == "val_search/toy" and line["purpose"] == "search final test" and line["networks"] == 1
+    assert line["run"] == f"val_search/toy/{chosen.name}" and line["protocol_id"] == res["test"]["protocol"]["id"]
+    (chosen / "search_test.json").unlink()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert r.returncode != 0 and "already tested" in r.stderr and "--retest-reason" in r.stderr
+    assert len(ledger.read_text().splitlines()) == 1
+    reason = [*cmd, "--retest-reason", "a bug in the evaluation was fixed"]
+    r = subprocess.run(reason, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = json.loads(ledger.read_text().splitlines()[-1])
+    assert last["retest_reason"] == "a bug in the evaluation was fixed" and last["search"] == "val_search/toy"
