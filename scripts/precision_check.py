@@ -6,7 +6,11 @@ within one standard deviation of the float32 eager mean (issue #14).
 
 ``--runs`` holds run folders (``<set>/run/synset.safetensors`` and ``config.json``, as ``bench.run`` leaves
 them). Evaluation follows each run's config except ``eval.nets=convnet``, ``--seeds`` networks and ``--epochs``
-epochs, with seeds ``seed + 1000 * iterations + k`` (those ``bench.run`` evaluated with). Each (set, variant)
+epochs, with seeds ``seed + 1000 * iterations + k`` (those ``bench.run`` evaluated with). The check decides on
+the validation split (``--split val``, the default): ``--val-per-class`` training images per class carved out
+(the sets were distilled with them in the training set, which does not matter for comparing two evaluation
+precisions on one set), so the test split stays untouched; ``--split test`` measures the test split and records
+each evaluation in ``bench/results/test_ledger.jsonl``. Each (set, variant)
 is evaluated in its own folder under ``--out`` with ``--workers`` processes (one thread each), so a stopped
 check resumes where it stopped. Writes ``<out>.json`` and ``<out>.md``, adding to what an earlier invocation
 with the same ``--out`` wrote (so cheap variants can cover more sets than expensive ones).
@@ -26,6 +30,7 @@ from haba_core import io
 from haba_core.config import RunConfig, resolve_config
 from haba_core.evaluate import evaluate_run
 from haba_core.executors import make_executor
+from haba_core.ledger import LedgerEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -58,8 +63,9 @@ def markdown(res: dict) -> str:
         "### Fast evaluation vs float32 (same seeds, same protocol apart from precision)",
         "",
         f"`{res['command']}` at commit `{res['git_commit'][:12]}`, {res['finished_at']}. {res['seeds']} ConvNet "
-        f"networks per row, {res['epochs']} epochs; a fast variant passes when its mean lies within one std of "
-        "the float32 mean (eager where measured, else compiled: the same arithmetic).",
+        f"networks per row, {res['epochs']} epochs, accuracy on the {res.get('split', 'test')} split; a fast "
+        "variant passes when its mean lies within one (sample) std of the float32 mean (eager where measured, else "
+        "compiled: the same arithmetic).",
         "",
         "| set | variant | accuracy % | gap to float32 | within 1 std | training s/net | measured by |",
         "|---|---|---|---|---|---|---|",
@@ -80,13 +86,17 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "precision"))
+    p.add_argument("--split", choices=["val", "test"], default="val", help="where accuracy is measured")
+    p.add_argument("--val-per-class", type=int, default=500, help="held-out training images per class (--split val)")
+    p.add_argument("--out", help="default: bench/results/precision_val (--split val), bench/results/precision (test)")
     p.add_argument("--from-bench", help="take 'fp32 compiled' from these bench cells (<dir>/<set>.json, same seeds "
                    "and protocol, checked) instead of computing it again")  # fmt: skip
     a = p.parse_args()
-    from bench.run import git_commit, write_report
+    from bench.run import STUDIES_LEDGER, git_commit, write_report
 
-    out = Path(a.out)
+    if a.from_bench and a.split != "test":
+        raise SystemExit("--from-bench takes float32 results the bench measured on the test split: add --split test")
+    out = Path(a.out or ROOT / "bench" / "results" / ("precision" if a.split == "test" else "precision_val"))
     work = out.parent / (out.name + "_runs")
     # results accumulate across invocations (e.g. the cheap variants on some sets, the rest on others)
     results: dict = io.read_json(out.with_suffix(".json"))["results"] if out.with_suffix(".json").exists() else {}
@@ -95,6 +105,8 @@ def main() -> int:
         if not (src / "synset.safetensors").exists():
             raise SystemExit(f"{src} holds no synset.safetensors; distill it first (python -m bench.run ...)")
         cfg = RunConfig.from_dict(io.read_json(src / "config.json"))
+        if a.split == "val":  # the evaluation networks never see these images; the test split stays untouched
+            cfg = cfg.replace(data=dataclasses.replace(cfg.data, val_per_class=a.val_per_class))
         seed = cfg.seed + 1000 * cfg.iterations
         results.setdefault(name, {})
         bench_cell = Path(a.from_bench) / f"{name}.json" if a.from_bench else None
@@ -115,10 +127,12 @@ def main() -> int:
             io.write_json(run / "config.json", cfg.to_dict())
             fast = resolve_config(overrides=VARIANTS[variant]).eval
             ecfg = dataclasses.replace(cfg.eval, nets=("convnet",), seeds=a.seeds, epochs=a.epochs,
-                                       precision=fast.precision, compile=fast.compile)  # fmt: skip
+                                       precision=fast.precision, compile=fast.compile, split=a.split)  # fmt: skip
             executor = make_executor("local", workers=a.workers)
+            look = LedgerEntry(STUDIES_LEDGER, f"precision_check/{name}/{variant}", "precision check")
             try:
-                ev = evaluate_run(run, cfg, ecfg, run / "synset.safetensors", executor=executor, seed=seed, log=None)
+                synset = run / "synset.safetensors"
+                ev = evaluate_run(run, cfg, ecfg, synset, executor=executor, seed=seed, log=None, ledger=look)
             finally:
                 executor.close()
             r = ev["synset"]["nets"]["convnet"]
@@ -134,13 +148,13 @@ def main() -> int:
             raise SystemExit(f"{name}: the variants were evaluated under protocols that differ beyond precision")
     res = {"command": "python scripts/precision_check.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": a.seeds, "epochs": a.epochs,
-           "results": results, "rows": check(results)}  # fmt: skip
+           "split": a.split, "results": results, "rows": check(results)}  # fmt: skip
     res["all_pass"] = all(r.get("passes", True) for r in res["rows"])
     res["passing_variants"] = sorted(
         {r["variant"] for r in res["rows"] if "passes" in r}
         - {r["variant"] for r in res["rows"] if r.get("passes") is False}
     )
-    write_report(Path(a.out), res, markdown(res))
+    write_report(out, res, markdown(res))
     return 0
 
 
