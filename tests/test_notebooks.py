@@ -125,7 +125,12 @@ def test_committed_clean(path: Path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_executes_with_small_settings(path: Path, tmp_path: Path):
+def test_executes_with_small_settings(path: Path, tmp_path: Path, monkeypatch):
+    from haba_core import io
+    from haba_core.ledger import LEDGER_ENV
+
+    ledger = tmp_path / "ledger.jsonl"
+    monkeypatch.setenv(LEDGER_ENV, str(ledger))  # the kernel inherits it
     params = {**COMMON, "RUNS_DIR": str(tmp_path / "runs"), **TEST_PARAMETERS[path.stem]}
     t0 = time.perf_counter()
     nb = execute_notebook(path, params, tmp_path)
@@ -133,6 +138,10 @@ def test_executes_with_small_settings(path: Path, tmp_path: Path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
     assert any((tmp_path / "runs").iterdir()), "the notebook wrote no run under RUNS_DIR"
+    # notebook 3 tests on the test split and records every evaluation; 1 and 2 (experts included) never test
+    tested = io.read_jsonl(ledger)
+    assert bool(tested) == path.stem.startswith("03"), tested
+    assert all(r["run"].startswith(str(tmp_path / "runs")) and r["purpose"] == "eval" for r in tested)
     print(f"{path.name}: {seconds:.1f} s", file=sys.stderr)
 
 
