@@ -167,12 +167,15 @@ def _dispatch(fn, *args):
     return fn(*args)
 
 
-def test_evaluation_over_ray_lands_in_the_run_folder(ray_executor, tmp_path):
-    """The same cells and evaluation.json as a local evaluation, computed by Ray workers."""
+def test_evaluation_over_ray_lands_in_the_run_folder(ray_executor, tmp_path, monkeypatch):
+    """The same cells and evaluation.json as a local evaluation, computed by Ray workers, and every task's test
+    evaluation in the ledger (written by the driver, where the results land)."""
     from haba_core.config import RunConfig
     from haba_core.evaluate import evaluate_run
+    from haba_core.ledger import LEDGER_ENV
     from tests.test_evaluate import make_run
 
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger.jsonl"))
     run = make_run(tmp_path / "run")
     cfg = RunConfig.from_dict(io.read_json(run / "config.json"))
     ecfg = RunConfig.from_dict({**cfg.to_dict(), "eval": {"nets": ["mlp", "lenet"], "seeds": 2, "epochs": 1}}).eval
@@ -184,6 +187,8 @@ def test_evaluation_over_ray_lands_in_the_run_folder(ray_executor, tmp_path):
         assert len(cells) == 4
         assert all(io.read_json(c)["worker"].split(":")[1] != str(os.getpid()) for c in cells)  # ran elsewhere
     assert (run / "evaluation.json").exists() and (run / "eval" / "matrix.csv").exists()
+    recorded = io.read_jsonl(tmp_path / "ledger.jsonl")
+    assert sum(r["networks"] for r in recorded) == 8 and {r["kind"] for r in recorded} == {"haba", "random_real"}
 
 
 def test_experts_over_ray_land_in_the_expert_folder(ray_executor, tmp_path):
