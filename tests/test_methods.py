@@ -58,16 +58,17 @@ def test_every_backend_is_registered():
     assert {"dc", "dsa", "dm", "mtt"} <= set(list_methods())
 
 
+@pytest.mark.parametrize("basis_size", [None, 4])  # full size, and the reduced size that changes how kinds render
 @pytest.mark.parametrize("kind", list_synsets())
 @pytest.mark.parametrize("method", list_methods())
-def test_backend_x_synset_runs_and_learns(method, kind, expert_dir):
+def test_backend_x_synset_runs_and_learns(method, kind, basis_size, expert_dir):
     steps = []
 
     class Keep(Callback):
         def on_step(self, d, step, logs):
             steps.append(logs)
 
-    d = Distiller(method_config(method, kind, expert_dir), [Keep()])
+    d = Distiller(method_config(method, kind, expert_dir, f"synset.basis_size={basis_size or 'null'}"), [Keep()])
     before = {k: v.detach().clone() for k, v in d.synset.state_dict().items()}
     d.run()
     assert len(steps) == 2

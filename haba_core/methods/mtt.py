@@ -222,7 +222,7 @@ class MTT(Method):
         bases, labels = synset.bases, synset.labels_base
         nhwc = self.cfg.channels_last and self.precision == "fp32" and self.ctx.device.type == "cpu"
         for s in plan:
-            x = synset.render(bases[s.idx], torch.full((len(s.idx),), s.variant, device=bases.device))
+            x, _ = synset.images_of(s.idx, torch.full((len(s.idx),), s.variant, device=bases.device))
             if s.dsa is not None:
                 x = apply_dsa(x, s.dsa)
             if nhwc:  # every activation after the first conv follows this layout
