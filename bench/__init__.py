@@ -1,1 +1,1 @@
-"""The benchmark protocol (DESIGN §5): accuracy at equal storage, and speed, side by side."""
+"""The benchmark protocol: accuracy at equal storage, and speed, side by side (results: bench/results/README.md)."""

@@ -71,7 +71,7 @@ class SynsetConfig:
 
 @dataclass(frozen=True)
 class HabaLossConfig:
-    """HaBa's adversarial contrastive constraint (DESIGN §3); active only for the haba synset."""
+    """HaBa's adversarial contrastive constraint (``haba_losses.py``); active only for kinds that declare it."""
 
     enabled: bool = True
     lambda_cos: float = 0.1  # weight of L_cos added to the DD loss on the synthetic side

@@ -1,4 +1,4 @@
-"""HaBa's adversarial contrastive constraint (Liu et al., NeurIPS 2022, Sec. 3.3; DESIGN §3).
+"""HaBa's adversarial contrastive constraint (Liu et al., NeurIPS 2022, Sec. 3.3).
 
 A feature extractor F (ConvNet body + linear classifier) sees a batch of bases hallucinated by one pair of
 *different* random hallucinators ``(j0, j1)``, drawn once for the whole batch: x0 = hallucinator j0 of every

@@ -1,4 +1,4 @@
-"""Time and profile one MTT+HaBa outer iteration at CIFAR10 IPC 10 settings (DESIGN §6), variants side by side.
+"""Time and profile one MTT+HaBa outer iteration at CIFAR10 IPC 10 settings (issue #14), variants side by side.
 
 Settings: syn_steps 30, batch_syn 100, ConvNet width 128 depth 3, 3x32x32 inputs, DSA, 10 bases per class,
 5 hallucinators, HaBa's contrastive constraint on: the whole engine step, as a run would do it. Data: the

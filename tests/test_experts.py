@@ -40,7 +40,7 @@ def test_trajectory_moves_and_records_its_recipe(tmp_path):
     assert "git" not in json.dumps(meta)
     traj = ExpertSet(tmp_path).trajectory(0)
     assert traj.shape == (4, meta["num_params"])
-    for e in range(3):  # every epoch is its own snapshot (the aliasing pitfall of DESIGN §6)
+    for e in range(3):  # every epoch is its own snapshot (tensor.cpu() of a CPU tensor aliases it)
         assert (traj[e + 1] - traj[e]).norm() > 0, e
     manifest = io.read_json(tmp_path / "experts.json")
     assert manifest["format"] == "haba-expert-set" and manifest["config"]["epochs"] == 3

@@ -18,7 +18,7 @@ def test_registry_lists_both_kinds():
 
 
 def test_hallucinator_parameter_count_matches_design():
-    # DESIGN §3: 5,568 parameters per hallucinator at 3x32x32
+    # HaBa's hallucinator at 3x32x32: enc 84 + scale/shift 2 x 3x30x30 + dec 84 = 5,568 parameters
     assert hallucinator_floats(3, 3, (32, 32)) == 5568
     s = create_synset("haba", dataset_info("cifar10"), n_bases=1, n_hallucinators=5)
     assert s.hallucinator_floats() == 5 * 5568
@@ -28,7 +28,7 @@ def test_hallucinator_parameter_count_matches_design():
 
 
 def test_official_storage_ratios():
-    # DESIGN §3: IPC k bases + 5 hallucinators is 1.91x / 1.09x / 1.02x the pixel storage on CIFAR10
+    # the official "IPC k" runs (k bases + 5 hallucinators) store 1.91x / 1.09x / 1.02x the pixel storage on CIFAR10
     c10 = dataset_info("cifar10")
     for ipc, ratio in [(1, 1.91), (10, 1.09), (50, 1.02)]:
         p = plan(c10, "haba", ipc, n_hallucinators=5)

@@ -19,7 +19,7 @@ and whose inner-loop training augments too, with an independent draw per image (
 ``DiffAugment``). ``dc`` uses no augmentation. The inner loop trains the network with plain SGD (``lr_net``,
 no momentum), as the reference ``main.py``.
 With HaBa, class c's synthetic images are its bases hallucinated: one random hallucinator per basis
-(``syn_pairing="random"``, DESIGN §3) or every basis x every hallucinator (``"all"``).
+(``syn_pairing="random"``, the default) or every basis x every hallucinator (``"all"``).
 
 Speed: the step is dominated by the real batches (per class, a forward and backward pass of ``batch_real``
 images for the parameter gradients). ``compile`` runs that pass through ``torch.compile`` (one graph per

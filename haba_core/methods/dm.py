@@ -5,12 +5,12 @@ of a real batch and of the synthetic images of c (after the same DSA draw):
 ``L = sum_c || mean F(real_c) - mean F(syn_c) ||^2``.
 
 With HaBa there is no reference implementation to follow: the official HaBa code is built on MTT only, and
-the paper gives no DM+HaBa recipe. DESIGN §3 says DC/DM use "hallucinations of class-c bases with random
-hallucinators"; that is ``syn_pairing="random"`` (one random hallucinator per basis). Our default is
+the paper gives no DM+HaBa recipe. The natural reading, and DC's default here, hallucinates class-c bases with
+random hallucinators: ``syn_pairing="random"`` (one random hallucinator per basis). Our default is
 ``"all"`` (every basis x every hallucinator), deliberately: DM matches *mean* embeddings, and the mean over
 all pairs is exactly the expectation of the random pairing's mean, so both optimize the same objective in
 expectation and "all" does it without the sampling noise, for n_hallucinators times the synthetic forward
-pass (15 images per class instead of 3 at the IPC-1 preset). ``method.syn_pairing=random`` gives DESIGN's.
+pass (15 images per class instead of 3 at the IPC-1 preset). ``method.syn_pairing=random`` gives the random pairing.
 
 Speed: the step is dominated by the real batches' forward pass (10 x 256 images through a fresh ConvNet,
 no autograd). ``precision="bf16"`` runs both forward passes under bfloat16 autocast (the loss stays float32);

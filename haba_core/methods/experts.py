@@ -20,7 +20,8 @@ Files (one folder per expert set; nothing is pickled)::
 Every write is atomic, so an interrupted run leaves finished experts and at most one partial file per
 expert in flight; running the same command again skips finished experts and continues partial ones from
 their last epoch, producing the same files as an uninterrupted run (on the same machine and thread count).
-Snapshots are ``detach().clone()``: ``tensor.cpu()`` of a CPU tensor aliases it (DESIGN §6).
+Snapshots are ``detach().clone()``: ``tensor.cpu()`` of a CPU tensor aliases it, so every snapshot would change with
+training.
 """
 
 from __future__ import annotations

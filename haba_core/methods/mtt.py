@@ -20,7 +20,7 @@ chunk through *one* random hallucinator (official); pixels render as they are. D
 The learned alpha is stored in ``synset.extra["syn_lr"]`` after every update, so evaluation trains with it.
 Nothing is kept between iterations: the unrolled graph is freed by ``update``'s backward.
 
-Speed (DESIGN §6). ``unroll="fast"`` renders only the step's chunk, views the flat vector as the parameter
+Speed. ``unroll="fast"`` renders only the step's chunk, views the flat vector as the parameter
 dict, takes one ``autograd.grad`` over the flat vector and keeps float32 activations of multi-channel
 images channels-last on CPU (oneDNN then skips its layout reorders; 1-channel batches stay NCHW, see
 ``unroll_fast``). ``unroll="reference"`` is the straightforward version (the whole set rendered every
