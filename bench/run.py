@@ -355,6 +355,7 @@ def aggregate(profile: Profile, out_root: Path, schedule: dict | None = None) ->
     result = {
         "profile": profile.name,
         "description": profile.description,
+        "notes": list(profile.notes),
         "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "git_commit": git_commit(),
         "machine": machine(),
@@ -402,7 +403,8 @@ def markdown(result: dict) -> str:
     lines += ["", head + (" published % | gap |" if published else ""), "|---" * (12 + 2 * published) + "|"]
     for r in result["cells"]:
         c, st = r["cell"], r["storage"]
-        name = "random real" if c["method"] is None else f"{c['method'].upper()} + {c['synset']}"
+        kind = st.get("label") or c["synset"]  # what ran, e.g. FreD's variance masks or the low-pass square
+        name = "random real" if c["method"] is None else f"{c['method'].upper()} + {kind}"
         spi = "" if r["sec_per_iter"] is None else f"{r['sec_per_iter']:.3f}"
         share = "" if r.get("conv_share") is None else f"{100 * r['conv_share']:.0f}%"
         ev = "" if r.get("eval_train_s_median") is None else f"{r['eval_train_s_median']:.1f}"
@@ -420,6 +422,8 @@ def markdown(result: dict) -> str:
         lines.append(row)
     for f in result["failed"]:
         lines.append(f"| | {f['cell']} | failed |" + " |" * (10 + 2 * published))
+    if result.get("notes"):
+        lines += ["", *(f"Note: {n}" for n in result["notes"])]
     if not result["complete"]:
         lines += ["", "_Incomplete: rerun the same command to finish the missing cells._"]
     return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ def test_bench_smoke_runs_and_resumes(tmp_path):
     assert {x["purpose"] for x in lines} == {"bench cell"} and all(x["networks"] == 2 for x in lines)
     assert not (tmp_path / "test_ledger.jsonl").exists()
     md = (tmp_path / "smoke.md").read_text()
-    assert "| 2 | DM + haba |" in md and "random real" in md and "sample std (ddof 1) over n = 2" in md
+    assert "| 2 | DM + HaBa |" in md and "random real" in md and "sample std (ddof 1) over n = 2" in md
     # a rerun skips finished cells and leaves their results untouched
     before = (tmp_path / "smoke" / "cells" / "ipc2_dm_haba.json").stat().st_mtime_ns
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -93,3 +93,14 @@ def test_make_demo_is_the_demo_profile():
     demo = PROFILES["demo"]
     assert {(c.method, c.synset) for c in demo.cells} == {("dm", "haba"), ("dm", "pixels"), (None, "pixels")}
     assert len({c.budget_ipc for c in demo.cells}) == 1
+
+
+def test_profile_notes_are_printed_under_the_table():
+    from bench.profiles import PROFILES
+    from bench.run import markdown
+
+    assert any("10/50" in n for n in PROFILES["cpu"].notes)  # the CPU presets' loops, stated as a deviation
+    result = {"profile": "cpu", "description": "d", "command": "c", "git_commit": "0" * 12, "finished_at": "t",
+              "machine": {"cpu": "x", "cores": 2, "torch": "2"}, "cells": [], "failed": [], "complete": True,
+              "notes": list(PROFILES["cpu"].notes)}  # fmt: skip
+    assert "Note: DC and DSA cells run outer/inner loops 1/1" in markdown(result)
