@@ -56,8 +56,8 @@ def _matrix(budgets, methods, presets, haba_sizes, extra=(), per_method=None) ->
                 size = haba_sizes.get(b)
                 if kind == "haba" and size:
                     ov.append(f"synset.basis_size={size}")
-                if kind == "haba" and m == "mtt":
-                    ov.append("method.lr_img=100")  # the MTT preset's HaBa setting (HaBa's official lr)
+                if kind == "pixels" and m == "mtt":
+                    ov.append("method.lr_img=300")  # the MTT preset's lr_img is HaBa's; pixels' own, also validated
                 cells.append(Cell(f"ipc{b:g}_{m}_{kind}", b, m, kind, presets.get(m), tuple(ov)))
     return tuple(cells)
 
