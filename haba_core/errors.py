@@ -36,3 +36,12 @@ class DatasetNotFoundError(HabaError, FileNotFoundError):
 
 class CheckpointError(HabaError):
     """A checkpoint or synset file is missing, corrupted or of a foreign format."""
+
+
+class DiskError(HabaError, OSError):
+    """A file could not be written: the disk is full or read-only, or the folder is not writable. ``errno`` is the
+    system's; the message names the folder and what to do."""
+
+
+class ResourceError(ConfigError):
+    """The settings need more memory than this machine can give; the message says which setting to lower."""

@@ -2,15 +2,20 @@
 
 Nothing here unpickles: tensors travel in safetensors, structure in JSON, so a run folder is safe to open.
 A write goes to a temporary file in the same folder, is flushed and fsynced, then renamed over the target:
-a crash leaves either the old file or the new one, never half of either.
+a crash leaves either the old file or the new one, never half of either. A write that fails (a full or read-only
+disk) removes its temporary file and raises :class:`~haba_core.errors.DiskError`, which says what happened and
+what to do; the file it would have replaced is untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +24,87 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from haba_core.errors import CheckpointError
+from haba_core.errors import CheckpointError, DiskError
 
 FORMAT_VERSION = "1"
+
+# what a write meets on a real machine, in words (other OSErrors are bugs or races and pass unchanged)
+DISK_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission is denied",
+    errno.EPERM: "permission is denied",
+}
+
+
+def disk_error(e: OSError, path: str | Path) -> DiskError:
+    """The :class:`DiskError` for ``e`` met while writing ``path``: what happened, where, and what to do."""
+    path = Path(path)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = (
+            f"{free_bytes(path) / 2**20:.1f} MB are free there. Free space on that disk (old runs' snapshots/ "
+            "folders are the largest files) or write to another disk"
+        )
+    elif e.errno == errno.EROFS:
+        fix = "Write to a folder on a writable disk (haba distill --run-dir, or HABA_RUNS_DIR for the app)"
+    else:
+        fix = "Write to a folder you may write to, or fix the folder's permissions"
+    err = DiskError(
+        f"Cannot write {path}: {DISK_ERRNOS[e.errno]} ({e.strerror}). {fix}; files written before are unchanged."
+    )
+    err.errno = e.errno
+    return err
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the disk holding ``path`` (its nearest existing folder); 0 when that cannot be told."""
+    for folder in (Path(path), *Path(path).parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return 0
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path) -> Iterator[None]:
+    """Inside: a full, read-only or unwritable disk met while writing ``path`` raises :class:`DiskError`."""
+    try:
+        yield
+    except DiskError:
+        raise
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        raise disk_error(e, path) from e
+
+
+def ensure_writable_dir(folder: str | Path, probe_bytes: int = 4096) -> Path:
+    """Create ``folder`` (with its parents) and prove that a small file can be written there (then removed), so a
+    read-only or full disk fails at launch with a :class:`DiskError`, not at the first snapshot."""
+    folder = Path(folder)
+    with disk_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / ".write_check", b"\0" * probe_bytes)
+        (folder / ".write_check").unlink()
+    return folder
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -55,7 +123,7 @@ def read_json(path: str | Path) -> Any:
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line and flush it (readers skip a torn last line)."""
-    with open(path, "a") as f:
+    with disk_errors(path), open(path, "a") as f:
         f.write(json.dumps(record, default=_json_default) + "\n")
         f.flush()
 
