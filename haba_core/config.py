@@ -29,7 +29,8 @@ from haba_core.validate import check_value, checked_fields
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "fashion_mnist"
-    root: str = "data"
+    root: str = "data"  # where the dataset's files are looked up first (a download goes there too)
+    root_only: bool = False  # read only from root (a missing root is an error, no system copy): what --data-root sets
     zca: bool = False
     zca_variant: str = "kornia"  # "kornia": raw [0,1] pixels, eps 0.1 (MTT/HaBa reference) | "relative"
     train_limit: int | None = None  # class-balanced subset of the training set (fast profiles, tests)

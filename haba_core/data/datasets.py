@@ -29,8 +29,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from haba_core.data.raw import RawSplits, check_raw, check_root, data_record, only_root_read
 from haba_core.data.zca import ZCA, fit_zca
-from haba_core.errors import ConfigError, HabaError
+from haba_core.errors import ConfigError, DatasetNotFoundError
 from haba_core.registry import Registry
 
 
@@ -90,6 +91,17 @@ def _class_index(labels: Tensor, num_classes: int) -> list[Tensor]:
     return [torch.nonzero(labels == c, as_tuple=True)[0] for c in range(num_classes)]
 
 
+def check_ipc(ipc: int, counts: list[int], what: str, fix: str) -> None:
+    """Refuse (ConfigError) to draw ``ipc`` distinct images from every class when a class has fewer (``counts``:
+    training images per class); ``what`` names the draw, ``fix`` says what to do instead."""
+    least = min(counts)
+    if ipc > least:
+        raise ConfigError(
+            f"{what} needs {ipc} distinct real training images of every class, but class {counts.index(least)} has "
+            f"only {least} (after data.train_limit and data.val_per_class). {fix}"
+        )
+
+
 @dataclass(eq=False)
 class Dataset:
     """A dataset in memory: normalized (then optionally ZCA-whitened) float32 images and int64 labels.
@@ -107,6 +119,7 @@ class Dataset:
     zca: ZCA | None = None
     images_val: Tensor | None = None
     labels_val: Tensor | None = None
+    source: dict = field(default_factory=dict)  # which files were read (raw.data_record): a run's data.json
     _by_class: list[Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +195,7 @@ class Dataset:
             zca=self.zca,
             images_val=self.images_val.to(device),
             labels_val=self.labels_val.to(device),
+            source=self.source,
         )
 
     def evaluated_on(self, split: str) -> Dataset:
@@ -204,17 +218,6 @@ class Dataset:
             f"Dataset({self.info.name!r}, train={len(self.labels_train)}, test={len(self.labels_test)}, "
             f"image={c}x{h}x{w}, classes={self.num_classes}, zca={self.info.zca}, device={self.device})"
         )
-
-
-@dataclass(frozen=True)
-class RawSplits:
-    """Decoded files before normalization: uint8 images (N, C, H, W) and int64 labels (N,)."""
-
-    images_train: Tensor
-    labels_train: Tensor
-    images_test: Tensor
-    labels_test: Tensor
-    origin: str = ""  # where the data was read from, for messages and logs
 
 
 class DatasetSource(Protocol):
@@ -331,11 +334,13 @@ def load_dataset(
     zca_variant: str = "kornia",
     val_per_class: int = 0,
     val_seed: int = 0,
+    root_only: bool = False,
     **options: Any,
 ) -> Dataset:
     """Load dataset ``name`` into memory as a :class:`Dataset` (CPU tensors; move with ``.to(device)``).
 
     root: folder holding the dataset's files (each source documents where it looks, and its fallbacks).
+    root_only: read only from ``root``: a missing root is an error, a system copy is never read (``raw.py``).
     zca: ZCA-whiten, fitted on the training images kept after ``train_limit`` and the validation holdout.
     zca_variant: "kornia" (the reference: raw x / 255 pixels, absolute eps ``zca_reg``) or "relative"
         (normalized pixels, eps ``zca_reg`` x mean eigenvalue).
@@ -350,15 +355,21 @@ def load_dataset(
     source = DATASETS.create(name, **options)
     info: DatasetInfo = source.info
     root = Path(root).expanduser()
+    if root_only and getattr(source, "system_dir", None):  # the system's copy is a fallback: not with root_only
+        source = dataclasses.replace(source, system_dir=None)
     use_cache = cache and _hashable(options)
     key = (name.lower(), repr(source), str(root.resolve()))
 
-    def read() -> RawSplits:
-        raw = source.load(root, download)
-        _check_raw(raw, info)
-        return raw
+    def read() -> tuple[RawSplits, dict]:
+        check_root(root, root_only, name)
+        try:
+            raw = source.load(root, download)
+        except DatasetNotFoundError as e:
+            raise only_root_read(e, root) if root_only else e from None
+        check_raw(raw, info)
+        return raw, data_record(raw, name, root, root_only)
 
-    raw = _CACHE.get_or_make(("raw", *key), read) if use_cache else read()
+    raw, record = _CACHE.get_or_make(("raw", *key), read) if use_cache else read()
 
     if zca and zca_variant not in ZCA_VARIANTS:
         raise ConfigError(f"Unknown data.zca_variant {zca_variant!r}. Valid: {', '.join(ZCA_VARIANTS)}.")
@@ -403,29 +414,14 @@ def load_dataset(
         zca=fitted,
         images_val=val[0],
         labels_val=val[1],
+        source=record,
     )
 
 
 def dataset_from_config(d, **extra: Any) -> Dataset:
     """``load_dataset`` with the fields of a :class:`~haba_core.config.DataConfig` (``extra`` overrides)."""
     kwargs = dict(root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit,
-                  zca_variant=d.zca_variant, val_per_class=d.val_per_class, val_seed=d.val_seed)  # fmt: skip
+                  zca_variant=d.zca_variant, val_per_class=d.val_per_class, val_seed=d.val_seed,
+                  root_only=d.root_only)  # fmt: skip
     kwargs.update(extra)
     return load_dataset(d.name, **kwargs, **d.options)
-
-
-def _check_raw(raw: RawSplits, info: DatasetInfo) -> None:
-    """Fail early, naming the files, when decoded data does not match the source's static facts."""
-    for split in ("train", "test"):
-        images, labels = getattr(raw, f"images_{split}"), getattr(raw, f"labels_{split}")
-        where = f"{info.name} {split} split ({raw.origin})"
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != info.image_shape:
-            raise HabaError(
-                f"{where}: expected uint8 images (N, *{info.image_shape}), got {images.dtype} {tuple(images.shape)}"
-            )
-        if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
-            raise HabaError(
-                f"{where}: expected {images.shape[0]} int64 labels, got {labels.dtype} {tuple(labels.shape)}"
-            )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
-            raise HabaError(f"{where}: labels outside [0, {info.num_classes})")

@@ -113,7 +113,7 @@ def read_idx_splits(folder: str | Path) -> RawSplits:
             )
         out[f"images_{split}"] = torch.from_numpy(images).unsqueeze(1)  # (N, 1, H, W)
         out[f"labels_{split}"] = torch.from_numpy(labels.astype(np.int64))
-    return RawSplits(**out, origin=str(folder))
+    return RawSplits(**out, origin=str(folder), files=tuple(files.values()))
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR pickles
@@ -258,6 +258,7 @@ class _IdxSource:
                     _uint8_nchw(train.data), torch.as_tensor(train.targets, dtype=torch.int64),
                     _uint8_nchw(test.data), torch.as_tensor(test.targets, dtype=torch.int64),
                     origin=f"torchvision {self.torchvision_class} in {root}",
+                    files=tuple(sorted((root / self.torchvision_folder / "raw").glob("*-ubyte"))),
                 )  # fmt: skip
         else:
             candidates.append("(download disabled)")
@@ -329,10 +330,11 @@ class _CifarSource:
 
     def load(self, root: Path, download: bool) -> RawSplits:
         folder = root / self.folder
-        if all((folder / f).is_file() for f in self.train_files + self.test_files):
+        paths = tuple(folder / f for f in self.train_files + self.test_files)
+        if all(p.is_file() for p in paths):
             train = read_cifar_batches([folder / f for f in self.train_files], self.label_key)
             test = read_cifar_batches([folder / f for f in self.test_files], self.label_key)
-            return RawSplits(*train, *test, origin=str(folder))
+            return RawSplits(*train, *test, origin=str(folder), files=paths)
         error = None
         looked: list[Path | str] = [folder]
         if download:
@@ -348,6 +350,7 @@ class _CifarSource:
                     torch.from_numpy(np.ascontiguousarray(test.data.transpose(0, 3, 1, 2))),
                     torch.as_tensor(test.targets, dtype=torch.int64),
                     origin=f"torchvision {self.torchvision_class} in {root}",
+                    files=tuple(p for p in paths if p.is_file()),
                 )
         else:
             looked.append("(download disabled)")
@@ -413,7 +416,7 @@ class SVHN:
             if all((folder / f).is_file() for f in files):
                 train = read_svhn_mat(folder / files[0])
                 test = read_svhn_mat(folder / files[1])
-                return RawSplits(*train, *test, origin=str(folder))
+                return RawSplits(*train, *test, origin=str(folder), files=(folder / files[0], folder / files[1]))
         error = None
         if download:
             import torchvision.datasets as tvd
@@ -429,6 +432,7 @@ class SVHN:
                     torch.from_numpy(np.ascontiguousarray(test.data)),
                     torch.as_tensor(test.labels, dtype=torch.int64),
                     origin=f"torchvision SVHN in {root}",
+                    files=tuple(root / f for f in files if (root / f).is_file()),
                 )
         else:
             looked.append("(download disabled)")

@@ -340,7 +340,7 @@ def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
             old_cfg = flatten(old.get("config", {}))
         new_cfg = flatten(manifest["config"])
         # how, not what: may change between sessions (test_every: val_every's name in older manifests)
-        ignore = {"device", "val_every", "test_every", "compile", "data.root"}
+        ignore = {"device", "val_every", "test_every", "compile", "data.root", "data.root_only"}
         diff = sorted(k for k in set(old_cfg) | set(new_cfg) if k not in ignore and old_cfg.get(k) != new_cfg.get(k))
         if diff:
             raise ConfigError(
