@@ -139,6 +139,12 @@ def plan(
 ) -> Plan:
     """Storage of a synset with ``n_bases`` per class (no solving): the kind's own formula. ``options`` are the
     kind's own (its ``Config`` fields, e.g. HaBa's ``n_hallucinators``); omitted ones take their defaults."""
+    if basis_size is not None and basis_size > max(info.im_size):
+        h, w = info.im_size
+        raise ConfigError(
+            f"synset.basis_size={basis_size} is larger than {info.name}'s {h}x{w} images; use at most "
+            f"{max(h, w)}, 'full' ({h}x{w}) or 'auto'."
+        )
     s = SYNSETS.get(kind).storage_of(info, n_bases, basis_size, **_options(kind, options))
     return Plan(
         kind=kind,

@@ -338,7 +338,7 @@ def evaluate_run(
     """
     from haba_core import io
     from haba_core import runfolder as RF
-    from haba_core.data import dataset_from_config
+    from haba_core.data.datasets import check_ipc, dataset_from_config
     from haba_core.errors import ConfigError
     from haba_core.executors import InlineExecutor, Task
     from haba_core.synsets import load_synset
@@ -361,7 +361,7 @@ def evaluate_run(
 
     # fail early, in the driver, when the data cannot be loaded (not once per task in the workers)
     ds = dataset_from_config(d, root=data["root"]).evaluated_on(ecfg.split)
-    test_images = len(ds.labels_test)
+    test_images, per_class = len(ds.labels_test), ds.class_counts()
     del ds
     sources: dict[str, dict] = {}
     protocol = protocol_of(ecfg, synset.extra.get("syn_lr"), dsa, test_images, resolve_device(device))
@@ -373,6 +373,7 @@ def evaluate_run(
     }
     if baseline == "random":
         ipc = max(1, math.floor(synset.storage()["ipc_equivalent"] + 1e-9))
+        check_ipc(ipc, per_class, "--baseline random", "Evaluate without it (untick Baseline in the app).")
         sources["random_real"] = {
             "protocol": protocol_of(ecfg, None, dsa, test_images, resolve_device(device)),  # same, no learned lr
             "storage": random_real_storage(info, ipc),

@@ -27,6 +27,16 @@ from haba_core.validate import checked_fields
 
 METHODS: Registry = Registry("method")
 
+# field metadata of a method option that is a number of real images drawn from one class at once (DM's and DC's
+# batch_real): the engine clamps it to the smallest class (haba_core.preflight), as the reference's get_images does
+PER_CLASS_REAL = {"per_class_real": True}
+
+
+def per_class_real_fields(config_cls: type) -> list[str]:
+    """The names of ``config_cls``'s fields marked :data:`PER_CLASS_REAL`."""
+    return [f.name for f in dataclasses.fields(config_cls) if f.metadata.get("per_class_real")]
+
+
 # what a method's step is: yields losses (receiving each update's logs), returns the iteration's named losses
 Step = Generator[Tensor, dict, dict]
 
@@ -100,6 +110,12 @@ class Method:
         ``precision`` hyperparameter, where it has one; ``"auto"`` is bf16 where the device computes it natively).
         The engine records it in ``status.json``; the loops read it every step."""
         return resolve_precision(str(getattr(self.cfg, "precision", "fp32")), self.ctx.device)
+
+    @classmethod
+    def held_images(cls, cfg, n_syn: int) -> int:
+        """How many synthetic images one update keeps activations of until its backward pass, for a set of ``n_syn``
+        bases (a lower bound the engine checks against the memory it may use): each basis at least once."""
+        return n_syn
 
     def param_groups(self) -> list[dict]:
         """Extra learnable parameters the method owns (MTT's student lr)."""

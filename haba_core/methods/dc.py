@@ -39,14 +39,14 @@ engine records the resolved pair in the run's config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.errors import ConfigError
-from haba_core.methods.base import METHODS, Method, Step
+from haba_core.methods.base import METHODS, PER_CLASS_REAL, Method, Step
 from haba_core.training import autocast, compile_once, train_epoch
 
 # DC's get_loops: ipc -> (outer_loop, inner_loop)
@@ -102,13 +102,13 @@ class DCConfig:
     momentum: float = 0.5  # synthetic-set SGD momentum (official)
     lr_net: float = 0.01  # inner-loop network SGD
     momentum_net: float = 0.0  # the reference's inner loop is plain SGD
-    batch_real: int = 256
+    batch_real: int = field(default=256, metadata=PER_CLASS_REAL)  # real images per class and matching step
     batch_train: int = 256  # inner-loop mini-batch on the synthetic set
     outer_loop: int | None = None  # None: from the storage budget (DC's get_loops of the budget's IPC)
     inner_loop: int | None = None
     syn_pairing: str = "random"  # haba: "random" (one hallucinator per basis) | "all" (every pair)
     match_bias: bool = False  # official: 1-d tensors (biases, norm params) do not count
-    bn_size_pc: int = 16  # BatchNorm nets: real images per class to fix the running statistics
+    bn_size_pc: int = field(default=16, metadata=PER_CLASS_REAL)  # BatchNorm nets: real images per class for stats
     compile: bool = False  # torch.compile the real batches' pass (compiled once per process)
     # "fp32" | "bf16" | "auto" (bf16 where the device computes it natively): the real and synthetic forward passes
     # and the inner loop's under bfloat16 autocast; the parameter gradients and the matching distance stay float32.

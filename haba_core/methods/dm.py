@@ -22,11 +22,11 @@ graph with new weights, so it compiles once per process (``scripts/speed.py`` me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from haba_core.methods.base import METHODS, Method, Step
+from haba_core.methods.base import METHODS, PER_CLASS_REAL, Method, Step
 from haba_core.training import autocast, compile_once
 
 
@@ -46,7 +46,7 @@ class DMConfig:
     # 1e-4 75.57%, 5e-5 75.81% (every value <= 2e-4 within noise of the best).
     lr_hallucinators: float = 5e-5
     momentum: float = 0.5
-    batch_real: int = 256
+    batch_real: int = field(default=256, metadata=PER_CLASS_REAL)  # real images per class and iteration
     syn_pairing: str = "all"  # "all" | "random"
     # "auto" (bf16 where the device computes it natively, else fp32) | "fp32" | "bf16": both forward passes under
     # bfloat16 autocast. bf16 distillation kept accuracy within 1 std of float32 on Fashion-MNIST IPC 1 and 10,

@@ -148,6 +148,11 @@ class MTT(Method):
     def resolved_params(self) -> dict:
         return {"momentum": self._momenta[0], "momentum_lr": self._momenta[1]}
 
+    @classmethod
+    def held_images(cls, cfg, n_syn: int) -> int:
+        """The unroll keeps every student step's batch until the backward pass: syn_steps x batch_syn images."""
+        return cfg.syn_steps * min(cfg.batch_syn or n_syn, n_syn)
+
     def param_groups(self) -> list[dict]:
         return [{"params": [self.syn_lr], "lr": self.cfg.lr_lr, "momentum": self._momenta[1], "name": "syn_lr"}]
 
