@@ -1,7 +1,7 @@
 """Command line: ``python -m haba_core {distill,experts,evaluate,budget,export} ...``.
 
-Errors that haba_core raises on purpose are printed as one ``error: ...`` line (exit code 2); anything
-else is a bug and shows its traceback.
+Errors that haba_core raises on purpose are printed as one ``error: ...`` line (exit code 2), and so is a full or
+read-only disk; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -54,54 +54,6 @@ def _basis_size_arg(text: str) -> int | str:
     return text.lower() if text.lower() in ("auto", "full") else int(text)
 
 
-# flags that may differ from a resumed run's config: where to look and what to run on, and how far to go
-RESUMABLE = ("iterations", "device", "data.root")
-
-
-def _resume_conflicts(saved: dict, requested: dict) -> list[str]:
-    """``key: saved -> requested`` for every requested setting that differs from the saved run's."""
-    from haba_core.config import RunConfig
-
-    out = []
-    for key, value in requested.items():
-        if key in RESUMABLE:
-            continue
-        parts = key.split(".")
-        node = _lookup(saved, parts)
-        if node is None and len(parts) == 3 and parts[1] == "params":  # the saved run used the default
-            node = _default_param(parts[0], saved.get(parts[0], {}).get("name"), parts[2])
-        if node != value and not (isinstance(node, list) and list(value or []) == node):
-            out.append(f"{key}: the run has {node!r}, the command asks for {value!r}")
-    RunConfig.from_dict(saved)  # an unreadable saved config fails here, with its own message
-    return out
-
-
-def _lookup(d: dict, path: list[str]):
-    """``d[p0][p1]...``, or None where the path leaves the nested dicts."""
-    node: object = d
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def _default_param(section: str, name: str | None, key: str):
-    """The default of ``method.params.KEY`` / ``net.params.KEY`` for the named method or net (None if unknown)."""
-    import dataclasses
-
-    try:
-        if section == "method":
-            from haba_core.methods import METHODS
-
-            fields = {f.name: f.default for f in dataclasses.fields(METHODS.get(name or "dm").Config)}
-        else:
-            from haba_core.nets.registry import net_options
-
-            fields = net_options(name or "convnet")
-    except HabaError:
-        return None
-    return fields.get(key)
-
-
 def _config_overrides(a: argparse.Namespace) -> dict:
     from haba_core.synsets.base import option_fields
 
@@ -122,38 +74,20 @@ def _config_overrides(a: argparse.Namespace) -> dict:
         v = getattr(a, flag, None)
         if v is not None:
             o[key] = v
+    if getattr(a, "data_root", None) is not None:  # a root the user names is the only place read
+        o["data.root_only"] = True
     return o
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from haba_core.config import RunConfig, apply_overrides, config_path, flatten, resolve_config
+    from haba_core.config import RunConfig, apply_overrides, resolve_config
     from haba_core.engine import distill
 
     run_dir = Path(a.run_dir)
     if a.resume and (run_dir / RF.CONFIG).exists():
-        saved = RunConfig.from_dict(io.read_json(run_dir / RF.CONFIG)).to_dict()  # older layouts read too
-        # what the command asks for, resolved as for a new run, compared with the saved run
-        asked = apply_overrides(resolve_config(files=a.config or []).to_dict(), _config_overrides(a))
-        asked = apply_overrides(asked, a.set or [])
-        keys = [*_config_overrides(a), *(s.split("=", 1)[0].strip() for s in a.set or [])]
-        if a.config:  # every key an experiment file sets
-            from haba_core.config import load_config_file
+        from haba_core.resume import resumed_config
 
-            for f in a.config:
-                keys += list(flatten(load_config_file(f)))
-        paths = [config_path(key) for key in dict.fromkeys(keys)]
-        requested = {".".join(path): _lookup(asked, path) for path in paths}
-        conflicts = _resume_conflicts(saved, requested)
-        if conflicts:
-            raise HabaError(
-                f"--resume continues {run_dir} as it was made; these settings conflict with it: "
-                + "; ".join(conflicts)
-                + ". Drop them to resume (only --iterations, --device and --data-root may change), "
-                "or distill into a new --run-dir."
-            )
-        if a.iterations is not None:
-            saved["iterations"] = a.iterations
-        cfg = RunConfig.from_dict(saved)
+        cfg = resumed_config(run_dir, a.config or [], _config_overrides(a), a.set or [])
     elif RF.is_prepared(run_dir):  # prepared by a front end (config.json + queued status): run it as configured
         flags = [*_config_overrides(a), *(a.set or []), *(a.config or [])]
         if flags or a.eval:
@@ -193,15 +127,22 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    """Evaluate a run folder; ``eval_job.json`` records this process from start to exit code (the app reads it)."""
+    run = Path(a.run)
+    if not (run / RF.CONFIG).exists():
+        raise HabaError(f"{run} is not a run folder (no config.json); pass --run with a folder made by distill.")
+    with RF.recording_evaluation(run) as outcome:
+        outcome["exit_code"] = _evaluate(a, run, outcome)
+    return outcome["exit_code"]
+
+
+def _evaluate(a: argparse.Namespace, run: Path, outcome: dict) -> int:
     from haba_core.config import RunConfig, apply_overrides
     from haba_core.evaluate import evaluate_run
     from haba_core.executors import make_executor
     from haba_core.nets import NETS
     from haba_core.reports import matrix_markdown
 
-    run = Path(a.run)
-    if not (run / RF.CONFIG).exists():
-        raise HabaError(f"{run} is not a run folder (no config.json); pass --run with a folder made by distill.")
     cfg = RunConfig.from_dict(io.read_json(run / RF.CONFIG))
     ev = apply_overrides(cfg.to_dict(), a.set or [])["eval"]
     if a.nets is not None:
@@ -219,6 +160,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         cfg = RunConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "test_limit": a.test_limit}})
     for name in ecfg.nets:
         NETS.get(name)  # unknown names fail here, with close matches, before any work
+    RF.update_eval_job(run, nets=list(ecfg.nets), seeds=ecfg.seeds, epochs=ecfg.epochs)  # what this process runs
     path = Path(a.synset) if a.synset else run / RF.SYNSET
     if not path.exists():
         snaps = list(RF.snapshots(run).values())
@@ -241,9 +183,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     print(f"wrote {run / 'evaluation.json'} and {run / 'eval' / 'matrix.csv'} ({result['wall_s']:.1f} s)")
     if result["failed"]:
         tasks = ", ".join(f["task"] for f in result["failed"])
-        print(f"error: {len(result['failed'])} evaluation task(s) failed after {a.retries + 1} attempt(s) each "
-              f"({tasks}); finished cells are kept in {run / 'eval' / 'cells'}. "
-              "Run the same command again to compute only what is missing.", file=sys.stderr)  # fmt: skip
+        outcome["error"] = (
+            f"{len(result['failed'])} evaluation task(s) failed after {a.retries + 1} attempt(s) each ({tasks}); "
+            f"finished cells are kept in {run / 'eval' / 'cells'}. Evaluate again (the same command, or Launch "
+            "evaluation in the app) to compute only what is missing."
+        )
+        print(f"error: {outcome['error']}", file=sys.stderr)
         return 4
     return 0
 
@@ -289,6 +234,7 @@ def cmd_experts(a: argparse.Namespace) -> int:
         "zca": True if a.zca else None,
         "seed": a.seed,
         "data_root": a.data_root,
+        "data.root_only": True if a.data_root else None,  # a root the user names is the only place read
         "device": a.device,
         "lr": a.lr,
         "batch": a.batch,
@@ -407,4 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except HabaError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk met outside haba_core.io's writers: the same clear answer
+        if e.errno not in io.DISK_ERRNOS:
+            raise
+        print(f"error: {io.disk_error(e, e.filename or Path.cwd())}", file=sys.stderr)
         return 2

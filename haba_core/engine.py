@@ -9,13 +9,12 @@ run continues exactly where the killed one stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import statistics
 import time
-import traceback
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,13 @@ from haba_core.budget import plan_from_config
 from haba_core.config import RunConfig
 from haba_core.data import dataset_from_config
 from haba_core.devices import peak_memory_mb, reset_peak_memory, resolve_device
-from haba_core.errors import CheckpointError, ConfigError, HabaError
+from haba_core.errors import CheckpointError, ConfigError, DiskError, HabaError
 from haba_core.evaluate import evaluate_synset
 from haba_core.haba_losses import ContrastiveConstraint
 from haba_core.memory import active_allocator
 from haba_core.methods import METHODS, Context, create_method
 from haba_core.nets import NETS
+from haba_core.preflight import preflight
 from haba_core.synsets import SYNSETS, create_synset
 
 CHECKPOINT_FORMAT = "haba-checkpoint"
@@ -77,6 +77,9 @@ class Distiller:
         self.dataset = self.dataset.to(self.device)
         info = self.dataset.info
         self.plan = plan_from_config(info, cfg.synset)
+        # bounds from the data (batches clamped to a class) and the machine's memory, before anything large exists
+        cfg, self.notes = preflight(cfg, self.dataset, self.plan, self.device, self.run_dir)
+        self.cfg = cfg
         s = cfg.synset
         kwargs: dict[str, Any] = {"n_bases": self.plan.n_bases, "basis_size": self.plan.basis_size}
         kwargs.update(kind.options_from(s))
@@ -181,8 +184,10 @@ class Distiller:
             state = "cancelled"
             self._emit("on_checkpoint", self.step)
         except BaseException as e:  # noqa: BLE001 - recorded in the run folder, then re-raised
-            state, error = "failed", "".join(traceback.format_exception_only(type(e), e)).strip()
-            self._emit("on_end", state, error + "\n" + traceback.format_exc())
+            state, error = "failed", RF.failure_text(self.run_dir, e, self.step)
+            self._emit("on_end", state, error)
+            if isinstance(e, DiskError):  # the command line prints what status.json says: how to go on
+                raise DiskError(error) from e
             raise
         self._emit("on_end", state, error)
         return self
@@ -305,23 +310,9 @@ class RunFolder(Callback):
         return RF.checkpoint_path(self.path, step)
 
     def restore(self, d: Distiller) -> bool:
-        """Load the newest readable checkpoint into ``d``; False when there is none.
-
-        A damaged newest checkpoint (say, a disk filled mid-write outside our atomic path) falls back to the
-        one before it, with a warning; if every checkpoint is damaged the error names them all.
-        """
-        errors = []
-        for path in RF.checkpoints(self.path):
-            try:
-                d.load_checkpoint(path)
-            except CheckpointError as e:
-                errors.append(str(e))
-                warnings.warn(f"skipping unreadable checkpoint {path.name}: {e}", stacklevel=2)
-                continue
-            return True
-        if errors:
-            raise CheckpointError("No readable checkpoint to resume from: " + " | ".join(errors))
-        return False
+        """Load the newest readable checkpoint into ``d`` (a damaged one falls back to the one before it, with a
+        warning: ``runfolder.restore_newest``); False when there is none."""
+        return RF.restore_newest(self.path, d.load_checkpoint)
 
     # status
     def write_status(self, d: Distiller | None, state: str, **extra: Any) -> None:
@@ -340,11 +331,11 @@ class RunFolder(Callback):
 
     # callbacks
     def on_start(self, d: Distiller) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
         io.write_json(self.path / RF.CONFIG, d.cfg.to_dict())
         io.write_json(self.path / RF.STORAGE, {**d.plan.to_dict(), "dataset": d.dataset.info.to_dict()})
+        io.write_json(self.path / RF.DATA, d.dataset.source)  # which files, with their sha256
         self.write_status(d, "running", started_at=self.started, error=None, device=str(d.device),
-                          precision=d.method.precision, allocator=active_allocator())  # fmt: skip
+                          precision=d.method.precision, allocator=active_allocator(), notes=d.notes)  # fmt: skip
 
     def on_step(self, d: Distiller, step: int, logs: dict) -> None:
         if step % max(1, d.cfg.log_every) == 0 or step == d.cfg.iterations:
@@ -413,8 +404,9 @@ def distill(
             cfg_path = folder.path / RF.CONFIG
             if not cfg_path.exists():
                 raise CheckpointError(f"{folder.path} holds no run to resume (no config.json).")
-            saved = RunConfig.from_dict(io.read_json(cfg_path))
-            cfg = saved.replace(iterations=cfg.iterations) if cfg is not None else saved
+            saved = RunConfig.from_dict(io.read_json(cfg_path))  # only how far, on what and where from may change
+            data = dataclasses.replace(saved.data, root=cfg.data.root, root_only=cfg.data.root_only) if cfg else None
+            cfg = saved.replace(iterations=cfg.iterations, device=cfg.device, data=data) if cfg is not None else saved
         elif RF.is_prepared(folder.path):  # a front end prepared it (config.json, queued): run it as configured
             saved = RunConfig.from_dict(io.read_json(folder.path / RF.CONFIG))
             if cfg is not None and cfg.to_dict() != saved.to_dict():
@@ -428,6 +420,7 @@ def distill(
                 f"Run folder {folder.path} already exists and is not empty; pass --resume to continue it "
                 "or choose another --run-dir."
             )
+        io.ensure_writable_dir(folder.path)  # a read-only or full disk fails now, before the data is loaded
         cbs.insert(0, folder)
     if progress:
         cbs.append(Progress())

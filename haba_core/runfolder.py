@@ -5,16 +5,20 @@ A run folder holds::
     config.json          the resolved RunConfig (written before the run starts)
     status.json          state (STATES), step, iterations, speed, pid/host, error, ...
     storage.json         what the synthetic set stores (budget plan) and the dataset's facts
+    data.json            which dataset files the run read: folder, each file's path, size and sha256
     metrics.jsonl        one record per logged step (append-only; trimmed back to the checkpoint on resume)
     evals.jsonl          periodic evaluations during the run
     test_ledger.jsonl    one line per evaluation on the test split (``haba_core.ledger``; in-run and ``evaluate``)
     snapshots/step_*.safetensors, checkpoints/ckpt_*.safetensors (+ latest.json), synset.safetensors
-    log.txt, eval_log.txt, eval_job.json, eval/    when launched by the app / evaluated
+    log.txt, eval_log.txt, eval/    when launched by the app / evaluated
+    eval_job.json        the latest ``haba evaluate`` process: running, then finished or failed with the reason
 
 Everything that reads or writes one goes through this module: the engine (``engine.RunFolder``), the CLI, the
 app (``workbench.runs``, ``workbench.jobs``), the bench and the scripts. ``status.json`` has several writers
 (the launcher before and right after starting the process, the engine while it runs, a cancel); each goes
-through :func:`update_status`, a read-modify-write under an exclusive lock, so no update is lost.
+through :func:`update_status`, a read-modify-write under an exclusive lock, so no update is lost. ``eval_job.json``
+likewise: the app writes it when it launches or cancels an evaluation, and the ``evaluate`` process records its own
+start and end (:func:`recording_evaluation`), so the app shows the exit status, never a guess.
 
 A front end *prepares* a run (:func:`prepare`: config.json and a ``queued`` status) and starts
 ``haba distill --run-dir DIR``, which runs a prepared folder from its config; ``--resume`` is only for
@@ -28,17 +32,22 @@ import fcntl
 import json
 import os
 import re
+import socket
 import time
-from collections.abc import Iterator
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from haba_core import io
+from haba_core.errors import CheckpointError, DiskError, HabaError
 from haba_core.ledger import LedgerEntry
 
 CONFIG = "config.json"
 STATUS = "status.json"
 STORAGE = "storage.json"
+DATA = "data.json"
 METRICS = "metrics.jsonl"
 EVALS = "evals.jsonl"
 SYNSET = "synset.safetensors"
@@ -96,12 +105,48 @@ def checkpoints(run: Path) -> list[Path]:
     return [latest, *(p for p in found if p != latest)] if latest in found else found
 
 
+def restore_newest(run: Path, load: Callable[[Path], None]) -> bool:
+    """``load`` the newest readable checkpoint of ``run``; False when there is none.
+
+    A damaged newest checkpoint (say, a disk filled mid-write outside our atomic path) falls back to the one before
+    it, with a warning; if every checkpoint is damaged the error names them all."""
+    errors = []
+    for path in checkpoints(run):
+        try:
+            load(path)
+        except CheckpointError as e:
+            errors.append(str(e))
+            warnings.warn(f"skipping unreadable checkpoint {path.name}: {e}", stacklevel=2)
+            continue
+        return True
+    if errors:
+        raise CheckpointError("No readable checkpoint to resume from: " + " | ".join(errors))
+    return False
+
+
 def keep_checkpoint(run: Path, path: Path, step: int, keep: int) -> None:
     """Point ``latest.json`` at the checkpoint just written (``path``, of ``step``) and delete all but the newest
     ``keep`` checkpoints."""
     io.write_json(Path(run) / CHECKPOINTS / LATEST, {"file": Path(path).name, "step": step})
     for old in sorted((Path(run) / CHECKPOINTS).glob("ckpt_*.safetensors"))[:-keep]:
         old.unlink(missing_ok=True)
+
+
+def failure_text(run: Path | None, e: BaseException, step: int) -> str:
+    """What ``status.json`` says about a run that failed with ``e`` (being handled) at ``step``: a HabaError's own
+    message, which says what to do (a full or read-only disk also how to go on from the last checkpoint); anything
+    else is a bug, recorded with its traceback."""
+    if not isinstance(e, HabaError):
+        return "".join(traceback.format_exception_only(type(e), e)).strip() + "\n" + traceback.format_exc()
+    if not isinstance(e, DiskError) or run is None:
+        return str(e)
+    pointer, _ = read_json(Path(run) / CHECKPOINTS / LATEST)
+    if not isinstance(pointer, dict):
+        return f"{e} The run stopped at step {step}, before its first checkpoint: start it again once it can write."
+    return (
+        f"{e} The run stopped at step {step}; its last checkpoint (step {pointer.get('step')}) is intact: once the "
+        f"disk takes writes again, resume it (haba distill --run-dir {run} --resume, or Resume on the Runs page)."
+    )
 
 
 def ledger_entry(run: Path, config: dict, purpose: str = "eval") -> LedgerEntry:
@@ -112,8 +157,10 @@ def ledger_entry(run: Path, config: dict, purpose: str = "eval") -> LedgerEntry:
 # -- status: one locked writer ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _locked(run: Path) -> Iterator[None]:
-    Path(run).mkdir(parents=True, exist_ok=True)
-    with open(Path(run) / _LOCK, "a") as f:
+    with io.disk_errors(Path(run) / _LOCK):
+        Path(run).mkdir(parents=True, exist_ok=True)
+        f = open(Path(run) / _LOCK, "a")  # opened here so that only these calls' errors name the lock file
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -126,7 +173,16 @@ def update_status(run: Path, only_if: dict | None = None, **fields: Any) -> dict
 
     ``only_if``: apply only when the current status has these values (e.g. ``{"state": "queued"}``), so a
     launcher cannot overwrite what a run that already started wrote. An unreadable status is replaced."""
-    path = Path(run) / STATUS
+    return _update(run, STATUS, only_if, fields)
+
+
+def update_eval_job(run: Path, only_if: dict | None = None, **fields: Any) -> dict:
+    """Merge ``fields`` into ``eval_job.json`` under the run folder's lock, as :func:`update_status` does."""
+    return _update(run, EVAL_JOB, only_if, fields)
+
+
+def _update(run: Path, name: str, only_if: dict | None, fields: dict) -> dict:
+    path = Path(run) / name
     with _locked(run):
         old, _ = read_json(path)
         old = old if isinstance(old, dict) else {}
@@ -137,10 +193,35 @@ def update_status(run: Path, only_if: dict | None = None, **fields: Any) -> dict
         return new
 
 
-def prepare(run: Path, config: dict, **status: Any) -> None:
-    """A new run folder ready to start: ``config.json`` and a ``queued`` status (what the app launches)."""
+@contextlib.contextmanager
+def recording_evaluation(run: Path) -> Iterator[dict]:
+    """Record this ``evaluate`` process in ``eval_job.json``: ``running`` (pid, host) on entry; on exit ``finished``,
+    or ``failed`` with the reason and the exit code, from an exception or from ``outcome["exit_code"]`` /
+    ``outcome["error"]`` set by the caller. A job the app cancelled meanwhile stays ``cancelled``."""
     run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
+    mine = {"pid": os.getpid(), "host": socket.gethostname()}
+    update_eval_job(run, state="running", **mine, started_at=time.time(), finished_at=None, exit_code=None, error=None)
+    outcome: dict[str, Any] = {"exit_code": 0, "error": None}
+    try:
+        yield outcome
+    except BaseException as e:
+        outcome["exit_code"] = 2 if isinstance(e, HabaError) else 130 if isinstance(e, KeyboardInterrupt) else 1
+        outcome["error"] = (
+            str(e) if isinstance(e, HabaError) else f"{type(e).__name__}: {e} (its log has the traceback)"
+        )
+        raise
+    finally:
+        ok = outcome["exit_code"] == 0
+        end = {"state": "finished" if ok else "failed", "exit_code": outcome["exit_code"], "error": outcome["error"]}
+        with contextlib.suppress(HabaError):  # a disk too full for this small file: the app reads the dead pid
+            update_eval_job(run, only_if={"state": "running", **mine}, **end, finished_at=time.time())
+
+
+def prepare(run: Path, config: dict, **status: Any) -> None:
+    """A new run folder ready to start: ``config.json`` and a ``queued`` status (what the app launches). A folder
+    that cannot be written (a read-only or full disk) raises :class:`~haba_core.errors.DiskError` here."""
+    run = Path(run)
+    io.ensure_writable_dir(run)
     io.write_json(run / CONFIG, config)
     update_status(run, state="queued", queued_at=time.time(), step=0, iterations=config.get("iterations"),
                   pid=None, error=None, **status)  # fmt: skip

@@ -94,9 +94,8 @@ LARGE = {
     "haba_core/evaluate.py": (470, "protocol trainers and run-folder cells (grouped nets and reports moved out)"),
     "haba_core/executors.py": (460, "three executors (in-process, process pool, Ray) with one retry protocol"),
     "workbench/tutorial.py": (455, "the notebooks' widgets, one class per tutorial"),
-    "haba_core/data/datasets.py": (435, "the Dataset container: splits, class sampling, ZCA, devices"),
-    "haba_core/engine.py": (455, "the Distiller loop (it owns the optimization), checkpoints, run-folder callbacks"),
-    "haba_core/cli.py": (410, "five subcommands and the resume-conflict check"),
+    "haba_core/data/datasets.py": (430, "the Dataset container: splits, class sampling, ZCA, devices"),
+    "haba_core/engine.py": (450, "the Distiller loop (it owns the optimization), checkpoints, run-folder callbacks"),
 }
 
 
