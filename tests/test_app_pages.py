@@ -313,14 +313,14 @@ def test_evaluate_failed_job_shows_its_log(runs_root):
 
 
 def test_evaluate_with_failed_cells_says_so_and_how_to_retry(runs_root):
-    result = runs_root / "tiny" / "evaluation.json"
-    data = json.loads(result.read_text())
-    result.write_text(json.dumps({**data, "complete": False, "failed": [{"net": "mlp", "seed": 0}]}))
-    (runs_root / "tiny" / J.EVAL_JOB).write_text(
-        json.dumps({"state": "running", "pid": dead_pid(), "started_at": time.time() - 5, "nets": ["mlp"]})
-    )
+    """The page shows what the evaluate process recorded (exit code and reason), and that the matrix below is the
+    earlier evaluation."""
+    why = "1 evaluation task(s) failed after 2 attempt(s) each (synset/mlp/s0). Evaluate again to compute the rest."
+    job = {"state": "failed", "exit_code": 4, "error": why, "pid": dead_pid(), "started_at": time.time() - 5}
+    (runs_root / "tiny" / J.EVAL_JOB).write_text(json.dumps({**job, "nets": ["mlp"]}))
     at = open_page("evaluate")
-    assert "1 evaluation cell(s) failed" in texts(at.error) and "evaluate again" in texts(at.error)
+    assert "(exit code 4): 1 evaluation task(s) failed" in texts(at.error) and "Evaluate again" in texts(at.error)
+    assert "shows tiny's earlier evaluation" in texts(at.caption)
 
 
 def test_evaluate_without_sets_or_results(runs_root):

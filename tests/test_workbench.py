@@ -274,17 +274,32 @@ def test_job_arguments_are_checked(runs_root):
     assert args[-4:] == ["--baseline", "random", "--set", "eval.pairing=all"]
 
 
-def test_eval_job_with_failed_cells_is_reported_failed(tmp_path):
-    """A finished evaluation process whose matrix has failed cells is a failure, with a way out in its error."""
+def test_eval_job_is_what_the_evaluate_process_recorded(tmp_path):
+    """The job's state is the evaluate process's own record (finished, or failed with its exit code and reason);
+    a process that died without recording its end failed, whatever results lie in the folder."""
+    from haba_core import io
+    from haba_core import runfolder as RF
+
     run = tmp_path / "r"
     run.mkdir()
     dead = {"state": "running", "pid": 2**22 + 12345, "host": socket.gethostname(), "started_at": time.time() - 5}
     (run / J.EVAL_JOB).write_text(json.dumps(dead))
     (run / "evaluation.json").write_text(json.dumps({"complete": True, "failed": []}))
-    assert J.eval_job(run).state == "finished"
-    (run / "evaluation.json").write_text(json.dumps({"complete": False, "failed": [{"net": "mlp", "seed": 0}]}))
     job = J.eval_job(run)
-    assert job.state == "failed" and "1 evaluation cell(s) failed" in job.info["error"]
+    assert job.state == "failed" and "without recording how it ended" in job.info["error"]
+    with RF.recording_evaluation(run) as outcome:  # as `haba evaluate` records itself (here: this process)
+        assert io.read_json(run / J.EVAL_JOB)["state"] == "running"
+        outcome.update(exit_code=4, error="1 evaluation task(s) failed after 2 attempt(s) each (synset/mlp/s0)")
+    job = J.eval_job(run)
+    assert job.state == "failed" and job.info["exit_code"] == 4 and "1 evaluation task(s) failed" in job.info["error"]
+    with pytest.raises(RuntimeError), RF.recording_evaluation(run):
+        raise RuntimeError("a bug")
+    job = J.eval_job(run)
+    assert job.state == "failed" and job.info["exit_code"] == 1 and "RuntimeError: a bug" in job.info["error"]
+    with RF.recording_evaluation(run):
+        pass
+    job = J.eval_job(run)
+    assert job.state == "finished" and job.info["exit_code"] == 0 and job.info["error"] is None
 
 
 def test_engine_commands():

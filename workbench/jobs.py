@@ -8,11 +8,14 @@ Every status write (here and in the engine) is ``runfolder.update_status``, a lo
 
 Cancel sends SIGTERM to the pid in ``status.json``: the engine stops between iterations, writes a checkpoint
 and marks the run ``cancelled``. Resume starts ``distill --run-dir RUNS/NAME --resume``. Evaluations run
-``python -m haba_core evaluate --run RUNS/NAME ...`` in the background (``eval_job.json``, ``eval_log.txt``).
+``python -m haba_core evaluate --run RUNS/NAME ...`` in the background (``eval_job.json``, ``eval_log.txt``); the
+evaluate process records its own end in ``eval_job.json`` (finished, or failed with the reason), which is what the
+Evaluate page shows; a process that died without recording it (killed) is failed, whatever results exist.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from haba_core import runfolder as RF
+from haba_core.errors import DiskError
 from workbench import runs as R
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +86,8 @@ def _start_distill(path: Path, resume: bool) -> R.Run:
     try:
         proc = _spawn(args, path / RF.LOG)
     except OSError as e:
-        RF.update_status(path, state="failed", error=f"Could not start the run: {e}")
+        with contextlib.suppress(DiskError):  # the disk that refused the log may refuse the status too
+            RF.update_status(path, state="failed", error=f"Could not start the run: {e}")
         raise JobError(f"Could not start the run: {e}") from e
     # the pid, unless the engine already started and wrote its own
     RF.update_status(path, only_if={"state": "queued", "pid": None}, pid=proc.pid,
@@ -98,7 +103,10 @@ def launch_run(name: str, config: dict, root: Path | None = None) -> R.Run:
     if path.exists() and any(path.iterdir()):
         raise JobError(f"A run named {name!r} already exists; choose another name.")
     cfg = RunConfig.from_dict(config)  # validates keys before anything is written
-    RF.prepare(path, cfg.to_dict(), host=socket.gethostname())
+    try:
+        RF.prepare(path, cfg.to_dict(), host=socket.gethostname())
+    except DiskError as e:  # a read-only or full disk under the runs folder
+        raise JobError(f"Could not create the run folder: {e}") from e
     return _start_distill(path, resume=False)
 
 
@@ -234,41 +242,32 @@ def launch_evaluation(
         "host": socket.gethostname(),
         "command": ["python", "-m", "haba_core", *args],
     }
-    write_json(run.path / EVAL_JOB, {**info, "pid": None})
     try:
+        write_json(run.path / EVAL_JOB, {**info, "pid": None})  # a new job: nothing of the last one is kept
         proc = _spawn(args, run.path / EVAL_LOG, mode="w")
-    except OSError as e:
-        write_json(run.path / EVAL_JOB, {**info, "state": "failed", "error": str(e)})
+    except OSError as e:  # DiskError included: a full or read-only disk
+        with contextlib.suppress(OSError):
+            RF.update_eval_job(run.path, state="failed", error=str(e))
         raise JobError(f"Could not start the evaluation: {e}") from e
-    write_json(run.path / EVAL_JOB, {**info, "pid": proc.pid})
+    # merged, not written over: the process may already have recorded its start, or even its end
+    RF.update_eval_job(run.path, pid=proc.pid)
     return eval_job(run.path)
 
 
 def eval_job(run_dir: Path) -> EvalJob | None:
-    """The state of the run's latest evaluation job (None if it never had one)."""
+    """The state of the run's latest evaluation job (None if it never had one): what the evaluate process recorded
+    (finished, or failed with its reason); a ``running`` job whose process is gone without recording its end was
+    killed, so it failed, even when an ``evaluation.json`` (an older one, or a partial one) exists."""
     info, problem = R.read_json(Path(run_dir) / EVAL_JOB)
     if not isinstance(info, dict):
         return None
     log = R.tail(Path(run_dir) / EVAL_LOG)
     state = info.get("state", "failed")
-    if state == "running":
-        alive = R.pid_alive(info.get("pid"), info.get("host"))
-        if alive is False:
-            if info.get("pid") is None and time.time() - float(info.get("started_at") or 0) < 10:
-                return EvalJob("running", info, log)
-            result = Path(run_dir) / "evaluation.json"
-            started = float(info.get("started_at") or 0)
-            finished = result.exists() and result.stat().st_mtime >= started - 1
-            state = "finished" if finished else "failed"
-            if finished:  # a matrix with failed cells is written too (completed cells are kept): not a success
-                data, _ = R.read_json(result)
-                if isinstance(data, dict) and (data.get("complete") is False or data.get("failed")):
-                    state = "failed"
-                    info = {
-                        **info,
-                        "error": f"{len(data.get('failed') or [])} evaluation cell(s) failed: "
-                        "evaluate again to retry them (completed cells are reused).",
-                    }
+    if state == "running" and R.pid_alive(info.get("pid"), info.get("host")) is False:
+        if info.get("pid") is None and time.time() - float(info.get("started_at") or 0) < 10:
+            return EvalJob("running", info, log)  # launched a moment ago: the pid is being written
+        died = "the evaluate process stopped without recording how it ended (killed, or out of memory?); see its log"
+        state, info = "failed", {**info, "error": died}
     return EvalJob(state, info, log)
 
 
@@ -278,9 +277,9 @@ def cancel_evaluation(name: str, root: Path | None = None) -> str:
     if job is None or job.state != "running":
         return "No evaluation is running."
     pid = job.info.get("pid")
+    RF.update_eval_job(run.path, only_if={"state": "running"}, state="cancelled")  # before the process can end it
     if R.pid_alive(pid, job.info.get("host")):
         os.kill(int(pid), signal.SIGTERM)
-    write_json(run.path / EVAL_JOB, {**job.info, "state": "cancelled"})
     return f"Cancelled the evaluation of {name!r}."
 
 

@@ -400,6 +400,8 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
         cfg = cfg.replace(synset=dataclasses.replace(s, basis_size=size))
         if size is not None:
             out.notes.append(basis_note(info, s.kind, s.budget_ipc, size, **s.params))
+    if cfg.data.root_only and not Path(cfg.data.root).expanduser().is_dir():
+        out.errors.append(f"The data root {cfg.data.root} does not exist, and data.root_only reads only there.")
     if cfg.iterations < 1:
         out.errors.append("Iterations must be at least 1.")
     for key in ("snapshot_every", "checkpoint_every", "log_every", "eval_every"):

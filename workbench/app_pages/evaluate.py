@@ -77,6 +77,8 @@ def jobs_and_results() -> None:
     current = R.list_runs()
     jobs = {r.name: J.eval_job(r.path) for r in current}
     jobs = {n: j for n, j in jobs.items() if j is not None}
+    evaluations = {r.name: R.read_evaluation(r) for r in current}
+    evaluations = {n: e for n, e in evaluations.items() if e}
     if jobs:
         st.subheader("Evaluation jobs")
         for name, job in sorted(jobs.items(), key=lambda kv: -kv[1].started_at):
@@ -91,16 +93,19 @@ def jobs_and_results() -> None:
             )
             if job.state == "running" and c2.button("Cancel", key=f"eval.cancel.{name}"):
                 st.toast(J.cancel_evaluation(name))
-            if job.state == "failed":
-                why = job.info.get("error")
-                st.error(f"The evaluation of {name} failed" + (f": {why}" if why else "") + "; its log:")
+            if job.state == "failed":  # as the evaluate process recorded it (exit code and reason)
+                why, code = job.info.get("error"), job.info.get("exit_code")
+                exit_code = f" (exit code {code})" if code else ""
+                st.error(f"The evaluation of {name} failed{exit_code}" + (f": {why}" if why else "") + "; its log:")
                 st.code(job.log or "(empty log)", language="text")
+                earlier = float((evaluations.get(name) or {}).get("started_at") or 0)
+                if 0 < earlier < job.started_at - 1:
+                    when = time.strftime("%m-%d %H:%M", time.localtime(earlier))
+                    st.caption(f"The accuracy matrix below shows {name}'s earlier evaluation, started {when}.")
             elif job.state == "running":
                 with st.expander(f"Log of {name}"):
                     st.code(job.log or "(no output yet)", language="text")
 
-    evaluations = {r.name: R.read_evaluation(r) for r in current}
-    evaluations = {n: e for n, e in evaluations.items() if e}
     st.subheader("Accuracy matrix")
     if not evaluations:
         st.info("No evaluation results yet.", icon=":material/table:")

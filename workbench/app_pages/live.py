@@ -69,6 +69,8 @@ def curves() -> None:
         return
     ui.status_line(current)
     ui.show_error(current)
+    for note in current.status.get("notes") or []:  # what the run adjusted to its data or machine at start
+        st.caption(f"Note: {note}")
     tail = metrics_tail(current)
     records = tail.records
     if not records:
