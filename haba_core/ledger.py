@@ -39,12 +39,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def git_state() -> dict[str, Any]:
-    """``{"commit": sha, "dirty": bool}`` of the checkout haba_core runs from; dirty: tracked files differ from
-    the commit. ``{"commit": "unknown", "dirty": None}`` outside a git checkout."""
+    """``{"commit": sha, "dirty": bool}`` of the checkout haba_core runs from; dirty: tracked files other than the
+    results under ``bench/results/`` differ from the commit (a bench run rewrites those as it goes, which says
+    nothing about the code that ran). ``{"commit": "unknown", "dirty": None}`` outside a git checkout."""
     try:
         run = lambda *args: subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True)
         sha = run("rev-parse", "HEAD").stdout.strip()
-        dirty = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results").stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "dirty": None}
     return {"commit": sha, "dirty": dirty}

@@ -206,3 +206,27 @@ def test_an_expert_set_made_with_test_every_reads_as_val_every():
     from haba_core.methods.experts import ExpertConfig
 
     assert ExpertConfig.from_dict({"test_every": 5}).val_every == 5
+
+
+def test_dirty_means_code_not_the_results_a_run_writes(tmp_path, monkeypatch):
+    """A bench run rewrites tracked files under bench/results/ as it goes: that is not a dirty checkout; a changed
+    source file is."""
+    import subprocess
+
+    from haba_core import ledger
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "cpu.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(ledger, "REPO", tmp_path)
+    assert ledger.git_state()["dirty"] is False
+    (tmp_path / "bench" / "results" / "cpu.md").write_text("new\n")
+    assert ledger.git_state()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert ledger.git_state()["dirty"] is True
