@@ -33,7 +33,9 @@ def test_synset_kind_options_live_in_params_validated_by_the_kind(tmp_path):
     f = tmp_path / "haba.yaml"
     f.write_text("synset:\n  kind: haba\n  n_hallucinators: 3\n")
     assert resolve_config(files=[f], overrides=["synset.kind=pixels"]).synset.params == {}
-    assert resolve_config(files=[f], overrides=["synset.kind=fred"]).to_dict()["synset"]["params"] == {}
+    assert resolve_config(files=[f], overrides=["synset.kind=fred"]).to_dict()["synset"]["params"] == {
+        "selection": "variance"
+    }
     # values are checked by the kind's dataclass
     with pytest.raises(ConfigError, match="n_hallucinators=0 is out of range"):
         resolve_config(overrides=["synset.n_hallucinators=0"])
