@@ -38,3 +38,24 @@ def toy():
     from haba_core.data import load_dataset
 
     return load_dataset("toy")
+
+
+@pytest.fixture(scope="session")
+def source_runs(tmp_path_factory):
+    """A finished tiny run (with an evaluation) and a failed one, made once per session by the engine."""
+    from workbench import testing as T
+
+    return T.source_runs(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def runs_root(source_runs, tmp_path, monkeypatch):
+    """A copy of ``source_runs`` that the app's readers see (``HABA_RUNS_DIR``), fresh for each test."""
+    import shutil
+
+    from workbench import runs as R
+
+    root = tmp_path / "runs"
+    shutil.copytree(source_runs, root, ignore=shutil.ignore_patterns(".complete"))
+    monkeypatch.setenv(R.RUNS_ENV, str(root))
+    return root

@@ -25,11 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = ("new_run", "runs", "live", "explorer", "evaluate", "compare")
 
 
-@pytest.fixture(scope="session")
-def source_runs(tmp_path_factory) -> Path:
-    return T.source_runs(tmp_path_factory.getbasetemp())
-
-
 @pytest.fixture
 def empty_runs(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "runs"

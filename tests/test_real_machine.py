@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -34,8 +33,6 @@ from haba_core.errors import ConfigError, DatasetNotFoundError, DiskError, HabaE
 from tests.conftest import distill_command
 from tests.test_data import write_idx_folder
 from workbench import jobs as J
-from workbench import runs as R
-from workbench import testing as T
 from workbench.testing import tiny_config
 
 CHECKPOINT = "haba-checkpoint"
@@ -315,19 +312,6 @@ def test_the_run_records_which_files_it_read(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ evaluation jobs
-@pytest.fixture(scope="module")
-def source_runs(tmp_path_factory) -> Path:
-    return T.source_runs(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def runs_root(source_runs, tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "runs"
-    shutil.copytree(source_runs, root, ignore=shutil.ignore_patterns(".complete"))
-    monkeypatch.setenv(R.RUNS_ENV, str(root))
-    return root
-
-
 def finished_job(run_dir: Path, timeout: float = 180) -> J.EvalJob:
     end = time.time() + timeout
     while time.time() < end:

@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,20 +24,6 @@ from workbench import runs as R
 from workbench import testing as T
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def source_runs(tmp_path_factory) -> Path:
-    """A finished tiny run (with an evaluation) and a failed one, made once per session by the engine."""
-    return T.source_runs(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def runs_root(source_runs, tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "runs"
-    shutil.copytree(source_runs, root, ignore=shutil.ignore_patterns(".complete"))
-    monkeypatch.setenv(R.RUNS_ENV, str(root))
-    return root
 
 
 def wait_for(predicate, timeout: float = 90.0, every: float = 0.2):
