@@ -128,6 +128,7 @@ class MTT(Method):
         self.max_start = min(cfg.max_start_epoch, last_start + 1)
         self.syn_lr = torch.tensor(float(cfg.lr_teacher), device=ctx.device, requires_grad=True)
         self.synset = None
+        self._momenta = self.momenta_for("pixels")  # until setup sees the set's kind
         if cfg.reuse_memory and ctx.device.type == "cpu":
             reuse_freed_memory()
 
@@ -135,8 +136,12 @@ class MTT(Method):
     def setup(self, synset) -> None:
         self.synset = synset
         synset.extra["syn_lr"] = float(self.syn_lr.detach())
-        official = OFFICIAL_MOMENTA.get(synset.kind, OFFICIAL_MOMENTA["pixels"])
-        self._momenta = (
+        self._momenta = self.momenta_for(synset.kind)
+
+    def momenta_for(self, kind: str) -> tuple[float, float]:
+        """(synthetic set, learned lr) momenta: the config's where set, else the official code's for ``kind``."""
+        official = OFFICIAL_MOMENTA.get(kind, OFFICIAL_MOMENTA["pixels"])
+        return (
             official[0] if self.cfg.momentum is None else float(self.cfg.momentum),
             official[1] if self.cfg.momentum_lr is None else float(self.cfg.momentum_lr),
         )
