@@ -152,8 +152,9 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
 
 
 def experts_command(profile: Profile, out: Path, dataset: str) -> list[str]:
+    # the root as the cells read it (data.root, the default lookup), not --data-root, which reads only that folder
     return [sys.executable, "-m", "haba_core", "experts", "--dataset", dataset, "--out",
-            str(experts_dir(out, dataset)), "--quiet", "--data-root", str(ROOT / "data"),
+            str(experts_dir(out, dataset)), "--quiet", "--set", f"data.root={ROOT / 'data'}",
             *profile.experts[dataset]]  # fmt: skip
 
 
