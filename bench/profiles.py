@@ -27,6 +27,9 @@ class Cell:
     dataset: str = "fashion_mnist"  # which of the profile's expert sets an MTT cell uses
     published: tuple[float, float] | None = None  # (mean, std) % a paper reports for this cell, if any
     source: str = ""  # where the published figure comes from
+    # evaluate the finished run in this folder (relative to the results folder) instead of distilling: the
+    # cross-architecture study trains other networks on the frontier study's sets
+    run_of: str = ""
 
 
 @dataclass(frozen=True)

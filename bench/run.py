@@ -121,18 +121,23 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
     t0 = time.time()
     overrides = cell_overrides(profile, cell, workdir.parent.parent)
     if cell.method is None:  # the profile's eval.* settings, so the row shares the distilled rows' protocol
-        cfg = resolve_config(overrides=[o for o in overrides if o.startswith("eval.")])
+        cfg = resolve_config(overrides=[o for o in overrides if o.startswith(("eval.", "seed="))])
         ecfg = dataclasses.replace(cfg.eval, nets=profile.eval_nets, seeds=profile.eval_seeds,
                                    epochs=profile.eval_epochs)  # fmt: skip
         ds = load_dataset(profile.data.get("name", "fashion_mnist"), root=str(ROOT / "data"))
         ipc = max(1, math.floor(cell.budget_ipc + 1e-9))
         config = {**cfg.to_dict(), "eval": dataclasses.asdict(ecfg), "random_real_ipc": ipc}
         look = dataclasses.replace(ledger, config=config)
-        ev = random_real_baseline(ds, ipc, ecfg, profile.eval_nets, profile.eval_seeds, cfg.dsa_strategy, ledger=look)
+        # a study's distillation seed k draws other subsets (and networks): seeds 1000k, 1000k + 1, ...
+        nets, seeds = profile.eval_nets, profile.eval_seeds
+        ev = random_real_baseline(ds, ipc, ecfg, nets, seeds, cfg.dsa_strategy, seed=1000 * cfg.seed, ledger=look)
         out = {"eval": ev, "sec_per_iter": None, "iterations": 0, "wall_s": time.time() - t0}
-        return {**out, "config": config, "distill_seed": None}
+        chosen = any(o.startswith("seed=") for o in overrides)  # a study's seed k: the subsets it draws
+        return {**out, "config": config, "distill_seed": cfg.seed if chosen else None}
     files = [ROOT / cell.config] if cell.config else []
     cfg = resolve_config(files=files, overrides=overrides)
+    if cell.run_of:
+        return evaluate_run_of(profile, cell, workdir.parent.parent.parent / cell.run_of, cfg, ledger, t0)
     run_dir = workdir / "run"
     resume = (run_dir / "config.json").exists()
     d = distill(cfg, run_dir, resume=resume)
@@ -146,6 +151,38 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
     return {"eval": ev, "sec_per_iter": spi, "iterations": cfg.iterations, "wall_s": time.time() - t0,
             "config": d.cfg.to_dict(), "distill_seed": cfg.seed, "distill_precision": d.method.precision,
             **speed}  # fmt: skip
+
+
+def evaluate_run_of(profile: Profile, cell: Cell, run_dir: Path, cfg, ledger: LedgerEntry, t0: float) -> dict:
+    """Evaluate the synthetic set another cell distilled (its finished run folder) on the profile's networks."""
+    from haba_core import runfolder as RF
+    from haba_core.data import load_dataset
+    from haba_core.evaluate import evaluate_synset
+    from haba_core.synsets import load_synset
+
+    status = run_dir / RF.STATUS
+    if not status.exists() or json.loads(status.read_text()).get("state") != "finished":
+        raise SystemExit(f"{cell.name} evaluates {run_dir}, which holds no finished run: run that study first")
+    saved = json.loads((run_dir / RF.CONFIG).read_text())
+    mine = cfg.to_dict()
+    if any(saved.get(k) != mine.get(k) for k in ("synset", "haba", "seed", "iterations")) or saved["method"].get(
+        "name"
+    ) != mine["method"].get("name"):
+        raise SystemExit(f"{cell.name}: {run_dir} was distilled with another config than this cell's")
+    synset = load_synset(run_dir / RF.SYNSET)
+    ds = load_dataset(cfg.data.name, root=cfg.data.root)
+    look = dataclasses.replace(ledger, config=saved)
+    nets, seeds = profile.eval_nets, profile.eval_seeds
+    ev = evaluate_synset(synset, ds, cfg.eval, nets, seeds, dsa_strategy=cfg.dsa_strategy, seed=cfg.seed, ledger=look)
+    return {
+        "eval": ev,
+        "sec_per_iter": None,
+        "iterations": cfg.iterations,
+        "wall_s": time.time() - t0,
+        "config": saved,
+        "distill_seed": cfg.seed,
+        "evaluated_run": str(run_dir),
+    }
 
 
 # ----------------------------------------------------------------------------------------- driver (parent)
@@ -213,7 +250,9 @@ class _Job:
         return self.log_path.read_text(errors="replace").strip().splitlines()[-n:]
 
 
-def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=print, jobs: int | None = None) -> dict:
+def run_profile(
+    profile: Profile, out_root: Path, only: list[str] | None, log=print, jobs: int | None = None, report=None
+) -> dict:
     """Run the profile's missing cells, ``jobs`` processes at a time (default: the profile's), longest first;
     each process gets ``cores // jobs`` threads. MTT cells start once their experts are trained (the experts
     run as one more job, first). Each child's output goes to ``<out>/<profile>/logs/<name>.log``."""
@@ -286,7 +325,7 @@ def run_profile(profile: Profile, out_root: Path, only: list[str] | None, log=pr
             (cells_dir / f"{item.name}.failed.json").unlink(missing_ok=True)
             res = json.loads((cells_dir / f"{item.name}.json").read_text())
             log(f"[done] {item.name}: {res['summary']} ({res['wall_s']:.0f} s)")
-    return aggregate(profile, out_root, {"jobs": jobs, "threads_per_job": threads})
+    return (report or aggregate)(profile, out_root, {"jobs": jobs, "threads_per_job": threads})
 
 
 def child(profile: Profile, cell_name: str, out_root: Path) -> int:
@@ -302,11 +341,15 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         profile, cell, workdir, LedgerEntry(out_root / TEST_LEDGER, f"{profile.name}/{cell.name}", "bench cell")
     )
     ev = res["eval"]
-    net = profile.eval_nets[0]
+    net = profile.eval_nets[0]  # the headline network; every network's accuracy is in accuracy_by_net
     acc = ev["nets"][net]
     n = len(acc["per_seed"])
     record = {
         "cell": dataclasses.asdict(cell),
+        "accuracy_by_net": {
+            k: {"mean": v["mean"], "per_seed": v["per_seed"], "seeds": v["seeds"], "train_s": v.get("train_s")}
+            for k, v in ev["nets"].items()
+        },
         "accuracy_mean": acc["mean"],
         "accuracy_std": sample_std(acc["per_seed"]),  # sample std (ddof 1) over accuracy_n networks
         "accuracy_n": n,
@@ -326,6 +369,7 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "config": res["config"],  # the full resolved config of the cell
+        **({"evaluated_run": res["evaluated_run"]} if "evaluated_run" in res else {}),
         "summary": f"{100 * acc['mean']:.2f} +- {100 * sample_std(acc['per_seed']):.2f} % ({net}, sample std over "
         f"n = {n} nets)",
     }
@@ -430,16 +474,24 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def all_profiles() -> dict[str, Profile]:
+    """The bench profiles and the findings' studies (``bench.studies``), whose cells run through here too."""
+    from bench.studies import STUDIES
+
+    return {**PROFILES, **{name: s.profile() for name, s in STUDIES.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    profiles = all_profiles()
+    p.add_argument("--profile", default="cpu", choices=sorted(profiles))
     p.add_argument("--smoke", action="store_true", help="shorthand for --profile smoke")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--only", action="append", help="run only cells whose name contains this (repeatable)")
     p.add_argument("--jobs", type=int, help="cells run at once (default: the profile's; each gets cores/jobs threads)")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     a = p.parse_args(argv)
-    profile = PROFILES["smoke" if a.smoke else a.profile]
+    profile = profiles["smoke" if a.smoke else a.profile]
     out_root = Path(a.out)
     if a.cell:
         return child(profile, a.cell, out_root)

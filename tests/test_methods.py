@@ -94,6 +94,28 @@ def test_matching_loss_reaches_bases_and_hallucinators(method, expert_dir):
         assert d.method.syn_lr.grad is not None and d.method.syn_lr.grad != 0
 
 
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm", "mtt"])
+def test_frozen_hallucinators_stay_at_their_initialisation(method, expert_dir):
+    """``synset.freeze_hallucinators``: the hallucinators keep the seeded values they start from (the same as an
+    unfrozen set of the same seed starts from) while the bases learn through them, with the constraint on."""
+    cfg = method_config(method, "haba", expert_dir, "synset.freeze_hallucinators=true")
+    free = Distiller(cfg.replace(synset=dataclasses.replace(cfg.synset, params={**cfg.synset.params,
+                                                                          "freeze_hallucinators": False})))
+    d = Distiller(cfg)
+    start = [p.detach().clone() for p in d.synset.hallucinator_parameters()]
+    for p, q in zip(start, free.synset.hallucinator_parameters(), strict=True):
+        assert torch.equal(p, q)  # the initialisation is the unfrozen one's
+    bases = d.synset.bases.detach().clone()
+    assert [g["name"] for g in d.optimizer.param_groups if "name" in g] == ["bases"] + (
+        ["syn_lr"] if method == "mtt" else [])
+    d.run()
+    for p, q in zip(start, d.synset.hallucinator_parameters(), strict=True):
+        assert torch.equal(p, q) and p.grad is None
+    assert not torch.equal(bases, d.synset.bases)
+    assert d.synset.config()["freeze_hallucinators"] is True
+    assert d.synset.storage()["floats_hallucinators"] == free.synset.storage()["floats_hallucinators"]
+
+
 def test_dc_distance_hand_computed():
     # conv gradient (out=2, in=1, 1, 2): row 0 parallel (1 - 1 = 0), row 1 orthogonal (1 - 0 = 1)
     g_real = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 2.0]]]])

@@ -38,6 +38,9 @@ def hallucinator_floats(basis_channels: int, channels: int, basis_hw: tuple[int,
 class HabaOptions:
     n_hallucinators: int = 5  # shared by all classes; each basis yields one image per hallucinator
     single_channel: bool = False  # 1-channel bases on RGB data (3x the bases per budget)
+    # keep the hallucinators at their seeded initialisation (an ablation): they are not optimized and their
+    # parameters take no gradient; the bases still learn through them. Storage still counts them.
+    freeze_hallucinators: bool = False
 
 
 @SYNSETS.register("haba")
@@ -69,6 +72,7 @@ class HabaSynset(Synset):
         single_channel: bool = False,
         basis_size: int | None = None,
         generator: torch.Generator | None = None,
+        freeze_hallucinators: bool = False,
     ):
         if n_hallucinators < 1:
             raise ValueError("a HaBa synset needs at least one hallucinator")
@@ -93,6 +97,9 @@ class HabaSynset(Synset):
             (self.dec_bias, c * 9),
         ):
             fan_in_uniform_(t, fan_in, generator)
+        self.freeze_hallucinators = bool(freeze_hallucinators)
+        for p in self.hallucinator_parameters():
+            p.requires_grad_(not self.freeze_hallucinators)
 
     @property
     def n_variants(self) -> int:
@@ -110,13 +117,14 @@ class HabaSynset(Synset):
             "n_hallucinators": self.n_hallucinators,
             "single_channel": self.single_channel,
             "basis_size": self.basis_size,
+            "freeze_hallucinators": self.freeze_hallucinators,
         }
 
     def param_groups(self, lr_images: float, lr_hallucinators: float) -> list[dict]:
-        return [
-            {"params": [self.bases], "lr": lr_images, "name": "bases"},
-            {"params": self.hallucinator_parameters(), "lr": lr_hallucinators, "name": "hallucinators"},
-        ]
+        groups = [{"params": [self.bases], "lr": lr_images, "name": "bases"}]
+        if not self.freeze_hallucinators:
+            groups.append({"params": self.hallucinator_parameters(), "lr": lr_hallucinators, "name": "hallucinators"})
+        return groups
 
     def hallucinate(self, x: Tensor, j: int) -> Tensor:
         """Hallucinator ``j`` on bases (B, C_b, h, w) -> (B, C, h, w)."""

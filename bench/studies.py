@@ -1,0 +1,420 @@
+"""The findings: the HaBa paper's questions as studies on Fashion-MNIST, each rerun with one command.
+
+    python -m bench.studies frontier     # RQ1: accuracy against stored floats for every kind at every budget
+    python -m bench.studies constraint   # RQ4: the contrastive constraint, the hallucinator count, freezing
+    python -m bench.studies cross_arch   # RQ3: the frontier's IPC-1 sets trained on six architectures
+    python -m bench.studies diversity    # RQ2: how diverse those sets are, and whether that predicts accuracy
+
+A study is a list of *arms* (one configuration each), every arm distilled with ``DISTILL_SEEDS`` seeds and every
+distilled set evaluated by ``EVAL_SEEDS`` networks, under one protocol (the CPU bench's: 300 epochs, DSA, bf16).
+Each arm x seed is a bench cell (``bench.run``): its own process, one JSON file in
+``bench/results/findings/<study>/cells/`` when done, skipped by a rerun. An arm reports the mean over seeds of each
+set's mean accuracy, the sample std (ddof 1) across the seeds and, beside it, the mean network std within a set.
+
+Shapes are never chosen here: an arm that needs one (HaBa's bases and hallucinators, FreD's coefficients, the
+reduced-resolution pixels) takes the best combination of a validation search (``scripts/val_search.py``, on the
+held-out split of the training set), read from ``bench/results/val_search/<search>.json``. An arm whose search has
+not run is *pending*; ``--searches`` runs the missing searches (without touching the test set) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.profiles import Cell, Profile, _fmnist
+from bench.run import ROOT, sample_std
+
+RESULTS = ROOT / "bench" / "results"
+FINDINGS = RESULTS / "findings"
+SEARCHES = RESULTS / "val_search"
+DISTILL_SEEDS = (0, 1, 2)
+EVAL_SEEDS = 3
+DM = "configs/fmnist_cpu_dm.yaml"
+FAST = ("method.compile=true",)  # an execution choice (the real batches' pass compiled), not protocol
+CROSS_NETS = ("convnet", "resnet18", "vgg11", "alexnet", "lenet", "mlp")
+
+
+@dataclass(frozen=True)
+class Search:
+    """A validation search whose best combination sets an arm's shape."""
+
+    name: str
+    sets: tuple[str, ...]  # fixed overrides (kind, budget, ...)
+    grid: tuple[str, ...]  # KEY=V1,V2,... axes
+    config: str = DM
+
+    def command(self) -> list[str]:
+        sets = [*self.sets, "eval.compile=true", *FAST]
+        return [
+            sys.executable,
+            "scripts/val_search.py",
+            "--name",
+            self.name,
+            "--config",
+            self.config,
+            *(a for s in sets for a in ("--set", s)),
+            *(a for g in self.grid for a in ("--grid", g)),
+        ]
+
+    def best(self) -> list[str] | None:
+        """The chosen combination as overrides; None until the search has run."""
+        path = SEARCHES / f"{self.name}.json"
+        if not path.exists():
+            return None
+        best = json.loads(path.read_text())["best"]
+        return [f"{k}={v}" for k, v in best.items() if k != "preset"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of a study: a synset kind at a budget with its overrides (and a search's shape)."""
+
+    name: str
+    budget: float
+    kind: str  # a synset kind, or "random_real"
+    overrides: tuple[str, ...] = ()
+    search: Search | None = None
+    tags: dict = field(default_factory=dict)  # what the study plots it by (factor, value, ...)
+    source: str = ""  # cross_arch: the study whose run of the same arm name it evaluates
+    borrowed_from: str = ""  # a row of another study (its cells, not run here): the chosen configuration
+
+    def shape(self) -> list[str] | None:
+        return [] if self.search is None else self.search.best()
+
+    def cells(self, seeds=DISTILL_SEEDS) -> list[Cell]:
+        """One bench cell per distillation seed (none while the arm's search is pending)."""
+        shape = self.shape()
+        if shape is None:
+            return []
+        method = None if self.kind == "random_real" else "dm"
+        out = []
+        for s in seeds:
+            ov = (*(FAST if method else ()), *shape, *self.overrides, f"seed={s}")
+            source = f"{self.source}/runs/{self.name}__s{s}/run" if self.source else ""
+            out.append(
+                Cell(
+                    f"{self.name}__s{s}",
+                    self.budget,
+                    method,
+                    "pixels" if method is None else self.kind,
+                    DM if method else None,
+                    ov,
+                    run_of=source,
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    question: str
+    arms: tuple[Arm, ...]
+    nets: tuple[str, ...] = ("convnet",)
+    merge_from: str = ""  # another study whose cells of the same names add their networks' columns (ConvNet)
+    cost: str = ""  # what a full run costs, as measured
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ("convnet", *self.nets) if self.merge_from and "convnet" not in self.nets else self.nets
+
+    def profile(self) -> Profile:
+        cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells())
+        p = _fmnist(self.name, self.question, EVAL_SEEDS, cells)
+        return dataclasses.replace(
+            p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])
+        )
+
+    def pending(self) -> list[Arm]:
+        return [a for a in self.arms if a.shape() is None]
+
+    def searches(self) -> list[Search]:
+        return list({a.search.name: a.search for a in self.arms if a.search is not None}.values())
+
+
+def _shape_search(kind: str, budget: float, grid: tuple[str, ...], suffix: str = "") -> Search:
+    return Search(
+        f"dm_{kind}_ipc{budget:g}_shape{suffix}", (f"synset.kind={kind}", f"synset.budget_ipc={budget:g}"), grid
+    )
+
+
+# The shapes each kind is searched over, per budget (Fashion-MNIST 1x28x28; "full" is 28x28).
+SHAPES = {
+    1: {
+        "haba": _shape_search("haba", 1, ("synset.basis_size=14,10", "synset.n_hallucinators=2,5"), "_pairfix"),
+        "fred": Search(
+            "dm_fred_ipc1_basis_size", ("synset.kind=fred", "synset.budget_ipc=1"), ("synset.basis_size=14,10,7",)
+        ),
+        "pixels_lowres": Search(
+            "dm_pixels_ipc1_basis_size",
+            ("synset.kind=pixels", "synset.budget_ipc=1"),
+            ("synset.basis_size=full,14,10,7",),
+        ),
+    },
+}
+for _b in (2, 5, 10):
+    SHAPES[_b] = {
+        "haba": _shape_search("haba", _b, ("synset.basis_size=full,20,14", "synset.n_hallucinators=2,5")),
+        "fred": _shape_search("fred", _b, ("synset.basis_size=14,10,7",)),
+        "pixels_lowres": _shape_search("pixels", _b, ("synset.basis_size=full,20,14",)),
+    }
+
+
+def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
+    arms = []
+    for b in budgets:
+        s = SHAPES[b]
+        arms += [
+            Arm(f"ipc{b}_random_real", b, "random_real", tags={"kind": "random real"}),
+            Arm(f"ipc{b}_pixels", b, "pixels", ("synset.basis_size=full",), tags={"kind": "pixels"}),
+            # the reviewer's control: plain pixels at the resolution validation chose (more, smaller images)
+            Arm(f"ipc{b}_pixels_lowres", b, "pixels", search=s["pixels_lowres"], tags={"kind": "pixels, reduced"}),
+            Arm(f"ipc{b}_haba", b, "haba", search=s["haba"], tags={"kind": "HaBa"}),
+            Arm(f"ipc{b}_fred", b, "fred", search=s["fred"], tags={"kind": "FreD"}),
+            Arm(
+                f"ipc{b}_fred_lowpass",
+                b,
+                "fred",
+                ("synset.selection=lowpass",),
+                search=s["fred"],
+                tags={"kind": "FreD, low-pass"},
+            ),
+        ]
+    if 10 in budgets:  # the ranking can change with length: every distilled kind again, 4x the preset's 200
+        arms += [
+            dataclasses.replace(
+                a, name=f"{a.name}_long", overrides=(*a.overrides, "iterations=800"), tags={**a.tags, "iterations": 800}
+            )
+            for a in arms
+            if a.budget == 10 and a.kind != "random_real"
+        ]
+    return tuple(arms)
+
+
+def constraint_arms(budget: float = 1) -> tuple[Arm, ...]:
+    """One factor at a time around the chosen HaBa configuration (the frontier's ``ipc<b>_haba`` arm)."""
+    chosen = SHAPES[budget]["haba"]
+    b = f"ipc{budget:g}"
+
+    def arm(name, overrides, factor, value):
+        return Arm(f"{b}_{name}", budget, "haba", overrides, chosen, {"factor": factor, "value": value})
+
+    return (
+        Arm(
+            f"{b}_haba",
+            budget,
+            "haba",
+            search=chosen,
+            tags={"factor": "chosen", "value": "chosen"},
+            borrowed_from="frontier",
+        ),
+        arm("lambda0", ("haba.lambda_cos=0",), "constraint weight", 0.0),
+        arm("lambda1", ("haba.lambda_cos=1",), "constraint weight", 1.0),
+        arm("off", ("haba.enabled=false",), "constraint weight", "off (no extractor)"),
+        arm("k2", ("synset.n_hallucinators=2",), "hallucinators", 2),
+        arm("k10", ("synset.n_hallucinators=10",), "hallucinators", 10),
+        arm("k1", ("synset.n_hallucinators=1",), "hallucinators", 1),
+        arm("frozen", ("synset.freeze_hallucinators=true",), "hallucinators learned", False),
+    )
+
+
+STUDIES = {
+    s.name: s
+    for s in (
+        Study(
+            "frontier",
+            "RQ1: accuracy against stored floats, every kind at equal storage (DM, Fashion-MNIST)",
+            frontier_arms(),
+        ),
+        Study(
+            "constraint",
+            "RQ4: HaBa's adversarial contrastive constraint and its hallucinators, one factor at a "
+            "time around the chosen configuration (DM, Fashion-MNIST IPC 1)",
+            constraint_arms(),
+        ),
+        Study(
+            "cross_arch",
+            "RQ3: the frontier's IPC-1 sets trained on six architectures (DM, Fashion-MNIST)",
+            tuple(
+                dataclasses.replace(a, source="" if a.kind == "random_real" else "frontier")
+                for a in frontier_arms((1,))
+                if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD")
+            ),
+            nets=CROSS_NETS[1:],
+            merge_from="frontier",
+        ),
+    )
+}
+
+
+# -------------------------------------------------------------------------------------------- the report
+
+
+def arm_summary(arm: Arm, records: list[dict], nets: tuple[str, ...]) -> dict:
+    """Mean over distillation seeds of each set's mean, the sample std across seeds, the network spread."""
+    out = {
+        "arm": arm.name,
+        "budget": arm.budget,
+        "kind": arm.kind,
+        "tags": arm.tags,
+        "overrides": list(arm.overrides),
+        "shape": arm.shape(),
+        "search": arm.search.name if arm.search else None,
+        "n_seeds": len(records),
+        "seeds": [r["seeds"]["distill"] for r in records],
+        "per_net": {},
+    }
+    if records:
+        st = records[0]["storage"]
+        out.update(
+            floats=st["floats_total"],
+            ipc_equivalent=st["ipc_equivalent"],
+            images_per_class=st["images_per_class"],
+            protocol=records[0]["protocol"],
+        )
+    for net in nets:
+        sets = [r["accuracy_by_net"][net] for r in records if net in r.get("accuracy_by_net", {})]
+        sets = [s for s in sets if s["per_seed"]]
+        if not sets:
+            continue
+        means = [100 * statistics.fmean(s["per_seed"]) for s in sets]
+        out["per_net"][net] = {
+            "mean": statistics.fmean(means),
+            "std_seeds": sample_std(means),  # across distillation seeds (ddof 1)
+            "std_nets": statistics.fmean(100 * sample_std(s["per_seed"]) for s in sets),  # within a set, averaged
+            "set_means": means,
+            "n_seeds": len(sets),
+            "n_nets": len(sets[0]["per_seed"]),
+        }
+    return out
+
+
+def report(study: Study, out_root: Path = FINDINGS) -> dict:
+    from bench.run import git_commit, machine
+    from haba_core import io
+    from haba_core.protocol import distinct_protocols
+
+    arms, records_all = [], []
+    for arm in study.arms:
+        records = []
+        for c in arm.cells():
+            p = out_root / (arm.borrowed_from or study.name) / "cells" / f"{c.name}.json"
+            if not p.exists():
+                continue
+            rec = json.loads(p.read_text())
+            other = out_root / study.merge_from / "cells" / p.name
+            if study.merge_from and other.exists():  # the same set's columns measured by the other study
+                rec["accuracy_by_net"] = {**json.loads(other.read_text())["accuracy_by_net"], **rec["accuracy_by_net"]}
+            records.append(rec)
+        records_all += records
+        arms.append(
+            {
+                **arm_summary(arm, records, study.columns),
+                "pending_search": arm.shape() is None,
+                "expected_seeds": len(DISTILL_SEEDS),
+                "borrowed_from": arm.borrowed_from,
+            }
+        )
+    result = {
+        "study": study.name,
+        "question": study.question,
+        "command": f"python -m bench.studies {study.name}",
+        "git_commit": git_commit(),
+        "cell_commits": sorted({r["git_commit"][:12] for r in records_all}),
+        "machine": machine(),
+        "protocols": distinct_protocols(r.get("protocol") for r in records_all),
+        "distill_seeds": list(DISTILL_SEEDS),
+        "eval_seeds": EVAL_SEEDS,
+        "nets": list(study.columns),
+        "arms": arms,
+        "searches": {s.name: {"command": shlex.join(s.command()[1:]), "best": s.best()} for s in study.searches()},
+        "complete": all(a["n_seeds"] == len(DISTILL_SEEDS) for a in arms),
+    }
+    io.write_json(out_root / f"{study.name}.json", result)
+    (out_root / f"{study.name}.md").write_text(markdown(result))
+    return result
+
+
+def _fmt(cell: dict | None) -> str:
+    if not cell:
+        return ""
+    return f"{cell['mean']:.2f} +- {cell['std_seeds']:.2f} (nets {cell['std_nets']:.2f})"
+
+
+def markdown(r: dict) -> str:
+    protos = r["protocols"]
+    lines = [
+        f"### Study `{r['study']}`: {r['question']}",
+        "",
+        f"Command: `{r['command']}`; cells ran at {', '.join(f'`{c}`' for c in r['cell_commits']) or '-'}; "
+        f"{r['machine']['cpu']}, torch {r['machine']['torch']}.",
+        "",
+        f"Protocol: {'; '.join(protos) if protos else '-'}"
+        + (" **(several: compare only rows that share one)**" if len(protos) > 1 else "")
+        + ".",
+        "",
+        f"Accuracy %: the mean over distillation seeds {r['distill_seeds']} of each distilled set's mean over "
+        f"{r['eval_seeds']} evaluation networks, +- the sample std (ddof 1) across the seeds; in brackets the "
+        "mean std across networks within one set. n = seeds done.",
+        "",
+    ]
+    nets = r["nets"]
+    lines += [
+        "| arm | budget | stored floats | images/class | shape | n | " + " | ".join(nets) + " |",
+        "|---" * (6 + len(nets)) + "|",
+    ]
+    for a in r["arms"]:
+        shape = "pending search" if a["pending_search"] else " ".join(a["shape"] + a["overrides"]) or "-"
+        floats = f"{a['floats']:,}" if "floats" in a else ""
+        lines.append(
+            f"| {a['arm']} | {a['budget']:g} | {floats} | {a.get('images_per_class', '')} | {shape} "
+            f"| {a['n_seeds']}/{a['expected_seeds']} | " + " | ".join(_fmt(a["per_net"].get(n)) for n in nets) + " |"
+        )
+    lines += ["", "Shapes chosen on the validation split:", ""]
+    for name, s in r["searches"].items():
+        lines.append(f"- `{name}`: {' '.join(s['best']) if s['best'] else 'not run yet'} (`python {s['command']}`)")
+    if not r["complete"]:
+        lines += ["", "_Incomplete: rerun the command to finish the missing cells (finished ones are kept)._"]
+    return "\n".join(lines) + "\n"
+
+
+def run_searches(study: Study, log=print) -> None:
+    for s in study.searches():
+        if s.best() is None:
+            log("$ " + shlex.join(s.command()))
+            subprocess.run(s.command(), cwd=ROOT, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.run import run_profile
+
+    p = argparse.ArgumentParser(prog="python -m bench.studies", description=__doc__.split("\n\n")[0])
+    p.add_argument("study", choices=sorted(STUDIES))
+    p.add_argument("--only", action="append", help="run only cells whose name contains this (repeatable)")
+    p.add_argument("--jobs", type=int, help="cells at once (default 2, one thread each on 2 cores)")
+    p.add_argument("--searches", action="store_true", help="first run the validation searches not run yet")
+    p.add_argument("--report", action="store_true", help="only rewrite <study>.json and .md from finished cells")
+    p.add_argument("--out", default=str(FINDINGS))
+    a = p.parse_args(argv)
+    study, out = STUDIES[a.study], Path(a.out)
+    if a.searches:
+        run_searches(study)
+    if not a.report:
+        for arm in study.pending():
+            print(f"[pending] {arm.name}: its shape waits for search {arm.search.name} (--searches runs it)")
+        run_profile(study.profile(), out, a.only, jobs=a.jobs, report=lambda *_: None)
+    r = report(study, out)
+    print(markdown(r))
+    return 0 if r["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

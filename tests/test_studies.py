@@ -1,0 +1,103 @@
+"""The findings' studies (bench.studies): arms over distillation seeds, shapes from validation searches, the
+seed-level summary recomputed by hand, and the cross-architecture cells that evaluate another study's runs."""
+
+import json
+import statistics
+
+import pytest
+
+from bench import studies
+from bench.profiles import Cell, Profile
+from bench.run import LedgerEntry, cell_overrides, run_cell
+
+
+def test_an_arm_waits_for_its_search_then_takes_its_best_combination(tmp_path, monkeypatch):
+    monkeypatch.setattr(studies, "SEARCHES", tmp_path)
+    search = studies.Search("s", ("synset.kind=haba",), ("synset.basis_size=14,10",))
+    arm = studies.Arm("ipc1_haba", 1, "haba", ("haba.lambda_cos=0",), search)
+    assert arm.cells() == [] and arm.shape() is None
+    (tmp_path / "s.json").write_text(json.dumps({"best": {"synset.basis_size": "10", "synset.n_hallucinators": "2"}}))
+    cells = arm.cells()
+    assert [c.name for c in cells] == ["ipc1_haba__s0", "ipc1_haba__s1", "ipc1_haba__s2"]
+    for seed, c in zip(studies.DISTILL_SEEDS, cells, strict=True):
+        assert c.method == "dm" and c.synset == "haba" and c.budget_ipc == 1
+        # the search's shape, then the arm's own factor (it wins), then the seed
+        assert c.overrides[-4:] == (
+            "synset.basis_size=10",
+            "synset.n_hallucinators=2",
+            "haba.lambda_cos=0",
+            f"seed={seed}",
+        )
+    assert "--test" not in search.command()  # a search for a study never touches the test set
+
+
+def test_every_study_cell_is_unique_and_random_real_is_not_distilled():
+    for study in studies.STUDIES.values():
+        names = [c.name for c in study.profile().cells]
+        assert len(names) == len(set(names)), study.name
+    frontier = studies.STUDIES["frontier"].profile()
+    rr = [c for c in frontier.cells if "random_real" in c.name]
+    assert rr and all(c.method is None for c in rr)
+
+
+def _record(per_seed, seed, net="convnet"):
+    return {
+        "accuracy_by_net": {net: {"mean": sum(per_seed) / len(per_seed), "per_seed": per_seed}},
+        "seeds": {"distill": seed},
+        "storage": {"floats_total": 7420, "ipc_equivalent": 0.946, "images_per_class": 15},
+        "protocol": {"name": "p", "id": "x"},
+    }
+
+
+def test_arm_summary_is_the_mean_of_set_means_with_the_sample_std_across_seeds():
+    sets = [[0.70, 0.72, 0.74], [0.75, 0.75, 0.76], [0.71, 0.69, 0.70]]
+    recs = [_record(s, i) for i, s in enumerate(sets)]
+    out = studies.arm_summary(studies.Arm("a", 1, "haba"), recs, ("convnet",))["per_net"]["convnet"]
+    means = [100 * sum(s) / 3 for s in sets]
+    grand = sum(means) / 3
+    sd = (sum((m - grand) ** 2 for m in means) / (3 - 1)) ** 0.5  # ddof 1, written out
+    within = sum(statistics.stdev([100 * v for v in s]) for s in sets) / 3
+    assert out["mean"] == pytest.approx(grand) and out["std_seeds"] == pytest.approx(sd)
+    assert out["std_nets"] == pytest.approx(within) and out["n_seeds"] == 3 and out["n_nets"] == 3
+
+
+def test_report_merges_the_borrowed_rows_and_the_other_studys_columns(tmp_path, monkeypatch):
+    monkeypatch.setattr(studies, "SEARCHES", tmp_path)
+    arms = (studies.Arm("ipc1_pixels", 1, "pixels"),)
+    study = studies.Study("xa", "q", arms, nets=("mlp",), merge_from="fr")
+    for s in studies.DISTILL_SEEDS:
+        for name, net, acc in (("xa", "mlp", 0.5 + s / 100), ("fr", "convnet", 0.7)):
+            d = tmp_path / name / "cells"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"ipc1_pixels__s{s}.json").write_text(json.dumps({**_record([acc, acc], s, net), "git_commit": "c"}))
+    r = studies.report(study, tmp_path)
+    row = r["arms"][0]
+    assert r["nets"] == ["convnet", "mlp"] and r["complete"]
+    assert row["per_net"]["convnet"]["mean"] == pytest.approx(70.0)
+    assert row["per_net"]["mlp"]["mean"] == pytest.approx(51.0) and row["per_net"]["mlp"]["std_seeds"] == 1.0
+    assert (tmp_path / "xa.md").read_text().count("| ipc1_pixels |") == 1
+
+
+def test_a_cross_architecture_cell_evaluates_the_other_studys_run(tmp_path, ledger_file):
+    """Distil a toy run where the frontier keeps it, then a cell with ``run_of`` trains other networks on it
+    (no distillation) and refuses a run distilled with another config."""
+    from haba_core.config import resolve_config
+    from haba_core.engine import distill
+
+    common = ("data.name=toy", "net.width=16", "haba.extractor_width=16", "snapshot_every=0", "eval.test_batch=200")
+    profile = Profile("xa", "toy", common, ("mlp", "lenet"), 2, 2, ())
+    sets = ("iterations=2", "method.batch_real=16", "synset.n_hallucinators=2", "seed=1")
+    src = Cell("ipc2_haba__s1", 2, "dm", "haba", None, sets)
+    run = tmp_path / "fr" / "runs" / src.name / "run"
+    distill(resolve_config(overrides=cell_overrides(profile, src, tmp_path)), run)
+    cell = Cell(src.name, 2, "dm", "haba", None, sets, run_of=f"fr/runs/{src.name}/run")
+    workdir = tmp_path / "xa" / "runs" / cell.name
+    ledger = LedgerEntry(tmp_path / "ledger.jsonl", "xa/" + cell.name, "bench cell")
+    res = run_cell(profile, cell, workdir, ledger)
+    assert set(res["eval"]["nets"]) == {"mlp", "lenet"} and res["distill_seed"] == 1
+    assert res["evaluated_run"] == str(run) and not (workdir / "run").exists()
+    tested = [json.loads(line) for line in ledger_file.read_text().splitlines()]
+    assert [t["run"] for t in tested].count("xa/" + cell.name) == 1
+    other = Cell(src.name, 2, "dm", "haba", None, (*sets[:-1], "seed=2"), run_of=cell.run_of)
+    with pytest.raises(SystemExit, match="another config"):
+        run_cell(profile, other, workdir, ledger)
