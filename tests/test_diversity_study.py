@@ -1,0 +1,52 @@
+"""RQ2's measures (bench.diversity_study) recomputed independently: Spearman's rho against scipy, the effective
+rank from its definition, the per-class pair means by brute force, and a HaBa set's metrics on toy data."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from bench import diversity_study as ds
+
+
+def test_spearman_matches_scipy_with_ties():
+    x = [1.0, 2.0, 2.0, 5.0, 3.0, 9.0, 0.5]
+    y = [0.3, 0.1, 0.4, 0.9, 0.9, 0.2, 0.0]
+    assert ds.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert ds.spearman([1.0, 2.0], [2.0, 1.0]) is None  # too few sets to rank
+
+
+def test_effective_rank_follows_its_definition():
+    z = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    s = np.linalg.svd((z - z.mean(0)).numpy().astype(np.float64), compute_uv=False)
+    p = s / s.sum()
+    assert ds.effective_rank(z) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    # k orthogonal directions of equal length have rank k; identical rows carry no spread at all
+    assert ds.effective_rank(torch.cat([torch.eye(3), -torch.eye(3)])) == pytest.approx(3.0)
+    assert ds.effective_rank(torch.ones(4, 3)) == 1.0 and ds.effective_rank(torch.ones(1, 3)) is None
+
+
+def test_pair_means_by_brute_force():
+    x = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    pairs = list(itertools.combinations(range(4), 2))
+    rms = sum(float(((x[i] - x[j]) ** 2).mean().sqrt()) for i, j in pairs) / len(pairs)
+    assert ds._pairs_mean(ds.rms_pixel_distance(x)) == pytest.approx(rms)
+    f = x.reshape(4, -1)
+    cos = sum(1 - float(torch.nn.functional.cosine_similarity(f[i], f[j], dim=0)) for i, j in pairs) / len(pairs)
+    assert ds._pairs_mean(ds.cosine_distance(x)) == pytest.approx(cos)
+
+
+def test_a_haba_set_has_class_and_basis_metrics():
+    from haba_core.data import dataset_info
+    from haba_core.synsets import create_synset
+
+    info = dataset_info("toy")
+    s = create_synset("haba", info, n_bases=2, n_hallucinators=3, generator=torch.Generator().manual_seed(0))
+    net = ds.random_feature_net(info)
+    m = ds.set_metrics(s, net, net, [1.0] * info.num_classes)
+    assert set(m) == set(ds.METRICS) and all(v >= 0 for v in m.values())
+    px = ds.set_metrics(create_synset("pixels", info, n_bases=1), net, net, [1.0] * info.num_classes)
+    assert px.get("effective_rank") is None and "pixel_within_basis" not in px  # one image per class: no pair
