@@ -162,7 +162,7 @@ SHAPES = {
 }
 for _b in (2, 5, 10):
     SHAPES[_b] = {
-        "haba": _shape_search("haba", _b, ("synset.basis_size=full,20,14", "synset.n_hallucinators=2,5")),
+        "haba": _shape_search("haba", _b, ("synset.basis_size=full,20", "synset.n_hallucinators=2,5"), "_pairfix"),
         "fred": _shape_search("fred", _b, ("synset.basis_size=14,10,7",)),
         "pixels_lowres": _shape_search("pixels", _b, ("synset.basis_size=full,20,14",)),
     }
