@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.profiles import Cell, Profile, _fmnist
+from bench.profiles import CPU, Cell, Profile, _fmnist
 from bench.run import ROOT, sample_std
 
 RESULTS = ROOT / "bench" / "results"
@@ -38,6 +38,7 @@ SEARCHES = RESULTS / "val_search"
 DISTILL_SEEDS = (0, 1, 2)
 EVAL_SEEDS = 3
 DM = "configs/fmnist_cpu_dm.yaml"
+PRESETS = {m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")}
 FAST = ("method.compile=true",)  # an execution choice (the real batches' pass compiled), not protocol
 CROSS_NETS = ("convnet", "resnet18", "vgg11", "alexnet", "lenet", "mlp")
 
@@ -85,6 +86,7 @@ class Arm:
     tags: dict = field(default_factory=dict)  # what the study plots it by (factor, value, ...)
     source: str = ""  # cross_arch: the study whose run of the same arm name it evaluates
     borrowed_from: str = ""  # a row of another study (its cells, not run here): the chosen configuration
+    method: str = "dm"  # the distillation backend (its CPU preset)
 
     def shape(self) -> list[str] | None:
         return [] if self.search is None else self.search.best()
@@ -94,10 +96,11 @@ class Arm:
         shape = self.shape()
         if shape is None:
             return []
-        method = None if self.kind == "random_real" else "dm"
+        method = None if self.kind == "random_real" else self.method
+        fast = FAST if method in ("dm", "dc", "dsa") else ()
         out = []
         for s in seeds:
-            ov = (*(FAST if method else ()), *shape, *self.overrides, f"seed={s}")
+            ov = (*fast, *shape, *self.overrides, f"seed={s}")
             source = f"{self.source}/runs/{self.name}__s{s}/run" if self.source else ""
             out.append(
                 Cell(
@@ -105,7 +108,7 @@ class Arm:
                     self.budget,
                     method,
                     "pixels" if method is None else self.kind,
-                    DM if method else None,
+                    PRESETS.get(method),
                     ov,
                     run_of=source,
                 )
@@ -128,7 +131,7 @@ class Study:
 
     def profile(self) -> Profile:
         cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells())
-        p = _fmnist(self.name, self.question, EVAL_SEEDS, cells)
+        p = _fmnist(self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts)  # MTT: the bench's experts
         return dataclasses.replace(
             p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])
         )
@@ -188,13 +191,26 @@ def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
                 tags={"kind": "FreD, low-pass"},
             ),
         ]
+    for b in sorted({1, 10} & set(budgets)):  # MTT with DM's chosen shapes (the searches are DM's: cut first by the cap)
+        s = SHAPES[b]
+        arms += [
+            Arm(
+                f"ipc{b}_mtt_pixels",
+                b,
+                "pixels",
+                ("synset.basis_size=full", "method.lr_img=300"),
+                method="mtt",
+                tags={"kind": "pixels", "method": "mtt"},
+            ),
+            Arm(f"ipc{b}_mtt_haba", b, "haba", search=s["haba"], method="mtt", tags={"kind": "HaBa", "method": "mtt"}),
+        ]
     if 10 in budgets:  # the ranking can change with length: every distilled kind again, 4x the preset's 200
         arms += [
             dataclasses.replace(
                 a, name=f"{a.name}_long", overrides=(*a.overrides, "iterations=800"), tags={**a.tags, "iterations": 800}
             )
             for a in arms
-            if a.budget == 10 and a.kind != "random_real"
+            if a.budget == 10 and a.kind != "random_real" and a.method == "dm"
         ]
     return tuple(arms)
 
