@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shlex
 import statistics
 import subprocess
@@ -123,6 +124,7 @@ class Study:
     arms: tuple[Arm, ...]
     nets: tuple[str, ...] = ("convnet",)
     merge_from: str = ""  # another study whose cells of the same names add their networks' columns (ConvNet)
+    comparisons: tuple[tuple[str, str, str], ...] = ()  # (label, arm, baseline arm): differences reported per net
     cost: str = ""  # what a full run costs, as measured
 
     @property
@@ -191,7 +193,9 @@ def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
                 tags={"kind": "FreD, low-pass"},
             ),
         ]
-    for b in sorted({1, 10} & set(budgets)):  # MTT with DM's chosen shapes (the searches are DM's: cut first by the cap)
+    for b in sorted(
+        {1, 10} & set(budgets)
+    ):  # MTT with DM's chosen shapes (the searches are DM's: cut first by the cap)
         s = SHAPES[b]
         arms += [
             Arm(
@@ -249,12 +253,32 @@ STUDIES = {
             "frontier",
             "RQ1: accuracy against stored floats, every kind at equal storage (DM, Fashion-MNIST)",
             frontier_arms(),
+            comparisons=tuple(
+                c
+                for b in (1, 2, 5, 10)
+                for c in (
+                    (f"IPC {b}: HaBa - pixels", f"ipc{b}_haba", f"ipc{b}_pixels"),
+                    (
+                        f"IPC {b}: the resolution trade (reduced-resolution pixels - pixels)",
+                        f"ipc{b}_pixels_lowres",
+                        f"ipc{b}_pixels",
+                    ),
+                    (
+                        f"IPC {b}: the hallucinators (HaBa - reduced-resolution pixels)",
+                        f"ipc{b}_haba",
+                        f"ipc{b}_pixels_lowres",
+                    ),
+                    (f"IPC {b}: FreD - pixels", f"ipc{b}_fred", f"ipc{b}_pixels"),
+                )
+            )
+            + tuple((f"IPC {b}, MTT: HaBa - pixels", f"ipc{b}_mtt_haba", f"ipc{b}_mtt_pixels") for b in (1, 10)),
         ),
         Study(
             "constraint",
             "RQ4: HaBa's adversarial contrastive constraint and its hallucinators, one factor at a "
             "time around the chosen configuration (DM, Fashion-MNIST IPC 1)",
             constraint_arms(),
+            comparisons=tuple((f"{a.name[5:]} - chosen", a.name, "ipc1_haba") for a in constraint_arms()[1:]),
         ),
         Study(
             "cross_arch",
@@ -262,10 +286,11 @@ STUDIES = {
             tuple(
                 dataclasses.replace(a, source="" if a.kind == "random_real" else "frontier")
                 for a in frontier_arms((1,))
-                if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD")
+                if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD") and a.method == "dm"
             ),
             nets=CROSS_NETS[1:],
             merge_from="frontier",
+            comparisons=tuple((f"{k} - pixels", f"ipc1_{k}", "ipc1_pixels") for k in ("haba", "fred", "random_real")),
         ),
     )
 }
@@ -313,6 +338,32 @@ def arm_summary(arm: Arm, records: list[dict], nets: tuple[str, ...]) -> dict:
     return out
 
 
+def differences(study: Study, arms: list[dict]) -> list[dict]:
+    """Each comparison per network: the difference of the two arms' means and its standard error over the
+    distillation seeds (unpaired: sqrt(s_a^2 / n_a + s_b^2 / n_b)), where both arms have two seeds or more."""
+    by_name = {a["arm"]: a for a in arms}
+    out = []
+    for label, arm, base in study.comparisons:
+        a, b = by_name.get(arm, {}).get("per_net", {}), by_name.get(base, {}).get("per_net", {})
+        for net in study.columns:
+            x, y = a.get(net), b.get(net)
+            if not x or not y or min(x["n_seeds"], y["n_seeds"]) < 2:
+                continue
+            se = math.sqrt(x["std_seeds"] ** 2 / x["n_seeds"] + y["std_seeds"] ** 2 / y["n_seeds"])
+            out.append(
+                {
+                    "label": label,
+                    "arm": arm,
+                    "baseline": base,
+                    "net": net,
+                    "diff": x["mean"] - y["mean"],
+                    "se": se,
+                    "n": [x["n_seeds"], y["n_seeds"]],
+                }
+            )
+    return out
+
+
 def report(study: Study, out_root: Path = FINDINGS) -> dict:
     from bench.run import git_commit, machine
     from haba_core import io
@@ -352,6 +403,7 @@ def report(study: Study, out_root: Path = FINDINGS) -> dict:
         "nets": list(study.columns),
         "arms": arms,
         "searches": {s.name: {"command": shlex.join(s.command()[1:]), "best": s.best()} for s in study.searches()},
+        "comparisons": differences(study, arms),
         "complete": all(a["n_seeds"] == len(DISTILL_SEEDS) for a in arms),
     }
     io.write_json(out_root / f"{study.name}.json", result)
@@ -394,6 +446,12 @@ def markdown(r: dict) -> str:
             f"| {a['arm']} | {a['budget']:g} | {floats} | {a.get('images_per_class', '')} | {shape} "
             f"| {a['n_seeds']}/{a['expected_seeds']} | " + " | ".join(_fmt(a["per_net"].get(n)) for n in nets) + " |"
         )
+    if r.get("comparisons"):
+        lines += ["", "Differences (percentage points, +- the standard error over distillation seeds):", ""]
+        lines += [
+            f"- {c['label']} ({c['net']}): {c['diff']:+.2f} +- {c['se']:.2f} (n = {c['n'][0]}, {c['n'][1]})"
+            for c in r["comparisons"]
+        ]
     lines += ["", "Shapes chosen on the validation split:", ""]
     for name, s in r["searches"].items():
         lines.append(f"- `{name}`: {' '.join(s['best']) if s['best'] else 'not run yet'} (`python {s['command']}`)")

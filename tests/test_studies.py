@@ -101,3 +101,15 @@ def test_a_cross_architecture_cell_evaluates_the_other_studys_run(tmp_path, ledg
     other = Cell(src.name, 2, "dm", "haba", None, (*sets[:-1], "seed=2"), run_of=cell.run_of)
     with pytest.raises(SystemExit, match="another config"):
         run_cell(profile, other, workdir, ledger)
+
+
+def test_a_comparison_is_the_difference_of_means_with_the_unpaired_standard_error():
+    study = studies.Study("s", "q", (), comparisons=(("a - b", "a", "b"),))
+    arms = [
+        {"arm": "a", "per_net": {"convnet": {"mean": 75.0, "std_seeds": 0.6, "n_seeds": 3}}},
+        {"arm": "b", "per_net": {"convnet": {"mean": 71.0, "std_seeds": 0.8, "n_seeds": 2}}},
+    ]
+    (c,) = studies.differences(study, arms)
+    assert c["diff"] == pytest.approx(4.0) and c["se"] == pytest.approx((0.36 / 3 + 0.64 / 2) ** 0.5)
+    arms[1]["per_net"]["convnet"]["n_seeds"] = 1  # one seed has no spread to speak of: no comparison
+    assert studies.differences(study, arms) == []
