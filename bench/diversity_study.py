@@ -206,7 +206,8 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
 
 
 def finished_sets(root: Path = FINDINGS):
-    """(study, arm, seed, cell record, run folder) of every finished distilled cell of the studies."""
+    """(study, arm, seed, cell record, kept set, run folder) of every finished distilled cell of the studies (the
+    run folder, git-ignored, holds the snapshots only on the machine that distilled it)."""
     for name in STUDY_NAMES:
         study = STUDIES[name]
         for arm in study.arms:
@@ -214,9 +215,10 @@ def finished_sets(root: Path = FINDINGS):
                 continue
             for cell in arm.cells():
                 rec = root / name / "cells" / f"{cell.name}.json"
+                kept = root / name / "sets" / f"{cell.name}.safetensors"
                 run = root / name / "runs" / cell.name / "run"
-                if rec.exists() and (run / "synset.safetensors").exists():
-                    yield name, arm, int(cell.name.rsplit("__s", 1)[1]), json.loads(rec.read_text()), run
+                if rec.exists() and kept.exists():
+                    yield name, arm, int(cell.name.rsplit("__s", 1)[1]), json.loads(rec.read_text()), kept, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         real.append({"n_per_class": n, "metrics": average(rows)})
     rows, steps = [], []
-    for study, arm, seed, rec, run in finished_sets(root):
-        synset = load_synset(run / "synset.safetensors")
+    for study, arm, seed, rec, kept, run in finished_sets(root):
+        synset = load_synset(kept)
         metrics = set_metrics(synset, trained, random_net, real_spreads)
         rows.append(
             {

@@ -27,8 +27,8 @@ class Cell:
     dataset: str = "fashion_mnist"  # which of the profile's expert sets an MTT cell uses
     published: tuple[float, float] | None = None  # (mean, std) % a paper reports for this cell, if any
     source: str = ""  # where the published figure comes from
-    # evaluate the finished run in this folder (relative to the results folder) instead of distilling: the
-    # cross-architecture study trains other networks on the frontier study's sets
+    # evaluate the set another profile kept for the cell of this name (``<results>/<run_of>/sets/<name>``) instead
+    # of distilling: the cross-architecture study trains other networks on the frontier study's sets
     run_of: str = ""
 
 
@@ -47,6 +47,9 @@ class Profile:
     data: dict = field(default_factory=dict)  # how the random-real cells load data
     jobs: int = 1  # cells run at once by default (`--jobs`), each with cores // jobs threads
     notes: tuple[str, ...] = ()  # deviations from the reference settings, printed under the profile's table
+    # keep each finished cell's distilled set in <profile>/sets/<cell>.safetensors (committed with the cells: a
+    # study that evaluates or measures them again runs on any machine, without the git-ignored run folders)
+    keep_sets: bool = False
 
 
 def _matrix(budgets, methods, presets, haba_sizes, extra=(), per_method=None) -> tuple[Cell, ...]:

@@ -153,23 +153,21 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
             **speed}  # fmt: skip
 
 
-def evaluate_run_of(profile: Profile, cell: Cell, run_dir: Path, cfg, ledger: LedgerEntry, t0: float) -> dict:
-    """Evaluate the synthetic set another cell distilled (its finished run folder) on the profile's networks."""
-    from haba_core import runfolder as RF
+def evaluate_run_of(profile: Profile, cell: Cell, source: Path, cfg, ledger: LedgerEntry, t0: float) -> dict:
+    """Evaluate on the profile's networks the set that the profile in ``source`` kept for the cell of this name
+    (``sets/<name>.safetensors``, distilled under the config its ``cells/<name>.json`` records)."""
     from haba_core.data import load_dataset
     from haba_core.evaluate import evaluate_synset
     from haba_core.synsets import load_synset
 
-    status = run_dir / RF.STATUS
-    if not status.exists() or json.loads(status.read_text()).get("state") != "finished":
-        raise SystemExit(f"{cell.name} evaluates {run_dir}, which holds no finished run: run that study first")
-    saved = json.loads((run_dir / RF.CONFIG).read_text())
-    mine = cfg.to_dict()
-    if any(saved.get(k) != mine.get(k) for k in ("synset", "haba", "seed", "iterations")) or saved["method"].get(
-        "name"
-    ) != mine["method"].get("name"):
-        raise SystemExit(f"{cell.name}: {run_dir} was distilled with another config than this cell's")
-    synset = load_synset(run_dir / RF.SYNSET)
+    record, set_file = source / "cells" / f"{cell.name}.json", source / "sets" / f"{cell.name}.safetensors"
+    if not record.exists() or not set_file.exists():
+        raise SystemExit(f"{cell.name} evaluates the set {set_file}, which is not there yet: run {source.name} first")
+    saved, mine = json.loads(record.read_text())["config"], cfg.to_dict()
+    same = all(saved.get(k) == mine.get(k) for k in ("synset", "haba", "seed", "iterations"))
+    if not same or saved["method"].get("name") != mine["method"].get("name"):
+        raise SystemExit(f"{cell.name}: {set_file} was distilled with another config than this cell's")
+    synset = load_synset(set_file)
     ds = load_dataset(cfg.data.name, root=cfg.data.root)
     look = dataclasses.replace(ledger, config=saved)
     nets, seeds = profile.eval_nets, profile.eval_seeds
@@ -181,7 +179,7 @@ def evaluate_run_of(profile: Profile, cell: Cell, run_dir: Path, cfg, ledger: Le
         "wall_s": time.time() - t0,
         "config": saved,
         "distill_seed": cfg.seed,
-        "evaluated_run": str(run_dir),
+        "evaluated_set": str(set_file.relative_to(source.parent)),
     }
 
 
@@ -369,10 +367,13 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "config": res["config"],  # the full resolved config of the cell
-        **({"evaluated_run": res["evaluated_run"]} if "evaluated_run" in res else {}),
+        **({"evaluated_set": res["evaluated_set"]} if "evaluated_set" in res else {}),
         "summary": f"{100 * acc['mean']:.2f} +- {100 * sample_std(acc['per_seed']):.2f} % ({net}, sample std over "
         f"n = {n} nets)",
     }
+    kept = workdir / "run" / "synset.safetensors"
+    if profile.keep_sets and kept.exists():  # before the record: a cell with a record always has its set
+        io.atomic_write_bytes(out_root / profile.name / "sets" / f"{cell.name}.safetensors", kept.read_bytes())
     io.write_json(out_root / profile.name / "cells" / f"{cell.name}.json", record)
     return 0
 

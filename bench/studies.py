@@ -102,7 +102,6 @@ class Arm:
         out = []
         for s in seeds:
             ov = (*fast, *shape, *self.overrides, f"seed={s}")
-            source = f"{self.source}/runs/{self.name}__s{s}/run" if self.source else ""
             out.append(
                 Cell(
                     f"{self.name}__s{s}",
@@ -111,7 +110,7 @@ class Arm:
                     "pixels" if method is None else self.kind,
                     PRESETS.get(method),
                     ov,
-                    run_of=source,
+                    run_of=self.source,
                 )
             )
         return out
@@ -133,7 +132,7 @@ class Study:
 
     def profile(self) -> Profile:
         cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells())
-        p = _fmnist(self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts)  # MTT: the bench's experts
+        p = _fmnist(self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts, keep_sets=True)
         return dataclasses.replace(
             p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])
         )

@@ -1,14 +1,16 @@
 """The findings' studies (bench.studies): arms over distillation seeds, shapes from validation searches, the
 seed-level summary recomputed by hand, and the cross-architecture cells that evaluate another study's runs."""
 
+import dataclasses
 import json
+import shutil
 import statistics
 
 import pytest
 
 from bench import studies
 from bench.profiles import Cell, Profile
-from bench.run import LedgerEntry, cell_overrides, run_cell
+from bench.run import LedgerEntry, child, run_cell
 
 
 def test_an_arm_waits_for_its_search_then_takes_its_best_combination(tmp_path, monkeypatch):
@@ -78,29 +80,31 @@ def test_report_merges_the_borrowed_rows_and_the_other_studys_columns(tmp_path, 
     assert (tmp_path / "xa.md").read_text().count("| ipc1_pixels |") == 1
 
 
-def test_a_cross_architecture_cell_evaluates_the_other_studys_run(tmp_path, ledger_file):
-    """Distil a toy run where the frontier keeps it, then a cell with ``run_of`` trains other networks on it
-    (no distillation) and refuses a run distilled with another config."""
-    from haba_core.config import resolve_config
-    from haba_core.engine import distill
-
+def test_a_cross_architecture_cell_evaluates_the_set_the_other_study_kept(tmp_path, ledger_file):
+    """A study cell keeps its distilled set beside its record; a cell with ``run_of`` trains other networks on that
+    set (no distillation, no run folder needed) and refuses a set distilled with another config."""
     common = ("data.name=toy", "net.width=16", "haba.extractor_width=16", "snapshot_every=0", "eval.test_batch=200")
-    profile = Profile("xa", "toy", common, ("mlp", "lenet"), 2, 2, ())
     sets = ("iterations=2", "method.batch_real=16", "synset.n_hallucinators=2", "seed=1")
     src = Cell("ipc2_haba__s1", 2, "dm", "haba", None, sets)
-    run = tmp_path / "fr" / "runs" / src.name / "run"
-    distill(resolve_config(overrides=cell_overrides(profile, src, tmp_path)), run)
-    cell = Cell(src.name, 2, "dm", "haba", None, sets, run_of=f"fr/runs/{src.name}/run")
+    frontier = Profile("fr", "toy", common, ("convnet",), 2, 2, (src,), keep_sets=True)
+    assert child(frontier, src.name, tmp_path) == 0
+    kept = tmp_path / "fr" / "sets" / f"{src.name}.safetensors"
+    assert kept.exists() and (tmp_path / "fr" / "cells" / f"{src.name}.json").exists()
+    shutil.rmtree(tmp_path / "fr" / "runs")  # git-ignored: another machine has only the committed files
+    profile = Profile("xa", "toy", common, ("mlp", "lenet"), 2, 2, ())
+    cell = Cell(src.name, 2, "dm", "haba", None, sets, run_of="fr")
     workdir = tmp_path / "xa" / "runs" / cell.name
     ledger = LedgerEntry(tmp_path / "ledger.jsonl", "xa/" + cell.name, "bench cell")
     res = run_cell(profile, cell, workdir, ledger)
     assert set(res["eval"]["nets"]) == {"mlp", "lenet"} and res["distill_seed"] == 1
-    assert res["evaluated_run"] == str(run) and not (workdir / "run").exists()
+    assert res["evaluated_set"] == f"fr/sets/{src.name}.safetensors" and not (workdir / "run").exists()
     tested = [json.loads(line) for line in ledger_file.read_text().splitlines()]
     assert [t["run"] for t in tested].count("xa/" + cell.name) == 1
-    other = Cell(src.name, 2, "dm", "haba", None, (*sets[:-1], "seed=2"), run_of=cell.run_of)
+    other = Cell(src.name, 2, "dm", "haba", None, (*sets[:-1], "seed=2"), run_of="fr")
     with pytest.raises(SystemExit, match="another config"):
         run_cell(profile, other, workdir, ledger)
+    with pytest.raises(SystemExit, match="not there yet"):
+        run_cell(profile, dataclasses.replace(cell, name="ipc2_haba__s2"), workdir, ledger)
 
 
 def test_a_comparison_is_the_difference_of_means_with_the_unpaired_standard_error():
