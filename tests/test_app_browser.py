@@ -230,3 +230,36 @@ def test_live_page_shows_each_new_step_within_seconds_and_stops_polling(server, 
             browser.close()
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def findings(tmp_path, monkeypatch):
+    """Fabricated findings results for the server (request it before ``server``, which copies the environment)."""
+    from workbench import findings as FD
+
+    root = T.fake_findings(tmp_path / "findings")
+    monkeypatch.setenv(FD.FINDINGS_ENV, str(root))
+    return root
+
+
+def test_findings_page_shows_every_question(findings, server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, _ = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1900})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(url)
+            goto_page(page, "Findings")
+            for heading in ("Frontier", "Diversity", "Cross-architecture", "Constraint"):
+                page.get_by_role("heading", name=heading).wait_for()
+            charts = page.locator(".js-plotly-plot")
+            wait_until(page, lambda: charts.count() >= 6, what="the six charts")
+            shot(page, "9_findings")
+            assert not page.locator("[data-testid='stException']").count()
+        except Exception:
+            shot(page, "failure_findings")
+            raise
+        finally:
+            browser.close()

@@ -22,7 +22,7 @@ from workbench import runs as R
 from workbench import testing as T
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("new_run", "runs", "live", "explorer", "evaluate", "compare")
+PAGES = ("new_run", "runs", "live", "explorer", "evaluate", "compare", "findings")
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def set_status(path: Path, **fields) -> None:
 
 
 # -- no runs yet --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("page", [p for p in PAGES if p != "new_run"])
+@pytest.mark.parametrize("page", [p for p in PAGES if p not in ("new_run", "findings")])  # findings: no runs needed
 def test_pages_without_runs(page, empty_runs):
     at = open_page(page)
     assert "No runs yet" in texts(at.info)
@@ -412,3 +412,53 @@ def test_evaluate_page_runs_on_a_local_ray_cluster(runs_root, monkeypatch):
     finally:
         subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- Findings ---------------------------------------------------------------------------------------------------------
+FINDINGS_HEADINGS = ["Frontier", "Diversity", "Cross-architecture", "Constraint"]
+
+
+def test_findings_not_run_yet(empty_runs, tmp_path, monkeypatch):
+    from workbench import findings as FD
+
+    monkeypatch.setenv(FD.FINDINGS_ENV, str(tmp_path / "findings"))
+    at = open_page("findings")
+    assert [h.value for h in at.header] == FINDINGS_HEADINGS
+    assert texts(at.info).count("Not run yet") == 4 and "python -m bench.studies cross_arch" in texts(at.info)
+    assert not at.error and not plotly_charts(at)
+
+
+def test_findings_shows_every_study_and_overlays_a_run(runs_root, tmp_path, monkeypatch):
+    from workbench import findings as FD
+
+    root = T.fake_findings(tmp_path / "findings")
+    monkeypatch.setenv(FD.FINDINGS_ENV, str(root))
+    at = open_page("findings")
+    assert [h.value for h in at.header] == FINDINGS_HEADINGS and not at.error
+    assert "6 of 7 arms done (18 of 21 distillation seeds); 1 wait for their validation search" in texts(at.info)
+    markdown = texts(at.markdown)
+    assert "plain-300ep-dsa-bf16 (fake)" in markdown and "`python -m bench.studies frontier`" in markdown
+    assert "ρ = 0.90" in markdown
+    assert any(e.label.startswith("Differences between arms (1)") for e in at.expander)
+    assert len(plotly_charts(at)) == 6  # frontier, diversity and its steps, cross-arch and gain, constraint
+    frontier = json.loads(plotly_charts(at)[0].proto.spec)
+    assert [t["name"] for t in frontier["data"]] == ["random real", "pixels", "HaBa"]
+    # the user's finished, evaluated run as a point; its protocol is not the study's, and the page says so
+    at.multiselect(key="findings.runs").set_value(["tiny"]).run()
+    assert not at.exception
+    frontier = json.loads(plotly_charts(at)[0].proto.spec)
+    assert frontier["data"][-1]["name"] == "your runs" and frontier["data"][-1]["text"] == ["tiny"]
+    assert "not the study's protocol" in texts(at.warning)
+
+
+def test_findings_with_a_broken_file_says_so(empty_runs, tmp_path, monkeypatch):
+    from workbench import findings as FD
+
+    root = T.fake_findings(tmp_path / "findings")
+    (root / "constraint.json").write_text("{half a file")
+    (root / "diversity.json").unlink()
+    monkeypatch.setenv(FD.FINDINGS_ENV, str(root))
+    at = open_page("findings")
+    assert "constraint.json is unreadable" in texts(at.error)
+    assert "Not run yet: there is no `diversity.json`" in texts(at.info)
+    assert [h.value for h in at.header] == FINDINGS_HEADINGS

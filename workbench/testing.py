@@ -2,7 +2,8 @@
 
 ``make_run`` distills the generated ``toy`` dataset for a few iterations into a run folder; ``make_failed_run``
 makes the engine fail mid-run (so the folder records a genuine failure); ``add_evaluation`` runs
-``python -m haba_core evaluate`` in-process for one short epoch.
+``python -m haba_core evaluate`` in-process for one short epoch; ``fake_findings`` writes made-up results of the
+findings studies for the Findings page.
 """
 
 from __future__ import annotations
@@ -121,3 +122,82 @@ def wait_until_healthy(url: str, proc, log_path: Path, timeout: float = 60.0) ->
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the app did not start:\n{Path(log_path).read_text()}") from None
             time.sleep(0.3)
+
+
+def _fake_arm(name: str, budget: float, tags: dict, means: dict[str, float] | None, floats: int = 0) -> dict:
+    """One arm as ``bench.studies.report`` writes it; ``means`` None: no finished seed (its search pending)."""
+    arm = {"arm": name, "budget": budget, "kind": "haba", "tags": tags, "overrides": [], "search": None}
+    arm.update(shape=[] if means else None, n_seeds=3 if means else 0, seeds=[0, 1, 2] if means else [], per_net={})
+    arm.update(pending_search=not means, expected_seeds=3, borrowed_from="")
+    if means:
+        arm.update(floats=floats, ipc_equivalent=floats / 7840, images_per_class=int(budget), protocol={"id": "fake"})
+        for net, m in means.items():
+            sets = [m - 0.5, m, m + 0.5]
+            arm["per_net"][net] = dict(mean=m, std_seeds=0.5, std_nets=0.8, set_means=sets, n_seeds=3, n_nets=3)
+    return arm
+
+
+def fake_findings(root: Path) -> Path:
+    """Fabricated findings (made-up numbers, not measurements) in the schemas of ``bench.studies.report`` and the
+    diversity study, for the Findings page's tests and screenshots: the frontier with one arm still pending, the
+    cross-architecture, constraint and diversity studies complete."""
+    import json
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    head = {"git_commit": "0123456789abcdef", "cell_commits": ["0123456789ab"], "machine": {"cpu": "fake"}}
+    head.update(protocols=["plain-300ep-dsa-bf16 (fake)"], distill_seeds=[0, 1, 2], eval_seeds=3, searches={})
+
+    def study(name: str, arms: list[dict], nets: list[str]) -> dict:
+        complete = all(a["n_seeds"] == 3 for a in arms)
+        out = {
+            "study": name,
+            "question": f"{name}: a fabricated question",
+            "command": f"python -m bench.studies {name}",
+        }
+        return {**out, **head, "nets": nets, "arms": arms, "complete": complete}
+
+    kinds = {"random_real": ("random real", 60.0), "pixels": ("pixels", 65.0), "haba": ("HaBa", 70.0)}
+    frontier = [
+        _fake_arm(f"ipc{b}_{k}", b, {"kind": tag}, {"convnet": acc + 5 * b}, 7840 * b)
+        for b in (1, 2)
+        for k, (tag, acc) in kinds.items()
+    ]
+    frontier.append(_fake_arm("ipc2_fred", 2, {"kind": "FreD"}, None))
+    nets = ["convnet", "resnet18", "vgg11", "alexnet", "lenet", "mlp"]
+    per_net = {k: {n: acc - 3 * i for i, n in enumerate(nets)} for k, (_, acc) in kinds.items()}
+    cross = [_fake_arm(f"ipc1_{k}", 1, {"kind": tag}, per_net[k], 7840) for k, (tag, _) in kinds.items()]
+    comparison = {"label": "HaBa - pixels", "arm": "ipc1_haba", "baseline": "ipc1_pixels", "net": "mlp", "diff": 5.0}
+    comparison.update(se=0.41, n=[3, 3])
+    constraint = [
+        _fake_arm("ipc1_haba", 1, {"factor": "chosen", "value": "chosen"}, {"convnet": 70.0}, 7840),
+        _fake_arm("ipc1_lambda0", 1, {"factor": "constraint weight", "value": 0.0}, {"convnet": 68.0}, 7840),
+        _fake_arm("ipc1_k2", 1, {"factor": "hallucinators", "value": 2}, {"convnet": 69.0}, 7840),
+        _fake_arm("ipc1_frozen", 1, {"factor": "hallucinators learned", "value": False}, {"convnet": 66.0}, 7840),
+    ]
+    rows = [
+        {"study": "frontier", "arm": f"ipc1_{k}", "seed": s, "kind": tag, "budget": 1.0, "accuracy": acc + s}
+        | {"metrics": {"pixel_within": 0.1 * (i + 1) + 0.01 * s}}
+        for i, (k, (tag, acc)) in enumerate(kinds.items())
+        for s in (0, 1, 2)
+    ]
+    steps = [{"study": "frontier", "arm": "ipc1_haba", "seed": 0, "step": t} for t in (0, 100, 200)]
+    diversity = {
+        "study": "diversity",
+        "question": "diversity: a fabricated question",
+        "command": "python -m bench.studies diversity",
+        "git_commit": "0123456789abcdef",
+        "metrics": {"pixel_within": "RMS pixel distance between the images of one class"},
+        "rows": rows,
+        "real": [{"n_per_class": 10, "metrics": {"pixel_within": 0.5}}],
+        "over_steps": [{**r, "metrics": {"pixel_within": r["step"] / 1000}} for r in steps],
+        "correlation": {"pixel_within": {"spearman": 0.9, "n": len(rows)}},
+    }
+    for name, data in (
+        ("frontier", study("frontier", frontier, ["convnet"])),
+        ("cross_arch", study("cross_arch", cross, nets) | {"comparisons": [comparison]}),
+        ("constraint", study("constraint", constraint, ["convnet"])),
+        ("diversity", diversity),
+    ):
+        (root / f"{name}.json").write_text(json.dumps(data, indent=1))
+    return root

@@ -23,6 +23,7 @@ PAGES = (
     ("explorer.py", "Explorer", ":material/grid_view:"),
     ("evaluate.py", "Evaluate", ":material/fact_check:"),
     ("compare.py", "Compare", ":material/compare_arrows:"),
+    ("findings.py", "Findings", ":material/science:"),
 )
 SELECTED_RUN = "wb.run"
 POLL_S = 2.0

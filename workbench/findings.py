@@ -1,0 +1,393 @@
+"""The findings studies' committed results as tables and figures (the Findings page draws them; no Streamlit here).
+
+``python -m bench.studies <study>`` writes ``bench/results/findings/<study>.json`` (``bench.studies.report``): one
+entry per arm with ``per_net[net] = {mean, std_seeds, std_nets, set_means, n_seeds, n_nets}``, accuracy in percent,
+``mean`` the mean over distillation seeds of each set's mean, ``std_seeds`` the sample std across those seeds.
+``bench/diversity_study.py`` writes ``diversity.json``: per set (arm x seed) its ConvNet accuracy and diversity
+metrics, the same metrics of real images, and each metric's Spearman correlation with accuracy.
+
+The folder is ``$HABA_FINDINGS_DIR`` or the repository's ``bench/results/findings``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.figures import PALETTE, accuracy_records
+from workbench.runs import read_json
+
+FINDINGS_ENV = "HABA_FINDINGS_DIR"
+# study -> (section title, the question until the study has written its own), in the order of the questions
+STUDIES = {
+    "frontier": ("Frontier", "RQ1: accuracy against stored floats, every kind at equal storage"),
+    "diversity": ("Diversity", "RQ2: how diverse the distilled sets are, and whether that predicts accuracy"),
+    "cross_arch": ("Cross-architecture", "RQ3: the frontier's IPC-1 sets trained on six architectures"),
+    "constraint": ("Constraint", "RQ4: HaBa's contrastive constraint and its hallucinators, one factor at a time"),
+}
+REFERENCE_KIND = "pixels"  # what the cross-architecture gains are measured against
+ARM_COLUMNS = ["arm", "line", "budget", "floats", "images/class", "seeds", "mean", "std_seeds", "std_nets", "shape"]
+LAYOUT = dict(margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25))
+
+
+def findings_dir() -> Path:
+    """The findings folder: ``$HABA_FINDINGS_DIR`` or ``bench/results/findings`` of this repository."""
+    default = Path(__file__).resolve().parents[1] / "bench" / "results" / "findings"
+    return Path(os.environ.get(FINDINGS_ENV) or default).expanduser().resolve()
+
+
+def load_study(name: str, root: Path | None = None) -> tuple[dict | None, str | None]:
+    """(the study's JSON, None), (None, None) when it has not been written, (None, problem) when unreadable."""
+    data, problem = read_json((root or findings_dir()) / f"{name}.json")
+    if data is not None and not isinstance(data, dict):
+        return None, f"{name}.json is not a JSON object"
+    return data, problem
+
+
+# -- how far a study got ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    """Arms and distillation seeds done of those expected; arms still waiting for their validation search."""
+
+    arms_done: int
+    arms_total: int
+    seeds_done: int
+    seeds_expected: int
+    pending: tuple[str, ...] = ()
+
+    @property
+    def not_run(self) -> bool:
+        return self.seeds_done == 0
+
+    @property
+    def complete(self) -> bool:
+        return self.arms_total > 0 and self.arms_done == self.arms_total
+
+    def text(self) -> str:
+        if self.not_run:
+            return "Not run yet: no arm has a finished seed."
+        seeds = f"{self.seeds_done} of {self.seeds_expected} distillation seeds"
+        if self.complete:
+            return f"All {self.arms_total} arms done ({seeds})."
+        out = f"{self.arms_done} of {self.arms_total} arms done ({seeds})"
+        if self.pending:
+            out += f"; {len(self.pending)} wait for their validation search (`--searches` runs it)"
+        return out + "."
+
+
+def progress(study: dict) -> Progress:
+    arms = study.get("arms") or []
+    return Progress(
+        arms_done=sum(a.get("n_seeds", 0) >= a.get("expected_seeds", 1) for a in arms),
+        arms_total=len(arms),
+        seeds_done=sum(a.get("n_seeds", 0) for a in arms),
+        seeds_expected=sum(a.get("expected_seeds", 0) for a in arms),
+        pending=tuple(a["arm"] for a in arms if a.get("pending_search")),
+    )
+
+
+def protocol_text(study: dict) -> str:
+    protos = study.get("protocols") or []
+    return "; ".join(protos) if protos else "none yet (no finished cell)"
+
+
+# -- arms as tables -----------------------------------------------------------------------------------------------
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def arm_label(arm: dict) -> str:
+    """What an arm is plotted as: its ``kind`` tag (else its name), other tags but factor/value in brackets."""
+    tags = arm.get("tags") or {}
+    extra = ", ".join(f"{k} {_value(v)}" for k, v in tags.items() if k not in ("kind", "factor", "value"))
+    base = str(tags.get("kind") or arm["arm"])
+    return f"{base} ({extra})" if extra else base
+
+
+def _cell(arm: dict, net: str) -> dict | None:
+    cell = (arm.get("per_net") or {}).get(net)
+    return cell if isinstance(cell, dict) and cell.get("mean") is not None else None
+
+
+def arm_table(study: dict, net: str = "convnet") -> pd.DataFrame:
+    """One row per arm: label, budget, stored floats, images/class, seeds done, accuracy on ``net`` (percent)."""
+    rows = []
+    for a in study.get("arms") or []:
+        cell = _cell(a, net) or {}
+        shape = (
+            "pending search" if a.get("pending_search") else " ".join((a.get("shape") or []) + a.get("overrides", []))
+        )
+        rows.append(
+            {
+                "arm": a["arm"],
+                "line": arm_label(a),
+                "budget": a.get("budget"),
+                "floats": a.get("floats"),
+                "images/class": a.get("images_per_class"),
+                "seeds": f"{a.get('n_seeds', 0)}/{a.get('expected_seeds', '?')}",
+                "mean": cell.get("mean"),
+                "std_seeds": cell.get("std_seeds"),
+                "std_nets": cell.get("std_nets"),
+                "shape": shape or "-",
+            }
+        )
+    return pd.DataFrame(rows, columns=ARM_COLUMNS)
+
+
+def comparisons_table(study: dict) -> pd.DataFrame:
+    """The study's reported differences (``comparisons``, if it has them): label, net, difference and its standard
+    error in percentage points, seeds of both arms."""
+    rows = [
+        {
+            "comparison": c.get("label"),
+            "net": c.get("net"),
+            "difference": c.get("diff"),
+            "se": c.get("se"),
+            "seeds": " / ".join(str(n) for n in c.get("n") or []),
+        }
+        for c in study.get("comparisons") or []
+    ]
+    return pd.DataFrame(rows, columns=["comparison", "net", "difference", "se", "seeds"])
+
+
+def frontier_points(study: dict, net: str = "convnet") -> pd.DataFrame:
+    """The arms with a result and stored floats, sorted by line and floats (one line per :func:`arm_label`)."""
+    df = arm_table(study, net)
+    df = df[df["mean"].notna() & df["floats"].notna()]
+    order = {line: i for i, line in enumerate(dict.fromkeys(df["line"]))}
+    return df.sort_values(["line", "floats"], key=lambda s: s.map(order) if s.name == "line" else s)
+
+
+def run_points(evaluations: dict[str, dict], net: str = "convnet") -> pd.DataFrame:
+    """A user's evaluated runs as points (run, floats, mean and std over networks in percent, protocol)."""
+    df = accuracy_records(evaluations)
+    df = df[(df["source"] == "synset") & (df["net"] == net) & df["floats_total"].notna()]
+    return pd.DataFrame(
+        {
+            "run": df["run"],
+            "floats": df["floats_total"],
+            "mean": 100 * df["mean"],
+            "std": 100 * df["std"],
+            "n": df["n"],
+            "protocol": df["protocol"],
+        }
+    ).reset_index(drop=True)
+
+
+def cross_arch_matrix(study: dict) -> pd.DataFrame:
+    """Mean accuracy (percent): rows arm labels (arm names if labels repeat), columns the study's networks (NaN
+    where not measured)."""
+    nets, arms = list(study.get("nets") or []), study.get("arms") or []
+    labels = [arm_label(a) for a in arms]
+    if len(set(labels)) < len(labels):
+        labels = [a["arm"] for a in arms]
+    rows = {
+        lb: {n: (_cell(a, n) or {}).get("mean", math.nan) for n in nets} for lb, a in zip(labels, arms, strict=True)
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=nets, dtype=float)
+
+
+def gain_over_reference(matrix: pd.DataFrame, reference: str = REFERENCE_KIND) -> pd.DataFrame:
+    """Each other row minus the ``reference`` row, per network (percentage points); empty without the reference."""
+    if reference not in matrix.index:
+        return pd.DataFrame(columns=matrix.columns, dtype=float)
+    return matrix.drop(index=reference) - matrix.loc[reference]
+
+
+def constraint_bars(study: dict, net: str = "convnet") -> tuple[pd.DataFrame, dict | None]:
+    """(factor, value, mean, std_seeds, seeds) per finished ablation arm, and the ``chosen`` row's cell (or None)."""
+    rows, chosen = [], None
+    for a in study.get("arms") or []:
+        tags, cell = a.get("tags") or {}, _cell(a, net)
+        if tags.get("factor") == "chosen":
+            chosen = cell
+        elif cell is not None:
+            rows.append(
+                {
+                    "factor": str(tags.get("factor", a["arm"])),
+                    "value": _value(tags.get("value", a["arm"])),
+                    "mean": cell["mean"],
+                    "std_seeds": cell.get("std_seeds"),
+                    "seeds": cell.get("n_seeds"),
+                }
+            )
+    return pd.DataFrame(rows, columns=["factor", "value", "mean", "std_seeds", "seeds"]), chosen
+
+
+def diversity_points(div: dict, metric: str) -> pd.DataFrame:
+    """One row per distilled set (arm x seed) with ``metric``: kind, arm, seed, budget, metric, accuracy."""
+    rows = [
+        {
+            "kind": r.get("kind"),
+            "arm": r.get("arm"),
+            "seed": r.get("seed"),
+            "budget": r.get("budget"),
+            "metric": (r.get("metrics") or {}).get(metric),
+            "accuracy": r.get("accuracy"),
+        }
+        for r in div.get("rows") or []
+    ]
+    df = pd.DataFrame(rows, columns=["kind", "arm", "seed", "budget", "metric", "accuracy"])
+    return df[df["metric"].notna() & df["accuracy"].notna()].reset_index(drop=True)
+
+
+def diversity_real(div: dict, metric: str) -> list[tuple[int, float]]:
+    """(images per class, value) of ``metric`` on real images: the reference lines."""
+    out = []
+    for r in div.get("real") or []:
+        v = (r.get("metrics") or {}).get(metric)
+        if isinstance(v, (int, float)):
+            out.append((int(r.get("n_per_class", 0)), float(v)))
+    return out
+
+
+def diversity_steps(div: dict, metric: str) -> pd.DataFrame:
+    """``metric`` over distillation steps, averaged over seeds: arm, step, value."""
+    rows = [
+        {"arm": r.get("arm"), "step": r.get("step"), "value": (r.get("metrics") or {}).get(metric)}
+        for r in div.get("over_steps") or []
+    ]
+    df = pd.DataFrame(rows, columns=["arm", "step", "value"]).dropna()
+    return df.groupby(["arm", "step"], sort=False, as_index=False)["value"].mean()
+
+
+# -- figures --------------------------------------------------------------------------------------------------------
+def frontier_figure(points: pd.DataFrame, runs: pd.DataFrame | None = None) -> go.Figure:
+    """Accuracy (+- std across distillation seeds) against stored floats on a log axis, one line per kind;
+    ``runs`` (from :func:`run_points`) as labelled markers, their bars the std across evaluation networks."""
+    fig = go.Figure()
+    for i, (line, part) in enumerate(points.groupby("line", sort=False)):
+        fig.add_trace(
+            go.Scatter(
+                x=part["floats"],
+                y=part["mean"],
+                error_y=dict(type="data", array=part["std_seeds"].fillna(0)),
+                mode="lines+markers",
+                name=line,
+                text=part["arm"],
+                line=dict(color=PALETTE[i % len(PALETTE)]),
+                hovertemplate="%{text}<br>%{x:,} floats<br>%{y:.2f}%<extra></extra>",
+            )
+        )
+    if runs is not None and not runs.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=runs["floats"],
+                y=runs["mean"],
+                error_y=dict(type="data", array=runs["std"]),
+                mode="markers+text",
+                text=runs["run"],
+                textposition="top center",
+                name="your runs",
+                marker=dict(symbol="x", size=11, color="black"),
+                hovertemplate="%{text}<br>%{x:,} floats<br>%{y:.2f}%<extra></extra>",
+            )
+        )
+    fig.update_layout(height=460, xaxis_title="stored floats", yaxis_title="ConvNet test accuracy (%)", **LAYOUT)
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def heatmap_figure(matrix: pd.DataFrame, diverging: bool = False, title: str = "acc %") -> go.Figure:
+    """A rows x networks heatmap with the numbers written in (``diverging``: centred on 0, for gains)."""
+    text = [["" if math.isnan(v) else f"{v:+.1f}" if diverging else f"{v:.1f}" for v in row] for row in matrix.values]
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix.values,
+            x=list(matrix.columns),
+            y=list(matrix.index),
+            text=text,
+            texttemplate="%{text}",
+            colorscale="RdBu" if diverging else "Viridis",
+            zmid=0 if diverging else None,
+            colorbar=dict(title=title),
+            hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(height=max(200, 60 + 45 * len(matrix.index)), yaxis=dict(autorange="reversed"), **LAYOUT)
+    return fig
+
+
+def constraint_figure(bars: pd.DataFrame, chosen: dict | None = None) -> go.Figure:
+    """One panel per factor: mean accuracy per value with std-across-seeds bars; the chosen row as a line. The
+    y axis spans the results, not from 0."""
+    factors = list(dict.fromkeys(bars["factor"])) or [""]
+    fig = make_subplots(rows=1, cols=len(factors), subplot_titles=factors, shared_yaxes=True)
+    for i, factor in enumerate(factors):
+        part = bars[bars["factor"] == factor]
+        fig.add_trace(
+            go.Bar(
+                x=part["value"],
+                y=part["mean"],
+                error_y=dict(type="data", array=part["std_seeds"].fillna(0)),
+                marker_color=PALETTE[i % len(PALETTE)],
+                name=factor,
+                showlegend=False,
+                hovertemplate="%{x}: %{y:.2f}%<extra></extra>",
+            ),
+            1,
+            i + 1,
+        )
+        if chosen:
+            fig.add_hline(y=chosen["mean"], line_dash="dash", line_color="gray", row=1, col=i + 1)
+    if chosen:
+        label = f"chosen: {chosen['mean']:.2f} ± {chosen.get('std_seeds') or 0:.2f}"
+        fig.add_annotation(text=label, xref="paper", yref="y", x=0, y=chosen["mean"], showarrow=False, yshift=10)
+    # the axis spans the results (and the chosen row), not 0-100: the factors move accuracy by points, not tens
+    stds = bars["std_seeds"].fillna(0)
+    lows, highs = list(bars["mean"] - stds), list(bars["mean"] + stds)
+    if chosen:
+        lows.append(chosen["mean"] - (chosen.get("std_seeds") or 0))
+        highs.append(chosen["mean"] + (chosen.get("std_seeds") or 0))
+    if lows:
+        pad = 0.15 * (max(highs) - min(lows)) + 0.5
+        fig.update_yaxes(range=[min(lows) - pad, max(highs) + pad])
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(title_text="ConvNet test accuracy (%)", col=1)
+    fig.update_layout(height=380, **LAYOUT)
+    return fig
+
+
+def diversity_figure(points: pd.DataFrame, metric: str, real: list[tuple[int, float]] = ()) -> go.Figure:
+    """``metric`` against accuracy, one colour per kind; dotted lines at the metric's value on real images."""
+    fig = go.Figure()
+    for i, (kind, part) in enumerate(points.groupby("kind", sort=False)):
+        fig.add_trace(
+            go.Scatter(
+                x=part["metric"],
+                y=part["accuracy"],
+                mode="markers",
+                name=str(kind),
+                text=[f"{a} seed {s}" for a, s in zip(part["arm"], part["seed"], strict=True)],
+                marker=dict(size=10, color=PALETTE[i % len(PALETTE)]),
+                hovertemplate="%{text}<br>" + metric + " %{x:.4g}<br>%{y:.2f}%<extra></extra>",
+            )
+        )
+    for n, v in real:
+        fig.add_vline(x=v, line_dash="dot", line_color="gray", annotation_text=f"real, {n}/class")
+    fig.update_layout(height=420, xaxis_title=metric, yaxis_title="ConvNet test accuracy (%)", **LAYOUT)
+    return fig
+
+
+def steps_figure(steps: pd.DataFrame, metric: str) -> go.Figure:
+    fig = go.Figure()
+    for i, (arm, part) in enumerate(steps.groupby("arm", sort=False)):
+        fig.add_trace(
+            go.Scatter(
+                x=part["step"],
+                y=part["value"],
+                mode="lines+markers",
+                name=str(arm),
+                line_color=PALETTE[i % len(PALETTE)],
+            )
+        )
+    fig.update_layout(height=360, xaxis_title="distillation step", yaxis_title=metric, **LAYOUT)
+    return fig
