@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench.profiles import PROFILES, Cell, Profile
+from haba_core import runfolder as RF
 from haba_core.ledger import LedgerEntry, git_commit, git_state
 from haba_core.protocol import distinct_protocols, protocol_id, protocol_label
 
@@ -139,7 +140,7 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
     if cell.run_of:
         return evaluate_run_of(profile, cell, workdir.parent.parent.parent / cell.run_of, cfg, ledger, t0)
     run_dir = workdir / "run"
-    resume = (run_dir / "config.json").exists()
+    resume = (run_dir / RF.CONFIG).exists()
     d = distill(cfg, run_dir, resume=resume)
     spi = d.seconds_per_iteration()
     with torch.random.fork_rng():
@@ -371,7 +372,7 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         "summary": f"{100 * acc['mean']:.2f} +- {100 * sample_std(acc['per_seed']):.2f} % ({net}, sample std over "
         f"n = {n} nets)",
     }
-    kept = workdir / "run" / "synset.safetensors"
+    kept = workdir / "run" / RF.SYNSET
     if profile.keep_sets and kept.exists():  # before the record: a cell with a record always has its set
         io.atomic_write_bytes(out_root / profile.name / "sets" / f"{cell.name}.safetensors", kept.read_bytes())
     io.write_json(out_root / profile.name / "cells" / f"{cell.name}.json", record)

@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"snapshot_every={every}", f"checkpoint_every={every}"]  # fmt: skip
         cfg = resolve_config(files=a.config, overrides=overrides)
         run = out / "runs" / a.name / name
-        d = distill(cfg, run, resume=(run / "config.json").exists(), callbacks=[InitialSnapshot(run)])
-        status = io.read_json(run / "status.json")
+        d = distill(cfg, run, resume=(run / RF.CONFIG).exists(), callbacks=[InitialSnapshot(run)])
+        status = io.read_json(run / RF.STATUS)
         if status.get("state") != "finished":
             raise SystemExit(
                 f"{run}: distillation ended {status.get('state')!r} ({status.get('error')}); "
                 "run the same command again to resume it from its last checkpoint"
             )
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        metrics = [json.loads(line) for line in (run / RF.METRICS).read_text().splitlines() if line.strip()]
         losses = windowed_loss(metrics, steps)
         val_cfg = replace(cfg.eval, split="val", seeds=a.val_seeds, nets=cfg.eval.nets[:1])
         points = []
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in rows:  # the test set, touched once per arm: the final set, same protocol
         run = ROOT / r["run"]  # shown() paths are relative to the repository or absolute
-        cfg = resolve_config(base=io.read_json(run / "config.json"))
+        cfg = resolve_config(base=io.read_json(run / RF.CONFIG))
         test_cfg = replace(cfg.eval, split="test", seeds=a.test_seeds)
         look = replace(search, run=f"plateau/{a.name}/{r['arm']}")
         try:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from haba_core import io
+from haba_core import runfolder as RF
 from haba_core.config import RunConfig, resolve_config
 from haba_core.evaluate import evaluate_run
 from haba_core.executors import make_executor
@@ -102,9 +103,9 @@ def main() -> int:
     results: dict = io.read_json(out.with_suffix(".json"))["results"] if out.with_suffix(".json").exists() else {}
     for name in a.sets.split(","):
         src = Path(a.runs) / name / "run"
-        if not (src / "synset.safetensors").exists():
+        if not (src / RF.SYNSET).exists():
             raise SystemExit(f"{src} holds no synset.safetensors; distill it first (python -m bench.run ...)")
-        cfg = RunConfig.from_dict(io.read_json(src / "config.json"))
+        cfg = RunConfig.from_dict(io.read_json(src / RF.CONFIG))
         if a.split == "val":  # the evaluation networks never see these images; the test split stays untouched
             cfg = cfg.replace(data=dataclasses.replace(cfg.data, val_per_class=a.val_per_class))
         seed = cfg.seed + 1000 * cfg.iterations
@@ -123,15 +124,15 @@ def main() -> int:
         for variant in a.variants.split(","):
             run = work / name / variant.replace(" ", "_")
             run.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / "synset.safetensors", run / "synset.safetensors")
-            io.write_json(run / "config.json", cfg.to_dict())
+            shutil.copy2(src / RF.SYNSET, run / RF.SYNSET)
+            io.write_json(run / RF.CONFIG, cfg.to_dict())
             fast = resolve_config(overrides=VARIANTS[variant]).eval
             ecfg = dataclasses.replace(cfg.eval, nets=("convnet",), seeds=a.seeds, epochs=a.epochs,
                                        precision=fast.precision, compile=fast.compile, split=a.split)  # fmt: skip
             executor = make_executor("local", workers=a.workers)
             look = LedgerEntry(STUDIES_LEDGER, f"precision_check/{name}/{variant}", "precision check")
             try:
-                synset = run / "synset.safetensors"
+                synset = run / RF.SYNSET
                 ev = evaluate_run(run, cfg, ecfg, synset, executor=executor, seed=seed, log=None, ledger=look)
             finally:
                 executor.close()

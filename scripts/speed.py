@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from haba_core import io
+from haba_core import runfolder as RF
 from haba_core.config import resolve_config
 from haba_core.data import load_dataset
 from haba_core.engine import Distiller
@@ -268,8 +269,8 @@ def _eval_run(folder: Path) -> tuple[Path, object]:
     g = torch.Generator().manual_seed(0)
     synset = create_synset("haba", ds.info, n_bases=10, n_hallucinators=5, generator=g)
     synset.init_from_real(ds, g)
-    io.write_json(folder / "config.json", cfg.to_dict())
-    synset.save(folder / "synset.safetensors")
+    io.write_json(folder / RF.CONFIG, cfg.to_dict())
+    synset.save(folder / RF.SYNSET)
     return folder, cfg
 
 
@@ -289,7 +290,7 @@ def time_eval(a) -> dict:
                 ecfg = resolve_config(overrides=["eval.epochs=50", "eval.seeds=5", *extra]).eval
                 executor = make_executor("local", workers=2)
                 t0 = time.perf_counter()
-                ev = evaluate_run(run, cfg, ecfg, run / "synset.safetensors", executor=executor, log=None)
+                ev = evaluate_run(run, cfg, ecfg, run / RF.SYNSET, executor=executor, log=None)
                 wall = time.perf_counter() - t0
                 executor.close()
                 net = ev["synset"]["nets"]["convnet"]

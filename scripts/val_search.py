@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from bench.run import STUDIES_LEDGER, git_commit, machine  # noqa: E402
 from haba_core import io  # noqa: E402
+from haba_core import runfolder as RF  # noqa: E402
 from haba_core.config import RunConfig, resolve_config  # noqa: E402
 from haba_core.engine import distill  # noqa: E402
 from haba_core.ledger import LedgerEntry, RetestError  # noqa: E402
@@ -89,7 +90,7 @@ def run_one(cfg: RunConfig, run_dir: Path, split: str, ledger: LedgerEntry | Non
 
 
 def _run_one(cfg: RunConfig, run_dir: Path, split: str, ledger: LedgerEntry | None) -> dict:
-    resume = (run_dir / "config.json").exists()
+    resume = (run_dir / RF.CONFIG).exists()
     d = distill(cfg, run_dir, resume=resume)
     ecfg = cfg.eval.__class__(**{**cfg.eval.__dict__, "split": split})
     d.cfg = cfg.replace(eval=ecfg)

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from haba_core import runfolder as RF
+
 CHROMIUM = "/usr/bin/chromium"
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -63,7 +65,7 @@ def distill_cmd(a, run_dir: Path) -> list[str]:
 
 
 def sec_per_iter(run_dir: Path, skip: int) -> float:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (run_dir / RF.METRICS).read_text().splitlines() if line.strip()]
     times = [r["time_s"] for r in rows if r.get("step", 0) > skip and "time_s" in r]
     return statistics.median(times)
 
@@ -75,7 +77,7 @@ def one_run(a, env, runs: Path, name: str, page=None, url: str = "", server_pid:
     watched = page is not None
     cpu0 = wall0 = None
     if watched:
-        while not (run_dir / "status.json").exists() and proc.poll() is None:
+        while not (run_dir / RF.STATUS).exists() and proc.poll() is None:
             time.sleep(0.1)
         page.goto(f"{url}/live")
         page.get_by_role("heading", name="Live run").wait_for()
