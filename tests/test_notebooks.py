@@ -27,6 +27,7 @@ TEST_PARAMETERS: dict[str, dict] = {
     "01_haba_in_ten_minutes": {},
     "02_one_factorization_any_backend": {},
     "03_cross_architecture_evaluation": {},
+    "04_the_constraint_in_ten_minutes": {},
 }
 
 
@@ -101,7 +102,7 @@ def execute_notebook(path: Path, params: dict, workdir: Path, timeout: int = CEL
     return nb
 
 
-def test_there_are_three_tutorials():
+def test_every_tutorial_has_test_parameters():
     assert [p.stem for p in NOTEBOOKS] == sorted(TEST_PARAMETERS), "update TEST_PARAMETERS for new notebooks"
 
 
@@ -138,7 +139,8 @@ def test_executes_with_small_settings(path: Path, tmp_path: Path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
     assert any((tmp_path / "runs").iterdir()), "the notebook wrote no run under RUNS_DIR"
-    # notebook 3 tests on the test split and records every evaluation; 1 and 2 (experts included) never test
+    # notebook 3 tests on the test split and records every evaluation; 1, 2 (experts included) and 4 (the
+    # validation split) never test
     tested = io.read_jsonl(ledger)
     assert bool(tested) == path.stem.startswith("03"), tested
     assert all(r["run"].startswith(str(tmp_path / "runs")) and r["purpose"] == "eval" for r in tested)

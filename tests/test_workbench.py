@@ -361,6 +361,20 @@ def test_figures_from_real_files(runs_root):
     assert "mean" in df.to_csv(index=False).splitlines()[0]
 
 
+def test_ablation_figure_has_accuracy_and_both_diversities_per_arm():
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {"arm": ["haba", "off"], "convnet acc %": [70.0, 69.0], "convnet std": [0.5, 0.4]}
+        | {f"{s} {w}": [0.2, 0.1] for s in ("pixel", "feature") for w in ("within", "between")}
+    )
+    fig = F.ablation_figure(table, "convnet", "validation accuracy (%)")
+    assert [list(t.x) for t in fig.data] == [["haba", "off"]] * 5  # accuracy, then within/between twice
+    assert list(fig.data[0].error_y.array) == [0.5, 0.4]
+    assert [t.name for t in fig.data if t.showlegend] == ["within a basis", "between bases"]
+    assert not F.ablation_figure(table.iloc[:0], "convnet").data
+
+
 def test_blown_up_images_are_flagged(runs_root):
     synset = R.load_snapshot(R.final_synset_path(R.get_run("tiny")))
     assert G.health_note(synset) is None

@@ -1,4 +1,4 @@
-"""Plotly figures and tables: loss curves, run overlays, accuracy matrices and accuracy against storage."""
+"""Plotly figures and tables: loss curves, run overlays, accuracy matrices, accuracy against storage, ablations."""
 
 from __future__ import annotations
 
@@ -301,6 +301,31 @@ def accuracy_vs_storage(df: pd.DataFrame, net: str | None = None) -> go.Figure:
         margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h", y=-0.2),
     )
+    return fig
+
+
+def ablation_figure(table: pd.DataFrame, net: str, accuracy_title: str = "accuracy (%)") -> go.Figure:
+    """Accuracy (+- std over network seeds) and hallucination diversity per arm, from ``workbench.ablation``'s
+    table: columns ``arm``, ``{net} acc %``, ``{net} std`` and ``{pixel,feature} {within,between}``."""
+    fig = make_subplots(1, 3, subplot_titles=(accuracy_title, "feature distance (1 - cos)", "pixel distance (RMS)"))
+    if table.empty:
+        return fig
+    arms = list(table["arm"])
+    error = dict(type="data", array=table[f"{net} std"])
+    acc = go.Bar(x=arms, y=table[f"{net} acc %"], error_y=error, marker=dict(color=PALETTE[0]), showlegend=False)
+    fig.add_trace(acc, 1, 1)
+    for col, space in ((2, "feature"), (3, "pixel")):
+        for i, (where, name) in enumerate((("within", "within a basis"), ("between", "between bases"))):
+            bar = go.Bar(
+                x=arms,
+                y=table[f"{space} {where}"],
+                name=name,
+                marker=dict(color=PALETTE[1 + i]),
+                legendgroup=where,
+                showlegend=col == 2,
+            )
+            fig.add_trace(bar, 1, col)
+    fig.update_layout(height=420, barmode="group", legend=dict(orientation="h", y=-0.25), margin=dict(t=40, b=10))
     return fig
 
 

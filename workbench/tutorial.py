@@ -12,6 +12,8 @@ short and hold no copied logic:
 - :class:`MethodExplorer`: the DD objective and HaBa's adversarial constraint as toggles, one cached run each;
 - small helpers (:func:`set_diversity`, :func:`real_images`, :func:`final_grid`, :func:`side_by_side`).
 
+Notebook 4's ablation (arms distilled, evaluated and measured side by side) is in ``workbench.ablation``.
+
 Every widget callback is an ordinary method (``show``, ``run``), so headless runs (CI) call the same code paths
 that clicks and slider moves do in JupyterLab.
 """
@@ -52,12 +54,17 @@ def default_runs_dir() -> Path:
 
 # -- running ------------------------------------------------------------------------------------------------
 class LiveLosses(Callback):
-    """Redraws the run's loss curves (``figures.loss_figure``) in an ``Output`` widget every ``every`` steps."""
+    """Redraws the run's loss curves (``figures.loss_figure``) in an ``Output`` widget every ``every`` steps.
+
+    A caller that passes ``output`` places it in its own widget; :func:`distill_run` displays only one made here.
+    """
 
     def __init__(self, every: int = 10, title: str = "", output: W.Output | None = None):
         self.every = max(1, int(every))
         self.title = title
         self.output = output if output is not None else W.Output()
+        if output is not None:
+            _displayed.add(id(output))
         self.records: list[dict] = []
 
     def draw(self) -> None:
@@ -334,7 +341,6 @@ class MethodExplorer:
         self.image = W.Image(format="png")
         self.caption = W.HTML()
         self.live = LiveLosses(every=live_every, output=self.losses)
-        _displayed.add(id(self.losses))
         self.method.observe(lambda _: self.show(), names="value")
         self.constraint.observe(lambda _: self.show(), names="value")
         self.button.on_click(lambda _: self.run())
