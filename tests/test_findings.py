@@ -15,7 +15,7 @@ from workbench import findings as FD
 
 
 def arm(name, tags, means=None, budget=1, floats=784, nets=("convnet",)) -> dict:
-    """An arm in ``bench.studies.report``'s schema; ``means`` None: no finished seed yet."""
+    """An arm in ``bench.study_report.report``'s schema; ``means`` None: no finished seed yet."""
     out = {"arm": name, "budget": budget, "kind": "haba", "tags": tags, "overrides": [], "shape": [], "per_net": {}}
     out.update(n_seeds=0, seeds=[], expected_seeds=3, pending_search=False, borrowed_from="")
     if means is not None:
@@ -149,8 +149,9 @@ def test_the_folder_follows_its_variable_and_bad_files_are_problems_not_crashes(
 
 
 def test_the_shapes_match_what_the_studies_report():
-    """An arm summarised by ``bench.studies.arm_summary`` from cell records reads back as the page expects."""
-    from bench.studies import Arm, arm_summary
+    """An arm summarised by ``bench.study_report.arm_summary`` from cell records reads back as the page expects."""
+    from bench.studies import Arm
+    from bench.study_report import arm_summary
 
     def record(seed, per_seed):
         storage = {"floats_total": 7840, "ipc_equivalent": 1.0, "images_per_class": 5}

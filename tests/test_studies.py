@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from bench import studies
+from bench import studies, study_report
 from bench.profiles import Cell, Profile
 from bench.run import LedgerEntry, child, run_cell
 
@@ -54,7 +54,7 @@ def _record(per_seed, seed, net="convnet"):
 def test_arm_summary_is_the_mean_of_set_means_with_the_sample_std_across_seeds():
     sets = [[0.70, 0.72, 0.74], [0.75, 0.75, 0.76], [0.71, 0.69, 0.70]]
     recs = [_record(s, i) for i, s in enumerate(sets)]
-    out = studies.arm_summary(studies.Arm("a", 1, "haba"), recs, ("convnet",))["per_net"]["convnet"]
+    out = study_report.arm_summary(studies.Arm("a", 1, "haba"), recs, ("convnet",))["per_net"]["convnet"]
     means = [100 * sum(s) / 3 for s in sets]
     grand = sum(means) / 3
     sd = (sum((m - grand) ** 2 for m in means) / (3 - 1)) ** 0.5  # ddof 1, written out
@@ -72,7 +72,7 @@ def test_report_merges_the_borrowed_rows_and_the_other_studys_columns(tmp_path, 
             d = tmp_path / name / "cells"
             d.mkdir(parents=True, exist_ok=True)
             (d / f"ipc1_pixels__s{s}.json").write_text(json.dumps({**_record([acc, acc], s, net), "git_commit": "c"}))
-    r = studies.report(study, tmp_path)
+    r = study_report.report(study, tmp_path)
     row = r["arms"][0]
     assert r["nets"] == ["convnet", "mlp"] and r["complete"]
     assert row["per_net"]["convnet"]["mean"] == pytest.approx(70.0)
@@ -113,7 +113,7 @@ def test_a_comparison_is_the_difference_of_means_with_the_unpaired_standard_erro
         {"arm": "a", "per_net": {"convnet": {"mean": 75.0, "std_seeds": 0.6, "n_seeds": 3}}},
         {"arm": "b", "per_net": {"convnet": {"mean": 71.0, "std_seeds": 0.8, "n_seeds": 2}}},
     ]
-    (c,) = studies.differences(study, arms)
+    (c,) = study_report.differences(study, arms)
     assert c["diff"] == pytest.approx(4.0) and c["se"] == pytest.approx((0.36 / 3 + 0.64 / 2) ** 0.5)
     arms[1]["per_net"]["convnet"]["n_seeds"] = 1  # one seed has no spread to speak of: no comparison
-    assert studies.differences(study, arms) == []
+    assert study_report.differences(study, arms) == []

@@ -1,6 +1,6 @@
 """The findings studies' committed results as tables and figures (the Findings page draws them; no Streamlit here).
 
-``python -m bench.studies <study>`` writes ``bench/results/findings/<study>.json`` (``bench.studies.report``): one
+``python -m bench.studies <study>`` writes ``bench/results/findings/<study>.json`` (``bench.study_report.report``): one
 entry per arm with ``per_net[net] = {mean, std_seeds, std_nets, set_means, n_seeds, n_nets}``, accuracy in percent,
 ``mean`` the mean over distillation seeds of each set's mean, ``std_seeds`` the sample std across those seeds.
 ``bench/diversity_study.py`` writes ``diversity.json``: per set (arm x seed) its ConvNet accuracy and diversity

@@ -125,7 +125,7 @@ def wait_until_healthy(url: str, proc, log_path: Path, timeout: float = 60.0) ->
 
 
 def _fake_arm(name: str, budget: float, tags: dict, means: dict[str, float] | None, floats: int = 0) -> dict:
-    """One arm as ``bench.studies.report`` writes it; ``means`` None: no finished seed (its search pending)."""
+    """One arm as ``bench.study_report.report`` writes it; ``means`` None: no finished seed (its search pending)."""
     arm = {"arm": name, "budget": budget, "kind": "haba", "tags": tags, "overrides": [], "search": None}
     arm.update(shape=[] if means else None, n_seeds=3 if means else 0, seeds=[0, 1, 2] if means else [], per_net={})
     arm.update(pending_search=not means, expected_seeds=3, borrowed_from="")
@@ -138,7 +138,7 @@ def _fake_arm(name: str, budget: float, tags: dict, means: dict[str, float] | No
 
 
 def fake_findings(root: Path) -> Path:
-    """Fabricated findings (made-up numbers, not measurements) in the schemas of ``bench.studies.report`` and the
+    """Fabricated findings (made-up numbers, not measurements) in the schemas of ``bench.study_report.report`` and the
     diversity study, for the Findings page's tests and screenshots: the frontier with one arm still pending, the
     cross-architecture, constraint and diversity studies complete."""
     import json

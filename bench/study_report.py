@@ -1,0 +1,173 @@
+"""The findings studies' report: each arm summarized over its distillation seeds, the comparisons between arms,
+``<study>.json`` and ``<study>.md`` (``python -m bench.studies <study> --report`` rewrites them from the cells)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import statistics
+from pathlib import Path
+
+from bench.run import git_commit, machine, sample_std
+from bench.studies import DISTILL_SEEDS, EVAL_SEEDS, FINDINGS, Arm, Study
+
+
+def arm_summary(arm: Arm, records: list[dict], nets: tuple[str, ...]) -> dict:
+    """Mean over distillation seeds of each set's mean, the sample std across seeds, the network spread."""
+    out = {
+        "arm": arm.name,
+        "budget": arm.budget,
+        "kind": arm.kind,
+        "tags": arm.tags,
+        "overrides": list(arm.overrides),
+        "shape": arm.shape(),
+        "search": arm.search.name if arm.search else None,
+        "n_seeds": len(records),
+        "seeds": [r["seeds"]["distill"] for r in records],
+        "per_net": {},
+    }
+    if records:
+        st = records[0]["storage"]
+        out.update(
+            floats=st["floats_total"],
+            ipc_equivalent=st["ipc_equivalent"],
+            images_per_class=st["images_per_class"],
+            protocol=records[0]["protocol"],
+        )
+    for net in nets:
+        sets = [r["accuracy_by_net"][net] for r in records if net in r.get("accuracy_by_net", {})]
+        sets = [s for s in sets if s["per_seed"]]
+        if not sets:
+            continue
+        means = [100 * statistics.fmean(s["per_seed"]) for s in sets]
+        out["per_net"][net] = {
+            "mean": statistics.fmean(means),
+            "std_seeds": sample_std(means),  # across distillation seeds (ddof 1)
+            "std_nets": statistics.fmean(100 * sample_std(s["per_seed"]) for s in sets),  # within a set, averaged
+            "set_means": means,
+            "n_seeds": len(sets),
+            "n_nets": len(sets[0]["per_seed"]),
+        }
+    return out
+
+
+def differences(study: Study, arms: list[dict]) -> list[dict]:
+    """Each comparison per network: the difference of the two arms' means and its standard error over the
+    distillation seeds (unpaired: sqrt(s_a^2 / n_a + s_b^2 / n_b)), where both arms have two seeds or more."""
+    by_name = {a["arm"]: a for a in arms}
+    out = []
+    for label, arm, base in study.comparisons:
+        a, b = by_name.get(arm, {}).get("per_net", {}), by_name.get(base, {}).get("per_net", {})
+        for net in study.columns:
+            x, y = a.get(net), b.get(net)
+            if not x or not y or min(x["n_seeds"], y["n_seeds"]) < 2:
+                continue
+            se = math.sqrt(x["std_seeds"] ** 2 / x["n_seeds"] + y["std_seeds"] ** 2 / y["n_seeds"])
+            out.append(
+                {
+                    "label": label,
+                    "arm": arm,
+                    "baseline": base,
+                    "net": net,
+                    "diff": x["mean"] - y["mean"],
+                    "se": se,
+                    "n": [x["n_seeds"], y["n_seeds"]],
+                }
+            )
+    return out
+
+
+def report(study: Study, out_root: Path = FINDINGS) -> dict:
+    from haba_core import io
+    from haba_core.protocol import distinct_protocols
+
+    arms, records_all = [], []
+    for arm in study.arms:
+        records = []
+        for c in arm.cells():
+            p = out_root / (arm.borrowed_from or study.name) / "cells" / f"{c.name}.json"
+            if not p.exists():
+                continue
+            rec = json.loads(p.read_text())
+            other = out_root / study.merge_from / "cells" / p.name
+            if study.merge_from and other.exists():  # the same set's columns measured by the other study
+                rec["accuracy_by_net"] = {**json.loads(other.read_text())["accuracy_by_net"], **rec["accuracy_by_net"]}
+            records.append(rec)
+        records_all += records
+        arms.append(
+            {
+                **arm_summary(arm, records, study.columns),
+                "pending_search": arm.shape() is None,
+                "expected_seeds": len(DISTILL_SEEDS),
+                "borrowed_from": arm.borrowed_from,
+            }
+        )
+    result = {
+        "study": study.name,
+        "question": study.question,
+        "command": f"python -m bench.studies {study.name}",
+        "git_commit": git_commit(),
+        "cell_commits": sorted({r["git_commit"][:12] for r in records_all}),
+        "machine": machine(),
+        "protocols": distinct_protocols(r.get("protocol") for r in records_all),
+        "distill_seeds": list(DISTILL_SEEDS),
+        "eval_seeds": EVAL_SEEDS,
+        "nets": list(study.columns),
+        "arms": arms,
+        "searches": {s.name: {"command": shlex.join(s.command()[1:]), "best": s.best()} for s in study.searches()},
+        "comparisons": differences(study, arms),
+        "complete": all(a["n_seeds"] == len(DISTILL_SEEDS) for a in arms),
+    }
+    io.write_json(out_root / f"{study.name}.json", result)
+    (out_root / f"{study.name}.md").write_text(markdown(result))
+    return result
+
+
+def _fmt(cell: dict | None) -> str:
+    if not cell:
+        return ""
+    return f"{cell['mean']:.2f} +- {cell['std_seeds']:.2f} (nets {cell['std_nets']:.2f})"
+
+
+def markdown(r: dict) -> str:
+    protos = r["protocols"]
+    lines = [
+        f"### Study `{r['study']}`: {r['question']}",
+        "",
+        f"Command: `{r['command']}`; cells ran at {', '.join(f'`{c}`' for c in r['cell_commits']) or '-'}; "
+        f"{r['machine']['cpu']}, torch {r['machine']['torch']}.",
+        "",
+        f"Protocol: {'; '.join(protos) if protos else '-'}"
+        + (" **(several: compare only rows that share one)**" if len(protos) > 1 else "")
+        + ".",
+        "",
+        f"Accuracy %: the mean over distillation seeds {r['distill_seeds']} of each distilled set's mean over "
+        f"{r['eval_seeds']} evaluation networks, +- the sample std (ddof 1) across the seeds; in brackets the "
+        "mean std across networks within one set. n = seeds done.",
+        "",
+    ]
+    nets = r["nets"]
+    lines += [
+        "| arm | budget | stored floats | images/class | shape | n | " + " | ".join(nets) + " |",
+        "|---" * (6 + len(nets)) + "|",
+    ]
+    for a in r["arms"]:
+        shape = "pending search" if a["pending_search"] else " ".join(a["shape"] + a["overrides"]) or "-"
+        floats = f"{a['floats']:,}" if "floats" in a else ""
+        lines.append(
+            f"| {a['arm']} | {a['budget']:g} | {floats} | {a.get('images_per_class', '')} | {shape} "
+            f"| {a['n_seeds']}/{a['expected_seeds']} | " + " | ".join(_fmt(a["per_net"].get(n)) for n in nets) + " |"
+        )
+    if r.get("comparisons"):
+        lines += ["", "Differences (percentage points, +- the standard error over distillation seeds):", ""]
+        lines += [
+            f"- {c['label']} ({c['net']}): {c['diff']:+.2f} +- {c['se']:.2f} (n = {c['n'][0]}, {c['n'][1]})"
+            for c in r["comparisons"]
+        ]
+    lines += ["", "Shapes chosen on the validation split:", ""]
+    for name, s in r["searches"].items():
+        lines.append(f"- `{name}`: {' '.join(s['best']) if s['best'] else 'not run yet'} (`python {s['command']}`)")
+    if not r["complete"]:
+        lines += ["", "_Incomplete: rerun the command to finish the missing cells (finished ones are kept)._"]
+    return "\n".join(lines) + "\n"
