@@ -39,7 +39,6 @@ EVAL_SEEDS = 3
 DM = "configs/fmnist_cpu_dm.yaml"
 PRESETS = {m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")}
 FAST = ("method.compile=true",)  # an execution choice (the real batches' pass compiled), not protocol
-CROSS_NETS = ("convnet", "resnet18", "vgg11", "alexnet", "lenet", "mlp")
 
 
 @dataclass(frozen=True)
@@ -122,6 +121,7 @@ class Study:
     nets: tuple[str, ...] = ("convnet",)
     merge_from: str = ""  # another study whose cells of the same names add their networks' columns (ConvNet)
     comparisons: tuple[tuple[str, str, str], ...] = ()  # (label, arm, baseline arm): differences reported per net
+    seeds: tuple[int, ...] = DISTILL_SEEDS  # the distillation seeds whose sets it runs (or evaluates)
     cost: str = ""  # what a full run costs, as measured
 
     @property
@@ -129,7 +129,7 @@ class Study:
         return ("convnet", *self.nets) if self.merge_from and "convnet" not in self.nets else self.nets
 
     def profile(self) -> Profile:
-        cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells())
+        cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells(self.seeds))
         p = _fmnist(self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts, keep_sets=True)
         return dataclasses.replace(
             p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])
@@ -285,9 +285,22 @@ STUDIES = {
                 for a in frontier_arms((1,))
                 if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD") and a.method == "dm"
             ),
-            nets=CROSS_NETS[1:],
+            nets=("vgg11", "alexnet", "lenet", "mlp"),
             merge_from="frontier",
             comparisons=tuple((f"{k} - pixels", f"ipc1_{k}", "ipc1_pixels") for k in ("haba", "fred", "random_real")),
+        ),
+        Study(
+            "cross_arch_resnet18",
+            "RQ3, ResNet18: the frontier's IPC-1 sets of distillation seed 0 (ResNet18 trains about 10 minutes a "
+            "network on one CPU core at these sizes)",
+            tuple(
+                dataclasses.replace(a, source="" if a.kind == "random_real" else "frontier")
+                for a in frontier_arms((1,))
+                if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD") and a.method == "dm"
+            ),
+            nets=("resnet18",),
+            merge_from="frontier",
+            seeds=(0,),
         ),
     )
 }

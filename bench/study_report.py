@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from bench.run import git_commit, machine, sample_std
-from bench.studies import DISTILL_SEEDS, EVAL_SEEDS, FINDINGS, Arm, Study
+from bench.studies import EVAL_SEEDS, FINDINGS, Arm, Study
 
 
 def arm_summary(arm: Arm, records: list[dict], nets: tuple[str, ...]) -> dict:
@@ -85,7 +85,7 @@ def report(study: Study, out_root: Path = FINDINGS) -> dict:
     arms, records_all = [], []
     for arm in study.arms:
         records = []
-        for c in arm.cells():
+        for c in arm.cells(study.seeds):
             p = out_root / (arm.borrowed_from or study.name) / "cells" / f"{c.name}.json"
             if not p.exists():
                 continue
@@ -99,7 +99,7 @@ def report(study: Study, out_root: Path = FINDINGS) -> dict:
             {
                 **arm_summary(arm, records, study.columns),
                 "pending_search": arm.shape() is None,
-                "expected_seeds": len(DISTILL_SEEDS),
+                "expected_seeds": len(study.seeds),
                 "borrowed_from": arm.borrowed_from,
             }
         )
@@ -111,13 +111,13 @@ def report(study: Study, out_root: Path = FINDINGS) -> dict:
         "cell_commits": sorted({r["git_commit"][:12] for r in records_all}),
         "machine": machine(),
         "protocols": distinct_protocols(r.get("protocol") for r in records_all),
-        "distill_seeds": list(DISTILL_SEEDS),
+        "distill_seeds": list(study.seeds),
         "eval_seeds": EVAL_SEEDS,
         "nets": list(study.columns),
         "arms": arms,
         "searches": {s.name: {"command": shlex.join(s.command()[1:]), "best": s.best()} for s in study.searches()},
         "comparisons": differences(study, arms),
-        "complete": all(a["n_seeds"] == len(DISTILL_SEEDS) for a in arms),
+        "complete": all(a["n_seeds"] == len(study.seeds) for a in arms),
     }
     io.write_json(out_root / f"{study.name}.json", result)
     (out_root / f"{study.name}.md").write_text(markdown(result))
