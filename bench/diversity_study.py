@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from bench.run import git_commit, machine
 from bench.studies import FINDINGS, STUDIES
+from haba_core.diversity import cosine_distances, effective_rank, pair_mean, random_feature_net, rms_distances, spread
 
 STUDY_NAMES = ("frontier", "constraint")
 OUT = FINDINGS / "diversity"
@@ -57,41 +58,6 @@ METRICS = {
 }
 
 
-def _pairs_mean(d: torch.Tensor) -> float | None:
-    n = d.shape[0]
-    if n < 2:
-        return None
-    iu = torch.triu_indices(n, n, offset=1)
-    return float(d[iu[0], iu[1]].mean())
-
-
-def rms_pixel_distance(x: torch.Tensor) -> torch.Tensor:
-    flat = x.reshape(len(x), -1).double()
-    return torch.cdist(flat, flat) / flat.shape[1] ** 0.5
-
-
-def cosine_distance(z: torch.Tensor) -> torch.Tensor:
-    z = F.normalize(z.reshape(len(z), -1).double(), dim=1)
-    return 1 - z @ z.T
-
-
-def effective_rank(z: torch.Tensor) -> float | None:
-    """exp(H(p)) with p the singular values of the centred rows of ``z`` normalized to sum 1 (Roy & Vetterli)."""
-    if len(z) < 2:
-        return None
-    s = torch.linalg.svdvals(z.double() - z.double().mean(0))
-    if float(s.sum()) == 0.0:
-        return 1.0
-    p = s / s.sum()
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
-def spread(z: torch.Tensor) -> float:
-    z = z.double()
-    return float((z - z.mean(0)).norm(dim=1).mean())
-
-
 @torch.no_grad()
 def embed(net, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([net.forward_features(x[i : i + batch]) for i in range(0, len(x), batch)])
@@ -101,9 +67,9 @@ def class_metrics(x: torch.Tensor, trained, random_net, real_spread: float | Non
     """The class-level metrics of the images ``x`` (n, C, H, W) of one class."""
     zt, zr = embed(trained, x), embed(random_net, x)
     return {
-        "pixel_within_class": _pairs_mean(rms_pixel_distance(x)),
-        "feature_within_class": _pairs_mean(cosine_distance(zt)),
-        "feature_within_class_random": _pairs_mean(cosine_distance(zr)),
+        "pixel_within_class": pair_mean(rms_distances(x)),
+        "feature_within_class": pair_mean(cosine_distances(zt)),
+        "feature_within_class_random": pair_mean(cosine_distances(zr)),
         "feature_spread": spread(zt) / real_spread if real_spread and len(x) > 1 else None,
         "effective_rank": effective_rank(zt),
     }
@@ -114,9 +80,9 @@ def basis_metrics(grid: torch.Tensor, random_net) -> dict:
     k, n = grid.shape[:2]
     z = embed(random_net, grid.reshape(k * n, *grid.shape[2:])).reshape(k, n, -1)
     out = {}
-    for name, dist, t in (("pixel", rms_pixel_distance, grid), ("feature", cosine_distance, z)):
-        within = [_pairs_mean(dist(t[:, i])) for i in range(n)]
-        between = [_pairs_mean(dist(t[j])) for j in range(k)]
+    for name, dist, t in (("pixel", rms_distances, grid), ("feature", cosine_distances, z)):
+        within = [pair_mean(dist(t[:, i])) for i in range(n)]
+        between = [pair_mean(dist(t[j])) for j in range(k)]
         out[f"{name}_within_basis"] = _mean(within)
         out[f"{name}_between_basis"] = _mean(between)
     return out
@@ -171,13 +137,6 @@ def feature_net(dataset, seed: int = 0, epochs: int = 3, n: int = 10_000):
     OUT.mkdir(parents=True, exist_ok=True)
     io.save_tensors(path, net.state_dict(), {"format": "feature_net", "seed": seed, "epochs": epochs, "images": n})
     return net.eval().requires_grad_(False)
-
-
-def random_feature_net(info, seed: int = 0):
-    from haba_core.nets import create_net
-
-    torch.manual_seed(seed)
-    return create_net("convnet", info.channels, info.num_classes, tuple(info.im_size), width=64).eval()
 
 
 def spearman(xs: list[float], ys: list[float]) -> float | None:

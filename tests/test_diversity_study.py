@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from bench import diversity_study as ds
+from haba_core.diversity import cosine_distances, effective_rank, pair_mean, random_feature_net, rms_distances
 
 
 def test_spearman_matches_scipy_with_ties():
@@ -23,20 +24,20 @@ def test_effective_rank_follows_its_definition():
     z = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
     s = np.linalg.svd((z - z.mean(0)).numpy().astype(np.float64), compute_uv=False)
     p = s / s.sum()
-    assert ds.effective_rank(z) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert effective_rank(z) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
     # k orthogonal directions of equal length have rank k; identical rows carry no spread at all
-    assert ds.effective_rank(torch.cat([torch.eye(3), -torch.eye(3)])) == pytest.approx(3.0)
-    assert ds.effective_rank(torch.ones(4, 3)) == 1.0 and ds.effective_rank(torch.ones(1, 3)) is None
+    assert effective_rank(torch.cat([torch.eye(3), -torch.eye(3)])) == pytest.approx(3.0)
+    assert effective_rank(torch.ones(4, 3)) == 1.0 and effective_rank(torch.ones(1, 3)) is None
 
 
 def test_pair_means_by_brute_force():
     x = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(1))
     pairs = list(itertools.combinations(range(4), 2))
     rms = sum(float(((x[i] - x[j]) ** 2).mean().sqrt()) for i, j in pairs) / len(pairs)
-    assert ds._pairs_mean(ds.rms_pixel_distance(x)) == pytest.approx(rms)
+    assert pair_mean(rms_distances(x)) == pytest.approx(rms)
     f = x.reshape(4, -1)
     cos = sum(1 - float(torch.nn.functional.cosine_similarity(f[i], f[j], dim=0)) for i, j in pairs) / len(pairs)
-    assert ds._pairs_mean(ds.cosine_distance(x)) == pytest.approx(cos)
+    assert pair_mean(cosine_distances(x)) == pytest.approx(cos)
 
 
 def test_a_haba_set_has_class_and_basis_metrics():
@@ -45,7 +46,7 @@ def test_a_haba_set_has_class_and_basis_metrics():
 
     info = dataset_info("toy")
     s = create_synset("haba", info, n_bases=2, n_hallucinators=3, generator=torch.Generator().manual_seed(0))
-    net = ds.random_feature_net(info)
+    net = random_feature_net(info)
     m = ds.set_metrics(s, net, net, [1.0] * info.num_classes)
     assert set(m) == set(ds.METRICS) and all(v >= 0 for v in m.values())
     px = ds.set_metrics(create_synset("pixels", info, n_bases=1), net, net, [1.0] * info.num_classes)

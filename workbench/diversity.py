@@ -3,8 +3,8 @@
 For a class with bases b_i and hallucinators h_j, the images x_ij = h_j(b_i) are compared:
 - *within a basis*: mean over bases i of the mean over hallucinator pairs (j, j') of a distance d(x_ij, x_ij');
 - *between bases* (a reference scale): mean over hallucinators j of the mean over basis pairs (i, i').
-Two distances: RMS pixel distance ``||x - x'||_2 / sqrt(C*H*W)`` in the normalized space, and ``1 - cos`` of
-the embeddings of a fixed, seeded, randomly initialised ConvNet (the kind DM matches statistics of).
+Two distances (``haba_core.diversity``): RMS pixel distance in the normalized space, and ``1 - cos`` of the
+embeddings of a fixed, seeded, randomly initialised ConvNet (the kind DM matches statistics of).
 """
 
 from __future__ import annotations
@@ -12,39 +12,13 @@ from __future__ import annotations
 from itertools import combinations
 
 import torch
-import torch.nn.functional as F
 
-FEATURE_WIDTH = 64
-
-
-def _pairwise_mean(d: torch.Tensor) -> float | None:
-    """Mean of the strict upper triangle of a square distance matrix (None if there are no pairs)."""
-    n = d.shape[0]
-    if n < 2:
-        return None
-    iu = torch.triu_indices(n, n, offset=1)
-    return float(d[iu[0], iu[1]].mean())
+from haba_core.diversity import cosine_distances, pair_mean, random_feature_net, rms_distances
 
 
-def _rms_dist(x: torch.Tensor) -> torch.Tensor:
-    flat = x.reshape(x.shape[0], -1)
-    return torch.cdist(flat, flat) / flat.shape[1] ** 0.5
-
-
-def _cos_dist(z: torch.Tensor) -> torch.Tensor:
-    z = F.normalize(z.reshape(z.shape[0], -1), dim=1)
-    return 1 - z @ z.T
-
-
-@torch.no_grad()
 def feature_net(info, seed: int = 0):
-    """A randomly initialised ConvNet (seeded, eval mode) from the engine's registry; its embedding is the metric."""
-    from haba_core.nets import create_net
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = create_net("convnet", info.channels, info.num_classes, tuple(info.im_size), width=FEATURE_WIDTH)
-    return net.eval()
+    """The fixed random ConvNet of the feature distances (:func:`haba_core.diversity.random_feature_net`)."""
+    return random_feature_net(info, seed)
 
 
 @torch.no_grad()
@@ -72,8 +46,8 @@ def hallucination_diversity(images: torch.Tensor, info=None, seed: int = 0, net=
         feats = z.reshape(k, n, -1)
     per_basis = []
     for i in range(n):
-        row = {"basis": i, "pixel": _pairwise_mean(_rms_dist(x[:, i]))}
-        row["feature"] = _pairwise_mean(_cos_dist(feats[:, i])) if feats is not None else None
+        row = {"basis": i, "pixel": pair_mean(rms_distances(x[:, i]))}
+        row["feature"] = pair_mean(cosine_distances(feats[:, i])) if feats is not None else None
         per_basis.append(row)
 
     def mean(values):
@@ -83,7 +57,9 @@ def hallucination_diversity(images: torch.Tensor, info=None, seed: int = 0, net=
     out["per_basis"] = per_basis
     out["pixel_within"] = mean(r["pixel"] for r in per_basis)
     out["feature_within"] = mean(r["feature"] for r in per_basis)
-    out["pixel_between"] = mean(_pairwise_mean(_rms_dist(x[j])) for j in range(k))
-    out["feature_between"] = mean(_pairwise_mean(_cos_dist(feats[j])) for j in range(k)) if feats is not None else None
+    out["pixel_between"] = mean(pair_mean(rms_distances(x[j])) for j in range(k))
+    out["feature_between"] = (
+        mean(pair_mean(cosine_distances(feats[j])) for j in range(k)) if feats is not None else None
+    )
     out["pairs_within"] = n * len(list(combinations(range(k), 2)))
     return out
