@@ -235,6 +235,9 @@ def auto_basis_size(info: DatasetInfo, kind: str, budget_ipc: float | None, **op
     if kind not in SYNSETS or not isinstance(budget_ipc, (int, float)) or not budget_ipc > 0:
         return None
     options = _options(kind, options)
+    chosen = validated_size(info, kind, budget_ipc)
+    if chosen is not None and _fits(info, kind, budget_ipc, chosen[0], options):
+        return chosen[0]
     first = max(1, int(SYNSETS.get(kind).auto_min_factor))
     if first == 1 and _fits(info, kind, budget_ipc, None, options):
         return None
@@ -246,10 +249,24 @@ def auto_basis_size(info: DatasetInfo, kind: str, budget_ipc: float | None, **op
     return None
 
 
+def validated_size(info: DatasetInfo, kind: str, budget_ipc: float) -> tuple[int | None, str] | None:
+    """(size, results file) where a validation search chose ``kind``'s basis size for this image shape and
+    budget (``Synset.validated_basis_sizes``), else None."""
+    table = SYNSETS.get(kind).validated_basis_sizes.get((info.channels, *info.im_size), {})
+    return next((v for b, v in table.items() if abs(b - budget_ipc) < 1e-9), None)
+
+
 def basis_note(info: DatasetInfo, kind: str, budget_ipc: float, size: int, **options: Any) -> str:
     """The sentence every front end prints when ``auto`` chose a smaller basis size."""
     h, w = info.im_size
     cls = SYNSETS.get(kind)
+    chosen = validated_size(info, kind, budget_ipc)
+    if chosen is not None and chosen[0] == size:
+        return (
+            f"{cls.label or kind} stores {size}x{size} bases for {h}x{w} images at IPC {budget_ipc:g}: the size a "
+            f"validation search chose for this shape and budget ({chosen[1]}). Set synset.basis_size to choose "
+            "another."
+        )
     if cls.auto_min_factor > 1:
         return (
             f"{cls.label or kind} stores {size}x{size} bases for {h}x{w} images (basis_size=auto starts at 1/"

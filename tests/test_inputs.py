@@ -196,3 +196,16 @@ def test_resume_accepts_what_may_change(toy_run):
             "--dataset", "toy", timeout=120)  # the same dataset is no conflict  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["step"] == 3
+
+
+def test_auto_takes_the_size_a_validation_search_chose_for_the_shape_and_budget(monkeypatch):
+    from haba_core.synsets import SYNSETS
+
+    table = {(1, 28, 28): {10.0: (20, "bench/results/val_search/x.md")}}
+    monkeypatch.setattr(SYNSETS.get("haba"), "validated_basis_sizes", table)
+    assert B.auto_basis_size(FMNIST, "haba", 10.0, n_hallucinators=5) == 20  # instead of full size
+    assert B.auto_basis_size(FMNIST, "haba", 9.0, n_hallucinators=5) is None  # other budgets: the rule
+    plan = B.plan_from_config(FMNIST, SynsetConfig(kind="haba", budget_ipc=10.0))
+    assert plan.basis_shape == (1, 20, 20) and "val_search/x.md" in plan.basis_note
+    table[(1, 28, 28)][1.0] = (27, "y")  # a size that does not fit the budget (27x27 bases at IPC 1): the rule
+    assert B.auto_basis_size(FMNIST, "haba", 1.0, n_hallucinators=5) == 14

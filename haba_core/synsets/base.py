@@ -61,6 +61,9 @@ class Synset(nn.Module):
     variant_name = "image"  # what one rendering of a basis is called ("hallucinator" for HaBa)
     contrastive = False  # HaBa's adversarial contrastive constraint applies to this kind
     auto_min_factor = 1  # basis_size="auto" tries H / auto_min_factor first (1: full size when it fits)
+    # basis_size="auto" where a validation search chose the size: {(C, H, W): {budget_ipc: (size or None for full
+    # size, the search's results file)}}; other shapes and budgets follow the rule above
+    validated_basis_sizes: dict = {}
     n_hallucinators = 0  # learned networks shared by all bases (HaBa's hallucinators)
 
     def __init__(self, info: DatasetInfo, n_bases: int, basis_size: int | None = None, basis_channels=None):
