@@ -11,10 +11,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from haba_core import io
 from haba_core import runfolder as RF
 from haba_core.errors import HabaError
+
+if TYPE_CHECKING:
+    from haba_core.config import RunConfig
 
 
 def _registered(registry) -> str:
@@ -79,36 +83,57 @@ def _config_overrides(a: argparse.Namespace) -> dict:
     return o
 
 
-def cmd_distill(a: argparse.Namespace) -> int:
+def _distill_config(a: argparse.Namespace, run_dir: Path | None) -> RunConfig:
+    """The RunConfig ``distill`` runs: a resumed run's, a prepared folder's, or the files, flags and overrides."""
     from haba_core.config import RunConfig, apply_overrides, resolve_config
-    from haba_core.engine import distill
 
-    run_dir = Path(a.run_dir)
-    if a.resume and (run_dir / RF.CONFIG).exists():
+    if run_dir is not None and a.resume and (run_dir / RF.CONFIG).exists():
         from haba_core.resume import resumed_config
 
-        cfg = resumed_config(run_dir, a.config or [], _config_overrides(a), a.set or [])
-    elif RF.is_prepared(run_dir):  # prepared by a front end (config.json + queued status): run it as configured
+        return resumed_config(run_dir, a.config or [], _config_overrides(a), a.set or [])
+    if run_dir is not None and RF.is_prepared(run_dir):  # prepared by a front end (config.json + queued status)
         flags = [*_config_overrides(a), *(a.set or []), *(a.config or [])]
         if flags or a.eval:
             raise HabaError(
                 f"{run_dir} is a prepared run with its own config.json; start it without config flags "
                 f"(got {', '.join(map(str, flags)) or '--eval'}), or distill into a new --run-dir."
             )
-        cfg = RunConfig.from_dict(io.read_json(run_dir / RF.CONFIG))
-    else:
-        cfg = resolve_config(files=a.config or [], overrides=[])
-        d = apply_overrides(cfg.to_dict(), _config_overrides(a))
-        d = apply_overrides(d, a.set or [])
-        if a.eval:
-            d["eval_at_end"] = True
-        cfg = RunConfig.from_dict(d)
+        return RunConfig.from_dict(io.read_json(run_dir / RF.CONFIG))
+    cfg = resolve_config(files=a.config or [], overrides=[])
+    d = apply_overrides(cfg.to_dict(), _config_overrides(a))
+    d = apply_overrides(d, a.set or [])
+    if a.eval:
+        d["eval_at_end"] = True
+    return RunConfig.from_dict(d)
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from haba_core.cost import print_estimate
+    from haba_core.engine import distill
+    from haba_core.errors import ResourceError
+
+    if a.run_dir is None and not a.dry_run:
+        raise HabaError("distill needs --run-dir, the run folder to create or resume (only --dry-run runs without).")
+    run_dir = None if a.run_dir is None else Path(a.run_dir)
+    cfg = _distill_config(a, run_dir)
     from haba_core.budget import plan_from_config
     from haba_core.data import dataset_info
 
     planned = plan_from_config(dataset_info(cfg.data.name, **cfg.data.options), cfg.synset)  # fails before data
     if planned.basis_note:
         print(f"note: {planned.basis_note}", file=sys.stderr)
+    if a.dry_run:  # nothing is written and nothing distilled: the storage and the measured cost
+        print(planned.describe())
+        print()
+        print_estimate(cfg, sys.stdout)
+        return 0
+    if a.estimate:
+        est = print_estimate(cfg, sys.stderr)  # stdout stays the run's JSON summary
+        if not est.fits:
+            raise ResourceError(
+                f"{est.problems[0]} Not started (--estimate); run without --estimate to try anyway (the probe's peak "
+                "is a measurement, not a bound)."
+            )
     d = distill(cfg, run_dir, resume=a.resume, progress=not a.quiet, handle_signals=True)
     status = io.read_json(run_dir / RF.STATUS)
     print(
@@ -275,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="distill a synthetic set into a run folder")
     _add_common_distill(d)
     d.add_argument("--iterations", type=int, help="outer iterations")
-    d.add_argument("--run-dir", required=True, help="run folder to create (or to resume)")
+    d.add_argument("--run-dir", help="run folder to create (or to resume); required unless --dry-run")
     d.add_argument("--seed", type=int)
     d.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
     d.add_argument("--data-root", help="where datasets are looked up (default ./data)")
@@ -284,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     d.add_argument("--eval", action="store_true", help="evaluate the final set (eval.* settings)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    dry_run = (
+        "print the storage breakdown and the measured cost (s/iteration, total time, peak memory: a few iterations "
+        "in a separate process) and exit without distilling or writing anything"
+    )
+    d.add_argument("--dry-run", action="store_true", help=dry_run)
+    estimate = "measure the cost first (as --dry-run); refuse to start when its peak memory exceeds what is available"
+    d.add_argument("--estimate", action="store_true", help=estimate)
     d.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("evaluate", help="train fresh networks on a run's synset and test them")

@@ -52,6 +52,18 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
+def resident_memory_mb() -> float | None:
+    """This process's resident memory now (``VmRSS``), in MB; None where ``/proc/self/status`` cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _read_int(path: Path) -> int | None:
     """An integer file such as ``memory.max``; None when absent, unreadable or ``max`` (no limit)."""
     try:

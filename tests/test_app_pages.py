@@ -178,6 +178,31 @@ def test_new_run_launches_a_toy_run(empty_runs):
         wait_for(lambda: not R.get_run("from_the_form").is_active)
 
 
+def test_new_run_estimates_the_cost(empty_runs):
+    at = open_page("new_run")
+    at.selectbox(key="new.v.data.name").set_value("toy").run()
+    at.number_input(key="new.v.iterations").set_value(300).run()
+    at.text_area(key="new.set_lines").input("\n".join(T.TINY_SET_LINES)).run()
+    assert not at.error, texts(at.error)
+    at.button(key="new.estimate").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    def measured():
+        at.run()  # the poll
+        return "measured on this machine" in texts(at.caption)
+
+    wait_for(measured)
+    assert not at.exception and not at.error, texts(at.error)
+    assert "probe iterations" in texts(at.caption)
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["Seconds / iteration"]) > 0
+    assert metrics["Total time"] and metrics["Peak memory"].endswith(" MB")
+    assert not empty_runs.exists() or not any(empty_runs.iterdir())  # no run folder
+    at.number_input(key="new.v.iterations").set_value(400).run()  # other settings: the figures are not theirs
+    assert "press **Estimate cost** again" in texts(at.caption)
+    assert "Seconds / iteration" not in {m.label for m in at.metric}
+
+
 # -- Runs -----------------------------------------------------------------------------------------------------------
 def test_runs_lists_states_and_shows_a_failure(runs_root):
     at = open_page("runs", run="failed")

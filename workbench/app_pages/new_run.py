@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from workbench import estimate as E
 from workbench import jobs as J
 from workbench import newrun as NR
 from workbench import runs as R
@@ -344,6 +345,9 @@ with side:
         m2.metric("Budget used", f"{100 * p['budget_used']:.1f}%" if p.get("budget_used") else "n/a")
         rows = NR.breakdown_rows(result.plan)
         st.table(pd.DataFrame({"": [r[1] for r in rows]}, index=[r[0] for r in rows]), border="horizontal")
+    if st.button("Estimate cost", key="new.estimate", disabled=not result.ok, icon=":material/timer:", help=E.HELP):
+        E.start(result.config)
+    E.panel(result.config)
     set_lines = NR.parse_set_lines(st.session_state.get("new.set_lines", ""))
     if set_lines:
         st.info(
