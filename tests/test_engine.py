@@ -85,7 +85,8 @@ def test_a_run_folder_written_before_synset_params_resumes_through_the_cli(tmp_p
     io.write_json(run / "config.json", old)
     assert main(["distill", "--run-dir", str(run), "--resume", "--iterations", "3", "--quiet"]) == 0
     assert load_synset(run / "synset.safetensors").n_hallucinators == 3
-    assert io.read_json(run / "config.json")["synset"]["params"] == {"n_hallucinators": 3, "single_channel": False}
+    params = io.read_json(run / "config.json")["synset"]["params"]  # the options added since get their defaults
+    assert params == {"n_hallucinators": 3, "single_channel": False, "freeze_hallucinators": False}
     # asking for the saved value in the old shorthand is no conflict; another value is
     assert main(["distill", "--run-dir", str(run), "--resume", "--iterations", "4", "--n-hallucinators", "3",
                  "--quiet"]) == 0  # fmt: skip
