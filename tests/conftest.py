@@ -33,6 +33,17 @@ def ledger_file(tmp_path_factory):
         yield path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_bench_runs(tmp_path_factory):
+    """The app's pages list the runs of the bench, its demo and the studies (``workbench.catalog``): the suite sees none
+    but what a test makes (subprocesses and app servers inherit the variable), whatever ``bench/results`` holds."""
+    from workbench.catalog import BENCH_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(BENCH_ENV, str(tmp_path_factory.mktemp("bench_results")))
+        yield
+
+
 @pytest.fixture
 def toy():
     from haba_core.data import load_dataset

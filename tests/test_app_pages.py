@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from workbench import catalog as C
 from workbench import jobs as J
 from workbench import runs as R
 from workbench import testing as T
@@ -437,6 +438,81 @@ def test_evaluate_page_runs_on_a_local_ray_cluster(runs_root, monkeypatch):
     finally:
         subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- runs the bench, its demo and the studies made: listed, read-only ----------------------------------------------
+DEMO, CPU, STUDY, KEPT = (
+    "demo / ipc1_dm_haba",
+    "bench cpu / ipc10_dm_haba",
+    "study frontier / ipc1_haba__s0",
+    "study frontier / ipc1_haba__s1",
+)
+
+
+@pytest.fixture
+def bench_runs(runs_root, tmp_path, monkeypatch) -> Path:
+    """The app's runs (``tiny``, ``failed``) and, as the bench lays them out, the demo's beside them and the bench's and
+    a study's in a bench results folder (``HABA_BENCH_DIR``); returns that folder."""
+    repo = T.bench_tree(tmp_path / "repo", runs_root / "tiny")
+    shutil.move(repo / "runs" / "demo", runs_root / "demo")  # make demo: --out runs
+    results = repo / "bench" / "results"
+    monkeypatch.setenv(C.BENCH_ENV, str(results))
+    return results
+
+
+def tree(*paths: Path) -> dict[str, int]:
+    return {str(f): f.stat().st_mtime_ns for p in paths for f in sorted(p.rglob("*"))}
+
+
+def test_runs_lists_the_bench_runs_read_only_with_the_reason(bench_runs, runs_root):
+    untouched = tree(bench_runs, runs_root / "demo")
+    at = open_page("runs", run=CPU)
+    df = at.dataframe[0].value
+    origins = {"tiny": "app", "failed": "app", DEMO: "demo", CPU: "bench cpu"}
+    assert dict(zip(df["run"], df["from"], strict=True)) == {**origins, STUDY: "study frontier", KEPT: "study frontier"}
+    assert "made by `python -m bench.run --profile cpu --out " in texts(at.info) and "rerun it there" in texts(at.info)
+    for key in ("runs.resume", "runs.cancel"):
+        assert at.button(key=key).disabled and "rerun it there" in at.button(key=key).help
+    assert "runs.delete" not in {b.key for b in at.button} and "runs.confirm" not in {t.key for t in at.text_input}
+    at.run()  # the poll
+    at.selectbox(key="runs.run").set_value(KEPT).run()
+    assert "Only the kept set" in texts(at.warning) and "python -m bench.studies frontier" in texts(at.info)
+    # the app's own runs behave as before
+    at.selectbox(key="runs.run").set_value("failed").run()
+    assert not at.button(key="runs.resume").disabled and "runs.delete" in {b.key for b in at.button}
+    assert not at.exception and tree(bench_runs, runs_root / "demo") == untouched
+
+
+def test_explorer_opens_a_bench_run_and_a_kept_set(bench_runs):
+    at = open_page("explorer", run=DEMO)
+    assert plotly_charts(at) and at.selectbox(key="explorer.run").value == DEMO
+    at.select_slider(key="explorer.step").set_value("step 2").run()
+    at.selectbox(key="explorer.run").set_value(KEPT).run()
+    assert plotly_charts(at) and "Snapshot: **final**" in texts(at.markdown)
+    assert not at.exception and not at.error
+
+
+def test_live_follows_a_study_run(bench_runs):
+    at = open_page("live", run=STUDY)
+    assert plotly_charts(at) and at.image and "finished" in texts(at.markdown)
+    at.run()  # the poll reads the run again where it is
+    assert not at.exception and not at.warning
+
+
+def test_evaluate_does_not_offer_the_bench_runs(bench_runs, runs_root):
+    """An evaluation writes into the run folder: the bench's stay as the bench left them."""
+    at = open_page("evaluate", run=DEMO)
+    assert at.multiselect(key="eval.runs").options == ["tiny"] and at.multiselect(key="eval.runs").value == ["tiny"]
+    assert "4 run(s) made by `make demo`, the bench or the studies are not offered" in texts(at.caption)
+    assert "±" in at.dataframe[0].value.loc["tiny", "convnet"] and not at.exception
+
+
+def test_compare_overlays_a_bench_run_and_an_own_run(bench_runs):
+    at = open_page("compare")
+    at.multiselect(key="compare.runs").set_value(["tiny", DEMO]).run()
+    curves = json.loads(plotly_charts(at)[0].proto.spec)
+    assert {t["name"] for t in curves["data"]} == {"tiny", DEMO}
+    assert set(at.dataframe[0].value["run"]) == {"tiny", DEMO} and not at.exception
 
 
 # -- Findings ---------------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ instead of raising), and loads tensors only through safetensors (``haba_core.syn
 ever unpickled.
 
 The runs folder is ``$HABA_RUNS_DIR`` or ``./runs``. Run names are checked against :data:`NAME_RE` and the
-resolved path must stay directly inside the runs folder, so a name can never reach outside it.
+resolved path must stay directly inside the runs folder, so a name can never reach outside it. Run folders that
+other tools made (the bench, its demo, the findings studies) are found by ``workbench.catalog``; each :class:`Run`
+carries its :class:`Origin`.
 """
 
 from __future__ import annotations
@@ -118,6 +120,25 @@ def pid_alive(pid: Any, host: str | None = None, expect: str = "haba_core") -> b
 
 
 # -- runs ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Origin:
+    """Who made a run folder. The app's own runs have no label and are the app's to resume and delete; a folder the
+    bench owns is read-only here, and ``command`` (what made it) is how to rerun it."""
+
+    label: str = ""  # "demo", "bench cpu", "study frontier", "notebook 04"; "" for a run of the app's own
+    command: str = ""
+    read_only: bool = False
+    process: str = "haba_core"  # what the command line of the process writing it names (see pid_alive)
+
+    @property
+    def reason(self) -> str:
+        """Why the app leaves the run alone, in words ('' for a writable run)."""
+        return f"made by `{self.command}`; rerun it there" if self.read_only else ""
+
+
+APP = Origin()
+
+
 @dataclass
 class Run:
     """What the runs list shows about one run folder (a snapshot of its files when it was read)."""
@@ -130,6 +151,8 @@ class Run:
     storage: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     modified: float = 0.0
+    origin: Origin = APP
+    synset_file: Path | None = None  # the final set when it is kept outside the folder (a study's sets/<cell>)
 
     @property
     def step(self) -> int:
@@ -159,8 +182,12 @@ class Run:
         return self.state in ACTIVE
 
     @property
+    def read_only(self) -> bool:
+        return self.origin.read_only
+
+    @property
     def can_resume(self) -> bool:
-        return self.state in ("cancelled", "failed", DIED) and (self.path / RF.CONFIG).exists()
+        return not self.read_only and self.state in ("cancelled", "failed", DIED) and (self.path / RF.CONFIG).exists()
 
     @property
     def dataset(self) -> str:
@@ -175,15 +202,27 @@ class Run:
         return str((self.config.get("synset") or {}).get("kind", "?"))
 
     @property
+    def title(self) -> str:
+        """The name with where the run came from: 'demo / ipc1_dm_haba', 'notebook 01 / tutorial1_haba', 'mine'.
+        (A read-only run's name already starts with its origin: the catalog names it so.)"""
+        return f"{self.origin.label} / {self.name}" if self.origin.label and not self.read_only else self.name
+
+    @property
+    def safe_name(self) -> str:
+        """The name as a file name (download names): anything but letters, digits, '.', '_' and '-' becomes '_'."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.name).strip("_") or "run"
+
+    @property
     def label(self) -> str:
-        return f"{self.name}  ({self.method}+{self.synset_kind}, {self.dataset})"
+        return f"{self.title}  ({self.method}+{self.synset_kind}, {self.dataset})"
 
 
-def effective_state(status: dict) -> str:
-    """The state to show: the recorded one, except an active run whose process is gone is DIED."""
+def effective_state(status: dict, process: str = "haba_core") -> str:
+    """The state to show: the recorded one, except an active run whose process (its command line naming ``process``)
+    is gone is DIED."""
     state = str(status.get("state") or "failed")
     if state in ACTIVE:
-        alive = pid_alive(status.get("pid"), status.get("host"))
+        alive = pid_alive(status.get("pid"), status.get("host"), process)
         if alive is False:
             if state == "queued" and not status.get("pid"):
                 # the launcher writes the pid right after the process starts; give it a moment
@@ -193,8 +232,9 @@ def effective_state(status: dict) -> str:
     return state if state in STATES else "failed"
 
 
-def read_run(path: Path) -> Run:
-    """Read one run folder (never raises for bad files; problems are listed on the Run)."""
+def read_run(path: Path, origin: Origin = APP, name: str | None = None) -> Run:
+    """Read one run folder (never raises for bad files; problems are listed on the Run); ``name`` defaults to the
+    folder's name."""
     path = Path(path)
     status, p1 = read_json(path / RF.STATUS)
     config, p2 = read_json(path / RF.CONFIG)
@@ -206,7 +246,7 @@ def read_run(path: Path) -> Run:
         state = "failed"
         status = {"state": "failed", "error": "The run folder has no readable status.json."}
     else:
-        state = effective_state(status)
+        state = effective_state(status, origin.process)
     if not storage and isinstance(status.get("storage"), dict):
         storage = status["storage"]
     try:
@@ -214,7 +254,7 @@ def read_run(path: Path) -> Run:
     except (OSError, ValueError):
         modified = 0.0
     return Run(
-        path.name,
+        name or path.name,
         path,
         state,
         status,
@@ -222,6 +262,7 @@ def read_run(path: Path) -> Run:
         storage if isinstance(storage, dict) else {},
         problems,
         modified,
+        origin,
     )
 
 
@@ -237,8 +278,16 @@ def list_runs(root: Path | None = None) -> list[Run]:
         if not ((p / RF.STATUS).exists() or (p / RF.CONFIG).exists()):
             continue
         runs.append(read_run(p))
-    runs.sort(key=lambda r: float(r.status.get("queued_at") or r.status.get("started_at") or r.modified), reverse=True)
-    return runs
+    return newest_first(runs)
+
+
+def newest_first(runs: list[Run]) -> list[Run]:
+    """``runs`` sorted by when they were queued (else started, else last written), newest first."""
+
+    def when(r: Run) -> float:
+        return float(r.status.get("queued_at") or r.status.get("started_at") or r.modified)
+
+    return sorted(runs, key=when, reverse=True)
 
 
 def get_run(name: str, root: Path | None = None) -> Run | None:
@@ -295,7 +344,8 @@ def snapshots(run: Run | Path) -> dict[int, Path]:
 
 
 def final_synset_path(run: Run | Path) -> Path | None:
-    path = (run.path if isinstance(run, Run) else Path(run)) / RF.SYNSET
+    kept = run.synset_file if isinstance(run, Run) else None
+    path = kept or (run.path if isinstance(run, Run) else Path(run)) / RF.SYNSET
     return path if path.exists() else None
 
 

@@ -2,8 +2,9 @@
 
 ``make_run`` distills the generated ``toy`` dataset for a few iterations into a run folder; ``make_failed_run``
 makes the engine fail mid-run (so the folder records a genuine failure); ``add_evaluation`` runs
-``python -m haba_core evaluate`` in-process for one short epoch; ``fake_findings`` writes made-up results of the
-findings studies for the Findings page.
+``python -m haba_core evaluate`` in-process for one short epoch; ``bench_tree`` lays copies of a run where the bench,
+its demo and the studies put theirs; ``fake_findings`` writes made-up results of the findings studies for the Findings
+page.
 """
 
 from __future__ import annotations
@@ -104,6 +105,36 @@ def source_runs(base: Path) -> Path:
         make_failed_run(root / "failed", step=1)
         done.touch()
     return root
+
+
+def bench_tree(repo: Path, run: Path) -> Path:
+    """Copies of the run folder ``run`` in a repository-like folder ``repo``, where the bench, its demo and the studies
+    put theirs (``workbench.catalog``): ``runs/demo/runs/ipc1_dm_haba/run``,
+    ``bench/results/cpu/runs/ipc10_dm_haba/run`` and ``bench/results/findings/frontier/runs/ipc1_haba__s0/run``; of
+    the frontier's ``ipc1_haba__s1`` only its kept set and its record (``sets/``, ``cells/``), as on a machine that did
+    not distill it. Returns ``repo``."""
+    import json
+    import shutil
+
+    from haba_core import runfolder as RF
+
+    repo = Path(repo)
+    results = repo / "bench" / "results"
+    cells = {
+        repo / "runs" / "demo": "ipc1_dm_haba",
+        results / "cpu": "ipc10_dm_haba",
+        results / "findings" / "frontier": "ipc1_haba__s0",
+    }
+    for out, cell in cells.items():
+        (out / "cells").mkdir(parents=True, exist_ok=True)  # what bench.run makes first
+        shutil.copytree(run, out / "runs" / cell / "run")
+    frontier = results / "findings" / "frontier"
+    (frontier / "sets").mkdir()
+    shutil.copyfile(Path(run) / RF.SYNSET, frontier / "sets" / "ipc1_haba__s1.safetensors")
+    config, storage = (json.loads((Path(run) / f).read_text()) for f in (RF.CONFIG, RF.STORAGE))
+    record = {"config": config, "storage": storage, "iterations": config["iterations"], "sec_per_iter": 0.01}
+    (frontier / "cells" / "ipc1_haba__s1.json").write_text(json.dumps(record))
+    return repo
 
 
 def wait_until_healthy(url: str, proc, log_path: Path, timeout: float = 60.0) -> None:

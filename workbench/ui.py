@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from haba_core import runfolder as RF
+from workbench import catalog as C
 from workbench import runs as R
 
 PAGES_DIR = Path(__file__).parent / "app_pages"
@@ -52,8 +53,29 @@ def badge(state: str) -> str:
 
 
 def no_runs(what: str = "No runs yet.") -> None:
-    st.info(f"{what} Start one on the **New run** page; runs are kept in `{R.runs_dir()}`.", icon=":material/info:")
+    st.info(
+        f"{what} Start one on the **New run** page; runs are kept in `{R.runs_dir()}`. The runs of `make demo`, "
+        "`make bench`, the studies and the notebooks show up here too.",
+        icon=":material/info:",
+    )
     st.page_link(page_path("new_run.py"), label="New run", icon=":material/add_circle:")
+
+
+@st.cache_resource(show_spinner=False)
+def _run_cache() -> dict:
+    """One memo of the bench's run folders for every session (``workbench.catalog``: by folder and file times)."""
+    return {}
+
+
+def all_runs() -> list[R.Run]:
+    """Every run the pages show: the app's own and, read-only, those the bench, its demo and the studies made."""
+    return C.all_runs(cache=_run_cache())
+
+
+def read_only_note(run: R.Run) -> None:
+    """Why the app leaves a run the bench owns alone (nothing for the app's own runs)."""
+    if run.read_only:
+        st.info(f"**Read-only here**: {run.origin.reason}.", icon=":material/lock:")
 
 
 def run_picker(runs: list[R.Run], page: str, label: str = "Run", show_state: bool = False) -> R.Run | None:
@@ -100,7 +122,8 @@ def show_error(run: R.Run) -> None:
         if log:
             st.code(log, language="text")
         if run.state == R.DIED:
-            st.caption("The process is gone without marking the run finished; resume it from the Runs page.")
+            then = run.origin.reason or "resume it from the Runs page"
+            st.caption(f"The process is gone without marking the run finished; {then}.")
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

@@ -9,7 +9,7 @@ from workbench import runs as R
 from workbench import ui
 
 st.title("Compare runs")
-runs = R.list_runs()
+runs = ui.all_runs()
 if not runs:
     ui.no_runs()
     st.stop()

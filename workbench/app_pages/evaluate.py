@@ -15,18 +15,26 @@ st.caption(
     "Cross-architecture evaluation: `python -m haba_core evaluate` trains fresh networks on each run's final set "
     "(else its latest snapshot) and tests them on real data; mean ± std over seeds, with a random-real baseline."
 )
-all_runs = R.list_runs()
+all_runs = ui.all_runs()
 if not all_runs:
     ui.no_runs()
     st.stop()
-runs = [r for r in all_runs if ui.snapshot_choices(r)]
+with_sets = [r for r in all_runs if ui.snapshot_choices(r)]
+# an evaluation writes into the run folder (its job, log, results and test ledger): never into one the bench made
+runs = [r for r in with_sets if not r.read_only]
+held = len(with_sets) - len(runs)
 nets = NR.available_nets()
 address = ui.cluster_address()
 
 with st.container(border=True):
     st.markdown("**New evaluation**")
     if not runs:
-        st.info("No run has a synthetic set yet (none has reached its first snapshot).", icon=":material/info:")
+        st.info(
+            "None of this app's runs has a synthetic set yet."
+            if held
+            else "No run has a synthetic set yet (none has reached its first snapshot).",
+            icon=":material/info:",
+        )
     else:
         names = [r.name for r in runs]
         shared = st.session_state.get(ui.SELECTED_RUN)
@@ -70,11 +78,18 @@ with st.container(border=True):
                     st.toast(f"Evaluating {name}...")
                 except (J.JobError, OSError) as e:
                     st.error(f"{name}: {e}")
+    if held:
+        st.caption(
+            f"{held} run(s) made by `make demo`, the bench or the studies are not offered: an evaluation writes its "
+            "results into the run folder, and theirs stay as the bench left them (the bench evaluates its own cells; "
+            "see its tables). Their results, if any, are shown below."
+        )
 
 
 @st.fragment(run_every=ui.POLL_S)
 def jobs_and_results() -> None:
-    current = R.list_runs()
+    current = ui.all_runs()
+    read_only = {r.name for r in current if r.read_only}
     jobs = {r.name: J.eval_job(r.path) for r in current}
     jobs = {n: j for n, j in jobs.items() if j is not None}
     evaluations = {r.name: R.read_evaluation(r) for r in current}
@@ -91,7 +106,7 @@ def jobs_and_results() -> None:
                 f"{job.info.get('epochs')} epochs · started {started}"
                 + (f" · on Ray at `{job.info['address']}`" if job.info.get("executor") == "ray" else "")
             )
-            if job.state == "running" and c2.button("Cancel", key=f"eval.cancel.{name}"):
+            if job.state == "running" and name not in read_only and c2.button("Cancel", key=f"eval.cancel.{name}"):
                 st.toast(J.cancel_evaluation(name))
             if job.state == "failed":  # as the evaluate process recorded it (exit code and reason)
                 why, code = job.info.get("error"), job.info.get("exit_code")

@@ -5,14 +5,13 @@ import streamlit as st
 from workbench import diversity as D
 from workbench import figures as F
 from workbench import grids as G
-from workbench import runs as R
 from workbench import ui
 
 MAX_COLUMNS = 16
 
 st.title("Hallucinator x basis explorer")
 st.caption("One row per hallucinator, one column per basis; the top row is the bare basis. Click a cell to enlarge it.")
-all_runs = R.list_runs()
+all_runs = ui.all_runs()
 if not all_runs:
     ui.no_runs()
     st.stop()
@@ -76,7 +75,7 @@ with left:
         G.png_bytes(image),
         key="explorer.download_grid",
         mime="image/png",
-        file_name=f"{run.name}_{label.replace(' ', '')}_class{cls}.png",
+        file_name=f"{run.safe_name}_{label.replace(' ', '')}_class{cls}.png",
         icon=":material/download:",
     )
     st.caption(G.display_note(info))
@@ -164,5 +163,5 @@ with right:
         G.png_bytes(big),
         key="explorer.download_cell",
         mime="image/png",
-        file_name=f"{run.name}_{label.replace(' ', '')}_class{cls}_b{col}_{'basis' if row < 0 else f'h{row}'}.png",
+        file_name=f"{run.safe_name}_{label.replace(' ', '')}_class{cls}_b{col}_{'basis' if row < 0 else f'h{row}'}.png",
     )

@@ -7,13 +7,14 @@ once per snapshot file, polls about once per logged step of the run, and stops p
 import streamlit as st
 
 from haba_core import runfolder as RF
+from workbench import catalog as C
 from workbench import figures as F
 from workbench import grids as G
 from workbench import runs as R
 from workbench import ui
 
 st.title("Live run")
-runs = R.list_runs()
+runs = ui.all_runs()
 if not runs:
     ui.no_runs()
     st.stop()
@@ -63,7 +64,7 @@ def stop_polling_if_done(current: R.Run) -> None:
 
 @st.fragment(run_every=poll)
 def curves() -> None:
-    current = R.get_run(run.name)
+    current = C.refresh(run)
     if current is None:
         st.warning(f"Run {run.name!r} no longer exists.")
         return
@@ -95,7 +96,7 @@ def curves() -> None:
 
 @st.fragment(run_every=image_poll)
 def images() -> None:
-    current = R.get_run(run.name)
+    current = C.refresh(run)
     if current is None:
         return
     choices = ui.snapshot_choices(current)

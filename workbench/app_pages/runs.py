@@ -1,16 +1,21 @@
-"""Runs: every run with its state, progress and time left; cancel, resume or delete one; a failed run's error."""
+"""Runs: every run with its state, progress and time left; cancel, resume or delete one; a failed run's error.
+Runs the bench, its demo and the studies made are listed too, read-only: they are theirs to rerun or remove."""
 
 import time
 
 import pandas as pd
 import streamlit as st
 
+from workbench import catalog as C
 from workbench import jobs as J
 from workbench import runs as R
 from workbench import ui
 
 st.title("Runs")
-st.caption(f"Run folders in `{R.runs_dir()}`; this page refreshes every {ui.POLL_S:g} s.")
+st.caption(
+    f"Run folders in `{R.runs_dir()}`, and, read-only, those that `make demo`, the bench and the studies made "
+    f"(`{C.bench_dir()}`); this page refreshes every {ui.POLL_S:g} s."
+)
 
 
 def table(runs: list[R.Run]) -> None:
@@ -19,7 +24,8 @@ def table(runs: list[R.Run]) -> None:
         started = r.status.get("started_at") or r.status.get("queued_at")
         rows.append(
             {
-                "run": r.name,
+                "run": r.title,
+                "from": r.origin.label or "app",
                 "state": r.state,
                 "progress": r.progress,
                 "step": f"{r.step} / {r.iterations}",
@@ -49,13 +55,14 @@ def actions(run: R.Run) -> None:
     ui.show_error(run)
     for p in run.problems:
         st.warning(p)
+    ui.read_only_note(run)
     c1, c2, c3 = st.columns(3)
     if c1.button(
         "Cancel",
         key="runs.cancel",
-        disabled=not run.is_active,
+        disabled=run.read_only or not run.is_active,
         icon=":material/stop_circle:",
-        help="Stop after the current iteration; the run checkpoints and can be resumed.",
+        help=run.origin.reason or "Stop after the current iteration; the run checkpoints and can be resumed.",
     ):
         try:
             st.toast(J.cancel_run(run.name))
@@ -67,7 +74,7 @@ def actions(run: R.Run) -> None:
         key="runs.resume",
         disabled=not run.can_resume,
         icon=":material/play_circle:",
-        help="Continue from the last checkpoint.",
+        help=run.origin.reason or "Continue from the last checkpoint.",
     ):
         try:
             J.resume_run(run.name)
@@ -78,6 +85,15 @@ def actions(run: R.Run) -> None:
     if c3.button("Open live view", key="runs.open", icon=":material/monitoring:"):
         ui.remember_run(run.name)
         st.switch_page(ui.page_path("live.py"))
+    if not run.read_only:  # a run the bench made is the bench's to remove
+        delete(run)
+    with st.expander("Log", icon=":material/description:"):
+        st.code(R.tail(run.path / J.LOG) or "(empty)", language="text")
+    with st.expander("Config", icon=":material/settings:"):
+        st.json(run.config or {}, expanded=False)
+
+
+def delete(run: R.Run) -> None:
     with st.expander("Delete this run", icon=":material/delete:"):
         if run.is_active:
             st.caption("Cancel the run before deleting it.")
@@ -93,15 +109,11 @@ def actions(run: R.Run) -> None:
             except (J.JobError, R.RunNameError, OSError) as e:
                 st.error(str(e))
             st.rerun()
-    with st.expander("Log", icon=":material/description:"):
-        st.code(R.tail(run.path / J.LOG) or "(empty)", language="text")
-    with st.expander("Config", icon=":material/settings:"):
-        st.json(run.config or {}, expanded=False)
 
 
 @st.fragment(run_every=ui.POLL_S)
 def page() -> None:
-    runs = R.list_runs()
+    runs = ui.all_runs()
     if not runs:
         ui.no_runs()
         return
