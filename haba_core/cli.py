@@ -58,6 +58,11 @@ def _basis_size_arg(text: str) -> int | str:
     return text.lower() if text.lower() in ("auto", "full") else int(text)
 
 
+def _names(text: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``: a flag that takes several names at once."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _config_overrides(a: argparse.Namespace) -> dict:
     from haba_core.synsets.base import option_fields
 
@@ -80,16 +85,20 @@ def _config_overrides(a: argparse.Namespace) -> dict:
             o[key] = v
     if getattr(a, "data_root", None) is not None:  # a root the user names is the only place read
         o["data.root_only"] = True
+    if getattr(a, "log", None):  # --log tensorboard --log wandb, or --log tensorboard,wandb
+        o["loggers"] = a.log
     return o
 
 
 def _distill_config(a: argparse.Namespace, run_dir: Path | None) -> RunConfig:
     """The RunConfig ``distill`` runs: a resumed run's, a prepared folder's, or the files, flags and overrides."""
     from haba_core.config import RunConfig, apply_overrides, resolve_config
+    from haba_core.loggers import require
 
     if run_dir is not None and a.resume and (run_dir / RF.CONFIG).exists():
         from haba_core.resume import resumed_config
 
+        require(a.log or ())  # the sinks the command adds
         return resumed_config(run_dir, a.config or [], _config_overrides(a), a.set or [])
     if run_dir is not None and RF.is_prepared(run_dir):  # prepared by a front end (config.json + queued status)
         flags = [*_config_overrides(a), *(a.set or []), *(a.config or [])]
@@ -104,7 +113,9 @@ def _distill_config(a: argparse.Namespace, run_dir: Path | None) -> RunConfig:
     d = apply_overrides(d, a.set or [])
     if a.eval:
         d["eval_at_end"] = True
-    return RunConfig.from_dict(d)
+    cfg = RunConfig.from_dict(d)
+    require(cfg.loggers)  # a sink the command names needs its package now, not a warning in the run's log later
+    return cfg
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
@@ -233,19 +244,8 @@ def cmd_budget(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from haba_core.synsets import load_synset
 
-    synset = load_synset(a.synset)
-    images, labels = synset.materialize(pairing="all")
-    io.save_tensors(
-        a.out,
-        {"images": images, "labels": labels},
-        {
-            "format": "haba-images",
-            "version": io.FORMAT_VERSION,
-            "dataset": synset.info.to_dict(),
-            "source": str(a.synset),
-        },
-    )
-    print(f"wrote {len(images)} images to {a.out}")
+    n = load_synset(a.synset).export(a.out, source=str(a.synset))
+    print(f"wrote {n} images to {a.out}")
     return 0
 
 
@@ -297,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="haba", description="Dataset distillation by factorization.")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from haba_core.loggers import REQUIREMENTS, SINKS
+
     d = sub.add_parser("distill", help="distill a synthetic set into a run folder")
     _add_common_distill(d)
     d.add_argument("--iterations", type=int, help="outer iterations")
@@ -308,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. method.lr_img=100")
     d.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     d.add_argument("--eval", action="store_true", help="evaluate the final set (eval.* settings)")
+    sinks = f"also log to (repeatable or comma-separated; pip install -r {REQUIREMENTS}): {_registered(SINKS)}"
+    d.add_argument("--log", action="extend", type=_names, metavar="SINK", help=sinks)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     dry_run = (
         "print the storage breakdown and the measured cost (s/iteration, total time, peak memory: a few iterations "

@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from haba_core.errors import ConfigError
+from haba_core.loggers import SINKS
 from haba_core.synsets import SYNSETS
-from haba_core.validate import check_value, checked_fields
+from haba_core.validate import check_choices, check_value, checked_fields
+
+LOGGERS = {"choices": tuple(SINKS.list())}  # field metadata: the values a tuple option takes
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class RunConfig:
     snapshot_every: int = 50
     checkpoint_every: int = 50
     log_every: int = 1
+    loggers: tuple[str, ...] = field(default=(), metadata=LOGGERS)  # also log there: tensorboard, wandb (offline)
 
     @property
     def method_name(self) -> str:
@@ -163,7 +167,8 @@ def _build(cls: type, d: Mapping[str, Any] | None, prefix: str) -> Any:
         if sub is not None:
             return _build(sub, value, f"{prefix}{f.name}.")
         if f.type in ("tuple[str, ...]",) and value is not None:
-            return tuple(value.split(",") if isinstance(value, str) else value)
+            values = tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+            return check_choices(prefix + f.name, tuple(values), f.metadata.get("choices"))
         return check_value(prefix + f.name, value, f.type)
 
     kwargs = checked_fields(cls, d, prefix, unknown, convert=convert)

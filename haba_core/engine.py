@@ -24,12 +24,14 @@ import torch
 from haba_core import io
 from haba_core import runfolder as RF
 from haba_core.budget import plan_from_config
+from haba_core.callbacks import Callback
 from haba_core.config import RunConfig
 from haba_core.data import dataset_from_config
 from haba_core.devices import peak_memory_mb, reset_peak_memory, resolve_device
 from haba_core.errors import CheckpointError, ConfigError, DiskError, HabaError
 from haba_core.evaluate import evaluate_synset
 from haba_core.haba_losses import ContrastiveConstraint
+from haba_core.loggers import create_sinks
 from haba_core.memory import active_allocator
 from haba_core.methods import METHODS, Context, create_method
 from haba_core.nets import NETS
@@ -42,15 +44,6 @@ KEEP_CHECKPOINTS = 2
 
 class Cancelled(HabaError):
     """Raised inside the loop when the run was asked to stop (SIGTERM/SIGINT)."""
-
-
-class Callback:
-    def on_start(self, d: Distiller) -> None: ...
-    def on_step(self, d: Distiller, step: int, logs: dict) -> None: ...
-    def on_eval(self, d: Distiller, step: int, results: dict) -> None: ...
-    def on_snapshot(self, d: Distiller, step: int) -> None: ...
-    def on_checkpoint(self, d: Distiller, step: int) -> None: ...
-    def on_end(self, d: Distiller, state: str, error: str | None) -> None: ...
 
 
 class Distiller:
@@ -338,7 +331,7 @@ class RunFolder(Callback):
                           precision=d.method.precision, allocator=active_allocator(), notes=d.notes)  # fmt: skip
 
     def on_step(self, d: Distiller, step: int, logs: dict) -> None:
-        if step % max(1, d.cfg.log_every) == 0 or step == d.cfg.iterations:
+        if RF.logs_step(step, d.cfg.log_every, d.cfg.iterations):
             io.append_jsonl(self.metrics_path, {**logs, "wall": time.time()})
         self.write_status(d, "running")
 
@@ -404,9 +397,11 @@ def distill(
             cfg_path = folder.path / RF.CONFIG
             if not cfg_path.exists():
                 raise CheckpointError(f"{folder.path} holds no run to resume (no config.json).")
-            saved = RunConfig.from_dict(io.read_json(cfg_path))  # only how far, on what and where from may change
-            data = dataclasses.replace(saved.data, root=cfg.data.root, root_only=cfg.data.root_only) if cfg else None
-            cfg = saved.replace(iterations=cfg.iterations, device=cfg.device, data=data) if cfg is not None else saved
+            saved = RunConfig.from_dict(io.read_json(cfg_path))
+            if cfg is not None:  # only how far, on what, where from and where else it logs may change
+                data = dataclasses.replace(saved.data, root=cfg.data.root, root_only=cfg.data.root_only)
+                saved = saved.replace(iterations=cfg.iterations, device=cfg.device, data=data, loggers=cfg.loggers)
+            cfg = saved
         elif RF.is_prepared(folder.path):  # a front end prepared it (config.json, queued): run it as configured
             saved = RunConfig.from_dict(io.read_json(folder.path / RF.CONFIG))
             if cfg is not None and cfg.to_dict() != saved.to_dict():
@@ -421,7 +416,9 @@ def distill(
                 "or choose another --run-dir."
             )
         io.ensure_writable_dir(folder.path)  # a read-only or full disk fails now, before the data is loaded
-        cbs.insert(0, folder)
+        cbs[:0] = [folder, *create_sinks(cfg.loggers, folder.path)]  # the run folder first: the source of truth
+    elif cfg.loggers:
+        raise ConfigError(f"loggers={list(cfg.loggers)} write beside a run folder; distill into one (run_dir).")
     if progress:
         cbs.append(Progress())
     d = Distiller(cfg, cbs, dataset=dataset)

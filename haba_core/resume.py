@@ -1,8 +1,9 @@
 """``haba distill --resume``: the command's settings against the run's saved config.
 
 A resumed run continues as it was made. Only where the data is read from (``--data-root``), what it runs on
-(``--device``) and how far it goes (``--iterations``) may change, and they do; any other setting the command names
-that differs from the saved one is a conflict, refused with every difference listed.
+(``--device``), how far it goes (``--iterations``) and where else it logs (``--log``: the sinks only observe) may
+change, and they do; any other setting the command names that differs from the saved one is a conflict, refused with
+every difference listed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from haba_core import runfolder as RF
 from haba_core.config import RunConfig, apply_overrides, config_path, flatten, load_config_file, resolve_config
 from haba_core.errors import HabaError
 
-# settings that may differ from a resumed run's config: where to look and what to run on, and how far to go
-RESUMABLE = ("iterations", "device", "data.root", "data.root_only")
+# settings that may differ from a resumed run's config: where to look and what to run on, how far to go, and the
+# logger sinks (they observe the run, never change it)
+RESUMABLE = ("iterations", "device", "data.root", "data.root_only", "loggers")
 
 
 def resumed_config(run_dir: Path, files: list[str], overrides: dict, sets: list[str]) -> RunConfig:
@@ -35,7 +37,7 @@ def resumed_config(run_dir: Path, files: list[str], overrides: dict, sets: list[
         raise HabaError(
             f"--resume continues {run_dir} as it was made; these settings conflict with it: "
             + "; ".join(conflicts)
-            + ". Drop them to resume (only --iterations, --device and --data-root may change), "
+            + ". Drop them to resume (only --iterations, --device, --data-root and --log may change), "
             "or distill into a new --run-dir."
         )
     changes = {key: value for key, value in requested.items() if key in RESUMABLE}

@@ -11,6 +11,7 @@ A run folder holds::
     test_ledger.jsonl    one line per evaluation on the test split (``haba_core.ledger``; in-run and ``evaluate``)
     snapshots/step_*.safetensors, checkpoints/ckpt_*.safetensors (+ latest.json), synset.safetensors
     log.txt, eval_log.txt, eval/    when launched by the app / evaluated
+    tensorboard/, wandb/ the optional logger sinks' copies of the metrics (``haba_core.loggers``; config ``loggers``)
     eval_job.json        the latest ``haba evaluate`` process: running, then finished or failed with the reason
 
 Everything that reads or writes one goes through this module: the engine (``engine.RunFolder``), the CLI, the
@@ -58,12 +59,20 @@ EVAL_LOG = "eval_log.txt"
 EVAL_JOB = "eval_job.json"
 EVALUATION = "evaluation.json"
 TEST_LEDGER = "test_ledger.jsonl"
+TENSORBOARD = "tensorboard"  # TensorBoard event files (haba_core.loggers)
+WANDB = "wandb"  # W&B's offline runs: wandb names the folder it makes under the directory it is given
 LATEST = "latest.json"  # under checkpoints/: which checkpoint is the newest complete one
 _LOCK = ".status.lock"
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 SNAPSHOT_RE = re.compile(r"^step_(\d+)\.safetensors$")
+
+
+def logs_step(step: int, log_every: int, iterations: int) -> bool:
+    """Whether step ``step`` gets a ``metrics.jsonl`` line (every ``log_every`` steps, and the last): the logger
+    sinks log the same steps."""
+    return step % max(1, log_every) == 0 or step == iterations
 
 
 def snapshot_path(run: Path, step: int) -> Path:

@@ -144,6 +144,19 @@ def check_value(name: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{name}={value!r} has the wrong type ({type(value).__name__}); use {wanted}.")
 
 
+def check_choices(name: str, values: tuple, choices: Iterable[str] | None) -> tuple:
+    """``values`` of a tuple option, each checked against the ``choices`` its field declares (``metadata``), once
+    each; unchecked when it declares none (``eval.nets``: the evaluation checks its networks)."""
+    if choices is None:
+        return values
+    for v in values:
+        if v not in choices:
+            raise ConfigError(
+                f"{name}={v!r} is not one of {', '.join(choices)}.{did_you_mean(v, choices)} Use some of them."
+            )
+    return tuple(dict.fromkeys(values))
+
+
 def _basis_size(name: str, value: Any) -> int | str | None:
     if isinstance(value, str) and value.strip().lower() in ("auto", "full"):
         return "auto" if value.strip().lower() == "auto" else None

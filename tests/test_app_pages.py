@@ -179,6 +179,20 @@ def test_new_run_launches_a_toy_run(empty_runs):
         wait_for(lambda: not R.get_run("from_the_form").is_active)
 
 
+def test_new_run_offers_the_logger_sinks(empty_runs, monkeypatch):
+    """Advanced > Loop: TensorBoard and W&B beside the run folder; a sink without its package here is explained."""
+    from haba_core.loggers import TensorBoardSink
+
+    at = open_page("new_run")
+    sinks = at.multiselect(key="new.v.loggers")
+    assert sinks.options == ["tensorboard", "wandb"] and sinks.value == []
+    sinks.set_value(["tensorboard", "wandb"]).run()
+    assert not at.error and not at.button(key="new.launch").disabled, texts(at.error)
+    monkeypatch.setattr(TensorBoardSink, "package", "haba_no_such_package")
+    at.run()
+    assert "pip install haba_no_such_package" in texts(at.error) and at.button(key="new.launch").disabled
+
+
 def test_new_run_estimates_the_cost(empty_runs):
     at = open_page("new_run")
     at.selectbox(key="new.v.data.name").set_value("toy").run()

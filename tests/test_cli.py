@@ -101,3 +101,16 @@ def test_the_installed_haba_command_is_the_cli(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "7,840" in out.stdout or "7840" in out.stdout
+
+
+def test_export_writes_every_image_the_set_yields(tmp_path, capsys):
+    from haba_core.synsets import load_synset
+    from workbench.testing import make_run
+
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "images.safetensors"
+    assert main(["export", "--synset", str(run / "synset.safetensors"), "--out", str(out)]) == 0
+    tensors, meta = io.load_tensors(out, expect_format="haba-images")
+    images, labels = load_synset(run / "synset.safetensors").materialize(pairing="all")
+    assert tensors["images"].shape == images.shape and tensors["labels"].tolist() == labels.tolist()
+    assert meta["dataset"]["name"] == "toy" and f"wrote {len(images)} images" in capsys.readouterr().out

@@ -50,6 +50,7 @@ class FieldSpec:
     kind: str  # bool | int | float | str | opt_int | opt_float | opt_bool | list | json
     default: Any
     help: str = ""
+    choices: tuple[str, ...] = ()  # the values a list field takes (its field's metadata), shown as a multiselect
 
     @property
     def section(self) -> str:
@@ -177,7 +178,8 @@ def _specs(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> list[FieldSpec
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(default) or f.name in ("method", "net"):
             continue
-        out.append(FieldSpec(prefix + f.name, _kind(f.type, default), default, helps.get(f.name, "")))
+        choices = tuple(f.metadata.get("choices", ()))
+        out.append(FieldSpec(prefix + f.name, _kind(f.type, default), default, helps.get(f.name, ""), choices))
     return out
 
 
@@ -369,6 +371,7 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
     from haba_core.config import RunConfig
     from haba_core.data import dataset_info
     from haba_core.errors import HabaError
+    from haba_core.loggers import missing_packages
 
     out = Check()
     d = json.loads(json.dumps(d))
@@ -402,11 +405,6 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
             out.notes.append(basis_note(info, s.kind, s.budget_ipc, size, **s.params))
     if cfg.data.root_only and not Path(cfg.data.root).expanduser().is_dir():
         out.errors.append(f"The data root {cfg.data.root} does not exist, and data.root_only reads only there.")
-    if cfg.iterations < 1:
-        out.errors.append("Iterations must be at least 1.")
-    for key in ("snapshot_every", "checkpoint_every", "log_every", "eval_every"):
-        if getattr(cfg, key) < 0:
-            out.errors.append(f"{key} must be 0 or more.")
     try:
         kind = synset_class(cfg.synset.kind)
     except HabaError as e:
@@ -431,6 +429,7 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
     bad = [n for n in cfg.eval.nets if n not in nets]
     if bad:
         out.errors.append(f"Unknown evaluation network(s) {', '.join(bad)}; choose from {', '.join(nets)}.")
+    out.errors += missing_packages(cfg.loggers)  # a sink without its package would only warn in the run's log
     if cfg.device.startswith("cuda"):
         import torch
 

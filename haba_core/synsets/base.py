@@ -37,6 +37,7 @@ from haba_core.validate import checked_fields
 
 SYNSETS: Registry = Registry("synset")
 SYNSET_FORMAT = "haba-synset"
+EXPORT_FORMAT = "haba-images"  # every image a set yields (haba export)
 
 
 def upsample_to(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -234,6 +235,14 @@ class Synset(nn.Module):
     def save(self, path, meta: dict | None = None) -> None:
         """Write the set to one safetensors file that rebuilds it alone (see :func:`load_synset`)."""
         save_tensors(path, self.state_dict(), {**self.to_meta(), **(meta or {})})
+
+    def export(self, path, source: str = "") -> int:
+        """Write every image the set yields, ``images`` (N, C, H, W) and ``labels`` (N,), to one safetensors file
+        (format ``haba-images``, with the dataset's facts); returns N."""
+        images, labels = self.materialize(pairing="all")
+        meta = {"format": EXPORT_FORMAT, "version": FORMAT_VERSION, "dataset": self.info.to_dict(), "source": source}
+        save_tensors(path, {"images": images, "labels": labels}, meta)
+        return len(images)
 
     def init_from_real(self, dataset, generator: torch.Generator | None = None) -> None:
         """Initialise every basis from a random real image of its class (channel mean if single-channel)."""

@@ -51,6 +51,8 @@ def field(spec: NR.FieldSpec, default, where=st):
     k = key(spec.key)
     value = NR.widget_value(spec, default)
     help_ = f"`{spec.key}`, engine default `{spec.default!r}`. {spec.help}".strip()
+    if spec.kind == "list" and spec.choices:
+        return where.multiselect(spec.label, spec.choices, default=list(default or ()), key=k, help=help_)
     if spec.key in NR.CHOICES:
         options = list(NR.CHOICES[spec.key])
         return where.selectbox(
