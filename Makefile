@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+EXTRAS_STAMP := $(VENV)/.installed-extras
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: setup data jemalloc browser app test test-slow demo bench lint format
+.PHONY: setup extras data jemalloc browser app test test-slow demo bench lint format
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,13 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP) data jemalloc
+
+# The optional extras, which the suite tests too: the Ray executor and the TensorBoard / W&B logger sinks
+$(EXTRAS_STAMP): $(STAMP) requirements-ray.txt requirements-loggers.txt
+	$(PY) -m pip install -q -r requirements-ray.txt -r requirements-loggers.txt
+	touch $(EXTRAS_STAMP)
+
+extras: $(EXTRAS_STAMP)
 
 # Debian's Fashion-MNIST (the default dataset); without apt it is downloaded by torchvision on first use.
 data:
@@ -54,10 +62,10 @@ browser:
 app: setup
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
 
-test: setup browser
+test: setup extras browser
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-slow: setup
+test-slow: setup extras
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 demo: setup

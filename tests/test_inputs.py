@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 import subprocess
 import sys
 import time
@@ -75,7 +76,7 @@ def test_auto_basis_size_is_one_rule_for_cli_library_and_app(tmp_path):
     r = subprocess.run(distill_command(tmp_path / "r", 1, "haba", "--budget-ipc", "1", "--dataset", "toy"),
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "note: Full-size 28x28 bases plus" in r.stderr and "14x14" in r.stderr
+    assert "note: HaBa stores 14x14 bases" in r.stderr and "validation search" in r.stderr
     storage = json.loads((tmp_path / "r" / "storage.json").read_text())
     assert storage["basis_shape"] == [1, 14, 14] and "14x14" in storage["basis_note"]
     # and the app's check shows the same sentence
@@ -209,3 +210,18 @@ def test_auto_takes_the_size_a_validation_search_chose_for_the_shape_and_budget(
     assert plan.basis_shape == (1, 20, 20) and "val_search/x.md" in plan.basis_note
     table[(1, 28, 28)][1.0] = (27, "y")  # a size that does not fit the budget (27x27 bases at IPC 1): the rule
     assert B.auto_basis_size(FMNIST, "haba", 1.0, n_hallucinators=5) == 14
+
+
+def test_habas_validated_sizes_are_what_the_committed_searches_chose():
+    """Each entry of HaBa's table is the best combination of the validation search it names (the results file
+    beside it), so basis_size=auto follows the evidence on file; the searches kept the default hallucinator count."""
+    from haba_core.synsets import SYNSETS
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for _shape, by_budget in SYNSETS.get("haba").validated_basis_sizes.items():
+        for budget, (size, source) in by_budget.items():
+            search = json.loads((root / source).with_suffix(".json").read_text())
+            best = search["best"]
+            assert best["synset.basis_size"] == ("full" if size is None else str(size)), source
+            assert int(best.get("synset.n_hallucinators", 5)) == 5, source
+            assert f"synset.budget_ipc={budget:g}" in search["command"], source

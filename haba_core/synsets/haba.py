@@ -51,6 +51,14 @@ class HabaSynset(Synset):
     Config = HabaOptions
     variant_name = "hallucinator"
     contrastive = True
+    # basis_size="auto" on 1x28x28 images (Fashion-MNIST, MNIST): the sizes validation searches chose with DM and the
+    # default 5 hallucinators. Other shapes get the rule (full size where it fits, else the largest whole-factor
+    # reduction that does), which nothing has validated for them.
+    validated_basis_sizes = {
+        (1, 28, 28): {
+            1.0: (14, "bench/results/val_search/dm_haba_ipc1_shape_pairfix.md"),
+        }
+    }
 
     @classmethod
     def storage_of(cls, info, n_bases, basis_size, n_hallucinators: int = 5, single_channel: bool = False, **_):
