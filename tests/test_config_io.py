@@ -18,14 +18,14 @@ def test_overrides_and_method_shorthand(tmp_path):
     cfg = resolve_config(
         files=[f], overrides=["method.lr_img=100", "synset.single_channel=true", "eval.nets=convnet,mlp"]
     )
-    assert cfg.synset.params == {"n_hallucinators": 3, "single_channel": True}
+    assert cfg.synset.params == {"n_hallucinators": 3, "single_channel": True, "freeze_hallucinators": False}
     assert cfg.method_params == {"lr_img": 100}
     assert cfg.eval.nets == ("convnet", "mlp")
 
 
 def test_synset_kind_options_live_in_params_validated_by_the_kind(tmp_path):
     # the kind's options, resolved with its defaults; the shorthand synset.X and the full path agree
-    assert RunConfig().synset.params == {"n_hallucinators": 5, "single_channel": False}
+    assert RunConfig().synset.params == {"n_hallucinators": 5, "single_channel": False, "freeze_hallucinators": False}
     a = resolve_config(overrides=["synset.n_hallucinators=2"]).synset
     b = resolve_config(overrides=["synset.params.n_hallucinators=2"]).synset
     assert a == b and a.params["n_hallucinators"] == 2
@@ -51,7 +51,7 @@ def test_configs_written_before_synset_params_still_read(tmp_path):
     old["synset"] = {k: v for k, v in old["synset"].items() if k != "params"}
     old["synset"].update(kind="haba", n_hallucinators=3, single_channel=True)
     cfg = RunConfig.from_dict(old)
-    assert cfg.synset.params == {"n_hallucinators": 3, "single_channel": True}
+    assert cfg.synset.params == {"n_hallucinators": 3, "single_channel": True, "freeze_hallucinators": False}
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     # an old-layout file sets a value; an override given after it still wins
     f = tmp_path / "old.yaml"

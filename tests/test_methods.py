@@ -99,15 +99,17 @@ def test_frozen_hallucinators_stay_at_their_initialisation(method, expert_dir):
     """``synset.freeze_hallucinators``: the hallucinators keep the seeded values they start from (the same as an
     unfrozen set of the same seed starts from) while the bases learn through them, with the constraint on."""
     cfg = method_config(method, "haba", expert_dir, "synset.freeze_hallucinators=true")
-    free = Distiller(cfg.replace(synset=dataclasses.replace(cfg.synset, params={**cfg.synset.params,
-                                                                          "freeze_hallucinators": False})))
+    free = Distiller(
+        cfg.replace(synset=dataclasses.replace(cfg.synset, params={**cfg.synset.params, "freeze_hallucinators": False}))
+    )
     d = Distiller(cfg)
     start = [p.detach().clone() for p in d.synset.hallucinator_parameters()]
     for p, q in zip(start, free.synset.hallucinator_parameters(), strict=True):
         assert torch.equal(p, q)  # the initialisation is the unfrozen one's
     bases = d.synset.bases.detach().clone()
     assert [g["name"] for g in d.optimizer.param_groups if "name" in g] == ["bases"] + (
-        ["syn_lr"] if method == "mtt" else [])
+        ["syn_lr"] if method == "mtt" else []
+    )
     d.run()
     for p, q in zip(start, d.synset.hallucinator_parameters(), strict=True):
         assert torch.equal(p, q) and p.grad is None
