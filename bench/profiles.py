@@ -72,10 +72,17 @@ def _fmnist(name: str, description: str, seeds: int, cells: tuple[Cell, ...], **
     """A Fashion-MNIST profile evaluated on ConvNet for 300 epochs (the CPU protocol), ``seeds`` networks, two
     cells at a time with one thread each; evaluation networks are compiled (``eval.compile``: same arithmetic)."""
     kw.setdefault("jobs", 2)
-    return Profile(name=name, description=description,
-                   common=("data.name=fashion_mnist", "eval.nets=convnet", "eval.compile=true"),
-                   eval_nets=("convnet",), eval_seeds=seeds, eval_epochs=300, cells=cells,
-                   data={"name": "fashion_mnist"}, **kw)  # fmt: skip
+    return Profile(
+        name=name,
+        description=description,
+        common=("data.name=fashion_mnist", "eval.nets=convnet", "eval.compile=true"),
+        eval_nets=("convnet",),
+        eval_seeds=seeds,
+        eval_epochs=300,
+        cells=cells,
+        data={"name": "fashion_mnist"},
+        **kw,
+    )
 
 
 CPU = _fmnist(
@@ -96,7 +103,7 @@ CPU = _fmnist(
         "fashion_mnist": tuple(
             "--num-experts 3 --epochs 6 --train-limit 10000 --set net.width=64 --set compile=true".split()
         )
-    },  # fmt: skip
+    },
     profile_iterations=1,  # the convolution share of one iteration (every iteration does the same work)
     notes=(
         "DC and DSA cells run outer/inner loops 1/1 at every budget (the CPU presets pin them): at IPC 10 this "
@@ -111,16 +118,19 @@ CPU = _fmnist(
 # `auto` resolves to bf16 on this CPU.
 def _pinned(name: str, precision: str, description: str) -> Profile:
     return dataclasses.replace(
-        CPU, name=name, description=description,
-        cells=tuple(dataclasses.replace(c, overrides=(*c.overrides, f"method.precision={precision}"))
-                    for c in CPU.cells if c.method is not None),
-    )  # fmt: skip
+        CPU,
+        name=name,
+        description=description,
+        cells=tuple(
+            dataclasses.replace(c, overrides=(*c.overrides, f"method.precision={precision}"))
+            for c in CPU.cells
+            if c.method is not None
+        ),
+    )
 
 
-CPU_BF16 = _pinned("cpu_bf16", "bf16", "The cpu profile's distilled cells in bf16: the distillation-precision "
-                   "check")  # fmt: skip
-CPU_FP32 = _pinned("cpu_fp32", "fp32", "The cpu profile's distilled cells in float32: the float32 twins of "
-                   "cpu_bf16")  # fmt: skip
+CPU_BF16 = _pinned("cpu_bf16", "bf16", "The cpu profile's distilled cells in bf16: the distillation-precision check")
+CPU_FP32 = _pinned("cpu_fp32", "fp32", "The cpu profile's distilled cells in float32: the float32 twins of cpu_bf16")
 
 PAPER = Profile(
     name="paper",
@@ -169,7 +179,7 @@ SMOKE = Profile(
             None,
             ("iterations=2", "method.syn_steps=2", "method.expert_epochs=1", "method.max_start_epoch=1"),
             dataset="toy",
-        ),  # fmt: skip
+        ),
     ),
     experts={"toy": ("--num-experts", "1", "--epochs", "2", "--set", "net.width=16")},
     profile_iterations=1,
@@ -181,9 +191,18 @@ SMOKE = Profile(
 # loops 1/1 at IPC 1) and their evaluation: DSA 1000 epochs with DSA augmentation; DC on Fashion-MNIST 300
 # epochs without augmentation (get_daparam augments MNIST only). lr 0.01 decayed x0.1 at half, SGD momentum
 # 0.9, weight decay 5e-4, batch 256, no standardization, float32. 5 evaluation networks (the papers use 20 x 5).
-_PUBLISHED = ("net.width=128", "method.batch_real=256", "method.lr_img=0.1", "method.lr_net=0.01",
-              "method.outer_loop=1", "method.inner_loop=1", "iterations=1000", "eval.standardize=false",
-              "eval.precision=fp32", "method.precision=fp32")  # fmt: skip
+_PUBLISHED = (
+    "net.width=128",
+    "method.batch_real=256",
+    "method.lr_img=0.1",
+    "method.lr_net=0.01",
+    "method.outer_loop=1",
+    "method.inner_loop=1",
+    "iterations=1000",
+    "eval.standardize=false",
+    "eval.precision=fp32",
+    "method.precision=fp32",
+)
 # execution choices, not protocol (same arithmetic up to fusion order): the real batches' pass and the evaluation
 # networks compiled (DSA step 1.43x at these settings, bench/results/speed_dc.md). The DSA pixels cell ran
 # without them (it finished before they existed); its record lists the overrides it ran with.

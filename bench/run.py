@@ -123,8 +123,9 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
     overrides = cell_overrides(profile, cell, workdir.parent.parent)
     if cell.method is None:  # the profile's eval.* settings, so the row shares the distilled rows' protocol
         cfg = resolve_config(overrides=[o for o in overrides if o.startswith(("eval.", "seed="))])
-        ecfg = dataclasses.replace(cfg.eval, nets=profile.eval_nets, seeds=profile.eval_seeds,
-                                   epochs=profile.eval_epochs)  # fmt: skip
+        ecfg = dataclasses.replace(
+            cfg.eval, nets=profile.eval_nets, seeds=profile.eval_seeds, epochs=profile.eval_epochs
+        )
         ds = load_dataset(profile.data.get("name", "fashion_mnist"), root=str(ROOT / "data"))
         ipc = max(1, math.floor(cell.budget_ipc + 1e-9))
         config = {**cfg.to_dict(), "eval": dataclasses.asdict(ecfg), "random_real_ipc": ipc}
@@ -149,9 +150,16 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
     speed = conv_share(d, profile.profile_iterations)
     if spi is None:  # resumed a finished run: time the profiled iterations instead
         spi = d.seconds_per_iteration()
-    return {"eval": ev, "sec_per_iter": spi, "iterations": cfg.iterations, "wall_s": time.time() - t0,
-            "config": d.cfg.to_dict(), "distill_seed": cfg.seed, "distill_precision": d.method.precision,
-            **speed}  # fmt: skip
+    return {
+        "eval": ev,
+        "sec_per_iter": spi,
+        "iterations": cfg.iterations,
+        "wall_s": time.time() - t0,
+        "config": d.cfg.to_dict(),
+        "distill_seed": cfg.seed,
+        "distill_precision": d.method.precision,
+        **speed,
+    }
 
 
 def evaluate_run_of(profile: Profile, cell: Cell, source: Path, cfg, ledger: LedgerEntry, t0: float) -> dict:
@@ -189,9 +197,20 @@ def evaluate_run_of(profile: Profile, cell: Cell, source: Path, cfg, ledger: Led
 
 def experts_command(profile: Profile, out: Path, dataset: str) -> list[str]:
     # the root as the cells read it (data.root, the default lookup), not --data-root, which reads only that folder
-    return [sys.executable, "-m", "haba_core", "experts", "--dataset", dataset, "--out",
-            str(experts_dir(out, dataset)), "--quiet", "--set", f"data.root={ROOT / 'data'}",
-            *profile.experts[dataset]]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "haba_core",
+        "experts",
+        "--dataset",
+        dataset,
+        "--out",
+        str(experts_dir(out, dataset)),
+        "--quiet",
+        "--set",
+        f"data.root={ROOT / 'data'}",
+        *profile.experts[dataset],
+    ]
 
 
 # rough relative cost of a cell, for longest-first scheduling: method x budget (shares of `make bench`'s time)
@@ -236,7 +255,7 @@ class _Job:
     def __init__(self, name: str, cmd: list[str], log_path: Path, threads: int):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.name, self.log_path, self.t0 = name, log_path, time.time()
-        self._fh = open(log_path, "w")  # noqa: SIM115 (closed in done())
+        self._fh = open(log_path, "w")  # closed in done()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, env=child_env(threads))
 
     def done(self) -> int | None:
@@ -283,8 +302,10 @@ def run_profile(
                     log(f"[fail] {item.name}: its experts failed")
                     from haba_core import io
 
-                    io.write_json(cells_dir / f"{item.name}.failed.json",
-                                  {"cell": item.name, "error": f"the experts for {item.dataset} failed"})  # fmt: skip
+                    io.write_json(
+                        cells_dir / f"{item.name}.failed.json",
+                        {"cell": item.name, "error": f"the experts for {item.dataset} failed"},
+                    )
                     continue
                 if item.dataset in pending_experts:  # queued or training
                     continue
@@ -296,8 +317,17 @@ def run_profile(
                 running.append((kind, item, job))
             else:
                 log(f"[run ] {item.name}")
-                cmd = [sys.executable, "-m", "bench.run", "--profile", profile.name, "--cell", item.name,
-                       "--out", str(out_root)]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "bench.run",
+                    "--profile",
+                    profile.name,
+                    "--cell",
+                    item.name,
+                    "--out",
+                    str(out_root),
+                ]
                 running.append((kind, item, _Job(item.name, cmd, out / "logs" / f"{item.name}.log", threads)))
         time.sleep(0.5)
         for entry in list(running):
@@ -432,21 +462,29 @@ def markdown(result: dict) -> str:
     ]
     sched = result.get("schedule") or {}
     if sched:
-        lines += ["", f"Schedule: {sched['jobs']} cell(s) at a time, {sched['threads_per_job']} thread(s) each "
-                      f"(s/iter and eval times were measured so); this invocation took "
-                      f"{result.get('wall_s', 0) / 60:.0f} min."]  # fmt: skip
+        lines += [
+            "",
+            f"Schedule: {sched['jobs']} cell(s) at a time, {sched['threads_per_job']} thread(s) each "
+            f"(s/iter and eval times were measured so); this invocation took "
+            f"{result.get('wall_s', 0) / 60:.0f} min.",
+        ]
     protocols = result.get("protocols") or distinct_protocols(r.get("protocol") for r in result["cells"])
     if len(protocols) > 1:
-        lines += ["", f"**Rows were evaluated under {len(protocols)} different protocols "
-                      f"({'; '.join(protocols)}): compare only rows that share one.**"]  # fmt: skip
+        lines += [
+            "",
+            f"**Rows were evaluated under {len(protocols)} different protocols "
+            f"({'; '.join(protocols)}): compare only rows that share one.**",
+        ]
     elif protocols:
         lines += ["", f"Every row: evaluation protocol {protocols[0]}."]
     ns = sorted({len(r["accuracy_per_seed"]) for r in result["cells"]})
     if ns:
         lines += ["", f"Accuracy: mean +- sample std (ddof 1) over n = {' or '.join(map(str, ns))} networks per row."]
     published = any(r["cell"].get("published") for r in result["cells"])
-    head = ("| budget (IPC) | cell | accuracy % | stored floats | IPC-equiv | images/class | s/iter | distilled in "
-            "| conv share | eval s/net | peak MB | protocol |")  # fmt: skip
+    head = (
+        "| budget (IPC) | cell | accuracy % | stored floats | IPC-equiv | images/class | s/iter | distilled in "
+        "| conv share | eval s/net | peak MB | protocol |"
+    )
     lines += ["", head + (" published % | gap |" if published else ""), "|---" * (12 + 2 * published) + "|"]
     for r in result["cells"]:
         c, st = r["cell"], r["storage"]
@@ -464,8 +502,9 @@ def markdown(result: dict) -> str:
         )
         if published:
             pub = c.get("published")
-            row += (f" {pub[0]:.1f} +- {pub[1]:.1f} | {100 * r['accuracy_mean'] - pub[0]:+.2f} |" if pub
-                    else " (none) | |")  # fmt: skip
+            row += (
+                f" {pub[0]:.1f} +- {pub[1]:.1f} | {100 * r['accuracy_mean'] - pub[0]:+.2f} |" if pub else " (none) | |"
+            )
         lines.append(row)
     for f in result["failed"]:
         lines.append(f"| | {f['cell']} | failed |" + " |" * (10 + 2 * published))

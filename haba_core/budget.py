@@ -200,8 +200,11 @@ def _too_small(info: DatasetInfo, kind: str, budget_ipc: float, basis_size: int 
     )
     hints = []
     if shared and "n_hallucinators" in options:
-        fitting = (k for k in range(shared - 1, 0, -1)
-                   if _fits(info, kind, budget_ipc, basis_size, {**options, "n_hallucinators": k}))  # fmt: skip
+        fitting = (
+            k
+            for k in range(shared - 1, 0, -1)
+            if _fits(info, kind, budget_ipc, basis_size, {**options, "n_hallucinators": k})
+        )
         fewer = next(fitting, None)  # the most that fit: probing stops there
         if fewer:
             hints.append(f"use n_hallucinators={fewer}")

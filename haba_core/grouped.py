@@ -42,8 +42,20 @@ class GroupedLinear(nn.Module):
 
 # Leaves without parameters that act per channel or per element, so they work unchanged on the
 # channel-concatenated layout (B, S * C, H, W) (and on (B, S * D) after a flatten).
-_PASS_THROUGH = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.GELU, nn.Tanh, nn.Identity, nn.AvgPool2d, nn.MaxPool2d,
-                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout)  # fmt: skip
+_PASS_THROUGH = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.Tanh,
+    nn.Identity,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+)
 
 
 def _cat(mods: Sequence[nn.Module], name: str) -> Tensor:
@@ -56,8 +68,16 @@ def _stack_leaf(peers: Sequence[nn.Module]) -> nn.Module | None:
     if isinstance(m, nn.Conv2d) and type(m) is nn.Conv2d:
         if m.padding_mode != "zeros":
             raise NotStackable(f"Conv2d padding_mode={m.padding_mode!r}")
-        new = nn.Conv2d(m.in_channels * s, m.out_channels * s, m.kernel_size, m.stride, m.padding, m.dilation,
-                        m.groups * s, m.bias is not None)  # fmt: skip
+        new = nn.Conv2d(
+            m.in_channels * s,
+            m.out_channels * s,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups * s,
+            m.bias is not None,
+        )
         with torch.no_grad():
             new.weight.copy_(_cat(peers, "weight"))  # (S * C_out, C_in / groups, k, k): seed-major blocks
             if m.bias is not None:
@@ -234,8 +254,10 @@ def train_seeds_grouped(
     accs, train_s, test_s = run_trainer(trainer, recipe.epochs)
     s = len(seeds)
     shared = {"net": net_name, "path": "grouped", "group_size": s, "group_train_s": train_s, "group_test_s": test_s}
-    return [{"acc": a, "train_s": train_s / s, "test_s": test_s / s, "seed": sd, **shared}
-            for a, sd in zip(accs, seeds, strict=True)]  # fmt: skip
+    return [
+        {"acc": a, "train_s": train_s / s, "test_s": test_s / s, "seed": sd, **shared}
+        for a, sd in zip(accs, seeds, strict=True)
+    ]
 
 
 def grouped_by_default(device: torch.device | str) -> bool:

@@ -79,7 +79,7 @@ class Sink(Callback):
             return
         try:
             write(*args)
-        except Exception as e:  # noqa: BLE001 - a sink never fails the run
+        except Exception as e:  # a sink never fails the run
             self.failed = True
             print(
                 f"warning: {self.label} logging stopped ({type(e).__name__}: {e}); the run goes on, and its run folder "

@@ -20,8 +20,12 @@ def matrix_rows(evaluation: dict) -> tuple[list[str], list[dict]]:
             if n not in nets:
                 nets.append(n)
         st = res.get("storage") or {}
-        row = {"row": name, "kind": st.get("kind"), "floats_total": st.get("floats_total"),
-               "ipc_equivalent": round(float(st.get("ipc_equivalent") or 0.0), 4)}  # fmt: skip
+        row = {
+            "row": name,
+            "kind": st.get("kind"),
+            "floats_total": st.get("floats_total"),
+            "ipc_equivalent": round(float(st.get("ipc_equivalent") or 0.0), 4),
+        }
         for n in nets:
             r = res.get("nets", {}).get(n)
             row[n] = f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}" if r else ""
@@ -47,8 +51,11 @@ def matrix_markdown(evaluation: dict) -> str:
     for r in rows:
         cells = [r["row"], f"{r['ipc_equivalent']:.3f} ({r['floats_total']:,} floats)", *(r[n] for n in nets)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    protocols = distinct_protocols((evaluation.get(n) or {}).get("protocol") for n in ("synset", "random_real")
-                                   if isinstance(evaluation.get(n), dict))  # fmt: skip
+    protocols = distinct_protocols(
+        (evaluation.get(n) or {}).get("protocol")
+        for n in ("synset", "random_real")
+        if isinstance(evaluation.get(n), dict)
+    )
     if len(protocols) == 1:
         lines.append(f"\nEvery row: evaluation protocol {protocols[0]}.")
     elif protocols:

@@ -232,8 +232,16 @@ def prepare(run: Path, config: dict, **status: Any) -> None:
     run = Path(run)
     io.ensure_writable_dir(run)
     io.write_json(run / CONFIG, config)
-    update_status(run, state="queued", queued_at=time.time(), step=0, iterations=config.get("iterations"),
-                  pid=None, error=None, **status)  # fmt: skip
+    update_status(
+        run,
+        state="queued",
+        queued_at=time.time(),
+        step=0,
+        iterations=config.get("iterations"),
+        pid=None,
+        error=None,
+        **status,
+    )
 
 
 def is_prepared(run: Path) -> bool:

@@ -90,11 +90,18 @@ class Recipe:
         std = bool(protocol["standardize"])
         if std and protocol.get("standardize_test_batch"):
             test_batch = int(protocol["standardize_test_batch"])
-        return cls(epochs=int(protocol["epochs"]), lr=float(protocol["lr"]), batch=int(protocol["batch"]),
-                   momentum=float(protocol["momentum"]), weight_decay=float(protocol["weight_decay"]),
-                   dsa=str(protocol["dsa"] or ""), standardize=std,
-                   precision=str(protocol.get("precision", "fp32")), test_batch=test_batch,
-                   compile=compile)  # fmt: skip
+        return cls(
+            epochs=int(protocol["epochs"]),
+            lr=float(protocol["lr"]),
+            batch=int(protocol["batch"]),
+            momentum=float(protocol["momentum"]),
+            weight_decay=float(protocol["weight_decay"]),
+            dsa=str(protocol["dsa"] or ""),
+            standardize=std,
+            precision=str(protocol.get("precision", "fp32")),
+            test_batch=test_batch,
+            compile=compile,
+        )
 
     def optimizer(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)

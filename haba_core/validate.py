@@ -48,7 +48,7 @@ _RULES: list[tuple[tuple[str, ...], Callable[[float], bool], str]] = [
         ),
         lambda x: x >= 1,
         "an integer >= 1",
-    ),  # fmt: skip
+    ),
 ]
 
 

@@ -81,11 +81,14 @@ def bench_net(net: str, ds, images, labels, a) -> dict | None:
         "epoch_s": ep,
         "test_s": te,
         "load_end": os.getloadavg()[0],
-    }  # fmt: skip
-    print(f"  {net:9s} epoch {1000 * row['seq_epoch_s']:8.1f} ms seq / {1000 * row['grp_epoch_s']:8.1f} ms grouped"
-          f" (median ratio {row['epoch_speedup_median']:.2f}x, total {row['train_speedup_total']:.2f}x)   test "
-          f"{row['seq_test_s']:6.2f} / {row['grp_test_s']:6.2f} s = {row['test_speedup']:.2f}x   "
-          f"max |acc diff| {row['max_acc_diff']:.4f}", flush=True)  # fmt: skip
+    }
+    print(
+        f"  {net:9s} epoch {1000 * row['seq_epoch_s']:8.1f} ms seq / {1000 * row['grp_epoch_s']:8.1f} ms grouped"
+        f" (median ratio {row['epoch_speedup_median']:.2f}x, total {row['train_speedup_total']:.2f}x)   test "
+        f"{row['seq_test_s']:6.2f} / {row['grp_test_s']:6.2f} s = {row['test_speedup']:.2f}x   "
+        f"max |acc diff| {row['max_acc_diff']:.4f}",
+        flush=True,
+    )
     return row
 
 
@@ -109,22 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     per_class = max(1, a.val_images // dataset_info(a.dataset).num_classes)
     ds = load_dataset(a.dataset, root=a.data_root, val_per_class=per_class).evaluated_on("val")
     images, labels = ds.subset_random(a.ipc, torch.Generator().manual_seed(0))
-    head = (f"{ds.info.name}: {tuple(images.shape)} training images, {len(ds.labels_test)} validation, S={a.seeds} "
-            f"seeds, {a.epochs} epochs alternating, DSA {'off' if a.no_dsa else 'on'}, torch threads "
-            f"{torch.get_num_threads()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start")  # fmt: skip
+    head = (
+        f"{ds.info.name}: {tuple(images.shape)} training images, {len(ds.labels_test)} validation, S={a.seeds} "
+        f"seeds, {a.epochs} epochs alternating, DSA {'off' if a.no_dsa else 'on'}, torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
+    )
     print(head, flush=True)
     rows = [r for net in a.nets.split(",") if (r := bench_net(net, ds, images, labels, a))]
     print()
-    print(f"| net | sequential s/epoch ({a.seeds} seeds) | grouped s/epoch | speedup (median of epoch ratios) | "
-          "speedup (total) | test speedup |")  # fmt: skip
+    print(
+        f"| net | sequential s/epoch ({a.seeds} seeds) | grouped s/epoch | speedup (median of epoch ratios) | "
+        "speedup (total) | test speedup |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['net']} | {r['seq_epoch_s']:.3f} | {r['grp_epoch_s']:.3f} | {r['epoch_speedup_median']:.2f}x | "
-              f"{r['train_speedup_total']:.2f}x | {r['test_speedup']:.2f}x |")  # fmt: skip
+        print(
+            f"| {r['net']} | {r['seq_epoch_s']:.3f} | {r['grp_epoch_s']:.3f} | {r['epoch_speedup_median']:.2f}x | "
+            f"{r['train_speedup_total']:.2f}x | {r['test_speedup']:.2f}x |"
+        )
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"setup": head, "args": vars(a), "machine": platform.platform(),
-                                            "rows": rows}, indent=2))  # fmt: skip
+        Path(a.json).write_text(
+            json.dumps({"setup": head, "args": vars(a), "machine": platform.platform(), "rows": rows}, indent=2)
+        )
     return 0
 
 

@@ -57,8 +57,10 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
             continue
         found = [r for r in references if (results / r / "cells" / cell.name).exists()]
         if not found:
-            raise SystemExit(f"{cell.name}: no float32 twin in {', '.join(references)}: run `python -m bench.run "
-                             f"--profile cpu_fp32` first")  # fmt: skip
+            raise SystemExit(
+                f"{cell.name}: no float32 twin in {', '.join(references)}: run `python -m bench.run "
+                f"--profile cpu_fp32` first"
+            )
         twin = found[0]
         ref_path = results / twin / "cells" / cell.name
         f, r = io.read_json(cell), io.read_json(ref_path)
@@ -69,20 +71,32 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
         for name, rec, want in ((twin, r, "fp32"), (fast, f, "bf16")):
             got = distilled_in(results, name, cell.stem, rec)
             if got not in (None, want):
-                raise SystemExit(f"{cell.stem}: the `{name}` cell distilled in {got}, not {want}; the float32 twins "
-                                 "are `python -m bench.run --profile cpu_fp32` (`--reference cpu_fp32`)")  # fmt: skip
+                raise SystemExit(
+                    f"{cell.stem}: the `{name}` cell distilled in {got}, not {want}; the float32 twins "
+                    "are `python -m bench.run --profile cpu_fp32` (`--reference cpu_fp32`)"
+                )
         run = f"runs/{cell.stem}/run/config.json"
         extra = config_difference(results / twin / run, results / fast / run) - ALLOWED
         if extra:
             raise SystemExit(f"{cell.stem}: the configs differ beyond precision: {sorted(extra)}")
         gap = f["accuracy_mean"] - r["accuracy_mean"]
-        rows.append({
-            "cell": cell.stem, "fp32_mean": r["accuracy_mean"], "fp32_std": r["accuracy_std"],
-            "bf16_mean": f["accuracy_mean"], "bf16_std": f["accuracy_std"], "gap": gap,
-            "passes": abs(gap) <= r["accuracy_std"], "fp32_s_per_iter": r["sec_per_iter"],
-            "bf16_s_per_iter": f["sec_per_iter"], "fp32_peak_rss_mb": r.get("peak_rss_mb"),
-            "bf16_peak_rss_mb": f.get("peak_rss_mb"), "protocol": f["protocol"]["id"], "reference": twin,
-        })  # fmt: skip
+        rows.append(
+            {
+                "cell": cell.stem,
+                "fp32_mean": r["accuracy_mean"],
+                "fp32_std": r["accuracy_std"],
+                "bf16_mean": f["accuracy_mean"],
+                "bf16_std": f["accuracy_std"],
+                "gap": gap,
+                "passes": abs(gap) <= r["accuracy_std"],
+                "fp32_s_per_iter": r["sec_per_iter"],
+                "bf16_s_per_iter": f["sec_per_iter"],
+                "fp32_peak_rss_mb": r.get("peak_rss_mb"),
+                "bf16_peak_rss_mb": f.get("peak_rss_mb"),
+                "protocol": f["protocol"]["id"],
+                "reference": twin,
+            }
+        )
     return rows
 
 
@@ -93,41 +107,58 @@ def markdown(res: dict) -> str:
         f"`{res['command']}` at commit `{res['git_commit'][:12]}`, {res['finished_at']}: the `{res['fast']}` bench "
         f"cells against their `{res['reference']}` twins. A cell passes when the bf16 mean lies within one std of "
         "the float32 mean. "
-        + ("Seconds per iteration are each cell's own run (one thread, two cells at a time)."
-           if res.get("speeds", True) else
-           "No seconds per iteration: the two sides ran under different loads, so their timings do not compare."),
+        + (
+            "Seconds per iteration are each cell's own run (one thread, two cells at a time)."
+            if res.get("speeds", True)
+            else "No seconds per iteration: the two sides ran under different loads, so their timings do not compare."
+        ),
         "",
         "| cell | float32 % | bf16 % | gap | within 1 std | s/iter fp32 -> bf16 | speedup | float32 twin |",
         "|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for r in res["rows"]:
         ok = "yes" if r["passes"] else "**no**"
         a, b = r["fp32_s_per_iter"], r["bf16_s_per_iter"]
         speed = f"{a:.2f} -> {b:.2f} | {a / b:.2f}x" if res.get("speeds", True) else "- | -"
-        lines.append(f"| {r['cell']} | {100 * r['fp32_mean']:.2f} +- {100 * r['fp32_std']:.2f} "
-                     f"| {100 * r['bf16_mean']:.2f} +- {100 * r['bf16_std']:.2f} | {100 * r['gap']:+.2f} | {ok} "
-                     f"| {speed} | `{r.get('reference', res['reference'])}` |")  # fmt: skip
+        lines.append(
+            f"| {r['cell']} | {100 * r['fp32_mean']:.2f} +- {100 * r['fp32_std']:.2f} "
+            f"| {100 * r['bf16_mean']:.2f} +- {100 * r['bf16_std']:.2f} | {100 * r['gap']:+.2f} | {ok} "
+            f"| {speed} | `{r.get('reference', res['reference'])}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
-    p.add_argument("--reference", default="cpu_fp32", help="the twins' folder(s) under --results, comma-separated: "
-                   "each cell's twin comes from the first that has it")  # fmt: skip
+    p.add_argument(
+        "--reference",
+        default="cpu_fp32",
+        help="the twins' folder(s) under --results, comma-separated: each cell's twin comes from the first that has it",
+    )
     p.add_argument("--fast", default="cpu_bf16")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill_precision"))
-    p.add_argument("--no-speeds", action="store_true", help="leave s/iter out of the table (the two sides ran under "
-                   "different loads)")  # fmt: skip
+    p.add_argument(
+        "--no-speeds",
+        action="store_true",
+        help="leave s/iter out of the table (the two sides ran under different loads)",
+    )
     a = p.parse_args()
     from bench.run import git_commit, write_report
 
     rows = compare(Path(a.results), a.reference, a.fast)
     if not rows:
         raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}")
-    res = {"command": "python scripts/distill_precision.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
-           "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "reference": a.reference, "fast": a.fast,
-           "rows": rows, "all_pass": all(r["passes"] for r in rows), "speeds": not a.no_speeds}  # fmt: skip
+    res = {
+        "command": "python scripts/distill_precision.py " + " ".join(sys.argv[1:]),
+        "git_commit": git_commit(),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "reference": a.reference,
+        "fast": a.fast,
+        "rows": rows,
+        "all_pass": all(r["passes"] for r in rows),
+        "speeds": not a.no_speeds,
+    }
     write_report(Path(a.out), res, markdown(res))
     return 0
 

@@ -138,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         every = 0
         for s in steps:  # snapshot at the gcd of the evaluated steps
             every = gcd(every, s)
-        overrides = [*a.set, *sets, f"data.val_per_class={a.val_per_class}", f"iterations={iterations}",
-                     f"snapshot_every={every}", f"checkpoint_every={every}"]  # fmt: skip
+        overrides = [
+            *a.set,
+            *sets,
+            f"data.val_per_class={a.val_per_class}",
+            f"iterations={iterations}",
+            f"snapshot_every={every}",
+            f"checkpoint_every={every}",
+        ]
         cfg = resolve_config(files=a.config, overrides=overrides)
         run = out / "runs" / a.name / name
         d = distill(cfg, run, resume=(run / RF.CONFIG).exists(), callbacks=[InitialSnapshot(run)])
@@ -156,15 +162,34 @@ def main(argv: list[str] | None = None) -> int:
         for s in steps:
             res = evaluate_run(run, cfg, val_cfg, snapshot(run, s), executor=executor, log=None)
             acc = res["synset"]["nets"][val_cfg.nets[0]]
-            points.append({"step": s, "val_mean": acc["mean"], "val_std": acc["std"], "val_per_seed": acc["per_seed"],
-                           "loss": losses[s], "protocol": res["synset"]["protocol"]})  # fmt: skip
-            print(f"{name} step {s}: val {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}, "
-                  f"loss {losses[s] if losses[s] is None else round(losses[s], 4)}", flush=True)  # fmt: skip
+            points.append(
+                {
+                    "step": s,
+                    "val_mean": acc["mean"],
+                    "val_std": acc["std"],
+                    "val_per_seed": acc["per_seed"],
+                    "loss": losses[s],
+                    "protocol": res["synset"]["protocol"],
+                }
+            )
+            print(
+                f"{name} step {s}: val {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}, "
+                f"loss {losses[s] if losses[s] is None else round(losses[s], 4)}",
+                flush=True,
+            )
         times = [m["time_s"] for m in metrics if m.get("time_s") is not None]  # every step, across resumes
-        rows.append({"arm": name, "overrides": sets, "iterations": iterations, "points": points,
-                     "plateau": plateau_step(points, a.loss_tol),
-                     "sec_per_iter": statistics.median(times) if times else None,
-                     "storage": status.get("storage"), "run": shown(run)})  # fmt: skip
+        rows.append(
+            {
+                "arm": name,
+                "overrides": sets,
+                "iterations": iterations,
+                "points": points,
+                "plateau": plateau_step(points, a.loss_tol),
+                "sec_per_iter": statistics.median(times) if times else None,
+                "storage": status.get("storage"),
+                "run": shown(run),
+            }
+        )
         del d
     if a.only:
         return 0
@@ -189,10 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     if executor is not None:
         executor.close()
     command = "python scripts/plateau.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    result = {"name": a.name, "command": command, "git_commit": git_commit(), "machine": machine(),
-              "val_per_class": a.val_per_class, "steps": sorted({p["step"] for r in rows for p in r["points"]}),
-              "rows": rows,
-              "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    result = {
+        "name": a.name,
+        "command": command,
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "val_per_class": a.val_per_class,
+        "steps": sorted({p["step"] for r in rows for p in r["points"]}),
+        "rows": rows,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     io.write_json(out / f"{a.name}.json", result)
     io.atomic_write_bytes(out / f"{a.name}.md", (report(result) + "\n").encode())
     print(report(result))
@@ -215,8 +246,9 @@ def report(result: dict) -> str:
     ]
     for r in rows:
         at = {p["step"]: p for p in r["points"]}
-        accs = " | ".join(f"{100 * at[s]['val_mean']:.2f} +- {100 * at[s]['val_std']:.2f}" if s in at else ""
-                          for s in result["steps"])  # fmt: skip
+        accs = " | ".join(
+            f"{100 * at[s]['val_mean']:.2f} +- {100 * at[s]['val_std']:.2f}" if s in at else "" for s in result["steps"]
+        )
         loss = " | ".join(
             "" if s not in at or at[s]["loss"] is None else f"{at[s]['loss']:.4g}" for s in result["steps"]
         )
@@ -230,8 +262,10 @@ def report(result: dict) -> str:
         t = r["test"]
         plateau = r["plateau"] if r["plateau"] is not None else f"not reached by {r['iterations']}"
         acc = f"{100 * t['mean']:.2f} +- {100 * t['std']:.2f}"
-        lines.append(f"| {r['arm']} | {r['iterations']} | {plateau} | {acc} | {len(t['per_seed'])} "
-                     f"| {r['storage']['floats_total']:,} | {r['sec_per_iter'] or 0:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['arm']} | {r['iterations']} | {plateau} | {acc} | {len(t['per_seed'])} "
+            f"| {r['storage']['floats_total']:,} | {r['sec_per_iter'] or 0:.3f} |"
+        )
     return "\n".join(lines)
 
 

@@ -49,8 +49,14 @@ def check(results: dict) -> list[dict]:
         ref_name = next((v for v in REFERENCES if v in per), None)
         ref = per.get(ref_name)
         for variant, r in per.items():
-            row = {"set": name, "variant": variant, "mean": r["mean"], "std": r["std"], "train_s": r["train_s"],
-                   "source": r.get("source", "this script")}  # fmt: skip
+            row = {
+                "set": name,
+                "variant": variant,
+                "mean": r["mean"],
+                "std": r["std"],
+                "train_s": r["train_s"],
+                "source": r.get("source", "this script"),
+            }
             if ref and variant != ref_name:
                 row["reference"] = ref_name
                 row["gap"] = r["mean"] - ref["mean"]
@@ -74,8 +80,10 @@ def markdown(res: dict) -> str:
     for r in res["rows"]:
         gap = f"{100 * r['gap']:+.2f}" if "gap" in r else ""
         ok = ("yes" if r["passes"] else "**no**") if "passes" in r else "(reference)"
-        lines.append(f"| {r['set']} | {r['variant']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {gap} | {ok} "
-                     f"| {r['train_s']:.1f} | {r['source']} |")  # fmt: skip
+        lines.append(
+            f"| {r['set']} | {r['variant']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {gap} | {ok} "
+            f"| {r['train_s']:.1f} | {r['source']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +98,11 @@ def main() -> int:
     p.add_argument("--split", choices=["val", "test"], default="val", help="where accuracy is measured")
     p.add_argument("--val-per-class", type=int, default=500, help="held-out training images per class (--split val)")
     p.add_argument("--out", help="default: bench/results/precision_val (--split val), bench/results/precision (test)")
-    p.add_argument("--from-bench", help="take 'fp32 compiled' from these bench cells (<dir>/<set>.json, same seeds "
-                   "and protocol, checked) instead of computing it again")  # fmt: skip
+    p.add_argument(
+        "--from-bench",
+        help="take 'fp32 compiled' from these bench cells (<dir>/<set>.json, same seeds "
+        "and protocol, checked) instead of computing it again",
+    )
     a = p.parse_args()
     from bench.run import STUDIES_LEDGER, git_commit, write_report
 
@@ -117,18 +128,29 @@ def main() -> int:
             if proto.get("precision", "fp32") != "fp32" or len(rec["accuracy_per_seed"]) != a.seeds:
                 raise SystemExit(f"{bench_cell} is not a float32 result over {a.seeds} networks")
             results[name]["fp32 compiled"] = {
-                "mean": rec["accuracy_mean"], "std": rec["accuracy_std"], "per_seed": rec["accuracy_per_seed"],
-                "seeds": [seed + k for k in range(a.seeds)], "train_s": rec["eval_train_s_median"],
-                "protocol": proto, "source": str(bench_cell),
-            }  # fmt: skip
+                "mean": rec["accuracy_mean"],
+                "std": rec["accuracy_std"],
+                "per_seed": rec["accuracy_per_seed"],
+                "seeds": [seed + k for k in range(a.seeds)],
+                "train_s": rec["eval_train_s_median"],
+                "protocol": proto,
+                "source": str(bench_cell),
+            }
         for variant in a.variants.split(","):
             run = work / name / variant.replace(" ", "_")
             run.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / RF.SYNSET, run / RF.SYNSET)
             io.write_json(run / RF.CONFIG, cfg.to_dict())
             fast = resolve_config(overrides=VARIANTS[variant]).eval
-            ecfg = dataclasses.replace(cfg.eval, nets=("convnet",), seeds=a.seeds, epochs=a.epochs,
-                                       precision=fast.precision, compile=fast.compile, split=a.split)  # fmt: skip
+            ecfg = dataclasses.replace(
+                cfg.eval,
+                nets=("convnet",),
+                seeds=a.seeds,
+                epochs=a.epochs,
+                precision=fast.precision,
+                compile=fast.compile,
+                split=a.split,
+            )
             executor = make_executor("local", workers=a.workers)
             look = LedgerEntry(STUDIES_LEDGER, f"precision_check/{name}/{variant}", "precision check")
             try:
@@ -137,19 +159,35 @@ def main() -> int:
             finally:
                 executor.close()
             r = ev["synset"]["nets"]["convnet"]
-            results[name][variant] = {"mean": r["mean"], "std": r["std"], "per_seed": r["per_seed"],
-                                      "seeds": r["seeds"], "train_s": r["train_s"],
-                                      "protocol": ev["synset"]["protocol"]}  # fmt: skip
-            print(f"{name} {variant}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['train_s']:.1f} s/net)",
-                  flush=True)  # fmt: skip
+            results[name][variant] = {
+                "mean": r["mean"],
+                "std": r["std"],
+                "per_seed": r["per_seed"],
+                "seeds": r["seeds"],
+                "train_s": r["train_s"],
+                "protocol": ev["synset"]["protocol"],
+            }
+            print(
+                f"{name} {variant}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['train_s']:.1f} s/net)",
+                flush=True,
+            )
     for name, per in results.items():  # rows of a set differ in precision only
-        rest = {json.dumps({k: v for k, v in r["protocol"].items() if k not in ("precision", "name", "id")},
-                           sort_keys=True) for r in per.values()}  # fmt: skip
+        rest = {
+            json.dumps({k: v for k, v in r["protocol"].items() if k not in ("precision", "name", "id")}, sort_keys=True)
+            for r in per.values()
+        }
         if len(rest) > 1:
             raise SystemExit(f"{name}: the variants were evaluated under protocols that differ beyond precision")
-    res = {"command": "python scripts/precision_check.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
-           "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "seeds": a.seeds, "epochs": a.epochs,
-           "split": a.split, "results": results, "rows": check(results)}  # fmt: skip
+    res = {
+        "command": "python scripts/precision_check.py " + " ".join(sys.argv[1:]),
+        "git_commit": git_commit(),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seeds": a.seeds,
+        "epochs": a.epochs,
+        "split": a.split,
+        "results": results,
+        "rows": check(results),
+    }
     res["all_pass"] = all(r.get("passes", True) for r in res["rows"])
     res["passing_variants"] = sorted(
         {r["variant"] for r in res["rows"] if "passes" in r}

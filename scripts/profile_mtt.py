@@ -33,13 +33,13 @@ from pathlib import Path
 
 import torch
 
-from haba_core.config import DataConfig, resolve_config  # noqa: E402
-from haba_core.data import load_dataset  # noqa: E402
-from haba_core.engine import Callback, Distiller  # noqa: E402
-from haba_core.memory import active_allocator  # noqa: E402
-from haba_core.methods.expert_set import write_synthetic_experts  # noqa: E402
-from haba_core.methods.experts import ExpertConfig  # noqa: E402
-from haba_core.nets.layers import AvgPool2x2  # noqa: E402
+from haba_core.config import DataConfig, resolve_config
+from haba_core.data import load_dataset
+from haba_core.engine import Callback, Distiller
+from haba_core.memory import active_allocator
+from haba_core.methods.expert_set import write_synthetic_experts
+from haba_core.methods.experts import ExpertConfig
+from haba_core.nets.layers import AvgPool2x2
 
 VARIANTS = {  # run in this order: reuse_memory changes the process's allocator for good
     "reference": ["method.unroll=reference", "method.precision=fp32", "method.reuse_memory=false"],
@@ -104,23 +104,42 @@ def main() -> int:
     ds = load_dataset("toy", **data_options)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ecfg = ExpertConfig(data=DataConfig(name="toy", options=data_options), epochs=22,
-                            net={"name": "convnet", "params": {"width": a.width}})  # fmt: skip
+        ecfg = ExpertConfig(
+            data=DataConfig(name="toy", options=data_options),
+            epochs=22,
+            net={"name": "convnet", "params": {"width": a.width}},
+        )
         write_synthetic_experts(tmp, ecfg, ds.info, num_experts=2)
         names = sorted(a.variants.split(","), key=list(VARIANTS).index)
         for name in names:
             if name.startswith("jemalloc") != (active_allocator() == "jemalloc"):
-                raise SystemExit(f"variant {name} needs a process {'under' if 'jemalloc' in name else 'without'} "
-                                 "jemalloc (scripts/speed.py starts each variant so)")  # fmt: skip
+                raise SystemExit(
+                    f"variant {name} needs a process {'under' if 'jemalloc' in name else 'without'} "
+                    "jemalloc (scripts/speed.py starts each variant so)"
+                )
             overrides = [
-                "data.name=toy", *(f"data.options.{k}={v}" for k, v in data_options.items()),
-                f"net.width={a.width}", "synset.kind=haba", "synset.budget_ipc=null", f"synset.n_bases={a.ipc}",
-                f"synset.n_hallucinators={a.hallucinators}", "method.name=mtt", f"method.expert_dir={tmp}",
-                f"method.syn_steps={a.syn_steps}", f"method.batch_syn={a.batch_syn}", "method.expert_epochs=2",
-                "method.max_start_epoch=20", "method.lr_img=100", "method.lr_lr=1e-5", "method.lr_teacher=0.001",
-                f"iterations={a.warmup + a.iterations}", "snapshot_every=0", "checkpoint_every=0", "seed=0",
+                "data.name=toy",
+                *(f"data.options.{k}={v}" for k, v in data_options.items()),
+                f"net.width={a.width}",
+                "synset.kind=haba",
+                "synset.budget_ipc=null",
+                f"synset.n_bases={a.ipc}",
+                f"synset.n_hallucinators={a.hallucinators}",
+                "method.name=mtt",
+                f"method.expert_dir={tmp}",
+                f"method.syn_steps={a.syn_steps}",
+                f"method.batch_syn={a.batch_syn}",
+                "method.expert_epochs=2",
+                "method.max_start_epoch=20",
+                "method.lr_img=100",
+                "method.lr_lr=1e-5",
+                "method.lr_teacher=0.001",
+                f"iterations={a.warmup + a.iterations}",
+                "snapshot_every=0",
+                "checkpoint_every=0",
+                "seed=0",
                 *VARIANTS[name],
-            ]  # fmt: skip
+            ]
             # the reference stands in for the official code: ATen's pooling kernel, not our matrix product
             AvgPool2x2.matmul = name != "reference"
             cfg = resolve_config(overrides=overrides)
@@ -149,10 +168,12 @@ def main() -> int:
                 r["conv_share"] = share
                 r["top_ops_ms"] = top
             results[name] = r
-            print(f"{name:10s} median {r['median_s']:.2f} s/iter (CPU {r['cpu_s_median']:.2f} s, load {r['load1']})  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB  "
-                  f"times {r['times_s']}" + (f"  conv share {100 * r['conv_share']:.1f}%" if a.profile else ""),
-                  flush=True)  # fmt: skip
+            print(
+                f"{name:10s} median {r['median_s']:.2f} s/iter (CPU {r['cpu_s_median']:.2f} s, load {r['load1']})  "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB  "
+                f"times {r['times_s']}" + (f"  conv share {100 * r['conv_share']:.1f}%" if a.profile else ""),
+                flush=True,
+            )
             if a.profile:
                 for k, ms in r["top_ops_ms"]:
                     print(f"    {ms:10.1f} ms  {k}")

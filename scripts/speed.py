@@ -79,9 +79,11 @@ DM_VARIANTS = {
     "fp32 compiled": ["method.precision=fp32", "method.compile=true"],
     "bf16 compiled": ["method.precision=bf16", "method.compile=true"],
 }
-DC_VARIANTS = {"fp32 eager": ["method.compile=false", "method.precision=fp32"],
-               "fp32, real pass compiled": ["method.compile=true", "method.precision=fp32"],
-               "bf16, real pass compiled": ["method.compile=true", "method.precision=bf16"]}  # fmt: skip
+DC_VARIANTS = {
+    "fp32 eager": ["method.compile=false", "method.precision=fp32"],
+    "fp32, real pass compiled": ["method.compile=true", "method.precision=fp32"],
+    "bf16, real pass compiled": ["method.compile=true", "method.precision=bf16"],
+}
 DC_SETTINGS = {
     "published settings (ConvNet-128, batch_real 256)": ["net.width=128", "method.batch_real=256"],
     "CPU preset (ConvNet-64, batch_real 64)": ["net.width=64", "method.batch_real=64"],
@@ -108,8 +110,16 @@ def time_mtt(a) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for variant in a.mtt_variants.split(","):
             out = Path(tmp) / f"{variant}.json"
-            cmd = [sys.executable, str(ROOT / "scripts" / "profile_mtt.py"), "--variants", variant,
-                   "--iterations", str(a.mtt_iterations), "--json", str(out)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                str(ROOT / "scripts" / "profile_mtt.py"),
+                "--variants",
+                variant,
+                "--iterations",
+                str(a.mtt_iterations),
+                "--json",
+                str(out),
+            ]
             env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "HABA_ALLOCATOR")}
             if variant.startswith("jemalloc"):  # the others run on the system allocator
                 env = allocator_env(env)
@@ -138,8 +148,16 @@ def time_dm(a) -> dict:
     ds = load_dataset("fashion_mnist", root=str(ROOT / "data"))
     out = {}
     for name, extra in DM_VARIANTS.items():
-        overrides = ["data.name=fashion_mnist", "method.name=dm", "synset.kind=pixels", "synset.budget_ipc=10",
-                     "net.width=128", "method.batch_real=256", "method.lr_img=1.0", *extra]  # fmt: skip
+        overrides = [
+            "data.name=fashion_mnist",
+            "method.name=dm",
+            "synset.kind=pixels",
+            "synset.budget_ipc=10",
+            "net.width=128",
+            "method.batch_real=256",
+            "method.lr_img=1.0",
+            *extra,
+        ]
         out[name] = time_steps(ds, overrides, a.dm_warmup, a.dm_iterations, aten_pool=name == REFERENCE)
         print(f"dm {name}: {out[name]['median_s']:.3f} s/step", flush=True)
     return out
@@ -248,10 +266,19 @@ def time_pool(a) -> dict:
         write_synthetic_experts(experts, ecfg, dataset_info("fashion_mnist"), num_experts=2)
         for work, (preset, *extra) in POOL_STEPS.items():
             for precision in ("fp32", "bf16"):
-                cfg = resolve_config(files=[ROOT / preset], overrides=[
-                    *extra, "synset.kind=pixels", "synset.budget_ipc=10", f"method.precision={precision}",
-                    f"data.root={ROOT / 'data'}", "snapshot_every=0", "checkpoint_every=0",
-                    *([f"method.expert_dir={experts}"] if "mtt" in preset else [])])  # fmt: skip
+                cfg = resolve_config(
+                    files=[ROOT / preset],
+                    overrides=[
+                        *extra,
+                        "synset.kind=pixels",
+                        "synset.budget_ipc=10",
+                        f"method.precision={precision}",
+                        f"data.root={ROOT / 'data'}",
+                        "snapshot_every=0",
+                        "checkpoint_every=0",
+                        *([f"method.expert_dir={experts}"] if "mtt" in preset else []),
+                    ],
+                )
                 d = Distiller(cfg, dataset=ds)
                 d.iterate()  # warm-up (and the compile)
                 r = _pool_ab(d.iterate, a.pool_rounds)
@@ -294,10 +321,18 @@ def time_eval(a) -> dict:
                 wall = time.perf_counter() - t0
                 executor.close()
                 net = ev["synset"]["nets"]["convnet"]
-                reps.append({"wall_s": wall, "train_s_median": net["train_s"], "test_s_median": net["test_s"],
-                             "acc_mean": net["mean"], "protocol": ev["synset"]["protocol"]["name"]})  # fmt: skip
-                print(f"eval {name} #{rep}: 5 nets {wall:.1f} s wall, {net['train_s']:.1f} s training per net",
-                      flush=True)  # fmt: skip
+                reps.append(
+                    {
+                        "wall_s": wall,
+                        "train_s_median": net["train_s"],
+                        "test_s_median": net["test_s"],
+                        "acc_mean": net["mean"],
+                        "protocol": ev["synset"]["protocol"]["name"],
+                    }
+                )
+                print(
+                    f"eval {name} #{rep}: 5 nets {wall:.1f} s wall, {net['train_s']:.1f} s training per net", flush=True
+                )
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -319,9 +354,17 @@ def time_dc(a) -> dict:
     for setting, extra_s in DC_SETTINGS.items():
         out[setting] = {}
         for name, extra in DC_VARIANTS.items():
-            overrides = ["data.name=fashion_mnist", "method.name=dsa", "synset.kind=pixels", "synset.budget_ipc=1",
-                         "method.outer_loop=1", "method.inner_loop=1", "method.lr_img=0.1",
-                         *extra_s, *extra]  # fmt: skip
+            overrides = [
+                "data.name=fashion_mnist",
+                "method.name=dsa",
+                "synset.kind=pixels",
+                "synset.budget_ipc=1",
+                "method.outer_loop=1",
+                "method.inner_loop=1",
+                "method.lr_img=0.1",
+                *extra_s,
+                *extra,
+            ]
             out[setting][name] = time_steps(ds, overrides, a.dc_warmup, a.dc_iterations, aten_pool=name == REFERENCE)
             print(f"dsa {setting}, {name}: {out[setting][name]['median_s']:.3f} s/step", flush=True)
     return out
@@ -347,46 +390,60 @@ def markdown(res: dict) -> str:
     if "reference" in mtt:
         ref = mtt["reference"]["median_s"]
         work = "MTT+HaBa outer iteration, CIFAR10-IPC10 settings"
-        for name, label, tkey in (("reference", "reference unroll, fp32", None),
-                                  ("fast-noreuse", "fast unroll, fp32, default allocator", "mtt"),
-                                  ("fast", "fast unroll, fp32, glibc keeping freed memory", "mtt"),
-                                  ("bf16", "fast unroll, bf16 autocast, glibc keeping freed memory", "mtt_bf16"),
-                                  ("jemalloc", "fast unroll, fp32, jemalloc (the default where installed)", "mtt"),
-                                  ("jemalloc-bf16", "fast unroll, bf16 autocast, jemalloc", "mtt_bf16")):  # fmt: skip
+        for name, label, tkey in (
+            ("reference", "reference unroll, fp32", None),
+            ("fast-noreuse", "fast unroll, fp32, default allocator", "mtt"),
+            ("fast", "fast unroll, fp32, glibc keeping freed memory", "mtt"),
+            ("bf16", "fast unroll, bf16 autocast, glibc keeping freed memory", "mtt_bf16"),
+            ("jemalloc", "fast unroll, fp32, jemalloc (the default where installed)", "mtt"),
+            ("jemalloc-bf16", "fast unroll, bf16 autocast, jemalloc", "mtt_bf16"),
+        ):
             if name in mtt:
                 s = mtt[name]["median_s"]
                 peak = mtt[name].get("peak_rss_mb")
                 tgt = f">= {TARGET[tkey]}x" if tkey else ""
-                lines.append(f"| {work} | {label} (peak {peak / 1024:.1f} GB) | {s:.2f} | {ref / s:.2f}x | {tgt} "
-                             f"| {OFFICIAL['mtt']} |")  # fmt: skip
+                lines.append(
+                    f"| {work} | {label} (peak {peak / 1024:.1f} GB) | {s:.2f} | {ref / s:.2f}x | {tgt} "
+                    f"| {OFFICIAL['mtt']} |"
+                )
     dm = res.get("dm") or {}
     if dm:
         ref = dm[next(iter(dm))]["median_s"]
         for name, r in dm.items():
-            lines.append(f"| DM step, Fashion-MNIST IPC 10 pixels, ConvNet-128, batch_real 256 | {name} "
-                         f"| {r['median_s']:.3f} | {ref / r['median_s']:.2f}x | >= {TARGET['dm']}x "
-                         f"| {OFFICIAL['dm']} |")  # fmt: skip
+            lines.append(
+                f"| DM step, Fashion-MNIST IPC 10 pixels, ConvNet-128, batch_real 256 | {name} "
+                f"| {r['median_s']:.3f} | {ref / r['median_s']:.2f}x | >= {TARGET['dm']}x "
+                f"| {OFFICIAL['dm']} |"
+            )
     for setting, variants in (res.get("dc") or {}).items():
         ref = variants[next(iter(variants))]["median_s"]
         for name, r in variants.items():
-            lines.append(f"| DSA step, Fashion-MNIST IPC 1 pixels, {setting} | {name} | {r['median_s']:.3f} "
-                         f"| {ref / r['median_s']:.2f}x | | |")  # fmt: skip
+            lines.append(
+                f"| DSA step, Fashion-MNIST IPC 1 pixels, {setting} | {name} | {r['median_s']:.3f} "
+                f"| {ref / r['median_s']:.2f}x | | |"
+            )
     pad = res.get("pad") or {}
     names = list(pad)
     for before, after in zip(names[::2], names[1::2], strict=True):
         ref = pad[before]["median_s"]
         for name in (before, after):
             s = pad[name]["median_s"]
-            lines.append(f"| Evaluation training step, Fashion-MNIST shapes (1x28x28, first padding 3), 100 images "
-                         f"| {name} | {s:.3f} | {ref / s:.2f}x | | |")  # fmt: skip
+            lines.append(
+                f"| Evaluation training step, Fashion-MNIST shapes (1x28x28, first padding 3), 100 images "
+                f"| {name} | {s:.3f} | {ref / s:.2f}x | | |"
+            )
     po = res.get("pool") or {}
     for name, r in (po.get("op") or {}).items():
-        lines.append(f"| 2x2 average pooling, forward + backward, 150 x 64 x 32 x 32, {name} | ATen NCHW kernel -> "
-                     f"one matrix product (default) | {r['aten']:.4f} -> {r['matmul']:.4f} "
-                     f"| {r['aten'] / r['matmul']:.2f}x | | |")  # fmt: skip
+        lines.append(
+            f"| 2x2 average pooling, forward + backward, 150 x 64 x 32 x 32, {name} | ATen NCHW kernel -> "
+            f"one matrix product (default) | {r['aten']:.4f} -> {r['matmul']:.4f} "
+            f"| {r['aten'] / r['matmul']:.2f}x | | |"
+        )
     for name, r in (po.get("steps") or {}).items():
-        lines.append(f"| {name} | pooling: ATen NCHW kernel -> one matrix product (default) | {r['aten']:.3f} -> "
-                     f"{r['matmul']:.3f} | {r['aten'] / r['matmul']:.2f}x | | |")  # fmt: skip
+        lines.append(
+            f"| {name} | pooling: ATen NCHW kernel -> one matrix product (default) | {r['aten']:.3f} -> "
+            f"{r['matmul']:.3f} | {r['aten'] / r['matmul']:.2f}x | | |"
+        )
     ev = res.get("eval") or {}
     if ev:
         first = ev[next(iter(ev))]
@@ -426,9 +483,14 @@ def main() -> int:
     rows = set(a.rows.split(","))
     from bench.run import git_commit, machine, write_report
 
-    res: dict = {"command": "python scripts/speed.py " + " ".join(sys.argv[1:]), "git_commit": git_commit(),
-                 "machine": machine(), "official": OFFICIAL, "targets": TARGET,
-                 "load_avg_start": os.getloadavg()}  # fmt: skip
+    res: dict = {
+        "command": "python scripts/speed.py " + " ".join(sys.argv[1:]),
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "official": OFFICIAL,
+        "targets": TARGET,
+        "load_avg_start": os.getloadavg(),
+    }
     if "dm" in rows:
         res["dm"] = time_dm(a)
     if "dc" in rows:

@@ -97,9 +97,16 @@ def _run_one(cfg: RunConfig, run_dir: Path, split: str, ledger: LedgerEntry | No
     ev = d.evaluate(ledger=ledger)
     net = cfg.eval.nets[0]
     acc = ev["nets"][net]
-    return {"mean": acc["mean"], "std": acc["std"], "per_seed": acc["per_seed"], "protocol": ev["protocol"],
-            "storage": ev["storage"], "sec_per_iter": d.seconds_per_iteration(), "iterations": cfg.iterations,
-            "max_abs_pixel": float(d.synset.materialize(pairing="all")[0].detach().abs().max())}  # fmt: skip
+    return {
+        "mean": acc["mean"],
+        "std": acc["std"],
+        "per_seed": acc["per_seed"],
+        "protocol": ev["protocol"],
+        "storage": ev["storage"],
+        "sec_per_iter": d.seconds_per_iteration(),
+        "iterations": cfg.iterations,
+        "max_abs_pixel": float(d.synset.materialize(pairing="all")[0].detach().abs().max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,13 +136,23 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         res = run_one(cfg, out / "runs" / a.name / tag(combo), "val")
         rows.append({"combination": combo, "split": "val", **res, "wall_s": time.time() - t0})
-        print(f"{tag(combo)}: val {100 * res['mean']:.2f} +- {100 * res['std']:.2f} "
-              f"(max |pixel| {res['max_abs_pixel']:.3g})", flush=True)  # fmt: skip
+        print(
+            f"{tag(combo)}: val {100 * res['mean']:.2f} +- {100 * res['std']:.2f} "
+            f"(max |pixel| {res['max_abs_pixel']:.3g})",
+            flush=True,
+        )
     require_one_protocol([r["protocol"] for r in rows], "the combinations of one search")
     best = max(rows, key=lambda r: r["mean"])
     command = "python scripts/val_search.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    result = {"name": a.name, "command": command, "git_commit": git_commit(), "machine": machine(), "rows": rows,
-              "best": best["combination"], "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    result = {
+        "name": a.name,
+        "command": command,
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "rows": rows,
+        "best": best["combination"],
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     if a.test:  # the chosen configuration, touched on the test set once (distilled without the holdout)
         chosen = tag(best["combination"])
         look = LedgerEntry(
@@ -164,12 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         acc = f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
         spi = r["sec_per_iter"] or 0.0
-        lines.append(f"| {tag(r['combination'])} | {acc} | {r['storage']['floats_total']:,} "
-                     f"| {r['max_abs_pixel']:.3g} | {spi:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {tag(r['combination'])} | {acc} | {r['storage']['floats_total']:,} "
+            f"| {r['max_abs_pixel']:.3g} | {spi:.3f} |"
+        )
     if "test" in result:
         t = result["test"]
-        lines += ["", f"Chosen on validation: `{tag(best['combination'])}`; test accuracy "
-                      f"{100 * t['mean']:.2f} +- {100 * t['std']:.2f} ({len(t['per_seed'])} networks)."]  # fmt: skip
+        lines += [
+            "",
+            f"Chosen on validation: `{tag(best['combination'])}`; test accuracy "
+            f"{100 * t['mean']:.2f} +- {100 * t['std']:.2f} ({len(t['per_seed'])} networks).",
+        ]
     (out / f"{a.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

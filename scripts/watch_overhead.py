@@ -56,9 +56,25 @@ def free_port() -> int:
 
 
 def distill_cmd(a, run_dir: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "haba_core", "distill", "--config", "configs/fmnist_cpu_dm.yaml", "--synset", "haba",
-           "--budget-ipc", "1", "--basis-size", "14", "--iterations", str(a.iterations), "--run-dir", str(run_dir),
-           "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "haba_core",
+        "distill",
+        "--config",
+        "configs/fmnist_cpu_dm.yaml",
+        "--synset",
+        "haba",
+        "--budget-ipc",
+        "1",
+        "--basis-size",
+        "14",
+        "--iterations",
+        str(a.iterations),
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+    ]
     if a.dataset != "fashion_mnist":
         cmd += ["--set", f"data.name={a.dataset}"]
     return cmd
@@ -72,8 +88,9 @@ def sec_per_iter(run_dir: Path, skip: int) -> float:
 
 def one_run(a, env, runs: Path, name: str, page=None, url: str = "", server_pid: int = 0) -> dict:
     run_dir = runs / name
-    proc = subprocess.Popen(distill_cmd(a, run_dir), cwd=a.app_root, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        distill_cmd(a, run_dir), cwd=a.app_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     watched = page is not None
     cpu0 = wall0 = None
     if watched:
@@ -122,11 +139,28 @@ def main(argv: list[str] | None = None) -> int:
     # PYTHONPATH: measure the checkout at --app-root, not the installed one
     env = {**os.environ, "HABA_RUNS_DIR": str(runs), "PYTHONPATH": a.app_root}
     port = free_port()
-    log = open(tmp / "server.log", "w")  # noqa: SIM115
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                               "--server.address", "127.0.0.1", "--server.headless", "true",
-                               "--browser.gatherUsageStats", "false"], cwd=a.app_root, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+    log = open(tmp / "server.log", "w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=a.app_root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     results = []
     try:

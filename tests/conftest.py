@@ -14,8 +14,20 @@ def distill_command(run, iterations: int, synset: str, *extra: str, sets: tuple[
     """``python -m haba_core distill`` on toy data as a subprocess argument list (``sets``: ``--set`` values)."""
     import sys
 
-    args = [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet",
-            "--iterations", str(iterations), "--synset", synset, *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "haba_core",
+        "distill",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--iterations",
+        str(iterations),
+        "--synset",
+        synset,
+        *extra,
+    ]
     for s in ("data.name=toy", "net.width=16", *sets):
         args += ["--set", s]
     return args

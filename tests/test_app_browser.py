@@ -43,7 +43,7 @@ def server(tmp_path):
     runs = tmp_path / "runs"
     port = free_port()
     env = {**os.environ, R.RUNS_ENV: str(runs), "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "server.log", "w")  # closed below
     proc = subprocess.Popen(
         [
             sys.executable,

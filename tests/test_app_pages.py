@@ -433,9 +433,22 @@ def test_evaluate_page_runs_on_a_local_ray_cluster(runs_root, monkeypatch):
     for k, v in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}.items():
         monkeypatch.setenv(k, v)
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    subprocess.run([*ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=180)  # fmt: skip
+    subprocess.run(
+        [
+            *ray,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            f"--temp-dir={tmp}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     try:
         address = f"127.0.0.1:{port}"
         at = open_page("evaluate", run="tiny", **{"wb.ray_address": address})

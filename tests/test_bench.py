@@ -100,7 +100,16 @@ def test_profile_notes_are_printed_under_the_table():
     from bench.run import markdown
 
     assert any("10/50" in n for n in PROFILES["cpu"].notes)  # the CPU presets' loops, stated as a deviation
-    result = {"profile": "cpu", "description": "d", "command": "c", "git_commit": "0" * 12, "finished_at": "t",
-              "machine": {"cpu": "x", "cores": 2, "torch": "2"}, "cells": [], "failed": [], "complete": True,
-              "notes": list(PROFILES["cpu"].notes)}  # fmt: skip
+    result = {
+        "profile": "cpu",
+        "description": "d",
+        "command": "c",
+        "git_commit": "0" * 12,
+        "finished_at": "t",
+        "machine": {"cpu": "x", "cores": 2, "torch": "2"},
+        "cells": [],
+        "failed": [],
+        "complete": True,
+        "notes": list(PROFILES["cpu"].notes),
+    }
     assert "Note: DC and DSA cells run outer/inner loops 1/1" in markdown(result)

@@ -97,8 +97,13 @@ def test_the_installed_haba_command_is_the_cli(tmp_path):
     """`make` installs the project (pip install -e .): a `haba` command beside this interpreter, usable anywhere."""
     haba = Path(sys.executable).parent / "haba"
     assert haba.exists(), "the project is not installed in this environment: run `make setup` (pip install -e .)"
-    out = subprocess.run([str(haba), "budget", "--dataset", "fashion_mnist", "--synset", "pixels", "--budget-ipc", "1"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [str(haba), "budget", "--dataset", "fashion_mnist", "--synset", "pixels", "--budget-ipc", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "7,840" in out.stdout or "7840" in out.stdout
 

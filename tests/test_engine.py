@@ -88,11 +88,15 @@ def test_a_run_folder_written_before_synset_params_resumes_through_the_cli(tmp_p
     params = io.read_json(run / "config.json")["synset"]["params"]  # the options added since get their defaults
     assert params == {"n_hallucinators": 3, "single_channel": False, "freeze_hallucinators": False}
     # asking for the saved value in the old shorthand is no conflict; another value is
-    assert main(["distill", "--run-dir", str(run), "--resume", "--iterations", "4", "--n-hallucinators", "3",
-                 "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(["distill", "--run-dir", str(run), "--resume", "--iterations", "4", "--n-hallucinators", "3", "--quiet"])
+        == 0
+    )
     capsys.readouterr()
-    assert main(["distill", "--run-dir", str(run), "--resume", "--iterations", "5", "--n-hallucinators", "2",
-                 "--quiet"]) != 0  # fmt: skip
+    assert (
+        main(["distill", "--run-dir", str(run), "--resume", "--iterations", "5", "--n-hallucinators", "2", "--quiet"])
+        != 0
+    )
     assert "synset.params.n_hallucinators: the run has 3, the command asks for 2" in capsys.readouterr().err
 
 

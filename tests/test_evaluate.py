@@ -234,8 +234,23 @@ def test_failed_task_is_reported_and_resumed(tmp_path, monkeypatch, capsys):
 def test_killed_evaluation_resumes_without_recomputing(tmp_path):
     """SIGKILL the evaluation process after its first finished cells; the rerun keeps them untouched."""
     run = make_run(tmp_path / "run")
-    cmd = [sys.executable, "-m", "haba_core", "evaluate", "--run", str(run), "--nets", "mlp,lenet,convnet",
-           "--seeds", "2", "--epochs", "3", "--no-batched", "--threads", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "haba_core",
+        "evaluate",
+        "--run",
+        str(run),
+        "--nets",
+        "mlp,lenet,convnet",
+        "--seeds",
+        "2",
+        "--epochs",
+        "3",
+        "--no-batched",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     cells_root = run / "eval" / "cells"

@@ -80,8 +80,12 @@ def test_inline_executor_results_retries_and_failures(tmp_path):
 def test_make_executor_choices():
     assert isinstance(make_executor("local", workers=1), InlineExecutor)
     ex = make_executor("local", workers=2, threads=1)
-    assert isinstance(ex, LocalExecutor) and ex.describe() == {"kind": "local", "workers": 2, "threads": 1,
-                                                               "processes": True}  # fmt: skip
+    assert isinstance(ex, LocalExecutor) and ex.describe() == {
+        "kind": "local",
+        "workers": 2,
+        "threads": 1,
+        "processes": True,
+    }
     ex.close()
     with pytest.raises(ConfigError, match="Unknown executor"):
         make_executor("slurm")
@@ -150,8 +154,12 @@ def ray_executor():
 def test_ray_executor_retries_and_reports(ray_executor, tmp_path):
     ex = ray_executor
     assert ex.describe()["kind"] == "ray" and ex.describe()["cluster_cpus"] == 2
-    tasks = [Task("sq3", (3,)), Task("flaky", (str(tmp_path / "f"), 1)), Task("dies", (str(tmp_path / "d"), 2)),
-             Task("bad", (7,))]  # fmt: skip
+    tasks = [
+        Task("sq3", (3,)),
+        Task("flaky", (str(tmp_path / "f"), 1)),
+        Task("dies", (str(tmp_path / "d"), 2)),
+        Task("bad", (7,)),
+    ]
     fns = {"sq3": square, "flaky": fail_once, "dies": die_once, "bad": fail_always}
     seen = []
     out = ex.map(_dispatch, [Task(t.id, (fns[t.id], *t.args)) for t in tasks], retries=1, on_result=seen.append)
@@ -198,22 +206,31 @@ def test_experts_over_ray_land_in_the_expert_folder(ray_executor, tmp_path):
     from haba_core.methods.expert_set import ExpertSet
     from haba_core.methods.experts import resolve_expert_config, train_experts
 
-    cfg = resolve_expert_config(["net.width=8", "train_limit=100", "test_limit=50", "data_options.im_size=12"],
-                                dataset="toy", epochs=2, batch=64)  # fmt: skip
+    cfg = resolve_expert_config(
+        ["net.width=8", "train_limit=100", "test_limit=50", "data_options.im_size=12"],
+        dataset="toy",
+        epochs=2,
+        batch=64,
+    )
     paths = train_experts(cfg, tmp_path / "ray", 2, log=None, executor=ray_executor)
     assert all(p.exists() for p in paths) and len(ExpertSet(tmp_path / "ray")) == 2
     train_experts(cfg, tmp_path / "here", 1, log=None)
     # same seed, same batches; only the thread count differs (Ray tasks run one thread each)
-    torch.testing.assert_close(ExpertSet(tmp_path / "ray").trajectory(0), ExpertSet(tmp_path / "here").trajectory(0),
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        ExpertSet(tmp_path / "ray").trajectory(0), ExpertSet(tmp_path / "here").trajectory(0), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_expert_task_returns_the_file_when_the_folder_is_elsewhere(tmp_path):
     """A worker on another machine (it cannot see the expert folder) sends the finished file back."""
     from haba_core.methods.experts import _expert_task, expert_path, resolve_expert_config
 
-    cfg = resolve_expert_config(["net.width=8", "train_limit=100", "test_limit=50", "data_options.im_size=12"],
-                                dataset="toy", epochs=1, batch=64)  # fmt: skip
+    cfg = resolve_expert_config(
+        ["net.width=8", "train_limit=100", "test_limit=50", "data_options.im_size=12"],
+        dataset="toy",
+        epochs=1,
+        batch=64,
+    )
     out = _expert_task(cfg.to_dict(), 0, str(tmp_path / "not_here"))
     assert out["index"] == 0 and out["data"][:8] and not expert_path(tmp_path / "not_here", 0).exists()
     path = tmp_path / "expert_0000.safetensors"

@@ -100,8 +100,11 @@ def test_missing_and_foreign_expert_files_are_clear_errors(tmp_path):
     io.save_tensors(tmp_path / "expert_0000.safetensors", {"bases": torch.zeros(2)}, {"format": "haba-synset"})
     with pytest.raises(CheckpointError, match="not an expert trajectory.*haba-synset"):
         ExpertSet(tmp_path)
-    io.save_tensors(tmp_path / "expert_0000.safetensors", {"trajectory": torch.zeros(2, 3)},
-                    {"format": EXPERT_FORMAT, "version": EXPERT_VERSION + 1})  # fmt: skip
+    io.save_tensors(
+        tmp_path / "expert_0000.safetensors",
+        {"trajectory": torch.zeros(2, 3)},
+        {"format": EXPERT_FORMAT, "version": EXPERT_VERSION + 1},
+    )
     with pytest.raises(CheckpointError, match="newer"):
         ExpertSet(tmp_path)
 
@@ -116,8 +119,23 @@ def test_workers_train_several_experts_at_once(tmp_path):
 
 def test_experts_command(tmp_path):
     out = tmp_path / "exp"
-    args = [sys.executable, "-m", "haba_core", "experts", "--dataset", "toy", "--out", str(out), "--num-experts", "1",
-            "--epochs", "1", "--batch", "64", "--quiet"] + [x for s in SETS for x in ("--set", s)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "haba_core",
+        "experts",
+        "--dataset",
+        "toy",
+        "--out",
+        str(out),
+        "--num-experts",
+        "1",
+        "--epochs",
+        "1",
+        "--batch",
+        "64",
+        "--quiet",
+    ] + [x for s in SETS for x in ("--set", s)]
     r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["experts"] == [str(expert_path(out, 0))]
@@ -132,8 +150,15 @@ def test_expert_config_holds_the_data_config_and_reads_the_old_flat_keys(tmp_pat
 
     cfg = resolve_expert_config(["train_limit=50", "data_options.im_size=12", "data.val_per_class=2"], dataset="toy")
     assert cfg.data == DataConfig(name="toy", train_limit=50, val_per_class=2, options={"im_size": 12})
-    old = {"dataset": "toy", "data_root": "elsewhere", "train_limit": 50, "data_options": {"im_size": 12},
-           "val_per_class": 2, "net": cfg.net, "epochs": cfg.epochs}  # fmt: skip
+    old = {
+        "dataset": "toy",
+        "data_root": "elsewhere",
+        "train_limit": 50,
+        "data_options": {"im_size": 12},
+        "val_per_class": 2,
+        "net": cfg.net,
+        "epochs": cfg.epochs,
+    }
     assert ExpertConfig.from_dict(old).data == dataclasses.replace(cfg.data, root="elsewhere")
     io.write_json(tmp_path / "experts.json", {"format": "haba-expert-set", "version": 1, "config": old})
     write_manifest(tmp_path, cfg)  # an old-layout manifest of the same recipe is accepted (data root may move)

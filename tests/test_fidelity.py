@@ -78,8 +78,9 @@ def test_standardized_test_images_take_the_statistics_of_reference_sized_batches
     # without standardization the test batch is an execution choice: not in the protocol, ids unchanged
     plain = EvalProtocol.from_config(EvalConfig(test_batch=128), STRATEGY, 10000)
     assert plain.standardize_test_batch is None and "standardize_test_batch" not in plain.identity()
-    assert plain.id == EvalProtocol.from_config(EvalConfig(test_batch=1000, standardize_test_batch=64), STRATEGY,
-                                                10000).id  # fmt: skip
+    assert (
+        plain.id == EvalProtocol.from_config(EvalConfig(test_batch=1000, standardize_test_batch=64), STRATEGY, 10000).id
+    )
     assert Recipe.from_protocol(plain.record(), test_batch=500).test_batch == 500
     # and its record is the one written before the field existed, so cached evaluation cells keep their keys
     assert "standardize_test_batch" not in plain.record()
@@ -104,8 +105,14 @@ def test_one_protocol_for_every_kind_of_set(toy, tmp_path):
 def test_protocol_ids_separate_what_differs_and_refuse_mixing():
     base = EvalProtocol.from_config(EvalConfig(), STRATEGY, 10000)
     assert base.id == EvalProtocol.from_config(EvalConfig(), STRATEGY, 10000).id
-    for changed in (EvalConfig(standardize=True), EvalConfig(epochs=1000), EvalConfig(pairing="all"),
-                    EvalConfig(lr=0.05), EvalConfig(dsa=False), EvalConfig(split="val")):  # fmt: skip
+    for changed in (
+        EvalConfig(standardize=True),
+        EvalConfig(epochs=1000),
+        EvalConfig(pairing="all"),
+        EvalConfig(lr=0.05),
+        EvalConfig(dsa=False),
+        EvalConfig(split="val"),
+    ):
         assert EvalProtocol.from_config(changed, STRATEGY, 10000).id != base.id
     assert EvalProtocol.from_config(EvalConfig(), STRATEGY, 2000).id != base.id  # another test subset
     # a set's learned lr is the protocol's rule at work, not another protocol
@@ -121,8 +128,16 @@ def test_protocol_ids_separate_what_differs_and_refuse_mixing():
 
 
 def haba_distiller(*extra):
-    return Distiller(tiny_config("synset.kind=haba", "synset.budget_ipc=null", "synset.n_bases=3",
-                                 "synset.n_hallucinators=3", "iterations=1", *extra))  # fmt: skip
+    return Distiller(
+        tiny_config(
+            "synset.kind=haba",
+            "synset.budget_ipc=null",
+            "synset.n_bases=3",
+            "synset.n_hallucinators=3",
+            "iterations=1",
+            *extra,
+        )
+    )
 
 
 def test_contrastive_pair_follows_the_reference():
@@ -149,14 +164,30 @@ def test_contrastive_pair_follows_the_reference():
 def test_contrastive_batch_holds_every_basis_by_default():
     assert HabaLossConfig().batch is None
     d = haba_distiller()  # the tiny config caps at 32; 3 bases x 10 classes fit anyway
-    d_all = Distiller(tiny_config("synset.kind=haba", "synset.budget_ipc=null", "synset.n_bases=5",
-                                  "synset.n_hallucinators=2", "haba.batch=null", "iterations=1"))  # fmt: skip
+    d_all = Distiller(
+        tiny_config(
+            "synset.kind=haba",
+            "synset.budget_ipc=null",
+            "synset.n_bases=5",
+            "synset.n_hallucinators=2",
+            "haba.batch=null",
+            "iterations=1",
+        )
+    )
     x, y = d_all.constraint._pair(d_all.synset, torch.Generator().manual_seed(0))
     assert len(y) == 50 and len(x) == 100  # 5 bases x 10 classes, no cap; two views each
     _, y = d.constraint._pair(d.synset, torch.Generator().manual_seed(0))
     assert len(y) == 30
-    capped = Distiller(tiny_config("synset.kind=haba", "synset.budget_ipc=null", "synset.n_bases=5",
-                                   "synset.n_hallucinators=2", "haba.batch=16", "iterations=1"))  # fmt: skip
+    capped = Distiller(
+        tiny_config(
+            "synset.kind=haba",
+            "synset.budget_ipc=null",
+            "synset.n_bases=5",
+            "synset.n_hallucinators=2",
+            "haba.batch=16",
+            "iterations=1",
+        )
+    )
     assert len(capped.constraint._pair(capped.synset, torch.Generator().manual_seed(0))[1]) == 16
 
 
@@ -164,9 +195,17 @@ def test_dsa_inner_loop_is_plain_sgd_with_per_image_augmentation():
     """DatasetCondensation's inner loop: ``SGD(net.parameters(), lr=lr_net)`` (no momentum) over the synthetic
     set, each batch through an unseeded DiffAugment (one draw per image)."""
     assert DCConfig().momentum_net == 0.0
-    d = Distiller(tiny_config("method.name=dsa", "synset.kind=pixels", "synset.budget_ipc=null",
-                              "synset.n_bases=3", "method.inner_loop=2", "method.batch_train=8",
-                              "iterations=1"))  # fmt: skip
+    d = Distiller(
+        tiny_config(
+            "method.name=dsa",
+            "synset.kind=pixels",
+            "synset.budget_ipc=null",
+            "synset.n_bases=3",
+            "method.inner_loop=2",
+            "method.batch_train=8",
+            "iterations=1",
+        )
+    )
     m, s = d.method, d.synset
     net = m.ctx.make_net()
     hand = copy.deepcopy(net)

@@ -101,8 +101,11 @@ def test_variance_masks_are_freds_on_the_init_images_of_the_training_split():
     """Each class keeps the k*k positions FreD's ``init_mask`` picks on the images the set starts from: real
     training images (validation and test images are NaN here, so touching them would show)."""
     toy = load_dataset("toy", val_per_class=5)
-    toy = dataclasses.replace(toy, images_test=torch.full_like(toy.images_test, math.nan),
-                              images_val=torch.full_like(toy.images_val, math.nan))  # fmt: skip
+    toy = dataclasses.replace(
+        toy,
+        images_test=torch.full_like(toy.images_test, math.nan),
+        images_val=torch.full_like(toy.images_val, math.nan),
+    )
     n, k = 4, 5
     s = create_synset("fred", toy.info, n_bases=n, basis_size=k)
     s.init_from_real(toy, torch.Generator().manual_seed(0))
@@ -224,8 +227,19 @@ def test_budget_command_distill_and_evaluate_take_it(tmp_path):
 
     assert "synset               fred" in cli("budget", "--dataset", "fashion_mnist", "--synset", "fred")
     run = tmp_path / "runs" / "fred"
-    cli("distill", "--run-dir", str(run), "--quiet", "--synset", "fred", "--method", "dm", "--iterations", "3",
-        *[a for s in T.TINY_SET_LINES for a in ("--set", s)])  # fmt: skip
+    cli(
+        "distill",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--synset",
+        "fred",
+        "--method",
+        "dm",
+        "--iterations",
+        "3",
+        *[a for s in T.TINY_SET_LINES for a in ("--set", s)],
+    )
     assert io.read_json(run / "status.json")["state"] == "finished"
     assert io.read_json(run / "storage.json")["kind"] == "fred"
     cli("evaluate", "--run", str(run), "--nets", "convnet", "--seeds", "1", "--epochs", "1")

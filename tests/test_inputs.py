@@ -30,8 +30,7 @@ FMNIST = dataset_info("fashion_mnist")
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "haba_core", *args], capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "haba_core", *args], capture_output=True, text=True, timeout=timeout)
 
 
 # ------------------------------------------------------------------------------------------------ budgets
@@ -54,8 +53,9 @@ def test_the_budget_command_and_distill_answer_a_tiny_budget_within_seconds(tmp_
     assert r.returncode == 0 and "4x4" in r.stdout and "basis_size=auto" in r.stdout
     r = cli("budget", "--dataset", "fashion_mnist", "--synset", "haba", "--budget-ipc", "0.001", timeout=30)
     assert r.returncode == 2 and r.stderr.startswith("error: A budget of IPC 0.001") and "Traceback" not in r.stderr
-    r = subprocess.run(distill_command(tmp_path / "r", 1, "haba", "--budget-ipc", "0.001"), capture_output=True,
-                       text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        distill_command(tmp_path / "r", 1, "haba", "--budget-ipc", "0.001"), capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and "cannot hold one basis" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -73,8 +73,12 @@ def test_auto_basis_size_is_one_rule_for_cli_library_and_app(tmp_path):
     with pytest.raises(BudgetError, match="basis_size=20"):
         B.plan_from_config(FMNIST, SynsetConfig(kind="haba", budget_ipc=1.0, basis_size=None))
     # the CLI says what it chose, and the run records it
-    r = subprocess.run(distill_command(tmp_path / "r", 1, "haba", "--budget-ipc", "1", "--dataset", "toy"),
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        distill_command(tmp_path / "r", 1, "haba", "--budget-ipc", "1", "--dataset", "toy"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "note: HaBa stores 14x14 bases" in r.stderr and "validation search" in r.stderr
     storage = json.loads((tmp_path / "r" / "storage.json").read_text())
@@ -145,8 +149,7 @@ def test_good_values_still_resolve():
     ],
 )
 def test_distill_refuses_bad_numbers_in_seconds_without_a_traceback(tmp_path, args, message):
-    r = subprocess.run(distill_command(tmp_path / "r", 2, "haba", *args), capture_output=True, text=True,
-                       timeout=60)  # fmt: skip
+    r = subprocess.run(distill_command(tmp_path / "r", 2, "haba", *args), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
 
@@ -155,8 +158,12 @@ def test_distill_refuses_bad_numbers_in_seconds_without_a_traceback(tmp_path, ar
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("inputs") / "run"
-    r = subprocess.run(distill_command(run, 2, "pixels", "--budget-ipc", "1", sets=("snapshot_every=0",)),
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        distill_command(run, 2, "pixels", "--budget-ipc", "1", sets=("snapshot_every=0",)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return run
 
@@ -193,8 +200,20 @@ def test_resume_refuses_flags_that_conflict_with_the_run(toy_run, args, conflict
 
 
 def test_resume_accepts_what_may_change(toy_run):
-    r = cli("distill", "--run-dir", str(toy_run), "--resume", "--quiet", "--iterations", "3", "--device", "cpu",
-            "--dataset", "toy", timeout=120)  # the same dataset is no conflict  # fmt: skip
+    r = cli(
+        "distill",
+        "--run-dir",
+        str(toy_run),
+        "--resume",
+        "--quiet",
+        "--iterations",
+        "3",
+        "--device",
+        "cpu",
+        "--dataset",
+        "toy",
+        timeout=120,
+    )  # the same dataset is no conflict
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["step"] == 3
 

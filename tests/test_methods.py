@@ -164,8 +164,17 @@ def test_dc_loops_follow_the_storage_budget_for_every_kind(budget, expert_dir, t
     budget; the resolved pair is recorded in the run's config."""
     loops = set()
     for kind in ("pixels", "haba"):
-        d = Distiller(method_config("dc", kind, expert_dir, "method.outer_loop=null", "method.inner_loop=null",
-                                    "synset.n_bases=null", f"synset.budget_ipc={budget}"))  # fmt: skip
+        d = Distiller(
+            method_config(
+                "dc",
+                kind,
+                expert_dir,
+                "method.outer_loop=null",
+                "method.inner_loop=null",
+                "synset.n_bases=null",
+                f"synset.budget_ipc={budget}",
+            )
+        )
         loops.add(d.method.loops())
         assert (d.cfg.method_params["outer_loop"], d.cfg.method_params["inner_loop"]) == d.method.loops()
     assert loops == {reference_get_loops(budget)}
@@ -175,8 +184,11 @@ def test_dc_loops_without_a_budget_follow_what_is_stored(expert_dir):
     # 2 full-size bases x 2 hallucinators on toy data store a little over 2 images per class: budget 3 -> 10/50
     d = Distiller(method_config("dc", "haba", expert_dir, "method.outer_loop=null", "method.inner_loop=null"))
     assert 2 < d.plan.ipc_equivalent < 3 and d.method.loops() == reference_get_loops(d.plan.ipc_equivalent)
-    d = Distiller(method_config("dc", "pixels", expert_dir, "method.outer_loop=null", "method.inner_loop=null",
-                                "synset.n_bases=1"))  # fmt: skip
+    d = Distiller(
+        method_config(
+            "dc", "pixels", expert_dir, "method.outer_loop=null", "method.inner_loop=null", "synset.n_bases=1"
+        )
+    )
     assert d.method.loops() == (1, 1)
 
 
@@ -189,8 +201,16 @@ def test_a_run_folder_records_the_resolved_loops(expert_dir, tmp_path):
     from haba_core import io
     from haba_core.engine import distill
 
-    cfg = method_config("dc", "haba", expert_dir, "method.outer_loop=null", "method.inner_loop=null",
-                        "synset.n_bases=null", "synset.budget_ipc=1", "iterations=1")  # fmt: skip
+    cfg = method_config(
+        "dc",
+        "haba",
+        expert_dir,
+        "method.outer_loop=null",
+        "method.inner_loop=null",
+        "synset.n_bases=null",
+        "synset.budget_ipc=1",
+        "iterations=1",
+    )
     distill(cfg, tmp_path / "run")
     saved = io.read_json(tmp_path / "run" / "config.json")["method"]["params"]
     assert (saved["outer_loop"], saved["inner_loop"]) == (1, 1)

@@ -32,13 +32,29 @@ def experts(tmp_path_factory):
 def config(experts, *extra):
     return resolve_config(
         overrides=[
-            "data.name=toy", "net.width=4", "net.depth=1", "haba.extractor_width=8", "haba.batch=16",
-            "synset.kind=haba", "synset.budget_ipc=null", "synset.n_bases=2", "synset.n_hallucinators=3",
-            "method.name=mtt", f"method.expert_dir={experts}", "method.syn_steps=4", "method.expert_epochs=2",
-            "method.max_start_epoch=2", "method.batch_syn=7", "method.lr_teacher=0.05", "method.lr_img=10",
-            "iterations=2", "snapshot_every=0", "checkpoint_every=0", *extra,
+            "data.name=toy",
+            "net.width=4",
+            "net.depth=1",
+            "haba.extractor_width=8",
+            "haba.batch=16",
+            "synset.kind=haba",
+            "synset.budget_ipc=null",
+            "synset.n_bases=2",
+            "synset.n_hallucinators=3",
+            "method.name=mtt",
+            f"method.expert_dir={experts}",
+            "method.syn_steps=4",
+            "method.expert_epochs=2",
+            "method.max_start_epoch=2",
+            "method.batch_syn=7",
+            "method.lr_teacher=0.05",
+            "method.lr_img=10",
+            "iterations=2",
+            "snapshot_every=0",
+            "checkpoint_every=0",
+            *extra,
         ]
-    )  # fmt: skip
+    )
 
 
 def hand_forward(params, x):
@@ -55,13 +71,20 @@ def hand_forward(params, x):
 def test_mtt_loss_matches_a_hand_unrolled_student(experts, unroll):
     d = Distiller(config(experts, f"method.unroll={unroll}", "method.precision=fp32"))  # the float32 arithmetic
     m, s = d.method, d.synset
-    assert m.param_names == ["features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias",
-                             "classifier.weight", "classifier.bias"]  # fmt: skip
+    assert m.param_names == [
+        "features.0.weight",
+        "features.0.bias",
+        "features.1.weight",
+        "features.1.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ]
     start, target = m.experts.rows(1, [1, 3])
     plan = m.plan(s, torch.Generator().manual_seed(3))
     assert len({int(p.variant) for p in plan}) >= 1 and all(len(p.idx) <= 7 for p in plan)
-    loss = mtt_module.param_matching_loss(m.unroll_fast(s, start, plan) if unroll == "fast"
-                                          else m.unroll_reference(s, start, plan), start, target)  # fmt: skip
+    loss = mtt_module.param_matching_loss(
+        m.unroll_fast(s, start, plan) if unroll == "fast" else m.unroll_reference(s, start, plan), start, target
+    )
     grads = torch.autograd.grad(loss, [s.bases, s.scale, m.syn_lr])
 
     # by hand: a list of tensors, explicit SGD steps, each batch through its one hallucinator
@@ -99,8 +122,12 @@ def test_fast_and_reference_unrolls_agree_through_the_engine(experts):
 
 
 def test_learned_lr_is_stored_clipped_and_used_by_evaluation(experts, tmp_path):
-    d = distill(config(experts, "method.min_syn_lr=0.2", "eval_at_end=true", "eval.epochs=1", "eval.seeds=1",
-                       "eval.test_batch=200"), tmp_path / "run")  # fmt: skip
+    d = distill(
+        config(
+            experts, "method.min_syn_lr=0.2", "eval_at_end=true", "eval.epochs=1", "eval.seeds=1", "eval.test_batch=200"
+        ),
+        tmp_path / "run",
+    )
     lr = d.synset.extra["syn_lr"]
     assert lr >= 0.2 and lr == pytest.approx(float(d.method.syn_lr.detach()))  # clipped after the first update
     assert d.method.eval_lr() == pytest.approx(lr)

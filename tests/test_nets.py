@@ -198,8 +198,12 @@ def test_avg_pool_as_one_matrix_product_is_2x2_average_pooling(dtype, monkeypatc
     assert isinstance(pool, AvgPool2x2) and isinstance(pool, nn.AvgPool2d)
     torch.manual_seed(0)
     x = torch.randn(3, 5, 6, 8).to(dtype)
-    by_hand = (x[..., 0::2, 0::2].float() + x[..., 0::2, 1::2].float() + x[..., 1::2, 0::2].float()
-               + x[..., 1::2, 1::2].float()) / 4  # fmt: skip
+    by_hand = (
+        x[..., 0::2, 0::2].float()
+        + x[..., 0::2, 1::2].float()
+        + x[..., 1::2, 0::2].float()
+        + x[..., 1::2, 1::2].float()
+    ) / 4
     calls = []
     real_pool = F.avg_pool2d
     monkeypatch.setattr(F, "avg_pool2d", lambda *a, **k: calls.append(1) or real_pool(*a, **k))

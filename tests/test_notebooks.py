@@ -86,8 +86,9 @@ def notebook_client(nb, workdir: Path, timeout: int = CELL_TIMEOUT_S):
                 channel.get_msg = sliced(channel.get_msg)
             return kc
 
-    return SlicedPollingClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
-                               resources={"metadata": {"path": str(workdir)}})  # fmt: skip
+    return SlicedPollingClient(
+        nb, timeout=timeout, kernel_name="python3", record_timing=True, resources={"metadata": {"path": str(workdir)}}
+    )
 
 
 def execute_notebook(path: Path, params: dict, workdir: Path, timeout: int = CELL_TIMEOUT_S):

@@ -27,8 +27,13 @@ def point(step, acc, std, loss):
 
 
 def test_plateau_is_the_first_step_near_the_best_accuracy_after_which_the_loss_stays_flat():
-    pts = [point(0, 0.50, 0.01, None), point(100, 0.70, 0.01, 2.0), point(200, 0.795, 0.01, 1.5),
-           point(400, 0.80, 0.01, 1.49), point(800, 0.80, 0.01, 1.48)]  # fmt: skip
+    pts = [
+        point(0, 0.50, 0.01, None),
+        point(100, 0.70, 0.01, 2.0),
+        point(200, 0.795, 0.01, 1.5),
+        point(400, 0.80, 0.01, 1.49),
+        point(800, 0.80, 0.01, 1.48),
+    ]
     # step 200 is within one std of the best (0.80) and its loss (1.5) is within 2% of the final 1.48
     assert plateau.plateau_step(pts, loss_tol=0.02) == 200
     # at 1%: step 200's loss is 1.3% above the final one, step 400's 0.7%
@@ -48,11 +53,38 @@ def test_an_arm_may_run_longer_than_the_others():
 
 def test_runs_an_arm_on_toy_data_and_reports_validation_points_and_the_test(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "scripts" / "plateau.py"), "--name", "toy", "--out", str(out),
-           "--set", "data.name=toy", "--set", "net.width=8", "--set", "method.batch_real=8",
-           "--set", "eval.epochs=1", "--set", "eval.test_batch=100", "--set", "synset.budget_ipc=1",
-           "--arm", "pixels:synset.kind=pixels", "--iterations", "2", "--eval-at", "0,1",
-           "--val-per-class", "5", "--val-seeds", "1", "--test-seeds", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "plateau.py"),
+        "--name",
+        "toy",
+        "--out",
+        str(out),
+        "--set",
+        "data.name=toy",
+        "--set",
+        "net.width=8",
+        "--set",
+        "method.batch_real=8",
+        "--set",
+        "eval.epochs=1",
+        "--set",
+        "eval.test_batch=100",
+        "--set",
+        "synset.budget_ipc=1",
+        "--arm",
+        "pixels:synset.kind=pixels",
+        "--iterations",
+        "2",
+        "--eval-at",
+        "0,1",
+        "--val-per-class",
+        "5",
+        "--val-seeds",
+        "1",
+        "--test-seeds",
+        "2",
+    ]
     ledger = tmp_path / "ledger.jsonl"
     env = {**os.environ, "HABA_TEST_LEDGER": str(ledger)}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)

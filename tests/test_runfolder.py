@@ -49,23 +49,35 @@ def test_a_prepared_run_is_started_as_configured_without_resume(tmp_path):
     cfg = tiny_config("iterations=2")
     RF.prepare(run, cfg.to_dict())
     assert RF.is_prepared(run) and R.read_run(run).state == "queued"
-    out = subprocess.run([sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet"],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     status = io.read_json(run / RF.STATUS)
     assert status["state"] == "finished" and status["step"] == 2 and "queued_at" in status
     assert RunConfig.from_dict(io.read_json(run / RF.CONFIG)) == cfg
     assert not RF.is_prepared(run)  # it ran: a second start needs --resume or a new folder
-    again = subprocess.run([sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet"],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode != 0 and "--resume" in again.stderr
 
 
 def test_a_prepared_run_refuses_config_flags(tmp_path):
     run = tmp_path / "prepared"
     RF.prepare(run, tiny_config().to_dict())
-    out = subprocess.run([sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--synset", "pixels"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--synset", "pixels"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "prepared run" in out.stderr and "Traceback" not in out.stderr
     from haba_core.engine import distill
 

@@ -119,8 +119,15 @@ def _losses(method: str, *overrides: str, steps: int = 2, hook=None) -> list[flo
     from haba_core.engine import Distiller
     from workbench.testing import tiny_config
 
-    cfg = tiny_config(f"method.name={method}", "synset.kind=pixels", "synset.budget_ipc=1", f"iterations={steps}",
-                      "snapshot_every=0", "checkpoint_every=0", *overrides)  # fmt: skip
+    cfg = tiny_config(
+        f"method.name={method}",
+        "synset.kind=pixels",
+        "synset.budget_ipc=1",
+        f"iterations={steps}",
+        "snapshot_every=0",
+        "checkpoint_every=0",
+        *overrides,
+    )
     d = Distiller(cfg)
     if hook is not None:
         make = d.method.ctx.make_net
@@ -205,8 +212,13 @@ def _cell(root, profile, name, per_seed, protocol="p1", spi=1.0, precision="fp32
 
     from haba_core import io
 
-    rec = {"accuracy_per_seed": per_seed, "accuracy_mean": statistics.mean(per_seed),
-           "accuracy_std": statistics.pstdev(per_seed), "protocol": {"id": protocol}, "sec_per_iter": spi}  # fmt: skip
+    rec = {
+        "accuracy_per_seed": per_seed,
+        "accuracy_mean": statistics.mean(per_seed),
+        "accuracy_std": statistics.pstdev(per_seed),
+        "protocol": {"id": protocol},
+        "sec_per_iter": spi,
+    }
     io.write_json(root / profile / "cells" / f"{name}.json", rec)
     cfg = resolve_config(overrides=["method.name=dm", f"method.precision={precision}"]).to_dict()
     io.write_json(root / profile / "runs" / name / "run" / "config.json", cfg)
@@ -305,8 +317,10 @@ def test_allocator_env_preloads_jemalloc_only_when_installed_and_wanted(tmp_path
     assert memory.allocator_env({"HABA_ALLOCATOR": "system"}) == {"HABA_ALLOCATOR": "system"}
 
 
-@pytest.mark.skipif(__import__("haba_core.memory").memory.jemalloc_library() is None,
-                    reason="libjemalloc2 is not installed (make setup installs it)")  # fmt: skip
+@pytest.mark.skipif(
+    __import__("haba_core.memory").memory.jemalloc_library() is None,
+    reason="libjemalloc2 is not installed (make setup installs it)",
+)
 def test_haba_distill_restarts_under_jemalloc_and_records_it(tmp_path):
     """The real program: `python -m haba_core distill` runs under jemalloc (same pid, restarted once), unless
     HABA_ALLOCATOR=system; the run says which in status.json. Library calls of cli.main never restart."""
@@ -321,8 +335,13 @@ def test_haba_distill_restarts_under_jemalloc_and_records_it(tmp_path):
         env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "HABA_ALLOCATOR")}
         if wanted:
             env["HABA_ALLOCATOR"] = wanted
-        p = subprocess.Popen(distill_command(run, 2, "pixels", "--budget-ipc", "1"), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        p = subprocess.Popen(
+            distill_command(run, 2, "pixels", "--budget-ipc", "1"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
         status = io.read_json(run / "status.json")
@@ -360,8 +379,10 @@ def test_test_pass_in_cpu_chunks_counts_like_whole_batches(std, monkeypatch):
         x = images[i : i + 100]
         batches.append((x - x.mean()) / x.std() if std else x)
     with torch.no_grad():
-        correct = sum(int((net.fc(b.flatten(1)).argmax(1) == labels[i * 100 : i * 100 + 100]).sum())
-                      for i, b in enumerate(batches))  # fmt: skip
+        correct = sum(
+            int((net.fc(b.flatten(1)).argmax(1) == labels[i * 100 : i * 100 + 100]).sum())
+            for i, b in enumerate(batches)
+        )
     for chunk in (None, "7"):
         if chunk:
             monkeypatch.setenv(training.TEST_CHUNK_ENV, chunk)

@@ -51,7 +51,7 @@ def test_hallucinator_is_affine_and_identity_structure():
     a, b = s.bases[:2].detach(), s.bases[2:4].detach()
     v = torch.zeros(2, dtype=torch.long)
     # affine: h(a) + h(b) - h(0) == h(a + b)
-    h = lambda t: s.render(t, v)  # noqa: E731
+    h = lambda t: s.render(t, v)
     torch.testing.assert_close(h(a) + h(b) - h(torch.zeros_like(a)), h(a + b), atol=1e-4, rtol=1e-4)
 
 
@@ -171,7 +171,11 @@ def test_every_kind_storage_formula_matches_the_built_set(kind, options, basis_s
     p = plan(i, kind, 2, basis_size=basis_size, **options)
     got = s.storage()
     assert (got["floats_bases"], got["floats_hallucinators"], got["n_hallucinators"], got["floats_masks"]) == (
-        p.floats_bases, p.floats_hallucinators, p.n_hallucinators, p.floats_masks)  # fmt: skip
+        p.floats_bases,
+        p.floats_hallucinators,
+        p.n_hallucinators,
+        p.floats_masks,
+    )
     assert tuple(got["basis_shape"]) == p.basis_shape and got["floats_total"] == p.floats_total
     # every learnable float is counted, and beside them only fixed masks (FreD's per-class frequency choice)
     assert sum(t.numel() for t in s.parameters()) + p.floats_masks == p.floats_total

@@ -36,9 +36,11 @@ def test_presets_times_grid_in_order_with_the_holdout_and_the_preset_overrides_b
 
     got = val_search.candidates(A)
     assert [val_search.tag(c) for c, _, _ in got] == [
-        "preset=dm_n_hallucinators=2", "preset=dm_n_hallucinators=5",
-        "preset=dc_n_hallucinators=2", "preset=dc_n_hallucinators=5",
-    ]  # fmt: skip
+        "preset=dm_n_hallucinators=2",
+        "preset=dm_n_hallucinators=5",
+        "preset=dc_n_hallucinators=2",
+        "preset=dc_n_hallucinators=5",
+    ]
     combo, files, overrides = got[1]
     assert combo == {"preset": "dm", "synset.n_hallucinators": "5"}
     assert files == ["base.yaml", "dm.yaml"]
@@ -49,11 +51,39 @@ def test_searches_backends_on_toy_data_and_tests_only_the_chosen_one(tmp_path):
     (tmp_path / "dm.yaml").write_text("method:\n  name: dm\n")
     (tmp_path / "dc.yaml").write_text("method:\n  name: dc\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "scripts" / "val_search.py"), "--name", "toy", "--out", str(out),
-           "--set", "data.name=toy", "--set", "net.width=8", "--set", "method.batch_real=8", "--set", "iterations=2",
-           "--set", "eval.epochs=1", "--set", "eval.seeds=1", "--set", "eval.test_batch=100",
-           "--set", "synset.budget_ipc=1", "--set", "synset.kind=pixels", "--val-per-class", "5",
-           "--preset", f"dm={tmp_path / 'dm.yaml'}", "--preset", f"dc={tmp_path / 'dc.yaml'}", "--test"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "val_search.py"),
+        "--name",
+        "toy",
+        "--out",
+        str(out),
+        "--set",
+        "data.name=toy",
+        "--set",
+        "net.width=8",
+        "--set",
+        "method.batch_real=8",
+        "--set",
+        "iterations=2",
+        "--set",
+        "eval.epochs=1",
+        "--set",
+        "eval.seeds=1",
+        "--set",
+        "eval.test_batch=100",
+        "--set",
+        "synset.budget_ipc=1",
+        "--set",
+        "synset.kind=pixels",
+        "--val-per-class",
+        "5",
+        "--preset",
+        f"dm={tmp_path / 'dm.yaml'}",
+        "--preset",
+        f"dc={tmp_path / 'dc.yaml'}",
+        "--test",
+    ]
     ledger = tmp_path / "ledger.jsonl"
     env = {**os.environ, "HABA_TEST_LEDGER": str(ledger)}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)

@@ -35,7 +35,7 @@ def hallucination_diversity(images: torch.Tensor, info=None, seed: int = 0, net=
     if net is None and info is not None:
         try:
             net = feature_net(info, seed)
-        except Exception as e:  # noqa: BLE001 - shown next to the grid instead of the feature numbers
+        except Exception as e:  # shown next to the grid instead of the feature numbers
             out["feature_error"] = f"{type(e).__name__}: {e}"
     if net is not None:
         z = (

@@ -121,8 +121,7 @@ def class_grid(synset, c: int, max_bases: int | None = None, start: int = 0) -> 
     bases = to_uint8(synset.display_bases(idx).float().cpu(), info)
     bases = np.stack([_resize(b, (h, w)) for b in bases])
     cells = to_uint8(images.reshape(k * n, *images.shape[2:]), info).reshape(k, n, h, w, 3)
-    return ClassGrid(c, str(info.class_names[c]), bases, cells, images, synset.kind, max(0, start),
-                     synset.variant_name)  # fmt: skip
+    return ClassGrid(c, str(info.class_names[c]), bases, cells, images, synset.kind, max(0, start), synset.variant_name)
 
 
 def _font(size: int):

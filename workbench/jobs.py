@@ -73,7 +73,7 @@ def engine_commands() -> list[str]:
     from haba_core.cli import build_parser
 
     parser = build_parser()
-    for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse has no public accessor
+    for action in parser._subparsers._group_actions:  # argparse has no public accessor
         return sorted(action.choices)
     return []
 
@@ -90,8 +90,9 @@ def _start_distill(path: Path, resume: bool) -> R.Run:
             RF.update_status(path, state="failed", error=f"Could not start the run: {e}")
         raise JobError(f"Could not start the run: {e}") from e
     # the pid, unless the engine already started and wrote its own
-    RF.update_status(path, only_if={"state": "queued", "pid": None}, pid=proc.pid,
-                     command=["python", "-m", "haba_core", *args])  # fmt: skip
+    RF.update_status(
+        path, only_if={"state": "queued", "pid": None}, pid=proc.pid, command=["python", "-m", "haba_core", *args]
+    )
     return R.read_run(path)
 
 
@@ -184,9 +185,14 @@ def cluster_args(address: str | None) -> list[str]:
 
 
 def evaluate_args(
-    run_dir: Path, nets: list[str], seeds: int, epochs: int, baseline: bool, extra: list[str] = (),
+    run_dir: Path,
+    nets: list[str],
+    seeds: int,
+    epochs: int,
+    baseline: bool,
+    extra: list[str] = (),
     address: str | None = None,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     args = [
         "evaluate",
         "--run",
@@ -288,7 +294,7 @@ def experts_available() -> bool:
     """Whether this engine has ``python -m haba_core experts``."""
     try:
         return "experts" in engine_commands()
-    except Exception:  # noqa: BLE001 - an engine that fails to import has no experts command either
+    except Exception:  # an engine that fails to import has no experts command either
         return False
 
 

@@ -89,7 +89,7 @@ def available_backends() -> tuple[list[str], str | None]:
         from haba_core.methods import list_methods
 
         return list_methods(), None
-    except Exception as e:  # noqa: BLE001 - shown to the user, e.g. a half-installed engine
+    except Exception as e:  # shown to the user, e.g. a half-installed engine
         return [], f"{type(e).__name__}: {e}"
 
 
@@ -119,7 +119,7 @@ def label(family: str, name: str) -> str:
     """How the pages name a registered dataset, backend (``method``), synset kind or net; the name if unknown."""
     try:
         return _registry(family).label(name)
-    except Exception:  # noqa: BLE001 - an unknown or unloadable entry is shown by its name
+    except Exception:  # an unknown or unloadable entry is shown by its name
         return str(name)
 
 
@@ -202,7 +202,7 @@ def synset_takes(kind: str, spec: FieldSpec) -> bool:
     """Whether synset kind ``kind`` reads the option ``spec`` (a ``synset.params.*`` field)."""
     try:
         return spec.key.rsplit(".", 1)[-1] in synset_class(kind).option_names()
-    except Exception:  # noqa: BLE001 - an unknown kind reads nothing
+    except Exception:  # an unknown kind reads nothing
         return False
 
 
@@ -212,7 +212,7 @@ def method_specs(name: str) -> list[FieldSpec] | None:
         from haba_core.methods import METHODS
 
         cls = METHODS.get(name)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     cfg = getattr(cls, "Config", None)
     if not dataclasses.is_dataclass(cfg):
@@ -233,7 +233,7 @@ def net_specs(name: str, current: dict) -> list[FieldSpec]:
             if isinstance(p.default, (bool, int, float, str)):
                 kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(p.default)]
                 specs[p.name] = FieldSpec(f"net.params.{p.name}", kind, p.default)
-    except Exception:  # noqa: BLE001 - nets not importable: fall back to what the preset sets
+    except Exception:  # nets not importable: fall back to what the preset sets
         pass
     for k, v in (current or {}).items():
         if k not in specs and isinstance(v, (bool, int, float, str)):

@@ -104,8 +104,13 @@ class ExpertSet:
         m = self.meta
         d = m["dataset"]
         problems = []
-        for key, mine in (("name", info.name), ("channels", info.channels), ("num_classes", info.num_classes),
-                          ("im_size", list(info.im_size)), ("zca", bool(info.zca))):  # fmt: skip
+        for key, mine in (
+            ("name", info.name),
+            ("channels", info.channels),
+            ("num_classes", info.num_classes),
+            ("im_size", list(info.im_size)),
+            ("zca", bool(info.zca)),
+        ):
             theirs = d.get(key)
             if (list(theirs) if isinstance(theirs, (list, tuple)) else theirs) != mine:
                 problems.append(f"dataset {key} {theirs!r} (run: {mine!r})")
@@ -141,8 +146,12 @@ def write_synthetic_experts(
         rows = [theta]
         for _ in range(cfg.epochs):
             rows.append(rows[-1] + scale * torch.randn(theta.shape, generator=g))
-        meta = {**_expert_meta(cfg, i, info, net), "complete": True, "synthetic": True,
-                "train_acc": [None] * cfg.epochs}  # fmt: skip
+        meta = {
+            **_expert_meta(cfg, i, info, net),
+            "complete": True,
+            "synthetic": True,
+            "train_acc": [None] * cfg.epochs,
+        }
         io.save_tensors(expert_path(out, i), {"trajectory": torch.stack(rows)}, meta)
         paths.append(expert_path(out, i))
     return paths

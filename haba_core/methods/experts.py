@@ -90,9 +90,17 @@ class ExpertConfig:
 
 
 # Expert configs and overrides written before ExpertConfig held a DataConfig: flat key -> data.<key>
-_LEGACY_DATA_KEYS = {"dataset": "name", "data_root": "root", "data_options": "options", "zca": "zca",
-                     "zca_variant": "zca_variant", "train_limit": "train_limit", "test_limit": "test_limit",
-                     "val_per_class": "val_per_class", "val_seed": "val_seed"}  # fmt: skip
+_LEGACY_DATA_KEYS = {
+    "dataset": "name",
+    "data_root": "root",
+    "data_options": "options",
+    "zca": "zca",
+    "zca_variant": "zca_variant",
+    "train_limit": "train_limit",
+    "test_limit": "test_limit",
+    "val_per_class": "val_per_class",
+    "val_seed": "val_seed",
+}
 
 
 def _nest_legacy(d: dict) -> dict:
@@ -394,8 +402,10 @@ def train_experts(
             from haba_core.errors import HabaError
 
             first = (failed[0].error or "").splitlines()[0]
-            raise HabaError(f"{len(failed)} expert(s) failed ({failed[0].id}: {first}); finished experts are kept "
-                            f"in {out}; run the same command again to train the rest.")  # fmt: skip
+            raise HabaError(
+                f"{len(failed)} expert(s) failed ({failed[0].id}: {first}); finished experts are kept "
+                f"in {out}; run the same command again to train the rest."
+            )
     else:
         ds = _load_data(cfg) if todo else None
         for i in todo:

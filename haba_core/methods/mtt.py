@@ -196,8 +196,9 @@ class MTT(Method):
             variant = int(torch.randint(synset.n_variants, (1,), generator=generator))
             dsa = None
             if self.ctx.dsa_strategy:
-                dsa = sample_dsa_params(self.ctx.dsa_strategy, len(idx), generator, self.ctx.device,
-                                        tuple(self.ctx.info.im_size))  # fmt: skip
+                dsa = sample_dsa_params(
+                    self.ctx.dsa_strategy, len(idx), generator, self.ctx.device, tuple(self.ctx.info.im_size)
+                )
             steps.append(StepPlan(idx, variant, dsa))
         return steps
 

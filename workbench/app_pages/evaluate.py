@@ -73,8 +73,7 @@ with st.container(border=True):
             sets = [s.strip() for s in extra.split(",") if s.strip()]
             for name in chosen:
                 try:
-                    J.launch_evaluation(name, picked_nets, int(seeds), int(epochs), baseline, sets,
-                                        address=address)  # fmt: skip
+                    J.launch_evaluation(name, picked_nets, int(seeds), int(epochs), baseline, sets, address=address)
                     st.toast(f"Evaluating {name}...")
                 except (J.JobError, OSError) as e:
                     st.error(f"{name}: {e}")

@@ -35,7 +35,7 @@ with c1:
         st.markdown(f"Snapshot: **{label}**")
 try:
     synset = ui.load_synset(choices[label])
-except Exception as e:  # noqa: BLE001 - missing or unreadable snapshot
+except Exception as e:  # missing or unreadable snapshot
     st.error(f"Cannot open snapshot {label} of {run.name}: {e}", icon=":material/broken_image:")
     st.stop()
 

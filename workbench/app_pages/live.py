@@ -139,7 +139,7 @@ def images() -> None:
 
     try:  # rendered once per snapshot file, not once per poll
         caption, warning, png = cached("image", (str(path), stamp, label), render)
-    except Exception as e:  # noqa: BLE001 - a missing or corrupted snapshot is shown, not raised
+    except Exception as e:  # a missing or corrupted snapshot is shown, not raised
         st.session_state.get("live.cache", {}).pop("image", None)
         st.error(f"Cannot show snapshot {label}: {e}")
         return

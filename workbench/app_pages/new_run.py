@@ -195,7 +195,7 @@ with form:
     try:
         info = dataset_facts(dataset, options_json)
         sizes = [NR.AUTO] + list(range(min(info.im_size), 3, -1))
-    except Exception as e:  # noqa: BLE001 - explained in the side panel by the check below
+    except Exception as e:  # explained in the side panel by the check below
         info, sizes = None, [NR.AUTO]
         st.error(f"Dataset {dataset!r}: {e}")
     preset_size = base["synset"].get("basis_size")
@@ -208,7 +208,7 @@ with form:
         }
         try:
             auto_size = NR.auto_basis_size(info, kind, st.session_state.get(key("synset.budget_ipc")), **kind_options)
-        except Exception:  # noqa: BLE001 - a bad option value is explained in the side panel by the check below
+        except Exception:  # a bad option value is explained in the side panel by the check below
             auto_size = None
     auto_label = f"auto ({auto_size or min(info.im_size)}x{auto_size or min(info.im_size)})" if info else "auto"
     c3.selectbox(
@@ -317,7 +317,7 @@ with form:
     try:
         config = NR.build_config(base, values, NR.parse_set_lines(st.session_state.get("new.set_lines", "")))
         result = NR.check(config, None if backend_problem else backends, experts_dir)
-    except Exception as e:  # noqa: BLE001 - a malformed override line, explained instead of crashing
+    except Exception as e:  # a malformed override line, explained instead of crashing
         result = NR.Check(errors=[str(e)])
     result.errors[:0] = form_errors
 
