@@ -1,7 +1,7 @@
 """What observes a distillation: the hooks the engine's ``Distiller`` calls as a run goes.
 
 A callback never changes the run: it reads the Distiller ``d`` it is handed (``d.cfg``, ``d.step``, ``d.synset``,
-...) and writes elsewhere. The run folder (``engine.RunFolder``) is one; the optional logger sinks
+...) and writes elsewhere. The run folder (``runfolder.RunFolder``) is one; the optional logger sinks
 (``haba_core.loggers``) and the tutorials' live plots are others. This module sits below both the engine and the
 sinks, so the engine can build sinks from a config without an import cycle.
 """

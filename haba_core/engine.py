@@ -10,9 +10,7 @@ run continues exactly where the killed one stopped.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
-import socket
 import statistics
 import time
 from collections.abc import Iterable
@@ -32,14 +30,12 @@ from haba_core.errors import CheckpointError, ConfigError, DiskError, HabaError
 from haba_core.evaluate import evaluate_synset
 from haba_core.haba_losses import ContrastiveConstraint
 from haba_core.loggers import create_sinks
-from haba_core.memory import active_allocator
 from haba_core.methods import METHODS, Context, create_method
 from haba_core.nets import NETS
 from haba_core.preflight import preflight
 from haba_core.synsets import SYNSETS, create_synset
 
 CHECKPOINT_FORMAT = "haba-checkpoint"
-KEEP_CHECKPOINTS = 2
 
 
 class Cancelled(HabaError):
@@ -57,7 +53,7 @@ class Distiller:
         METHODS.get(cfg.method_name).make_config(cfg.method_params)
         kind = SYNSETS.get(cfg.synset.kind)
         NETS.get(cfg.net.get("name", "convnet"))
-        self.run_dir = next((cb.path for cb in self.callbacks if isinstance(cb, RunFolder)), None)
+        self.run_dir = next((cb.path for cb in self.callbacks if isinstance(cb, RF.RunFolder)), None)
         if (cfg.eval_every or cfg.eval_at_end) and cfg.eval.split == "test" and self.run_dir is None:
             raise ConfigError(
                 "Evaluating on the test split during a run is recorded in the run folder's test ledger: distill "
@@ -176,7 +172,7 @@ class Distiller:
         except Cancelled:
             state = "cancelled"
             self._emit("on_checkpoint", self.step)
-        except BaseException as e:  # noqa: BLE001 - recorded in the run folder, then re-raised
+        except BaseException as e:  # recorded in the run folder, then re-raised
             state, error = "failed", RF.failure_text(self.run_dir, e, self.step)
             self._emit("on_end", state, error)
             if isinstance(e, DiskError):  # the command line prints what status.json says: how to go on
@@ -264,94 +260,6 @@ class Distiller:
             ) from e
 
 
-class InitialSnapshot(Callback):
-    """Saves the set before the first update as ``snapshots/step_0000000.safetensors`` (the app's and the
-    tutorials' step 0; what a study of accuracy against iterations starts from)."""
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir)
-
-    def on_start(self, d: Distiller) -> None:
-        if d.step == 0:
-            d.synset.save(RF.snapshot_path(self.path, 0), {"step": 0})
-
-
-class RunFolder(Callback):
-    """Keeps a run folder: config.json, status.json, metrics.jsonl, snapshots/, checkpoints/, synset.safetensors.
-
-    Every file is written atomically; ``metrics.jsonl`` is append-only and is trimmed back to the last
-    checkpoint on resume, so a resumed run's metrics hold each step exactly once.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.started = time.time()
-
-    # paths (the layout is haba_core.runfolder's)
-    @property
-    def status_path(self) -> Path:
-        return self.path / RF.STATUS
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / RF.METRICS
-
-    def snapshot_path(self, step: int) -> Path:
-        return RF.snapshot_path(self.path, step)
-
-    def checkpoint_path(self, step: int) -> Path:
-        return RF.checkpoint_path(self.path, step)
-
-    def restore(self, d: Distiller) -> bool:
-        """Load the newest readable checkpoint into ``d`` (a damaged one falls back to the one before it, with a
-        warning: ``runfolder.restore_newest``); False when there is none."""
-        return RF.restore_newest(self.path, d.load_checkpoint)
-
-    # status
-    def write_status(self, d: Distiller | None, state: str, **extra: Any) -> None:
-        status = {"state": state, "pid": os.getpid(), "host": socket.gethostname()}
-        if d is not None:
-            spi = d.seconds_per_iteration()
-            status.update(
-                step=d.step,
-                iterations=d.cfg.iterations,
-                sec_per_iter=spi,
-                eta_s=None if spi is None else spi * (d.cfg.iterations - d.step),
-                storage=d.plan.to_dict(),
-            )
-        status.update(extra)
-        RF.update_status(self.path, **status)  # merged under the run folder's lock: no writer loses an update
-
-    # callbacks
-    def on_start(self, d: Distiller) -> None:
-        io.write_json(self.path / RF.CONFIG, d.cfg.to_dict())
-        io.write_json(self.path / RF.STORAGE, {**d.plan.to_dict(), "dataset": d.dataset.info.to_dict()})
-        io.write_json(self.path / RF.DATA, d.dataset.source)  # which files, with their sha256
-        self.write_status(d, "running", started_at=self.started, error=None, device=str(d.device),
-                          precision=d.method.precision, allocator=active_allocator(), notes=d.notes)  # fmt: skip
-
-    def on_step(self, d: Distiller, step: int, logs: dict) -> None:
-        if RF.logs_step(step, d.cfg.log_every, d.cfg.iterations):
-            io.append_jsonl(self.metrics_path, {**logs, "wall": time.time()})
-        self.write_status(d, "running")
-
-    def on_eval(self, d: Distiller, step: int, results: dict) -> None:
-        io.append_jsonl(self.path / RF.EVALS, {"step": step, **results})
-
-    def on_snapshot(self, d: Distiller, step: int) -> None:
-        d.synset.save(self.snapshot_path(step), {"step": step})
-
-    def on_checkpoint(self, d: Distiller, step: int) -> None:
-        path = self.checkpoint_path(step)
-        d.save_checkpoint(path)
-        RF.keep_checkpoint(self.path, path, step, KEEP_CHECKPOINTS)
-
-    def on_end(self, d: Distiller, state: str, error: str | None) -> None:
-        if state == "finished":
-            d.synset.save(self.path / RF.SYNSET, {"step": d.step})
-        self.write_status(d, state, error=error, finished_at=time.time())
-
-
 class Progress(Callback):
     """tqdm progress bar with the latest losses."""
 
@@ -392,7 +300,7 @@ def distill(
     cbs = list(callbacks)
     folder = None
     if run_dir is not None:
-        folder = RunFolder(run_dir)
+        folder = RF.RunFolder(run_dir)
         if resume:
             cfg_path = folder.path / RF.CONFIG
             if not cfg_path.exists():
@@ -422,12 +330,8 @@ def distill(
     if progress:
         cbs.append(Progress())
     d = Distiller(cfg, cbs, dataset=dataset)
-    if folder is not None and resume:
-        if folder.restore(d):
-            io.truncate_jsonl(folder.metrics_path, lambda r: r.get("step", 0) <= d.step)
-            io.truncate_jsonl(folder.path / RF.EVALS, lambda r: r.get("step", 0) <= d.step)
-        else:  # killed before the first checkpoint: start over, dropping partial metrics
-            io.truncate_jsonl(folder.metrics_path, lambda r: False)
+    if folder is not None and resume:  # killed before the first checkpoint: start over
+        RF.trim_to_checkpoint(folder.path, d.step if folder.restore(d) else None)
     handlers = {}
     if handle_signals:
         try:

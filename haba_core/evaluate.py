@@ -11,7 +11,8 @@ is the final network's (never the best over epochs).
 
 Three layers:
 
-- one network: :class:`SeedTrainer` / :func:`train_from_scratch` (the reference, one seed at a time);
+- one network: :class:`~haba_core.training.SeedTrainer` / :func:`~haba_core.training.train_from_scratch` (the
+  reference, one seed at a time);
 - several seeds of one architecture at once (``haba_core.grouped``): :class:`GroupedTrainer` stacks the S
   networks into one network with S-grouped convolutions and per-seed linear layers (:func:`stack_nets`); each
   seed keeps its own initialisation (``torch.manual_seed(seed)``) and its own generator for data order, HaBa
@@ -54,67 +55,7 @@ from haba_core.ledger import LedgerEntry, admit
 from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol
 from haba_core.reports import matrix_csv, matrix_markdown, matrix_rows  # noqa: F401
-from haba_core.training import ImageSource, Recipe, compiled, run_trainer, test_accuracy, train_epoch
-
-
-class SeedTrainer:
-    """One fresh network trained on ``source`` with seed ``seed``: :meth:`epoch` runs one epoch, :meth:`test`
-    measures the final accuracy. The reference path; :func:`train_from_scratch` runs it to the end.
-
-    Draw order on the seed's generator, per epoch: ``source(g)`` (HaBa pairings), the permutation, then one
-    DSA draw per batch. The initialisation comes from ``torch.manual_seed(seed)``.
-    """
-
-    path = "sequential"
-
-    def __init__(self, source: ImageSource, dataset, net_name: str, recipe: Recipe, seed: int):
-        info = dataset.info
-        self.source, self.dataset, self.recipe = source, dataset, recipe
-        torch.manual_seed(seed)
-        self.g = torch.Generator().manual_seed(seed)
-        self.net = create_net(net_name, info.channels, info.num_classes, info.im_size, **recipe.net_params)
-        self.net = self.net.to(dataset.images_test.device)
-        self.opt, self.sched = recipe.optimizer(self.net.parameters())
-        if recipe.compile:
-            self.net = compiled(self.net)
-
-    def epoch(self) -> None:
-        r = self.recipe
-        with torch.no_grad():
-            images, labels = self.source(self.g)
-        train_epoch(self.net, self.opt, images, labels, r.batch, self.g, r.dsa, r.standardize,
-                    self.dataset.info.im_size, precision=r.precision)  # fmt: skip
-        self.sched.step()
-
-    def test(self) -> list[float]:
-        ds, r = self.dataset, self.recipe
-        return [test_accuracy(self.net, ds.images_test, ds.labels_test, r.test_batch, r.standardize, r.precision)]
-
-
-class SequentialTrainer:
-    """S :class:`SeedTrainer` one after another, with the interface of :class:`GroupedTrainer`."""
-
-    path = "sequential"
-
-    def __init__(self, sources: Sequence[ImageSource], dataset, net_name: str, recipe: Recipe, seeds: Sequence[int]):
-        self.trainers = [
-            SeedTrainer(src, dataset, net_name, recipe, sd) for src, sd in zip(sources, seeds, strict=True)
-        ]
-
-    def epoch(self) -> None:
-        for t in self.trainers:
-            t.epoch()
-
-    def test(self) -> list[float]:
-        return [t.test()[0] for t in self.trainers]
-
-
-def train_from_scratch(source: ImageSource, dataset, net_name: str, recipe: Recipe, seed: int) -> dict:
-    """Train one fresh ``net_name`` by ``recipe`` on ``source(generator) -> (images, labels)`` (called once per
-    epoch, so HaBa draws fresh hallucinator pairings) and return its final test accuracy."""
-    trainer = SeedTrainer(source, dataset, net_name, recipe, seed)
-    (acc,), train_s, test_s = run_trainer(trainer, recipe.epochs)
-    return {"acc": acc, "train_s": train_s, "test_s": test_s, "seed": seed, "net": net_name, "path": "sequential"}
+from haba_core.training import ImageSource, Recipe, train_from_scratch
 
 
 def train_seeds(
@@ -184,9 +125,16 @@ def _net_summary(runs: list[dict]) -> dict:
 
 
 def evaluate_source(
-    source: ImageSource, dataset, protocol: dict, nets: Iterable[str], seeds: int, seed: int = 0,
-    batched: bool | None = None, test_batch: int = 1000, compile: bool = False,
-) -> dict:  # fmt: skip
+    source: ImageSource,
+    dataset,
+    protocol: dict,
+    nets: Iterable[str],
+    seeds: int,
+    seed: int = 0,
+    batched: bool | None = None,
+    test_batch: int = 1000,
+    compile: bool = False,
+) -> dict:
     """Train ``seeds`` fresh networks per architecture; mean +- std of final test accuracy."""
     per_net = {}
     for name in nets:
@@ -236,8 +184,12 @@ def random_real_baseline(
     protocol = protocol_of(cfg, None, dsa_strategy, len(dataset.labels_test), dataset.images_test.device)
     seed_list = [seed + k for k in range(seeds)]
     sources = [_fixed_source(*dataset.subset_random(ipc, torch.Generator().manual_seed(s))) for s in seed_list]
-    per_net = {name: _net_summary(_train_protocol(sources, dataset, protocol, name, seed_list, batched, cfg.test_batch,
-                                                  cfg.compile)) for name in nets}  # fmt: skip
+    per_net = {
+        name: _net_summary(
+            _train_protocol(sources, dataset, protocol, name, seed_list, batched, cfg.test_batch, cfg.compile)
+        )
+        for name in nets
+    }
     return _result(per_net, protocol, random_real_storage(dataset.info, ipc), look)
 
 
@@ -277,9 +229,17 @@ def eval_cell_task(job: dict) -> list[dict]:
     from haba_core.data import load_dataset
 
     d = job["data"]
-    dataset = load_dataset(d["name"], root=d["root"], zca=d["zca"], train_limit=d["train_limit"],
-                           test_limit=d["test_limit"], zca_variant=d["zca_variant"], val_per_class=d["val_per_class"],
-                           val_seed=d["val_seed"], **d["options"])  # fmt: skip
+    dataset = load_dataset(
+        d["name"],
+        root=d["root"],
+        zca=d["zca"],
+        train_limit=d["train_limit"],
+        test_limit=d["test_limit"],
+        zca_variant=d["zca_variant"],
+        val_per_class=d["val_per_class"],
+        val_seed=d["val_seed"],
+        **d["options"],
+    )
     dataset = dataset.evaluated_on(job["protocol"].get("split", "test")).to(resolve_device(job["device"]))
     src, seeds = job["source"], list(job["seeds"])
     if src["kind"] == "synset":
@@ -288,8 +248,16 @@ def eval_cell_task(job: dict) -> list[dict]:
     else:
         sources = [_fixed_source(*dataset.subset_random(src["ipc"], torch.Generator().manual_seed(s))) for s in seeds]
     with torch.enable_grad():
-        return _train_protocol(sources, dataset, job["protocol"], job["net"], seeds, job["batched"], job["test_batch"],
-                               bool(job.get("compile", False)))  # fmt: skip
+        return _train_protocol(
+            sources,
+            dataset,
+            job["protocol"],
+            job["net"],
+            seeds,
+            job["batched"],
+            job["test_batch"],
+            bool(job.get("compile", False)),
+        )
 
 
 def _synset_from_bytes(data: bytes, device):
@@ -299,10 +267,6 @@ def _synset_from_bytes(data: bytes, device):
         path = Path(tmp) / "synset.safetensors"
         path.write_bytes(data)
         return load_synset(path, device)
-
-
-def cell_path(cells_dir: Path, net: str, seed: int) -> Path:
-    return Path(cells_dir) / f"{net}_s{seed}.json"
 
 
 def _tag(name: str, identity: dict) -> str:
@@ -336,7 +300,6 @@ def evaluate_run(
     evaluation dict; ``result["complete"]`` is False when some task failed after its retries. On the test split
     every finished task is recorded through ``ledger`` (default: the run folder's test ledger) as it lands.
     """
-    from haba_core import io
     from haba_core import runfolder as RF
     from haba_core.data.datasets import check_ipc, dataset_from_config
     from haba_core.errors import ConfigError
@@ -347,9 +310,17 @@ def evaluate_run(
     t_start = time.time()
     say = log or (lambda _m: None)
     d = cfg.data
-    data = {"name": d.name, "root": str(Path(d.root).expanduser().resolve()), "zca": d.zca,
-            "zca_variant": d.zca_variant, "train_limit": d.train_limit, "test_limit": d.test_limit,
-            "val_per_class": d.val_per_class, "val_seed": d.val_seed, "options": dict(d.options)}  # fmt: skip
+    data = {
+        "name": d.name,
+        "root": str(Path(d.root).expanduser().resolve()),
+        "zca": d.zca,
+        "zca_variant": d.zca_variant,
+        "train_limit": d.train_limit,
+        "test_limit": d.test_limit,
+        "val_per_class": d.val_per_class,
+        "val_seed": d.val_seed,
+        "options": dict(d.options),
+    }
     device = device or cfg.device
     dsa = cfg.dsa_strategy if ecfg.dsa else ""
     nets = list(ecfg.nets)
@@ -390,28 +361,35 @@ def evaluate_run(
     reused = 0
     for name, src in sources.items():
         src["tag"] = _tag(name, {**src["identity"], "protocol": src["protocol"], "data": data_identity})
-        src["dir"] = run / "eval" / "cells" / src["tag"]
-        spec_file = src["dir"] / "spec.json"
-        if not spec_file.exists():
-            io.write_json(spec_file, {"source": name, **src["identity"], "protocol": src["protocol"],
-                                      "storage": src["storage"], "data": data_identity,
-                                      "synset_file": str(synset_path)})  # fmt: skip
+        src["dir"] = RF.cells_dir(run, src["tag"])
+        spec = {"source": name, **src["identity"], "protocol": src["protocol"], "storage": src["storage"]}
+        RF.write_cell_spec(src["dir"], {**spec, "data": data_identity, "synset_file": str(synset_path)})
         for net in nets:
-            todo = [s for s in seeds if not cell_path(src["dir"], net, s).exists()]
+            todo = [s for s in seeds if not RF.cell_path(src["dir"], net, s).exists()]
             reused += len(seeds) - len(todo)
             groups = [todo] if grouped else [[s] for s in todo]  # per-seed tasks spread over workers
             for group in (g for g in groups if g):
                 tid = f"{name}/{net}/s{','.join(map(str, group))}"
-                job = {"data": data, "device": device, "source": src["spec"], "net": net, "seeds": group,
-                       "protocol": src["protocol"], "batched": grouped, "test_batch": ecfg.test_batch,
-                       "compile": ecfg.compile}  # fmt: skip
+                job = {
+                    "data": data,
+                    "device": device,
+                    "source": src["spec"],
+                    "net": net,
+                    "seeds": group,
+                    "protocol": src["protocol"],
+                    "batched": grouped,
+                    "test_batch": ecfg.test_batch,
+                    "compile": ecfg.compile,
+                }
                 tasks.append(Task(tid, (job,)))
                 meta[tid] = (name, net, group)
     # the test split is recorded task by task as results land; a search refuses a second test before any is run
     look = admit(ledger or RF.ledger_entry(run, cfg.to_dict()), ecfg.split, cfg.to_dict(), check=bool(tasks))
     total = len(sources) * len(nets) * len(seeds)
-    say(f"evaluation: {total} cells ({len(nets)} nets x {len(seeds)} seeds x {len(sources)} sources), "
-        f"{reused} already done, {len(tasks)} tasks to run")  # fmt: skip
+    say(
+        f"evaluation: {total} cells ({len(nets)} nets x {len(seeds)} seeds x {len(sources)} sources), "
+        f"{reused} already done, {len(tasks)} tasks to run"
+    )
 
     def on_result(r) -> None:
         name, net, group = meta[r.id]
@@ -419,9 +397,16 @@ def evaluate_run(
             say(f"FAILED {r.id} after {r.attempts} attempt(s): {(r.error or '').splitlines()[0]}")
             return
         for rec in r.value:
-            cell = {**rec, "source": name, "tag": sources[name]["tag"], "attempts": r.attempts, "worker": r.worker,
-                    "task_s": round(r.seconds, 3), "finished_at": time.time()}  # fmt: skip
-            io.write_json(cell_path(sources[name]["dir"], net, rec["seed"]), cell)
+            cell = {
+                **rec,
+                "source": name,
+                "tag": sources[name]["tag"],
+                "attempts": r.attempts,
+                "worker": r.worker,
+                "task_s": round(r.seconds, 3),
+                "finished_at": time.time(),
+            }
+            RF.write_cell(sources[name]["dir"], net, rec["seed"], cell)
         if look is not None:
             src = sources[name]
             look.record(src["protocol"], len(r.value), cell=r.id, kind=src["storage"]["kind"], nets=[net], seeds=group)
@@ -430,15 +415,27 @@ def evaluate_run(
 
     executor = executor or InlineExecutor()
     results = executor.map(eval_cell_task, tasks, retries=retries, on_result=on_result, log=say) if tasks else []
-    failed = [{"task": r.id, "source": meta[r.id][0], "net": meta[r.id][1], "seeds": meta[r.id][2],
-               "attempts": r.attempts, "error": r.error} for r in results if not r.ok]  # fmt: skip
+    failed = [
+        {
+            "task": r.id,
+            "source": meta[r.id][0],
+            "net": meta[r.id][1],
+            "seeds": meta[r.id][2],
+            "attempts": r.attempts,
+            "error": r.error,
+        }
+        for r in results
+        if not r.ok
+    ]
 
-    out: dict[str, Any] = {"synset_file": str(synset_path.relative_to(run) if synset_path.is_relative_to(run)
-                                              else synset_path), "started_at": t_start}  # fmt: skip
+    out: dict[str, Any] = {
+        "synset_file": str(synset_path.relative_to(run) if synset_path.is_relative_to(run) else synset_path),
+        "started_at": t_start,
+    }
     for name, src in sources.items():
         per_net = {}
         for net in nets:
-            cells = [io.read_json(p) for s in seeds if (p := cell_path(src["dir"], net, s)).exists()]
+            cells = RF.read_cells(src["dir"], net, seeds)
             if cells:
                 per_net[net] = _net_summary(cells)
                 # compute seconds spent on this net's cells (a grouped task's time is shared by its seeds)
@@ -447,22 +444,21 @@ def evaluate_run(
                 if missing:
                     per_net[net]["missing_seeds"] = missing
         out[name] = {**_result(per_net, src["protocol"], src["storage"]), "cells": str(src["dir"].relative_to(run))}
-    out.update({
-        "architectures": nets,
-        "seeds": seeds,
-        "batched": grouped,
-        "executor": executor.describe(),
-        "retries": retries,
-        "computed_tasks": len(tasks),
-        "reused_cells": reused,
-        "failed": failed,
-        "complete": not failed,
-        "wall_s": time.time() - t_start,  # this invocation (reused cells cost nothing)
-        "compute_s": round(sum(r.get("compute_s", 0.0) for n in sources for r in out[n]["nets"].values()), 3),
-        "matrix_csv": "eval/matrix.csv",
-    })  # fmt: skip
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(t_start))
-    io.write_json(run / "eval" / f"eval_{stamp}.json", out)
-    io.write_json(run / "evaluation.json", out)
-    io.atomic_write_bytes(run / "eval" / "matrix.csv", matrix_csv(out).encode())
+    out.update(
+        {
+            "architectures": nets,
+            "seeds": seeds,
+            "batched": grouped,
+            "executor": executor.describe(),
+            "retries": retries,
+            "computed_tasks": len(tasks),
+            "reused_cells": reused,
+            "failed": failed,
+            "complete": not failed,
+            "wall_s": time.time() - t_start,  # this invocation (reused cells cost nothing)
+            "compute_s": round(sum(r.get("compute_s", 0.0) for n in sources for r in out[n]["nets"].values()), 3),
+            "matrix_csv": RF.MATRIX_CSV,
+        }
+    )
+    RF.write_evaluation(run, out, matrix_csv(out))
     return out

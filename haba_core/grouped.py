@@ -1,6 +1,6 @@
 """Several seeds of one architecture trained as one network: S networks stacked with S-grouped convolutions and
 per-seed linear layers (:func:`stack_nets`), each seed with its own initialisation and generator, consuming
-draws in the same order as the sequential path (``haba_core.evaluate.SeedTrainer``), so both paths train the
+draws in the same order as the sequential path (``haba_core.training.SeedTrainer``), so both paths train the
 same networks on the same batches up to floating-point summation order.
 """
 

@@ -10,11 +10,13 @@ A run folder holds::
     evals.jsonl          periodic evaluations during the run
     test_ledger.jsonl    one line per evaluation on the test split (``haba_core.ledger``; in-run and ``evaluate``)
     snapshots/step_*.safetensors, checkpoints/ckpt_*.safetensors (+ latest.json), synset.safetensors
-    log.txt, eval_log.txt, eval/    when launched by the app / evaluated
+    log.txt, eval_log.txt when launched by the app / evaluated
+    evaluation.json      the latest cross-architecture evaluation (``haba evaluate``); under eval/: cells/<tag>/
+                         (spec.json, one <net>_s<seed>.json per finished cell), eval_<time>.json (each), matrix.csv
     tensorboard/, wandb/ the optional logger sinks' copies of the metrics (``haba_core.loggers``; config ``loggers``)
     eval_job.json        the latest ``haba evaluate`` process: running, then finished or failed with the reason
 
-Everything that reads or writes one goes through this module: the engine (``engine.RunFolder``), the CLI, the
+Everything that reads or writes one goes through this module: the engine (its :class:`RunFolder` callback), the CLI, the
 app (``workbench.runs``, ``workbench.jobs``), the bench and the scripts. ``status.json`` has several writers
 (the launcher before and right after starting the process, the engine while it runs, a cancel); each goes
 through :func:`update_status`, a read-modify-write under an exclusive lock, so no update is lost. ``eval_job.json``
@@ -42,8 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from haba_core import io
+from haba_core.callbacks import Callback
 from haba_core.errors import CheckpointError, DiskError, HabaError
 from haba_core.ledger import LedgerEntry
+from haba_core.memory import active_allocator
 
 CONFIG = "config.json"
 STATUS = "status.json"
@@ -58,11 +62,14 @@ LOG = "log.txt"
 EVAL_LOG = "eval_log.txt"
 EVAL_JOB = "eval_job.json"
 EVALUATION = "evaluation.json"
+EVAL_DIR = "eval"  # haba_core.evaluate.evaluate_run's cells, its evaluations and the matrix
+MATRIX_CSV = f"{EVAL_DIR}/matrix.csv"
 TEST_LEDGER = "test_ledger.jsonl"
 TENSORBOARD = "tensorboard"  # TensorBoard event files (haba_core.loggers)
 WANDB = "wandb"  # W&B's offline runs: wandb names the folder it makes under the directory it is given
 LATEST = "latest.json"  # under checkpoints/: which checkpoint is the newest complete one
 _LOCK = ".status.lock"
+KEEP_CHECKPOINTS = 2  # the newest checkpoints kept (a damaged newest falls back to the one before it)
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -161,6 +168,132 @@ def failure_text(run: Path | None, e: BaseException, step: int) -> str:
 def ledger_entry(run: Path, config: dict, purpose: str = "eval") -> LedgerEntry:
     """The run folder's own test ledger (``test_ledger.jsonl``), for an evaluation of ``run`` under ``config``."""
     return LedgerEntry(Path(run) / TEST_LEDGER, run=str(run), purpose=purpose, config=dict(config))
+
+
+def trim_to_checkpoint(run: Path, step: int | None) -> None:
+    """On resume, ``metrics.jsonl`` and ``evals.jsonl`` back to the checkpoint restored at ``step``, so a resumed
+    run's metrics hold each step exactly once; ``None`` (no checkpoint: the run starts over) drops every metrics
+    line."""
+    if step is None:
+        io.truncate_jsonl(Path(run) / METRICS, lambda r: False)
+        return
+    io.truncate_jsonl(Path(run) / METRICS, lambda r: r.get("step", 0) <= step)
+    io.truncate_jsonl(Path(run) / EVALS, lambda r: r.get("step", 0) <= step)
+
+
+# -- the engine's writer: a callback of the Distiller ``d`` (haba_core.engine) ---------------------------------
+class InitialSnapshot(Callback):
+    """Saves the set before the first update as ``snapshots/step_0000000.safetensors`` (the app's and the
+    tutorials' step 0; what a study of accuracy against iterations starts from)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir)
+
+    def on_start(self, d) -> None:
+        if d.step == 0:
+            d.synset.save(snapshot_path(self.path, 0), {"step": 0})
+
+
+class RunFolder(Callback):
+    """Keeps a run folder: config.json, status.json, metrics.jsonl, snapshots/, checkpoints/, synset.safetensors.
+
+    Every file is written atomically; ``metrics.jsonl`` is append-only and is trimmed back to the last
+    checkpoint on resume, so a resumed run's metrics hold each step exactly once.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.started = time.time()
+
+    def restore(self, d) -> bool:
+        """Load the newest readable checkpoint into ``d`` (a damaged one falls back to the one before it, with a
+        warning: :func:`restore_newest`); False when there is none."""
+        return restore_newest(self.path, d.load_checkpoint)
+
+    # status
+    def write_status(self, d, state: str, **extra: Any) -> None:
+        status = {"state": state, "pid": os.getpid(), "host": socket.gethostname()}
+        if d is not None:
+            spi = d.seconds_per_iteration()
+            status.update(
+                step=d.step,
+                iterations=d.cfg.iterations,
+                sec_per_iter=spi,
+                eta_s=None if spi is None else spi * (d.cfg.iterations - d.step),
+                storage=d.plan.to_dict(),
+            )
+        status.update(extra)
+        update_status(self.path, **status)  # merged under the run folder's lock: no writer loses an update
+
+    # callbacks
+    def on_start(self, d) -> None:
+        io.write_json(self.path / CONFIG, d.cfg.to_dict())
+        io.write_json(self.path / STORAGE, {**d.plan.to_dict(), "dataset": d.dataset.info.to_dict()})
+        io.write_json(self.path / DATA, d.dataset.source)  # which files, with their sha256
+        self.write_status(
+            d,
+            "running",
+            started_at=self.started,
+            error=None,
+            device=str(d.device),
+            precision=d.method.precision,
+            allocator=active_allocator(),
+            notes=d.notes,
+        )
+
+    def on_step(self, d, step: int, logs: dict) -> None:
+        if logs_step(step, d.cfg.log_every, d.cfg.iterations):
+            io.append_jsonl(self.path / METRICS, {**logs, "wall": time.time()})
+        self.write_status(d, "running")
+
+    def on_eval(self, d, step: int, results: dict) -> None:
+        io.append_jsonl(self.path / EVALS, {"step": step, **results})
+
+    def on_snapshot(self, d, step: int) -> None:
+        d.synset.save(snapshot_path(self.path, step), {"step": step})
+
+    def on_checkpoint(self, d, step: int) -> None:
+        path = checkpoint_path(self.path, step)
+        d.save_checkpoint(path)
+        keep_checkpoint(self.path, path, step, KEEP_CHECKPOINTS)
+
+    def on_end(self, d, state: str, error: str | None) -> None:
+        if state == "finished":
+            d.synset.save(self.path / SYNSET, {"step": d.step})
+        self.write_status(d, state, error=error, finished_at=time.time())
+
+
+# -- a run folder's evaluation in cells (haba_core.evaluate.evaluate_run) ----------------------------------------
+def cells_dir(run: Path, tag: str) -> Path:
+    """The folder of one evaluated source's cells; ``tag`` names the source and hashes what its cells depend on."""
+    return Path(run) / EVAL_DIR / "cells" / tag
+
+
+def cell_path(cells: Path, net: str, seed: int) -> Path:
+    return Path(cells) / f"{net}_s{seed}.json"
+
+
+def write_cell_spec(cells: Path, spec: dict) -> None:
+    """``spec.json``: what every cell in ``cells`` was computed from (written by the first evaluation only)."""
+    if not (Path(cells) / "spec.json").exists():
+        io.write_json(Path(cells) / "spec.json", spec)
+
+
+def write_cell(cells: Path, net: str, seed: int, record: dict) -> None:
+    io.write_json(cell_path(cells, net, seed), record)
+
+
+def read_cells(cells: Path, net: str, seeds: list[int]) -> list[dict]:
+    """The finished cells of ``net`` among ``seeds``, in seed order (a missing one is skipped)."""
+    return [io.read_json(p) for s in seeds if (p := cell_path(cells, net, s)).exists()]
+
+
+def write_evaluation(run: Path, evaluation: dict, matrix_csv: str) -> None:
+    """``eval/eval_<start time>.json`` (each evaluation), ``evaluation.json`` (the latest), ``eval/matrix.csv``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(evaluation["started_at"]))
+    io.write_json(Path(run) / EVAL_DIR / f"eval_{stamp}.json", evaluation)
+    io.write_json(Path(run) / EVALUATION, evaluation)
+    io.atomic_write_bytes(Path(run) / MATRIX_CSV, matrix_csv.encode())
 
 
 # -- status: one locked writer ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Training a network on images: the one epoch loop and test-accuracy function that evaluation, expert
-training and DC's inner loop share.
+training and DC's inner loop share, and evaluation's reference trainer of a fresh network (:class:`SeedTrainer`,
+:func:`train_from_scratch`; several seeds as one grouped network are ``haba_core.grouped``).
 
 Draw order on the epoch's generator (so runs are reproducible and resumable): the permutation, then, per
 batch, one DSA draw per image. A batch is standardized *before* it is augmented (the reference order).
@@ -17,7 +18,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.augment import apply_dsa, sample_dsa_params
+from haba_core.nets import create_net
 
 # what evaluation trains on: generator -> (images, labels), called once per epoch (HaBa draws new pairings)
 ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
@@ -206,3 +208,73 @@ def run_trainer(trainer, epochs: int) -> tuple[list[float], float, float]:
     t1 = time.perf_counter()
     accs = trainer.test()
     return accs, t1 - t0, time.perf_counter() - t1
+
+
+class SeedTrainer:
+    """One fresh network trained on ``source`` with seed ``seed``: :meth:`epoch` runs one epoch, :meth:`test`
+    measures the final accuracy. The reference path; :func:`train_from_scratch` runs it to the end.
+
+    Draw order on the seed's generator, per epoch: ``source(g)`` (HaBa pairings), the permutation, then one
+    DSA draw per batch. The initialisation comes from ``torch.manual_seed(seed)``.
+    """
+
+    path = "sequential"
+
+    def __init__(self, source: ImageSource, dataset, net_name: str, recipe: Recipe, seed: int):
+        info = dataset.info
+        self.source, self.dataset, self.recipe = source, dataset, recipe
+        torch.manual_seed(seed)
+        self.g = torch.Generator().manual_seed(seed)
+        self.net = create_net(net_name, info.channels, info.num_classes, info.im_size, **recipe.net_params)
+        self.net = self.net.to(dataset.images_test.device)
+        self.opt, self.sched = recipe.optimizer(self.net.parameters())
+        if recipe.compile:
+            self.net = compiled(self.net)
+
+    def epoch(self) -> None:
+        r = self.recipe
+        with torch.no_grad():
+            images, labels = self.source(self.g)
+        train_epoch(
+            self.net,
+            self.opt,
+            images,
+            labels,
+            r.batch,
+            self.g,
+            r.dsa,
+            r.standardize,
+            self.dataset.info.im_size,
+            precision=r.precision,
+        )
+        self.sched.step()
+
+    def test(self) -> list[float]:
+        ds, r = self.dataset, self.recipe
+        return [test_accuracy(self.net, ds.images_test, ds.labels_test, r.test_batch, r.standardize, r.precision)]
+
+
+class SequentialTrainer:
+    """S :class:`SeedTrainer` one after another, with the interface of :class:`GroupedTrainer`."""
+
+    path = "sequential"
+
+    def __init__(self, sources: Sequence[ImageSource], dataset, net_name: str, recipe: Recipe, seeds: Sequence[int]):
+        self.trainers = [
+            SeedTrainer(src, dataset, net_name, recipe, sd) for src, sd in zip(sources, seeds, strict=True)
+        ]
+
+    def epoch(self) -> None:
+        for t in self.trainers:
+            t.epoch()
+
+    def test(self) -> list[float]:
+        return [t.test()[0] for t in self.trainers]
+
+
+def train_from_scratch(source: ImageSource, dataset, net_name: str, recipe: Recipe, seed: int) -> dict:
+    """Train one fresh ``net_name`` by ``recipe`` on ``source(generator) -> (images, labels)`` (called once per
+    epoch, so HaBa draws fresh hallucinator pairings) and return its final test accuracy."""
+    trainer = SeedTrainer(source, dataset, net_name, recipe, seed)
+    (acc,), train_s, test_s = run_trainer(trainer, recipe.epochs)
+    return {"acc": acc, "train_s": train_s, "test_s": test_s, "seed": seed, "net": net_name, "path": "sequential"}

@@ -32,9 +32,8 @@ import torch  # noqa: E402
 
 from haba_core.augment import DSA_DEFAULT  # noqa: E402
 from haba_core.data import dataset_info, load_dataset  # noqa: E402
-from haba_core.evaluate import SequentialTrainer  # noqa: E402
 from haba_core.grouped import GroupedTrainer, NotStackable  # noqa: E402
-from haba_core.training import Recipe  # noqa: E402
+from haba_core.training import Recipe, SequentialTrainer  # noqa: E402
 
 
 def timed(fn) -> tuple[object, float]:

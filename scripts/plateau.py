@@ -39,7 +39,7 @@ from bench.run import STUDIES_LEDGER, git_commit, machine  # noqa: E402
 from haba_core import io  # noqa: E402
 from haba_core import runfolder as RF  # noqa: E402
 from haba_core.config import resolve_config  # noqa: E402
-from haba_core.engine import InitialSnapshot, distill  # noqa: E402
+from haba_core.engine import distill  # noqa: E402
 from haba_core.evaluate import evaluate_run  # noqa: E402
 from haba_core.executors import LocalExecutor  # noqa: E402
 from haba_core.ledger import LedgerEntry, RetestError  # noqa: E402
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         cfg = resolve_config(files=a.config, overrides=overrides)
         run = out / "runs" / a.name / name
-        d = distill(cfg, run, resume=(run / RF.CONFIG).exists(), callbacks=[InitialSnapshot(run)])
+        d = distill(cfg, run, resume=(run / RF.CONFIG).exists(), callbacks=[RF.InitialSnapshot(run)])
         status = io.read_json(run / RF.STATUS)
         if status.get("state") != "finished":
             raise SystemExit(

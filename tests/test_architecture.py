@@ -91,11 +91,9 @@ LARGE = {
     "haba_core/data/sources.py": (540, "one loader per registered dataset (six, with Debian's files and toy)"),
     "haba_core/methods/experts.py": (415, "expert training: its config, versioned file format and resume"),
     "workbench/newrun.py": (470, "the New run form model: field specs from every config dataclass"),
-    "haba_core/evaluate.py": (470, "protocol trainers and run-folder cells (grouped nets and reports moved out)"),
-    "haba_core/executors.py": (460, "three executors (in-process, process pool, Ray) with one retry protocol"),
-    "workbench/tutorial.py": (455, "the notebooks' widgets, one class per tutorial"),
+    "haba_core/evaluate.py": (465, "evaluation in memory and of a run folder in cells (trainers in training.py)"),
+    "haba_core/runfolder.py": (480, "every run-folder file's name, reader and writer (the engine's, evaluation's)"),
     "haba_core/data/datasets.py": (430, "the Dataset container: splits, class sampling, ZCA, devices"),
-    "haba_core/engine.py": (450, "the Distiller loop (it owns the optimization), checkpoints, run-folder callbacks"),
 }
 
 

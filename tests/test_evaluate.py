@@ -20,11 +20,11 @@ from haba_core import io
 from haba_core.augment import DSA_DEFAULT
 from haba_core.cli import main
 from haba_core.data import load_dataset
-from haba_core.evaluate import train_from_scratch, train_seeds
+from haba_core.evaluate import train_seeds
 from haba_core.grouped import NotStackable, _init_nets, stack_nets
 from haba_core.nets import list_nets
 from haba_core.reports import matrix_csv
-from haba_core.training import Recipe
+from haba_core.training import Recipe, train_from_scratch
 from tests.conftest import tiny_config
 
 ALL_NETS = "convnet,resnet18,vgg11,alexnet,lenet,mlp"

@@ -131,7 +131,7 @@ def ray_executor():
     pytest.importorskip("ray")
     from ray import cloudpickle
 
-    from haba_core.executors import RayExecutor
+    from haba_core.ray_executor import RayExecutor
 
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"

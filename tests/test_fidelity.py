@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from haba_core import evaluate as evaluate_module
+from haba_core import training
 from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.config import EvalConfig, HabaLossConfig
 from haba_core.data import load_dataset
@@ -48,7 +48,7 @@ def test_test_batches_are_standardized_when_the_protocol_says_so():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     x, y = torch.randn(50, 1, 4, 4) * 4 + 2, torch.randint(3, (50,))
     expected = (net(by_hand_standardize(x)).argmax(1) == y).float().mean().item()
-    assert evaluate_module.test_accuracy(net, x, y, batch=1000, std=True) == pytest.approx(expected)
+    assert training.test_accuracy(net, x, y, batch=1000, std=True) == pytest.approx(expected)
 
 
 def test_standardized_test_images_take_the_statistics_of_reference_sized_batches():
@@ -69,7 +69,7 @@ def test_standardized_test_images_take_the_statistics_of_reference_sized_batches
     assert protocol["standardize_test_batch"] == 128
     recipe = Recipe.from_protocol(protocol, test_batch=1000)  # the execution batch gives way to the protocol's
     assert recipe.test_batch == 128
-    got = evaluate_module.test_accuracy(net, x, y, recipe.test_batch, recipe.standardize)
+    got = training.test_accuracy(net, x, y, recipe.test_batch, recipe.standardize)
     assert got == pytest.approx(expected)
     whole = (net(by_hand_standardize(x)).argmax(1) == y).float().mean().item()
     assert got != pytest.approx(whole)  # the batch size matters here, so it is in the protocol

@@ -15,9 +15,9 @@ from haba_core import training
 from haba_core.config import EvalConfig, resolve_config
 from haba_core.data import load_dataset
 from haba_core.errors import ConfigError
-from haba_core.evaluate import SeedTrainer, train_seeds
+from haba_core.evaluate import train_seeds
 from haba_core.protocol import EvalProtocol
-from haba_core.training import Recipe, train_epoch
+from haba_core.training import Recipe, SeedTrainer, train_epoch
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ short and hold no copied logic:
 - :class:`LiveLosses`: an engine callback that redraws ``figures.loss_figure`` in an ``Output`` widget;
 - :class:`SnapshotBrowser`: class x snapshot step x hallucinator sliders over a run folder's snapshots, drawn
   with ``grids`` and measured with ``diversity``;
-- :class:`MethodExplorer`: the DD objective and HaBa's adversarial constraint as toggles, one cached run each;
 - small helpers (:func:`set_diversity`, :func:`real_images`, :func:`final_grid`, :func:`side_by_side`).
 
-Notebook 4's ablation (arms distilled, evaluated and measured side by side) is in ``workbench.ablation``.
+Notebook 2's toggles (the DD objective and HaBa's adversarial constraint, one cached run each) are in
+``workbench.method_explorer``, notebook 4's ablation (arms distilled, evaluated and measured side by side) in
+``workbench.ablation``.
 
 Every widget callback is an ordinary method (``show``, ``run``), so headless runs (CI) call the same code paths
 that clicks and slider moves do in JupyterLab.
@@ -24,19 +25,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
-import pandas as pd
 import torch
 from IPython.display import clear_output, display
 from PIL import Image
 
 from haba_core import runfolder as RF
-from haba_core.engine import Callback, InitialSnapshot
+from haba_core.callbacks import Callback
 from workbench import diversity, figures, grids
 from workbench import runs as R
 
@@ -93,8 +91,9 @@ def _same_config(run_dir: Path, cfg) -> bool:
     return json.dumps(saved, sort_keys=True) == json.dumps(json.loads(json.dumps(cfg.to_dict())), sort_keys=True)
 
 
-def distill_run(cfg, name: str, runs_dir: Path | str | None = None, live: LiveLosses | bool = True,
-                reuse: bool = True, dataset=None) -> Path:  # fmt: skip
+def distill_run(
+    cfg, name: str, runs_dir: Path | str | None = None, live: LiveLosses | bool = True, reuse: bool = True, dataset=None
+) -> Path:
     """Distill ``cfg`` into ``runs_dir/name`` and return the folder.
 
     A finished run with the same config is reused, a cancelled one resumed from its last checkpoint (pass
@@ -124,7 +123,7 @@ def distill_run(cfg, name: str, runs_dir: Path | str | None = None, live: LiveLo
             raise FileExistsError(f"{path} exists and is not a run folder; choose another name.")
         else:
             shutil.rmtree(path)
-    callbacks: list[Callback] = [InitialSnapshot(path)]
+    callbacks: list[Callback] = [RF.InitialSnapshot(path)]
     if live is True:
         live = LiveLosses(title=name)
     if live:
@@ -147,8 +146,10 @@ def set_diversity(synset, seed: int = 0) -> dict:
     """``diversity.hallucination_diversity`` averaged over classes: within-basis and between-basis distances."""
     info = synset.info
     net = diversity.feature_net(info, seed)
-    per_class = [diversity.hallucination_diversity(grids.class_grid(synset, c).images, info, net=net)
-                 for c in range(info.num_classes)]  # fmt: skip
+    per_class = [
+        diversity.hallucination_diversity(grids.class_grid(synset, c).images, info, net=net)
+        for c in range(info.num_classes)
+    ]
     out = {}
     for key in ("pixel_within", "pixel_between", "feature_within", "feature_between"):
         values = [d[key] for d in per_class if d.get(key) is not None]
@@ -172,7 +173,7 @@ def final_grid(run_dir: Path | str, c: int = 0, scale: int = 3) -> Image.Image:
     return grids.grid_image(grids.class_grid(R.load_snapshot(path), c), scale=scale)
 
 
-def _image(img: Image.Image, widget: W.Image | None = None) -> W.Image:
+def image_widget(img: Image.Image, widget: W.Image | None = None) -> W.Image:
     """Show ``img`` in an Image widget at its own pixel size (JupyterLab would otherwise stretch it to the cell)."""
     widget = widget if widget is not None else W.Image(format="png")
     widget.value = grids.png_bytes(img)
@@ -182,8 +183,7 @@ def _image(img: Image.Image, widget: W.Image | None = None) -> W.Image:
 
 def side_by_side(images: dict[str, Image.Image]) -> W.HBox:
     """Images next to each other, each under its label (e.g. one class with the constraint on and off)."""
-    return W.HBox([W.VBox([W.HTML(f"<b>{label}</b>"), _image(img)])
-                   for label, img in images.items()])  # fmt: skip
+    return W.HBox([W.VBox([W.HTML(f"<b>{label}</b>"), image_widget(img)]) for label, img in images.items()])
 
 
 # -- browsing a run -----------------------------------------------------------------------------------------
@@ -206,23 +206,29 @@ class SnapshotBrowser:
         first = self.synset(steps[-1])
         info = first.info
         k = first.n_variants
-        self.class_slider = W.IntSlider(0, 0, info.num_classes - 1, description="class",
-                                        continuous_update=False)  # fmt: skip
+        self.class_slider = W.IntSlider(0, 0, info.num_classes - 1, description="class", continuous_update=False)
         self.class_name = W.Label(str(info.class_names[0]))
-        self.step_slider = W.SelectionSlider(options=steps, value=steps[-1], description="step",
-                                             continuous_update=False)  # fmt: skip
+        self.step_slider = W.SelectionSlider(
+            options=steps, value=steps[-1], description="step", continuous_update=False
+        )
         options = [("all", -1)] + [(f"{first.variant_name[0]}{j}", j) for j in range(k)] if k > 1 else [("all", -1)]
-        self.halluc_slider = W.SelectionSlider(options=options, value=-1, description="hallucinator",
-                                               continuous_update=False)  # fmt: skip
+        self.halluc_slider = W.SelectionSlider(
+            options=options, value=-1, description="hallucinator", continuous_update=False
+        )
         self.image = W.Image(format="png")
         self.caption = W.HTML()
         self._quiet = False
         for s in (self.class_slider, self.step_slider, self.halluc_slider):
             s.observe(self._changed, names="value")
-        self.widget = W.VBox([
-            W.HBox([self.class_slider, self.class_name]), self.step_slider, self.halluc_slider,
-            self.image, self.caption,
-        ])  # fmt: skip
+        self.widget = W.VBox(
+            [
+                W.HBox([self.class_slider, self.class_name]),
+                self.step_slider,
+                self.halluc_slider,
+                self.image,
+                self.caption,
+            ]
+        )
         self.show()
 
     @property
@@ -264,7 +270,7 @@ class SnapshotBrowser:
         synset = self.synset(step)
         self.class_name.value = str(synset.info.class_names[c])
         img, div = self.frame(c, step, j)
-        _image(img, self.image)
+        image_widget(img, self.image)
         self.caption.value = _diversity_html(div, synset, step)
         return img
 
@@ -276,7 +282,7 @@ class SnapshotBrowser:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-def _fmt(v: float | None) -> str:
+def fmt_value(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
@@ -286,162 +292,11 @@ def _diversity_html(div: dict, synset, step: int) -> str:
     if div.get("pixel_within") is not None:
         parts.append(
             "hallucinations of one basis differ by "
-            f"{_fmt(div['pixel_within'])} RMS pixels, {_fmt(div['feature_within'])} feature distance (1 - cos); "
-            f"different bases: {_fmt(div['pixel_between'])} / {_fmt(div['feature_between'])}"
+            f"{fmt_value(div['pixel_within'])} RMS pixels, "
+            f"{fmt_value(div['feature_within'])} feature distance (1 - cos); "
+            f"different bases: {fmt_value(div['pixel_between'])} / {fmt_value(div['feature_between'])}"
         )
     parts.append(f"<i>{grids.display_note(synset.info)}</i>")
     if note:
         parts.append(f"<b>{note}</b>")
     return "<br>".join(parts)
-
-
-# -- one factorization, any backend ------------------------------------------------------------------------
-@dataclass
-class Result:
-    """One finished explorer run: its folder, speed, final losses and the diversity of its hallucinations."""
-
-    method: str
-    constraint: bool
-    path: Path
-    records: list[dict] = field(default_factory=list)
-    diversity: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-class MethodExplorer:
-    """Toggles for the DD objective and for HaBa's adversarial contrastive constraint; "distill" runs the pair.
-
-    Every run is resolved from ``overrides``, then ``method_overrides[method]``, then ``method.name`` and
-    ``haba.enabled`` (dotted keys, as ``resolve_config``), into
-    ``runs_dir/{prefix}_{method}_{on|off}``; results are kept, so switching back shows a finished run at once.
-    ``unavailable`` maps a method to the reason it cannot run here (shown instead of running it).
-    """
-
-    def __init__(self, overrides: dict[str, Any], runs_dir: Path | str | None = None, methods: Iterable[str] = (),
-                 method_overrides: dict[str, dict] | None = None, unavailable: dict[str, str] | None = None,
-                 prefix: str = "tutorial2", live_every: int = 5, grid_class: int = 0):  # fmt: skip
-        from haba_core.methods import list_methods
-
-        self.overrides = dict(overrides)
-        self.runs_dir = runs_dir
-        self.methods = list(methods) or list_methods()
-        self.method_overrides = dict(method_overrides or {})
-        self.unavailable = dict(unavailable or {})
-        self.prefix = prefix
-        self.grid_class = grid_class
-        self.results: dict[tuple[str, bool], Result] = {}
-        self.method = W.ToggleButtons(options=[(m.upper(), m) for m in self.methods], style={"button_width": "80px"})
-        self.constraint = W.ToggleButtons(options=[("on", True), ("off", False)], style={"button_width": "80px"})
-        self.button = W.Button(description="distill", button_style="primary", icon="play")
-        self.status = W.HTML()
-        self.losses = W.Output()
-        self.image = W.Image(format="png")
-        self.caption = W.HTML()
-        self.live = LiveLosses(every=live_every, output=self.losses)
-        self.method.observe(lambda _: self.show(), names="value")
-        self.constraint.observe(lambda _: self.show(), names="value")
-        self.button.on_click(lambda _: self.run())
-        label = W.Layout(width="230px")
-        self.widget = W.VBox([
-            W.HBox([W.HTML("<b>DD objective</b>", layout=label), self.method]),
-            W.HBox([W.HTML("<b>HaBa's adversarial constraint</b>", layout=label), self.constraint, self.button]),
-            self.status, self.losses, self.image, self.caption,
-        ])  # fmt: skip
-        self.show()
-
-    def config(self, method: str, constraint: bool):
-        from haba_core.config import resolve_config
-
-        overrides = {**self.overrides, **self.method_overrides.get(method, {}), "method.name": method,
-                     "haba.enabled": bool(constraint)}  # fmt: skip
-        return resolve_config(overrides=overrides)
-
-    def run_name(self, method: str, constraint: bool) -> str:
-        return f"{self.prefix}_{method}_{'on' if constraint else 'off'}"
-
-    def run(self, method: str | None = None, constraint: bool | None = None) -> Result | None:
-        """Distill (method, constraint) — the toggles' values when not given — and show it; returns the result."""
-        method = self.method.value if method is None else method
-        constraint = self.constraint.value if constraint is None else constraint
-        self._select(method, constraint)
-        if method in self.unavailable:
-            self.status.value = f"<b>{method.upper()} is skipped here:</b> {self.unavailable[method]}"
-            return None
-        self.status.value = f"distilling {method.upper()} with the constraint {'on' if constraint else 'off'} ..."
-        self.live.title = self.run_name(method, constraint)
-        self.button.disabled = True
-        try:
-            path = distill_run(self.config(method, constraint), self.run_name(method, constraint), self.runs_dir,
-                               live=self.live)  # fmt: skip
-        finally:
-            self.button.disabled = False
-        final = R.final_synset_path(path)
-        res = Result(method, constraint, path, R.read_metrics(path),
-                     set_diversity(R.load_snapshot(final)) if final else {})  # fmt: skip
-        self.results[(method, constraint)] = res
-        self.show()
-        return res
-
-    def _select(self, method: str, constraint: bool) -> None:
-        if method not in self.methods:
-            raise ValueError(f"unknown method {method!r}; this explorer has {', '.join(self.methods)}")
-        self.method.value, self.constraint.value = method, constraint
-
-    def show(self, method: str | None = None, constraint: bool | None = None) -> None:
-        """Show (method, constraint): its losses, grid and diversity if it ran, else what to do."""
-        if method is not None or constraint is not None:
-            self._select(method or self.method.value, self.constraint.value if constraint is None else constraint)
-        key = (self.method.value, self.constraint.value)
-        res = self.results.get(key)
-        if key[0] in self.unavailable:
-            self.status.value = f"<b>{key[0].upper()} is skipped here:</b> {self.unavailable[key[0]]}"
-        elif res is None:
-            self.status.value = "not distilled yet: press <b>distill</b>"
-        else:
-            spi = [r["time_s"] for r in res.records if "time_s" in r]
-            med = sorted(spi)[len(spi) // 2] if spi else float("nan")
-            self.status.value = f"<b>{res.name}</b>: {len(res.records)} iterations, {med:.2f} s/iteration (median)"
-        if res is None:
-            with self.losses:
-                clear_output()
-            self.image.value = b""
-            self.image.layout.display = "none"
-            self.caption.value = ""
-            return
-        self.live.records = res.records
-        self.live.title = res.name
-        self.live.draw()
-        final = R.final_synset_path(res.path)
-        if final:
-            synset = R.load_snapshot(final)
-            _image(grids.grid_image(grids.class_grid(synset, self.grid_class), scale=3), self.image)
-            self.image.layout.display = None
-            d = res.diversity
-            self.caption.value = (
-                f"class {self.grid_class} of the final set. Mean over classes: hallucinations of one basis differ by "
-                f"{_fmt(d.get('pixel_within'))} RMS pixels and {_fmt(d.get('feature_within'))} feature distance; "
-                f"different bases by {_fmt(d.get('pixel_between'))} / {_fmt(d.get('feature_between'))}."
-            )
-        else:
-            self.image.layout.display = "none"
-            self.caption.value = f"{res.name} has no final set ({R.read_run(res.path).state}); press distill to go on."
-
-    def table(self) -> pd.DataFrame:
-        """One row per finished run: speed, last losses and diversity."""
-        rows = []
-        for (method, on), res in self.results.items():
-            last = res.records[-1] if res.records else {}
-            times = sorted(r["time_s"] for r in res.records if "time_s" in r)
-            rows.append({
-                "method": method, "constraint": "on" if on else "off", "iterations": len(res.records),
-                "s/iteration": times[len(times) // 2] if times else None, "loss (last)": last.get("loss"),
-                "haba_cos (last)": last.get("haba_cos"),
-                **{f"diversity {k.replace('_', ' ')}": v for k, v in res.diversity.items()},
-            })  # fmt: skip
-        return pd.DataFrame(rows)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
