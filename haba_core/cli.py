@@ -1,4 +1,5 @@
-"""Command line: ``python -m haba_core {distill,experts,evaluate,budget,export} ...``.
+"""Command line: ``python -m haba_core {distill,experts,evaluate,budget,export} ...`` (``evaluate`` in
+``haba_core.cli_evaluate``).
 
 Errors that haba_core raises on purpose are printed as one ``error: ...`` line (exit code 2), and so is a full or
 read-only disk; anything else is a bug and shows its traceback.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from haba_core import io
 from haba_core import runfolder as RF
+from haba_core.cli_evaluate import add_evaluate_parser
 from haba_core.errors import HabaError
 
 if TYPE_CHECKING:
@@ -35,9 +37,12 @@ def _add_common_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synset", help=f"synset kind: {_registered(SYNSETS)}")
     p.add_argument("--budget-ipc", type=float, help="storage budget in images-per-class equivalents")
     p.add_argument("--n-bases", type=int, help="bases per class (overrides the budget solve)")
-    p.add_argument("--basis-size", type=_basis_size_arg,
-                   help="stored basis resolution: auto (default: full size if it fits the budget, else the largest "
-                   "whole-factor reduction that does), full, or an integer >= 3")  # fmt: skip
+    p.add_argument(
+        "--basis-size",
+        type=_basis_size_arg,
+        help="stored basis resolution: auto (default: full size if it fits the budget, else the largest "
+        "whole-factor reduction that does), full, or an integer >= 3",
+    )
     _add_synset_options(p)
 
 
@@ -162,73 +167,6 @@ def cmd_distill(a: argparse.Namespace) -> int:
     return 0 if status["state"] == "finished" else 3
 
 
-def cmd_evaluate(a: argparse.Namespace) -> int:
-    """Evaluate a run folder; ``eval_job.json`` records this process from start to exit code (the app reads it)."""
-    run = Path(a.run)
-    if not (run / RF.CONFIG).exists():
-        raise HabaError(f"{run} is not a run folder (no config.json); pass --run with a folder made by distill.")
-    with RF.recording_evaluation(run) as outcome:
-        outcome["exit_code"] = _evaluate(a, run, outcome)
-    return outcome["exit_code"]
-
-
-def _evaluate(a: argparse.Namespace, run: Path, outcome: dict) -> int:
-    from haba_core.config import RunConfig, apply_overrides
-    from haba_core.evaluate import evaluate_run
-    from haba_core.executors import make_executor
-    from haba_core.nets import NETS
-    from haba_core.reports import matrix_markdown
-
-    cfg = RunConfig.from_dict(io.read_json(run / RF.CONFIG))
-    ev = apply_overrides(cfg.to_dict(), a.set or [])["eval"]
-    if a.nets is not None:
-        ev["nets"] = [n.strip() for n in a.nets.split(",") if n.strip()]
-        if not ev["nets"]:
-            raise HabaError("--nets is empty; name at least one architecture, e.g. --nets convnet,resnet18.")
-    if a.seeds is not None:
-        ev["seeds"] = a.seeds
-    if a.epochs is not None:
-        ev["epochs"] = a.epochs
-    ecfg = RunConfig.from_dict({**cfg.to_dict(), "eval": ev}).eval  # validated: --seeds 0 is an error
-    if a.test_limit is not None and a.test_limit < 1:
-        raise HabaError(f"--test-limit={a.test_limit} is out of range; use an integer >= 1.")
-    if a.test_limit:  # a class-balanced subset of the test set (recorded with the results)
-        cfg = RunConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "test_limit": a.test_limit}})
-    for name in ecfg.nets:
-        NETS.get(name)  # unknown names fail here, with close matches, before any work
-    RF.update_eval_job(run, nets=list(ecfg.nets), seeds=ecfg.seeds, epochs=ecfg.epochs)  # what this process runs
-    path = Path(a.synset) if a.synset else run / RF.SYNSET
-    if not path.exists():
-        snaps = list(RF.snapshots(run).values())
-        if not snaps:
-            raise HabaError(f"{run} has no synset.safetensors and no snapshots yet; let the run reach a snapshot.")
-        path = snaps[-1]
-    if a.retries < 0 or a.workers < 1 or (a.threads is not None and a.threads < 1):
-        raise HabaError("--retries must be >= 0, --workers and --threads >= 1.")
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
-    with make_executor(a.executor, workers=a.workers, address=a.address, threads=a.threads) as executor:
-        result = evaluate_run(run, cfg, ecfg, path, baseline=a.baseline, executor=executor, retries=a.retries,
-                              batched=a.batched, device=a.device, log=print)  # fmt: skip
-    for name in ("synset", "random_real"):
-        if name in result:
-            print(f"{name}:", result[name]["summary"])
-    print(matrix_markdown(result))
-    print(f"wrote {run / 'evaluation.json'} and {run / 'eval' / 'matrix.csv'} ({result['wall_s']:.1f} s)")
-    if result["failed"]:
-        tasks = ", ".join(f["task"] for f in result["failed"])
-        outcome["error"] = (
-            f"{len(result['failed'])} evaluation task(s) failed after {a.retries + 1} attempt(s) each ({tasks}); "
-            f"finished cells are kept in {run / 'eval' / 'cells'}. Evaluate again (the same command, or Launch "
-            "evaluation in the app) to compute only what is missing."
-        )
-        print(f"error: {outcome['error']}", file=sys.stderr)
-        return 4
-    return 0
-
-
 def cmd_budget(a: argparse.Namespace) -> int:
     from haba_core.budget import plan_from_config
     from haba_core.config import RunConfig, apply_overrides
@@ -322,26 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--estimate", action="store_true", help=estimate)
     d.set_defaults(func=cmd_distill)
 
-    e = sub.add_parser("evaluate", help="train fresh networks on a run's synset and test them")
-    e.add_argument("--run", required=True, help="run folder")
-    e.add_argument("--synset", help="synset file (default: the run's final set, else its latest snapshot)")
-    e.add_argument("--nets", help="comma-separated architectures, e.g. convnet,resnet18")
-    e.add_argument("--seeds", type=int, help="networks per architecture")
-    e.add_argument("--epochs", type=int)
-    e.add_argument("--device")
-    e.add_argument("--baseline", choices=["random"], help="also evaluate a random real subset at the same storage")
-    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override eval.*, e.g. eval.pairing=all")
-    e.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
-                   help="train an architecture's seeds as one grouped network (default: on CUDA only)")  # fmt: skip
-    e.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: this machine (--workers processes); ray: a Ray cluster (--address)")  # fmt: skip
-    e.add_argument("--workers", type=int, default=1,
-                   help="local: processes (threads = cores // workers); ray, no --address: local CPUs")  # fmt: skip
-    e.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001); none starts a local Ray")
-    e.add_argument("--retries", type=int, default=1, help="extra attempts for a failed task (default 1)")
-    e.add_argument("--test-limit", type=int, help="test on a class-balanced subset of this many test images")
-    e.add_argument("--threads", type=int, help="torch threads per task (default: cores // workers)")
-    e.set_defaults(func=cmd_evaluate)
+    add_evaluate_parser(sub)
 
     b = sub.add_parser("budget", help="print what a storage budget buys")
     b.add_argument("--dataset", default="fashion_mnist")
@@ -375,8 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu (default), cuda, auto")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. net.width=64, dsa_strategy=none")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    t.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: --workers processes here; ray: one task per expert on a Ray cluster")  # fmt: skip
+    t.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: --workers processes here; ray: one task per expert on a Ray cluster",
+    )
     t.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001); none starts a local Ray")
     t.add_argument("--retries", type=int, default=1, help="ray: extra attempts for a failed expert (default 1)")
     t.set_defaults(func=cmd_experts)
