@@ -138,7 +138,9 @@ def test_toy_is_deterministic_and_balanced():
     assert a.class_counts() == [60] * 10
     assert torch.bincount(a.labels_test).tolist() == [20] * 10
     # The generator itself, bypassing every cache, gives the pinned bytes (identical on every machine).
-    raw = sources._generate_toy.__wrapped__(1, (28, 28), 10, 60, 20, 0.15, 0)
+    from haba_core.data.toy import _generate_toy
+
+    raw = _generate_toy.__wrapped__(1, (28, 28), 10, 60, 20, 0.15, 0)
     assert [int(t.to(torch.int64).sum()) for t in raw] == [51340550, 2700, 17100195, 900]
     # Normalized with its own statistics: about zero mean, unit std.
     assert abs(a.images_train.mean().item()) < 0.01 and abs(a.images_train.std().item() - 1) < 0.01

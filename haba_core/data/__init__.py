@@ -4,7 +4,7 @@
 ``list_datasets()`` for the registered names (fashion_mnist, mnist, cifar10, cifar100, svhn, toy).
 """
 
-from haba_core.data import sources  # noqa: F401  (registers the datasets)
+from haba_core.data import sources, toy  # noqa: F401  (registers the datasets)
 from haba_core.data.datasets import (
     DATASETS,
     Dataset,
@@ -16,7 +16,7 @@ from haba_core.data.datasets import (
     list_datasets,
     load_dataset,
 )
-from haba_core.data.sources import read_cifar_pickle, read_idx, read_svhn_mat
+from haba_core.data.formats import read_cifar_pickle, read_idx, read_svhn_mat
 from haba_core.data.zca import ZCA, fit_zca
 
 __all__ = [

@@ -1,8 +1,8 @@
 """Datasets held in memory as normalized float32 tensors, and ``load_dataset``, the one way to get them.
 
 A dataset *source* (registered in :data:`DATASETS`, see ``sources.py``) knows its static facts
-(:class:`DatasetInfo`) and how to decode its files into uint8 tensors. ``load_dataset`` then does the part
-that is common to all of them, in this order: class-balanced ``train_limit`` / ``test_limit`` subsets, an
+(:class:`~haba_core.data.raw.DatasetInfo`) and how to decode its files into uint8 tensors. ``load_dataset`` then
+does the part that is common to all of them, in this order: class-balanced ``train_limit`` / ``test_limit`` subsets, an
 optional seeded class-balanced **validation split** carved out of the training images (``val_per_class``;
 distillation and experts never see it, hyperparameters are chosen on it, never on the test set),
 normalization ``(x / 255 - mean) / std`` per channel, and optional ZCA whitening fitted on the remaining
@@ -29,61 +29,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from haba_core.data.raw import RawSplits, check_raw, check_root, data_record, only_root_read
+from haba_core.data.raw import DatasetInfo, RawSplits, check_raw, check_root, data_record, only_root_read
 from haba_core.data.zca import ZCA, fit_zca
 from haba_core.errors import ConfigError, DatasetNotFoundError
 from haba_core.registry import Registry
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a run config or a synset file records about its dataset (JSON-serializable via ``to_dict``)."""
-
-    name: str
-    channels: int
-    im_size: tuple[int, int]  # (H, W)
-    num_classes: int
-    mean: tuple[float, ...]  # per channel, of x / 255
-    std: tuple[float, ...]
-    class_names: tuple[str, ...]
-    zca: bool = False  # whether the images are ZCA-whitened (see load_dataset for the variant)
-
-    def __post_init__(self) -> None:
-        # Accept lists (as JSON gives them back) but store tuples, so infos compare and hash reliably.
-        object.__setattr__(self, "im_size", tuple(int(s) for s in self.im_size))
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
-        if len(self.im_size) != 2:
-            raise ConfigError(f"DatasetInfo.im_size must be (H, W), got {self.im_size}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ConfigError(f"DatasetInfo {self.name!r}: mean/std need {self.channels} values each")
-        if len(self.class_names) != self.num_classes:
-            raise ConfigError(
-                f"DatasetInfo {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes"
-            )
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W)."""
-        return (self.channels, *self.im_size)
-
-    @property
-    def pixels_per_image(self) -> int:
-        """C * H * W: the floats one stored image costs (the unit of storage budgets)."""
-        return self.channels * self.im_size[0] * self.im_size[1]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DatasetInfo:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"Unknown DatasetInfo fields {unknown}; expected {sorted(names)}")
-        return cls(**d)
 
 
 def _class_index(labels: Tensor, num_classes: int) -> list[Tensor]:
@@ -376,8 +325,11 @@ def load_dataset(
     if isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or val_per_class < 0:
         raise ConfigError(f"data.val_per_class must be an integer >= 0, got {val_per_class!r}.")
     # the reference ZCA whitens raw [0, 1] pixels: no mean/std normalization before it
-    prepare = (lambda x: x.to(torch.float32).div_(255.0)) if zca and zca_variant == "kornia" else (
-        lambda x: _normalize(x, info))  # fmt: skip
+    prepare = (
+        (lambda x: x.to(torch.float32).div_(255.0))
+        if zca and zca_variant == "kornia"
+        else (lambda x: _normalize(x, info))
+    )
     uint8 = {split: (getattr(raw, f"images_{split}"), getattr(raw, f"labels_{split}")) for split in ("train", "test")}
     if val_per_class:  # from the whole training set, before any limit: a train_limit (experts) never moves it
         images, labels = uint8["train"]
@@ -420,8 +372,15 @@ def load_dataset(
 
 def dataset_from_config(d, **extra: Any) -> Dataset:
     """``load_dataset`` with the fields of a :class:`~haba_core.config.DataConfig` (``extra`` overrides)."""
-    kwargs = dict(root=d.root, zca=d.zca, train_limit=d.train_limit, test_limit=d.test_limit,
-                  zca_variant=d.zca_variant, val_per_class=d.val_per_class, val_seed=d.val_seed,
-                  root_only=d.root_only)  # fmt: skip
+    kwargs = dict(
+        root=d.root,
+        zca=d.zca,
+        train_limit=d.train_limit,
+        test_limit=d.test_limit,
+        zca_variant=d.zca_variant,
+        val_per_class=d.val_per_class,
+        val_seed=d.val_seed,
+        root_only=d.root_only,
+    )
     kwargs.update(extra)
     return load_dataset(d.name, **kwargs, **d.options)

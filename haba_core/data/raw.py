@@ -1,6 +1,7 @@
-"""What ``load_dataset`` reads: the decoded splits (:class:`RawSplits`), their check against the source's static
-facts, and the record of which files they came from (each file's path, size and sha256), which a run keeps in its
-folder (``data.json``) so that "which data did this run see" has an answer.
+"""A dataset's static facts (:class:`DatasetInfo`) and what ``load_dataset`` reads: the decoded splits
+(:class:`RawSplits`), their check against those facts, and the record of which files they came from (each file's
+path, size and sha256), which a run keeps in its folder (``data.json``) so that "which data did this run see" has an
+answer.
 
 The data root: ``data.root`` is where a dataset's files are looked up first (and where a download goes). Without
 ``data.root_only`` a source may fall back to a copy elsewhere (Debian's Fashion-MNIST); the record then says so and
@@ -10,17 +11,70 @@ missing root is an error, and the system's copy is never looked at.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from haba_core.errors import DatasetNotFoundError, HabaError
+from haba_core.errors import ConfigError, DatasetNotFoundError, HabaError
 
 log = logging.getLogger("haba_core")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a run config or a synset file records about its dataset (JSON-serializable via ``to_dict``)."""
+
+    name: str
+    channels: int
+    im_size: tuple[int, int]  # (H, W)
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, of x / 255
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    zca: bool = False  # whether the images are ZCA-whitened (see load_dataset for the variant)
+
+    def __post_init__(self) -> None:
+        # Accept lists (as JSON gives them back) but store tuples, so infos compare and hash reliably.
+        object.__setattr__(self, "im_size", tuple(int(s) for s in self.im_size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if len(self.im_size) != 2:
+            raise ConfigError(f"DatasetInfo.im_size must be (H, W), got {self.im_size}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(f"DatasetInfo {self.name!r}: mean/std need {self.channels} values each")
+        if len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"DatasetInfo {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes"
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return (self.channels, *self.im_size)
+
+    @property
+    def pixels_per_image(self) -> int:
+        """C * H * W: the floats one stored image costs (the unit of storage budgets)."""
+        return self.channels * self.im_size[0] * self.im_size[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetInfo:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"Unknown DatasetInfo fields {unknown}; expected {sorted(names)}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -78,7 +132,7 @@ def data_record(raw: RawSplits, name: str, root: Path, root_only: bool) -> dict:
     return record
 
 
-def check_raw(raw: RawSplits, info) -> None:
+def check_raw(raw: RawSplits, info: DatasetInfo) -> None:
     """Fail early, naming the files, when decoded data does not match ``info`` (the source's DatasetInfo)."""
     for split in ("train", "test"):
         images, labels = getattr(raw, f"images_{split}"), getattr(raw, f"labels_{split}")

@@ -7,10 +7,10 @@ float64, the mean ``mu`` and the covariance ``S = X^T X / (N - 1)`` of the centr
     W = U diag(1 / sqrt(l + eps)) U^T,       eps = reg * mean(l)   (relative, KIP's choice; default reg 0.1)
 
 applied as ``zca(x) = (x - mu) W``. ``relative=False`` uses ``eps = reg`` instead (kornia's ``ZCAWhitening``, which
-MTT and HaBa call with eps 0.1 on raw ``[0, 1]`` pixels: with ZCA on, their transform has no ``Normalize``). The regularizer keeps the directions of tiny variance (pixel noise)
-from being amplified without bound, so whitened images still look like images. The map is symmetric, so the
-inverse ``x = zca(x) W^-1 + mu`` with ``W^-1 = U diag(sqrt(l + eps)) U^T`` turns distilled images back into
-viewable ones.
+MTT and HaBa call with eps 0.1 on raw ``[0, 1]`` pixels: with ZCA on, their transform has no ``Normalize``). The
+regularizer keeps the directions of tiny variance (pixel noise) from being amplified without bound, so whitened
+images still look like images. The map is symmetric, so the inverse ``x = zca(x) W^-1 + mu`` with
+``W^-1 = U diag(sqrt(l + eps)) U^T`` turns distilled images back into viewable ones.
 """
 
 from __future__ import annotations
