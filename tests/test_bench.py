@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.cell import cell_overrides
 from bench.profiles import PROFILES
-from bench.run import cell_overrides, experts_command
+from bench.run import experts_command
 
 
 def test_bench_smoke_runs_and_resumes(tmp_path):

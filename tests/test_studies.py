@@ -9,8 +9,9 @@ import statistics
 import pytest
 
 from bench import studies, study_report
+from bench.cell import child, run_cell
 from bench.profiles import Cell, Profile
-from bench.run import LedgerEntry, child, run_cell
+from haba_core.ledger import LedgerEntry
 
 
 def test_an_arm_waits_for_its_search_then_takes_its_best_combination(tmp_path, monkeypatch):
