@@ -50,6 +50,7 @@ class Profile:
     # keep each finished cell's distilled set in <profile>/sets/<cell>.safetensors (committed with the cells: a
     # study that evaluates or measures them again runs on any machine, without the git-ignored run folders)
     keep_sets: bool = False
+    runner: str = "bench.run"  # the module whose `python -m ... --cell C` runs one cell (the studies: bench.studies)
 
 
 def _matrix(budgets, methods, presets, haba_sizes, extra=(), per_method=None) -> tuple[Cell, ...]:

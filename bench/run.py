@@ -177,17 +177,8 @@ def run_profile(
                 running.append((kind, item, job))
             else:
                 log(f"[run ] {item.name}")
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "bench.run",
-                    "--profile",
-                    profile.name,
-                    "--cell",
-                    item.name,
-                    "--out",
-                    str(out_root),
-                ]
+                cmd = [sys.executable, "-m", profile.runner, "--cell", item.name, "--out", str(out_root)]
+                cmd[3:3] = ["--profile", profile.name] if profile.runner == "bench.run" else [profile.name]
                 running.append((kind, item, _Job(item.name, cmd, out / "logs" / f"{item.name}.log", threads)))
         time.sleep(0.5)
         for entry in list(running):
@@ -323,24 +314,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def all_profiles() -> dict[str, Profile]:
-    """The bench profiles and the findings' studies (``bench.studies``), whose cells run through here too."""
-    from bench.studies import STUDIES
-
-    return {**PROFILES, **{name: s.profile() for name, s in STUDIES.items()}}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    profiles = all_profiles()
-    p.add_argument("--profile", default="cpu", choices=sorted(profiles))
+    p.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     p.add_argument("--smoke", action="store_true", help="shorthand for --profile smoke")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--only", action="append", help="run only cells whose name contains this (repeatable)")
     p.add_argument("--jobs", type=int, help="cells run at once (default: the profile's; each gets cores/jobs threads)")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     a = p.parse_args(argv)
-    profile = profiles["smoke" if a.smoke else a.profile]
+    profile = PROFILES["smoke" if a.smoke else a.profile]
     out_root = Path(a.out)
     if a.cell:
         return child(profile, a.cell, out_root)

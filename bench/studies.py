@@ -28,8 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.cell import ROOT
 from bench.profiles import CPU, Cell, Profile, _fmnist
-from bench.run import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 FINDINGS = RESULTS / "findings"
@@ -130,7 +130,9 @@ class Study:
 
     def profile(self) -> Profile:
         cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells(self.seeds))
-        p = _fmnist(self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts, keep_sets=True)
+        p = _fmnist(
+            self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts, keep_sets=True, runner="bench.studies"
+        )
         return dataclasses.replace(
             p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])
         )
@@ -324,8 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--searches", action="store_true", help="first run the validation searches not run yet")
     p.add_argument("--report", action="store_true", help="only rewrite <study>.json and .md from finished cells")
     p.add_argument("--out", default=str(FINDINGS))
+    p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     a = p.parse_args(argv)
     study, out = STUDIES[a.study], Path(a.out)
+    if a.cell:
+        from bench.cell import child
+
+        return child(study.profile(), a.cell, out)
     if a.searches:
         run_searches(study)
     if not a.report:

@@ -1,5 +1,7 @@
 """The findings studies' report: each arm summarized over its distillation seeds, the comparisons between arms,
-``<study>.json`` and ``<study>.md`` (``python -m bench.studies <study> --report`` rewrites them from the cells)."""
+``<study>.json`` and ``<study>.md`` (``python -m bench.studies <study> --report`` rewrites them from the cells).
+
+Functions take the ``Study`` and ``Arm`` objects of ``bench.studies`` (which imports this module for its command)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,11 @@ import shlex
 import statistics
 from pathlib import Path
 
-from bench.run import git_commit, machine, sample_std
-from bench.studies import EVAL_SEEDS, FINDINGS, Arm, Study
+from bench.cell import sample_std
+from bench.run import git_commit, machine
 
 
-def arm_summary(arm: Arm, records: list[dict], nets: tuple[str, ...]) -> dict:
+def arm_summary(arm, records: list[dict], nets: tuple[str, ...]) -> dict:
     """Mean over distillation seeds of each set's mean, the sample std across seeds, the network spread."""
     out = {
         "arm": arm.name,
@@ -52,7 +54,7 @@ def arm_summary(arm: Arm, records: list[dict], nets: tuple[str, ...]) -> dict:
     return out
 
 
-def differences(study: Study, arms: list[dict]) -> list[dict]:
+def differences(study, arms: list[dict]) -> list[dict]:
     """Each comparison per network: the difference of the two arms' means and its standard error over the
     distillation seeds (unpaired: sqrt(s_a^2 / n_a + s_b^2 / n_b)), where both arms have two seeds or more."""
     by_name = {a["arm"]: a for a in arms}
@@ -78,7 +80,7 @@ def differences(study: Study, arms: list[dict]) -> list[dict]:
     return out
 
 
-def report(study: Study, out_root: Path = FINDINGS) -> dict:
+def report(study, out_root: Path) -> dict:
     from haba_core import io
     from haba_core.protocol import distinct_protocols
 
@@ -112,7 +114,7 @@ def report(study: Study, out_root: Path = FINDINGS) -> dict:
         "machine": machine(),
         "protocols": distinct_protocols(r.get("protocol") for r in records_all),
         "distill_seeds": list(study.seeds),
-        "eval_seeds": EVAL_SEEDS,
+        "eval_seeds": study.profile().eval_seeds,
         "nets": list(study.columns),
         "arms": arms,
         "searches": {s.name: {"command": shlex.join(s.command()[1:]), "best": s.best()} for s in study.searches()},

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("haba_core", "workbench")
-# Sized too, but outside the import graph: bench.run lists the studies' profiles while bench.studies and
-# bench.study_report import bench.run; scripts/ are standalone programs, not a package.
-SIZED = (*PACKAGES, "bench", "scripts")
+PACKAGES = ("haba_core", "workbench", "bench")
+# Sized too, but outside the import graph: scripts/ are standalone programs, not a package.
+SIZED = (*PACKAGES, "scripts")
 
 
 def modules(packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:

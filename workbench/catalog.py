@@ -38,7 +38,8 @@ from workbench.jobs import REPO_ROOT
 BENCH_ENV = "HABA_BENCH_DIR"
 DEFAULT_BENCH = REPO_ROOT / "bench" / "results"  # bench.run's default --out
 FINDINGS = "findings"  # BENCH/findings/<study>: where bench.studies writes each study
-BENCH_PROCESS = "bench.run"  # every bench cell, the studies' too, distills in `python -m bench.run ... --cell C`
+BENCH_PROCESS = "bench.run"  # every bench cell distills in `python -m bench.run ... --cell C`
+STUDY_PROCESS = "bench.studies"  # a study's cells in `python -m bench.studies S --cell C`
 CELLS, CELL_RUNS, SETS, CELL_RUN = "cells", "runs", "sets", "run"  # bench.run's layout of a profile's output
 NOTEBOOK_RE = re.compile(r"^tutorial(\d+)_")  # the notebooks' run names (workbench.tutorial, workbench.ablation)
 
@@ -110,7 +111,7 @@ def bench_origin(label: str, profile: str, out: Path) -> R.Origin:
 
 def study_origin(study: str, findings: Path) -> R.Origin:
     out_arg = "" if findings == DEFAULT_BENCH / FINDINGS else f" --out {shown(findings)}"
-    return R.Origin(f"study {study}", f"python -m bench.studies {study}{out_arg}", True, BENCH_PROCESS)
+    return R.Origin(f"study {study}", f"python -m bench.studies {study}{out_arg}", True, STUDY_PROCESS)
 
 
 def profile_outputs(root: Path, bench: Path) -> Iterator[tuple[Path, R.Origin]]:
