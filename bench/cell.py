@@ -197,7 +197,7 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         "summary": f"{100 * acc['mean']:.2f} +- {100 * sample_std(acc['per_seed']):.2f} % ({net}, sample std over "
         f"n = {n} nets)",
     }
-    kept = workdir / "run" / RF.SYNSET
+    kept = RF.synset_path(workdir / "run")
     if profile.keep_sets and kept.exists():  # before the record: a cell with a record always has its set
         io.atomic_write_bytes(out_root / profile.name / "sets" / f"{cell.name}.safetensors", kept.read_bytes())
     io.write_json(out_root / profile.name / "cells" / f"{cell.name}.json", record)

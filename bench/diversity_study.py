@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 
 from bench.run import git_commit, machine
 from bench.studies import FINDINGS, STUDIES
+from haba_core import runfolder as RF
 from haba_core.diversity import cosine_distances, effective_rank, pair_mean, random_feature_net, rms_distances, spread
 
 STUDY_NAMES = ("frontier", "constraint")
@@ -224,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{study}/{arm.name} s{seed}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()), flush=True)
         if a.no_steps or seed != 0 or arm.kind != "haba":
             continue
-        for snap in sorted((run / "snapshots").glob("step_*.safetensors")):
-            step = int(re.search(r"(\d+)", snap.name).group(1))
+        for step, snap in RF.snapshots(run).items():
             m = set_metrics(load_synset(snap), trained, random_net, real_spreads)
             steps.append({"study": study, "arm": arm.name, "seed": seed, "step": step, "metrics": m})
     correlation = {}

@@ -112,7 +112,7 @@ def _distill_config(a: argparse.Namespace, run_dir: Path | None) -> RunConfig:
                 f"{run_dir} is a prepared run with its own config.json; start it without config flags "
                 f"(got {', '.join(map(str, flags)) or '--eval'}), or distill into a new --run-dir."
             )
-        return RunConfig.from_dict(io.read_json(run_dir / RF.CONFIG))
+        return RunConfig.from_dict(io.read_json_strict(run_dir / RF.CONFIG))
     cfg = resolve_config(files=a.config or [], overrides=[])
     d = apply_overrides(cfg.to_dict(), _config_overrides(a))
     d = apply_overrides(d, a.set or [])
@@ -151,7 +151,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                 "is a measurement, not a bound)."
             )
     d = distill(cfg, run_dir, resume=a.resume, progress=not a.quiet, handle_signals=True)
-    status = io.read_json(run_dir / RF.STATUS)
+    status = io.read_json_strict(run_dir / RF.STATUS)
     print(
         json.dumps(
             {

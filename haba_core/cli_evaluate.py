@@ -66,7 +66,7 @@ def _evaluate(a: argparse.Namespace, run: Path, outcome: dict) -> int:
     from haba_core.nets import NETS
     from haba_core.reports import matrix_markdown
 
-    cfg = RunConfig.from_dict(io.read_json(run / RF.CONFIG))
+    cfg = RunConfig.from_dict(io.read_json_strict(run / RF.CONFIG))
     ev = apply_overrides(cfg.to_dict(), a.set or [])["eval"]
     if a.nets is not None:
         ev["nets"] = [n.strip() for n in a.nets.split(",") if n.strip()]
@@ -84,7 +84,7 @@ def _evaluate(a: argparse.Namespace, run: Path, outcome: dict) -> int:
     for name in ecfg.nets:
         NETS.get(name)  # unknown names fail here, with close matches, before any work
     RF.update_eval_job(run, nets=list(ecfg.nets), seeds=ecfg.seeds, epochs=ecfg.epochs)  # what this process runs
-    path = Path(a.synset) if a.synset else run / RF.SYNSET
+    path = Path(a.synset) if a.synset else RF.synset_path(run)
     if not path.exists():
         snaps = list(RF.snapshots(run).values())
         if not snaps:
@@ -118,7 +118,7 @@ def _evaluate(a: argparse.Namespace, run: Path, outcome: dict) -> int:
         tasks = ", ".join(f["task"] for f in result["failed"])
         outcome["error"] = (
             f"{len(result['failed'])} evaluation task(s) failed after {a.retries + 1} attempt(s) each ({tasks}); "
-            f"finished cells are kept in {run / 'eval' / 'cells'}. Evaluate again (the same command, or Launch "
+            f"finished cells are kept in {run / RF.EVAL_DIR / 'cells'}. Evaluate again (the same command, or Launch "
             "evaluation in the app) to compute only what is missing."
         )
         print(f"error: {outcome['error']}", file=sys.stderr)

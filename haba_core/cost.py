@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     folder = Path(a.folder)
     try:
-        cfg = RunConfig.from_dict(io.read_json(folder / CONFIG))
+        cfg = RunConfig.from_dict(io.read_json_strict(folder / CONFIG))
         out, code = {"probe": probe(cfg, a.warmup, a.timed, a.max_seconds).to_dict()}, 0
     except HabaError as e:  # bad settings, missing experts, memory preflight refuses: the parent says so
         out, code = {"error": str(e)}, 2
@@ -241,7 +241,7 @@ class ProbeJob:
     def result(self) -> Probe:
         """The finished probe's measurements; HabaError when it could not run the settings (the reason)."""
         try:
-            out = io.read_json(self.folder / RESULT)
+            out = io.read_json_strict(self.folder / RESULT)
         except (OSError, ValueError):
             tail = _tail(self.folder / LOG)
             raise HabaError(

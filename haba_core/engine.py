@@ -305,13 +305,13 @@ def distill(
             cfg_path = folder.path / RF.CONFIG
             if not cfg_path.exists():
                 raise CheckpointError(f"{folder.path} holds no run to resume (no config.json).")
-            saved = RunConfig.from_dict(io.read_json(cfg_path))
+            saved = RunConfig.from_dict(io.read_json_strict(cfg_path))
             if cfg is not None:  # only how far, on what, where from and where else it logs may change
                 data = dataclasses.replace(saved.data, root=cfg.data.root, root_only=cfg.data.root_only)
                 saved = saved.replace(iterations=cfg.iterations, device=cfg.device, data=data, loggers=cfg.loggers)
             cfg = saved
         elif RF.is_prepared(folder.path):  # a front end prepared it (config.json, queued): run it as configured
-            saved = RunConfig.from_dict(io.read_json(folder.path / RF.CONFIG))
+            saved = RunConfig.from_dict(io.read_json_strict(folder.path / RF.CONFIG))
             if cfg is not None and cfg.to_dict() != saved.to_dict():
                 raise ConfigError(
                     f"Run folder {folder.path} was prepared with another config (its config.json); run it as it is "

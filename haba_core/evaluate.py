@@ -264,7 +264,7 @@ def _synset_from_bytes(data: bytes, device):
     from haba_core.synsets import load_synset
 
     with tempfile.TemporaryDirectory(prefix="haba_eval_") as tmp:
-        path = Path(tmp) / "synset.safetensors"
+        path = Path(tmp) / "set.safetensors"  # a scratch copy of the bytes a worker was sent
         path.write_bytes(data)
         return load_synset(path, device)
 

@@ -111,7 +111,9 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 
 
-def read_json(path: str | Path) -> Any:
+def read_json_strict(path: str | Path) -> Any:
+    """The JSON in ``path``; a missing file raises FileNotFoundError, a corrupted one :class:`CheckpointError`. Run
+    folders' files, which the app reads while they are written, go through ``haba_core.runfolder.read_json``."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -128,8 +130,9 @@ def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
         f.flush()
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines file, skipping a torn (partially written) last line."""
+def read_jsonl_strict(path: str | Path) -> list[dict]:
+    """Read a JSON-lines file, skipping a torn (partially written) last line; a missing file is [], an unreadable
+    one raises (the tolerant reader of a run folder's files is ``haba_core.runfolder.read_jsonl``)."""
     out = []
     try:
         lines = Path(path).read_text().splitlines()
@@ -145,7 +148,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def truncate_jsonl(path: str | Path, keep: Any) -> None:
     """Atomically rewrite a JSON-lines file keeping only records for which ``keep(record)`` is true."""
-    records = [r for r in read_jsonl(path) if keep(r)]
+    records = [r for r in read_jsonl_strict(path) if keep(r)]
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 

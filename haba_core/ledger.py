@@ -69,7 +69,7 @@ def ledger_path(default: str | Path) -> Path:
 
 def read_ledger(default: str | Path) -> list[dict]:
     """Every line of the ledger :func:`ledger_path` resolves ``default`` to ([] when there is none)."""
-    return io.read_jsonl(ledger_path(default))
+    return io.read_jsonl_strict(ledger_path(default))
 
 
 def record_test_evaluation(

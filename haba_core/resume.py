@@ -25,7 +25,7 @@ def resumed_config(run_dir: Path, files: list[str], overrides: dict, sets: list[
     """The saved config of ``run_dir`` with the command's :data:`RESUMABLE` settings applied; raises HabaError
     when the command asks for anything else that differs (``overrides``: flag settings by dotted key; ``sets``:
     ``--set`` lines; ``files``: experiment files)."""
-    saved = RunConfig.from_dict(io.read_json(Path(run_dir) / RF.CONFIG)).to_dict()  # older layouts read too
+    saved = RunConfig.from_dict(io.read_json_strict(Path(run_dir) / RF.CONFIG)).to_dict()  # older layouts read too
     # what the command asks for, resolved as for a new run, compared with the saved run
     asked = apply_overrides(apply_overrides(resolve_config(files=files).to_dict(), overrides), sets)
     keys = [*overrides, *(s.split("=", 1)[0].strip() for s in sets)]

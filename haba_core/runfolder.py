@@ -64,6 +64,7 @@ EVAL_JOB = "eval_job.json"
 EVALUATION = "evaluation.json"
 EVAL_DIR = "eval"  # haba_core.evaluate.evaluate_run's cells, its evaluations and the matrix
 MATRIX_CSV = f"{EVAL_DIR}/matrix.csv"
+SPEC = "spec.json"  # in each eval/cells/<tag>/: what its cells were computed from
 TEST_LEDGER = "test_ledger.jsonl"
 TENSORBOARD = "tensorboard"  # TensorBoard event files (haba_core.loggers)
 WANDB = "wandb"  # W&B's offline runs: wandb names the folder it makes under the directory it is given
@@ -80,6 +81,11 @@ def logs_step(step: int, log_every: int, iterations: int) -> bool:
     """Whether step ``step`` gets a ``metrics.jsonl`` line (every ``log_every`` steps, and the last): the logger
     sinks log the same steps."""
     return step % max(1, log_every) == 0 or step == iterations
+
+
+def synset_path(run: Path) -> Path:
+    """The finished run's set (``synset.safetensors``), which ``haba evaluate`` evaluates by default."""
+    return Path(run) / SYNSET
 
 
 def snapshot_path(run: Path, step: int) -> Path:
@@ -110,7 +116,7 @@ def has_checkpoint(run: Path) -> bool:
 def latest_checkpoint(run: Path) -> Path | None:
     """The checkpoint ``checkpoints/latest.json`` points at (None when there is no pointer)."""
     ptr = Path(run) / CHECKPOINTS / LATEST
-    return Path(run) / CHECKPOINTS / io.read_json(ptr)["file"] if ptr.exists() else None
+    return Path(run) / CHECKPOINTS / io.read_json_strict(ptr)["file"] if ptr.exists() else None
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -259,7 +265,7 @@ class RunFolder(Callback):
 
     def on_end(self, d, state: str, error: str | None) -> None:
         if state == "finished":
-            d.synset.save(self.path / SYNSET, {"step": d.step})
+            d.synset.save(synset_path(self.path), {"step": d.step})
         self.write_status(d, state, error=error, finished_at=time.time())
 
 
@@ -275,8 +281,8 @@ def cell_path(cells: Path, net: str, seed: int) -> Path:
 
 def write_cell_spec(cells: Path, spec: dict) -> None:
     """``spec.json``: what every cell in ``cells`` was computed from (written by the first evaluation only)."""
-    if not (Path(cells) / "spec.json").exists():
-        io.write_json(Path(cells) / "spec.json", spec)
+    if not (Path(cells) / SPEC).exists():
+        io.write_json(Path(cells) / SPEC, spec)
 
 
 def write_cell(cells: Path, net: str, seed: int, record: dict) -> None:
@@ -285,7 +291,12 @@ def write_cell(cells: Path, net: str, seed: int, record: dict) -> None:
 
 def read_cells(cells: Path, net: str, seeds: list[int]) -> list[dict]:
     """The finished cells of ``net`` among ``seeds``, in seed order (a missing one is skipped)."""
-    return [io.read_json(p) for s in seeds if (p := cell_path(cells, net, s)).exists()]
+    return [io.read_json_strict(p) for s in seeds if (p := cell_path(cells, net, s)).exists()]
+
+
+def evaluation_files(run: Path) -> list[Path]:
+    """Every evaluation :func:`write_evaluation` kept under ``eval/`` (``eval_<start time>.json``), oldest first."""
+    return sorted((Path(run) / EVAL_DIR).glob("eval_*.json"))
 
 
 def write_evaluation(run: Path, evaluation: dict, matrix_csv: str) -> None:

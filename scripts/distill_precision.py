@@ -24,7 +24,7 @@ from pathlib import Path
 
 from haba_core import io
 from haba_core.config import RunConfig, flatten
-from haba_core.runfolder import STATUS
+from haba_core.runfolder import CONFIG, STATUS
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {"method.params.precision", "method.params.compile", "method.params.expert_dir"}
@@ -34,7 +34,7 @@ def config_difference(a: Path, b: Path) -> set[str]:
     """Dotted keys whose values differ between two run configs (empty if either is missing)."""
     if not (a.exists() and b.exists()):
         return set()
-    fa, fb = (flatten(RunConfig.from_dict(io.read_json(p)).to_dict()) for p in (a, b))  # any layout, resolved
+    fa, fb = (flatten(RunConfig.from_dict(io.read_json_strict(p)).to_dict()) for p in (a, b))  # any layout, resolved
     return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
 
 
@@ -44,7 +44,7 @@ def distilled_in(results: Path, profile: str, cell: str, record: dict) -> str | 
     if record.get("distill_precision"):
         return record["distill_precision"]
     status = results / profile / "runs" / cell / "run" / STATUS
-    return io.read_json(status).get("precision") if status.exists() else None
+    return io.read_json_strict(status).get("precision") if status.exists() else None
 
 
 def compare(results: Path, reference: str, fast: str) -> list[dict]:
@@ -63,7 +63,7 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
             )
         twin = found[0]
         ref_path = results / twin / "cells" / cell.name
-        f, r = io.read_json(cell), io.read_json(ref_path)
+        f, r = io.read_json_strict(cell), io.read_json_strict(ref_path)
         if f["protocol"]["id"] != r["protocol"]["id"]:
             raise SystemExit(f"{cell.stem}: evaluated under protocols {f['protocol']['id']} vs {r['protocol']['id']}")
         if len(f["accuracy_per_seed"]) != len(r["accuracy_per_seed"]):
@@ -75,7 +75,7 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
                     f"{cell.stem}: the `{name}` cell distilled in {got}, not {want}; the float32 twins "
                     "are `python -m bench.run --profile cpu_fp32` (`--reference cpu_fp32`)"
                 )
-        run = f"runs/{cell.stem}/run/config.json"
+        run = Path("runs", cell.stem, "run", CONFIG)
         extra = config_difference(results / twin / run, results / fast / run) - ALLOWED
         if extra:
             raise SystemExit(f"{cell.stem}: the configs differ beyond precision: {sorted(extra)}")

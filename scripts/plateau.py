@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(files=a.config, overrides=overrides)
         run = out / "runs" / a.name / name
         d = distill(cfg, run, resume=(run / RF.CONFIG).exists(), callbacks=[RF.InitialSnapshot(run)])
-        status = io.read_json(run / RF.STATUS)
+        status = io.read_json_strict(run / RF.STATUS)
         if status.get("state") != "finished":
             raise SystemExit(
                 f"{run}: distillation ended {status.get('state')!r} ({status.get('error')}); "
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in rows:  # the test set, touched once per arm: the final set, same protocol
         run = ROOT / r["run"]  # shown() paths are relative to the repository or absolute
-        cfg = resolve_config(base=io.read_json(run / RF.CONFIG))
+        cfg = resolve_config(base=io.read_json_strict(run / RF.CONFIG))
         test_cfg = replace(cfg.eval, split="test", seeds=a.test_seeds)
         look = replace(search, run=f"plateau/{a.name}/{r['arm']}")
         try:

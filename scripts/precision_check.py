@@ -111,19 +111,21 @@ def main() -> int:
     out = Path(a.out or ROOT / "bench" / "results" / ("precision" if a.split == "test" else "precision_val"))
     work = out.parent / (out.name + "_runs")
     # results accumulate across invocations (e.g. the cheap variants on some sets, the rest on others)
-    results: dict = io.read_json(out.with_suffix(".json"))["results"] if out.with_suffix(".json").exists() else {}
+    results: dict = (
+        io.read_json_strict(out.with_suffix(".json"))["results"] if out.with_suffix(".json").exists() else {}
+    )
     for name in a.sets.split(","):
         src = Path(a.runs) / name / "run"
-        if not (src / RF.SYNSET).exists():
+        if not RF.synset_path(src).exists():
             raise SystemExit(f"{src} holds no synset.safetensors; distill it first (python -m bench.run ...)")
-        cfg = RunConfig.from_dict(io.read_json(src / RF.CONFIG))
+        cfg = RunConfig.from_dict(io.read_json_strict(src / RF.CONFIG))
         if a.split == "val":  # the evaluation networks never see these images; the test split stays untouched
             cfg = cfg.replace(data=dataclasses.replace(cfg.data, val_per_class=a.val_per_class))
         seed = cfg.seed + 1000 * cfg.iterations
         results.setdefault(name, {})
         bench_cell = Path(a.from_bench) / f"{name}.json" if a.from_bench else None
         if bench_cell is not None and bench_cell.exists():
-            rec = io.read_json(bench_cell)
+            rec = io.read_json_strict(bench_cell)
             proto = rec["protocol"]
             if proto.get("precision", "fp32") != "fp32" or len(rec["accuracy_per_seed"]) != a.seeds:
                 raise SystemExit(f"{bench_cell} is not a float32 result over {a.seeds} networks")
@@ -139,7 +141,7 @@ def main() -> int:
         for variant in a.variants.split(","):
             run = work / name / variant.replace(" ", "_")
             run.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / RF.SYNSET, run / RF.SYNSET)
+            shutil.copy2(RF.synset_path(src), RF.synset_path(run))
             io.write_json(run / RF.CONFIG, cfg.to_dict())
             fast = resolve_config(overrides=VARIANTS[variant]).eval
             ecfg = dataclasses.replace(
@@ -154,7 +156,7 @@ def main() -> int:
             executor = make_executor("local", workers=a.workers)
             look = LedgerEntry(STUDIES_LEDGER, f"precision_check/{name}/{variant}", "precision check")
             try:
-                synset = run / RF.SYNSET
+                synset = RF.synset_path(run)
                 ev = evaluate_run(run, cfg, ecfg, synset, executor=executor, seed=seed, log=None, ledger=look)
             finally:
                 executor.close()

@@ -297,7 +297,7 @@ def _eval_run(folder: Path) -> tuple[Path, object]:
     synset = create_synset("haba", ds.info, n_bases=10, n_hallucinators=5, generator=g)
     synset.init_from_real(ds, g)
     io.write_json(folder / RF.CONFIG, cfg.to_dict())
-    synset.save(folder / RF.SYNSET)
+    synset.save(RF.synset_path(folder))
     return folder, cfg
 
 
@@ -317,7 +317,7 @@ def time_eval(a) -> dict:
                 ecfg = resolve_config(overrides=["eval.epochs=50", "eval.seeds=5", *extra]).eval
                 executor = make_executor("local", workers=2)
                 t0 = time.perf_counter()
-                ev = evaluate_run(run, cfg, ecfg, run / RF.SYNSET, executor=executor, log=None)
+                ev = evaluate_run(run, cfg, ecfg, RF.synset_path(run), executor=executor, log=None)
                 wall = time.perf_counter() - t0
                 executor.close()
                 net = ev["synset"]["nets"]["convnet"]

@@ -136,7 +136,10 @@ LARGE = {
     "haba_core/methods/experts.py": (415, "expert training: its config, versioned file format and resume"),
     "workbench/newrun.py": (470, "the New run form model: field specs from every config dataclass"),
     "haba_core/evaluate.py": (465, "evaluation in memory and of a run folder in cells (trainers in training.py)"),
-    "haba_core/runfolder.py": (480, "every run-folder file's name, reader and writer (the engine's, evaluation's)"),
+    "haba_core/runfolder.py": (
+        490,
+        "every run-folder file's name, path, reader and writer (the engine's, evaluation's, the app's)",
+    ),
     "scripts/speed.py": (515, "issue #14's speed table: one run times every workload and writes the one table"),
 }
 
@@ -161,3 +164,67 @@ def test_modules_stay_small_or_say_why(tmp_path):
             over.append(f"{path} has {n} lines formatted (cap {cap}{': ' + reason if reason else ''})")
     assert not over, "move code to its owner:\n" + "\n".join(over)
     assert set(LARGE) <= set(sizes), "a listed module is gone: drop it from LARGE"
+
+
+# One owner per file format: a run folder's file names are haba_core.runfolder's (its constants and the functions that
+# name a path, like RF.synset_path); elsewhere a name may appear in a message to the user, never in a path.
+RUN_FOLDER_CODE = (*SIZED, "app.py")
+NAME_OWNER = "haba_core/runfolder.py"
+
+
+def run_folder_names() -> set[str]:
+    """Every file or folder name haba_core.runfolder defines (its upper-case string constants), and their parts."""
+    tree = ast.parse((ROOT / NAME_OWNER).read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets):
+            value = node.value
+            if isinstance(value, ast.JoinedStr):  # MATRIX_CSV = f"{EVAL_DIR}/matrix.csv"
+                value = value.values[-1]
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                names.update(p for p in value.value.split("/") if p)
+    return names
+
+
+def path_uses(line: str, names: set[str]) -> list[str]:
+    """The run-folder names ``line`` uses in a path: ``/ "name"``, ``"name" /``, an argument of ``Path(...)`` or
+    ``joinpath(...)``, or the end of a path-like literal (``"runs/x/name"``); a message ("no config.json") is none."""
+    found = []
+    for n in sorted(names):
+        q = rf"""["']{re.escape(n)}["']"""
+        patterns = (
+            rf"/\s*{q}",
+            rf"{q}\s*/(?!/)",
+            rf"\b(Path|PurePath|joinpath)\([^()]*{q}",
+            rf"""["'][^"'\s]*/{re.escape(n)}["']""",
+        )
+        if any(re.search(p, line) for p in patterns):
+            found.append(n)
+    return found
+
+
+def test_the_path_check_tells_paths_from_messages():
+    names = {"config.json", "eval"}
+    assert path_uses('cfg = io.read_json_strict(run / "config.json")', names) == ["config.json"]
+    assert path_uses('p = Path(run, "eval")', names) == ["eval"]
+    assert path_uses('run = f"runs/{cell}/run/config.json"', names) == ["config.json"]
+    assert path_uses('raise HabaError(f"{run} has no config.json; pass --run")', names) == []
+    assert path_uses('ev = cfg["eval"]', names) == []
+
+
+def test_run_folder_file_names_only_in_runfolder():
+    names = run_folder_names()
+    assert {"config.json", "status.json", "synset.safetensors", "eval", "matrix.csv", "spec.json"} <= names
+    found = []
+    for top in RUN_FOLDER_CODE:
+        for f in sorted((ROOT / top).rglob("*.py")) if (ROOT / top).is_dir() else [ROOT / top]:
+            rel = f.relative_to(ROOT).as_posix()
+            if rel == NAME_OWNER:
+                continue
+            for i, line in enumerate(f.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0] if not line.lstrip().startswith(("f'", 'f"', "'", '"')) else line
+                for n in path_uses(code, names):
+                    found.append(f"{rel}:{i}: {n!r} as a path ({line.strip()})")
+    assert not found, "run-folder file names belong to haba_core/runfolder.py (its constants and path functions):\n" + (
+        "\n".join(found)
+    )

@@ -81,7 +81,7 @@ def test_distill_and_evaluate_on_toy(tmp_path):
     r = run_cli(
         "evaluate", "--run", str(run), "--seeds", "2", "--epochs", "5", "--baseline", "random", "--nets", "convnet,mlp"
     )
-    ev = io.read_json(run / "evaluation.json")
+    ev = io.read_json_strict(run / "evaluation.json")
     assert set(ev["synset"]["nets"]) == {"convnet", "mlp"} and len(ev["synset"]["nets"]["mlp"]["per_seed"]) == 2
     assert ev["random_real"]["storage"]["n_bases"] >= 1
     # one protocol for every row: the HaBa set and the random real subset share its id

@@ -70,15 +70,15 @@ def test_unknown_key_suggests_close_match():
 
 def test_atomic_json_and_jsonl(tmp_path):
     io.write_json(tmp_path / "a.json", {"x": 1})
-    assert io.read_json(tmp_path / "a.json") == {"x": 1}
+    assert io.read_json_strict(tmp_path / "a.json") == {"x": 1}
     assert not list(tmp_path.glob(".*tmp"))
     io.append_jsonl(tmp_path / "m.jsonl", {"step": 1})
     with open(tmp_path / "m.jsonl", "a") as fh:
         fh.write('{"step": 2, "lo')  # torn line from a crash
-    assert io.read_jsonl(tmp_path / "m.jsonl") == [{"step": 1}]
+    assert io.read_jsonl_strict(tmp_path / "m.jsonl") == [{"step": 1}]
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(CheckpointError, match="corrupted"):
-        io.read_json(tmp_path / "bad.json")
+        io.read_json_strict(tmp_path / "bad.json")
 
 
 def test_flatten_state_round_trip():

@@ -29,9 +29,9 @@ def test_dm_run_changes_synset_and_writes_run_folder(tmp_path, kind):
     for name, _ in d.synset.named_parameters():  # bases, and HaBa's hallucinators, all learn
         assert not torch.equal(before[name], after[name]), name
     run = tmp_path / "run"
-    status = io.read_json(run / "status.json")
+    status = io.read_json_strict(run / "status.json")
     assert status["state"] == "finished" and status["step"] == 4
-    metrics = io.read_jsonl(run / "metrics.jsonl")
+    metrics = io.read_jsonl_strict(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
     if SYNSETS.get(kind).contrastive:
@@ -67,7 +67,7 @@ def test_resume_continues_exactly(tmp_path):
     resumed = distill(cfg, tmp_path / "part", resume=True).synset.state_dict()
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
-    steps = [m["step"] for m in io.read_jsonl(tmp_path / "part" / "metrics.jsonl")]
+    steps = [m["step"] for m in io.read_jsonl_strict(tmp_path / "part" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -79,13 +79,13 @@ def test_a_run_folder_written_before_synset_params_resumes_through_the_cli(tmp_p
     run = tmp_path / "run"
     cfg = tiny_config("iterations=2", "checkpoint_every=1", "synset.n_hallucinators=3")
     distill(cfg, run)
-    saved = io.read_json(run / "config.json")
+    saved = io.read_json_strict(run / "config.json")
     old = {**saved, "synset": {k: v for k, v in saved["synset"].items() if k != "params"}}
     old["synset"].update(n_hallucinators=3, single_channel=False)
     io.write_json(run / "config.json", old)
     assert main(["distill", "--run-dir", str(run), "--resume", "--iterations", "3", "--quiet"]) == 0
     assert load_synset(run / "synset.safetensors").n_hallucinators == 3
-    params = io.read_json(run / "config.json")["synset"]["params"]  # the options added since get their defaults
+    params = io.read_json_strict(run / "config.json")["synset"]["params"]  # the options added since get their defaults
     assert params == {"n_hallucinators": 3, "single_channel": False, "freeze_hallucinators": False}
     # asking for the saved value in the old shorthand is no conflict; another value is
     assert (
@@ -109,16 +109,16 @@ def test_kill_and_resume_subprocess(tmp_path):
     p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if (run / "checkpoints" / "latest.json").exists() and io.read_json(run / "checkpoints" / "latest.json")[
+        if (run / "checkpoints" / "latest.json").exists() and io.read_json_strict(run / "checkpoints" / "latest.json")[
             "step"
         ] >= 10:
             break
         time.sleep(0.2)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    ckpt_step = io.read_json(run / "checkpoints" / "latest.json")["step"]
+    ckpt_step = io.read_json_strict(run / "checkpoints" / "latest.json")["step"]
     assert ckpt_step >= 10
-    assert io.read_json(run / "status.json")["state"] == "running"  # killed: never marked finished
+    assert io.read_json_strict(run / "status.json")["state"] == "running"  # killed: never marked finished
     r = subprocess.run(
         distill_command(run, ckpt_step + 5, "haba", "--budget-ipc", "2", "--n-hallucinators", "2", sets=sets)
         + ["--resume"],
@@ -128,8 +128,8 @@ def test_kill_and_resume_subprocess(tmp_path):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert io.read_json(run / "status.json")["state"] == "finished"
-    steps = [m["step"] for m in io.read_jsonl(run / "metrics.jsonl")]
+    assert io.read_json_strict(run / "status.json")["state"] == "finished"
+    steps = [m["step"] for m in io.read_jsonl_strict(run / "metrics.jsonl")]
     assert steps == list(range(1, ckpt_step + 6))
 
 
@@ -143,9 +143,9 @@ def test_sigterm_cancels_with_checkpoint(tmp_path):
     time.sleep(0.5)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == 3
-    status = io.read_json(run / "status.json")
+    status = io.read_json_strict(run / "status.json")
     assert status["state"] == "cancelled"
-    assert io.read_json(run / "checkpoints" / "latest.json")["step"] == status["step"] > 0
+    assert io.read_json_strict(run / "checkpoints" / "latest.json")["step"] == status["step"] > 0
 
 
 def test_existing_run_folder_is_not_overwritten(tmp_path):
@@ -159,14 +159,14 @@ def test_nan_loss_fails_clearly_and_keeps_checkpoint(tmp_path):
     cfg = tiny_config("iterations=6", "checkpoint_every=2", "synset.kind=pixels", "method.lr_img=1e30")
     with pytest.raises(Exception, match="lower the learning rates"):
         distill(cfg, tmp_path / "run")
-    status = io.read_json(tmp_path / "run" / "status.json")
+    status = io.read_json_strict(tmp_path / "run" / "status.json")
     assert status["state"] == "failed" and "learning rates" in status["error"]
 
 
 def test_eval_at_end_records_results(tmp_path):
     cfg = tiny_config("iterations=2", "eval_at_end=true", "synset.kind=pixels")
     distill(cfg, tmp_path / "run")
-    evals = io.read_jsonl(tmp_path / "run" / "evals.jsonl")
+    evals = io.read_jsonl_strict(tmp_path / "run" / "evals.jsonl")
     assert evals and 0 <= evals[0]["nets"]["convnet"]["mean"] <= 1
     assert evals[0]["protocol"]["reported"] == "final"
 
@@ -180,7 +180,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path):
     with pytest.warns(UserWarning, match="unreadable checkpoint"):
         d = distill(cfg.replace(iterations=5), tmp_path / "run", resume=True)
     assert d.step == 5
-    steps = [m["step"] for m in io.read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    steps = [m["step"] for m in io.read_jsonl_strict(tmp_path / "run" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5]
 
 

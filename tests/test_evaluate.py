@@ -162,7 +162,7 @@ def test_matrix_on_toy(tmp_path):
     """Every architecture x 2 seeds, with the random-real baseline: JSON (backwards compatible), CSV, cells."""
     run = make_run(tmp_path / "run", SIZE_ALL)
     assert _evaluate(run, "--nets", ALL_NETS, "--seeds", "2", "--epochs", "1", "--baseline", "random", "--batched") == 0
-    ev = io.read_json(run / "evaluation.json")
+    ev = io.read_json_strict(run / "evaluation.json")
     nets = ALL_NETS.split(",")
     for source in ("synset", "random_real"):
         res = ev[source]
@@ -189,7 +189,7 @@ def test_matrix_on_toy(tmp_path):
     # the same command again recomputes nothing
     mtimes = {p: p.stat().st_mtime_ns for p in (run / "eval" / "cells").rglob("*_s*.json")}
     assert _evaluate(run, "--nets", ALL_NETS, "--seeds", "2", "--epochs", "1", "--baseline", "random", "--batched") == 0
-    again = io.read_json(run / "evaluation.json")
+    again = io.read_json_strict(run / "evaluation.json")
     assert again["computed_tasks"] == 0 and again["reused_cells"] == 24
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert again["synset"]["nets"]["mlp"]["per_seed"] == ev["synset"]["nets"]["mlp"]["per_seed"]
@@ -213,7 +213,7 @@ def test_failed_task_is_reported_and_resumed(tmp_path, monkeypatch, capsys):
     assert _evaluate(run, *args) == 4
     out = capsys.readouterr()
     assert "failed (attempt 1 of 3), retrying" in out.out and "synset/lenet/s1" in out.err
-    ev = io.read_json(run / "evaluation.json")
+    ev = io.read_json_strict(run / "evaluation.json")
     assert ev["complete"] is False
     assert [(f["task"], f["attempts"]) for f in ev["failed"]] == [("synset/lenet/s1", 3)]
     assert "injected failure" in ev["failed"][0]["error"]
@@ -225,7 +225,7 @@ def test_failed_task_is_reported_and_resumed(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(E, "eval_cell_task", real_task)
     assert _evaluate(run, *args) == 0
-    ev = io.read_json(run / "evaluation.json")
+    ev = io.read_json_strict(run / "evaluation.json")
     assert ev["complete"] is True and ev["computed_tasks"] == 1 and ev["reused_cells"] == 5
     assert ev["synset"]["nets"]["lenet"]["n"] == 3 and "missing_seeds" not in ev["synset"]["nets"]["lenet"]
     assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*_s*.json") if p.name in mtimes} == mtimes
@@ -268,7 +268,7 @@ def test_killed_evaluation_resumes_without_recomputing(tmp_path):
     assert len(before) >= 2, "the evaluation finished no cell before the deadline"
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    ev = io.read_json(run / "evaluation.json")
+    ev = io.read_json_strict(run / "evaluation.json")
     assert ev["complete"] and ev["reused_cells"] == len(before)
     assert all(ev["synset"]["nets"][n]["n"] == 2 for n in ("mlp", "lenet", "convnet"))
     assert {p: p.stat().st_mtime_ns for p in before} == before

@@ -185,7 +185,7 @@ def test_evaluation_over_ray_lands_in_the_run_folder(ray_executor, tmp_path, mon
 
     monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger.jsonl"))
     run = make_run(tmp_path / "run")
-    cfg = RunConfig.from_dict(io.read_json(run / "config.json"))
+    cfg = RunConfig.from_dict(io.read_json_strict(run / "config.json"))
     ecfg = RunConfig.from_dict({**cfg.to_dict(), "eval": {"nets": ["mlp", "lenet"], "seeds": 2, "epochs": 1}}).eval
     ev = evaluate_run(run, cfg, ecfg, run / "synset.safetensors", baseline="random", executor=ray_executor, log=None)
     assert ev["complete"] and ev["executor"]["kind"] == "ray"
@@ -193,9 +193,9 @@ def test_evaluation_over_ray_lands_in_the_run_folder(ray_executor, tmp_path, mon
         assert set(ev[source]["nets"]) == {"mlp", "lenet"} and ev[source]["nets"]["mlp"]["n"] == 2
         cells = list((run / ev[source]["cells"]).glob("*_s*.json"))
         assert len(cells) == 4
-        assert all(io.read_json(c)["worker"].split(":")[1] != str(os.getpid()) for c in cells)  # ran elsewhere
+        assert all(io.read_json_strict(c)["worker"].split(":")[1] != str(os.getpid()) for c in cells)  # ran elsewhere
     assert (run / "evaluation.json").exists() and (run / "eval" / "matrix.csv").exists()
-    recorded = io.read_jsonl(tmp_path / "ledger.jsonl")
+    recorded = io.read_jsonl_strict(tmp_path / "ledger.jsonl")
     assert sum(r["networks"] for r in recorded) == 8 and {r["kind"] for r in recorded} == {"haba", "random_real"}
 
 

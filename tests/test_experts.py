@@ -42,7 +42,7 @@ def test_trajectory_moves_and_records_its_recipe(tmp_path):
     assert traj.shape == (4, meta["num_params"])
     for e in range(3):  # every epoch is its own snapshot (tensor.cpu() of a CPU tensor aliases it)
         assert (traj[e + 1] - traj[e]).norm() > 0, e
-    manifest = io.read_json(tmp_path / "experts.json")
+    manifest = io.read_json_strict(tmp_path / "experts.json")
     assert manifest["format"] == "haba-expert-set" and manifest["config"]["epochs"] == 3
 
 

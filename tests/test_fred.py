@@ -240,10 +240,10 @@ def test_budget_command_distill_and_evaluate_take_it(tmp_path):
         "3",
         *[a for s in T.TINY_SET_LINES for a in ("--set", s)],
     )
-    assert io.read_json(run / "status.json")["state"] == "finished"
-    assert io.read_json(run / "storage.json")["kind"] == "fred"
+    assert io.read_json_strict(run / "status.json")["state"] == "finished"
+    assert io.read_json_strict(run / "storage.json")["kind"] == "fred"
     cli("evaluate", "--run", str(run), "--nets", "convnet", "--seeds", "1", "--epochs", "1")
-    result = io.read_json(run / "evaluation.json")
+    result = io.read_json_strict(run / "evaluation.json")
     assert result["complete"] and not result["failed"]
     assert result["synset"]["storage"]["kind"] == "fred" and "convnet" in result["synset"]["summary"]
 

@@ -39,7 +39,7 @@ def ledger(tmp_path, monkeypatch) -> Path:
 
 
 def lines(path: Path) -> list[dict]:
-    return io.read_jsonl(path)
+    return io.read_jsonl_strict(path)
 
 
 # ------------------------------------------------------------------------------------------------ the ledger
@@ -130,9 +130,9 @@ def test_the_cli_records_each_computed_cell_and_nothing_for_reused_ones(tmp_path
     run = make_run(tmp_path / "run")
     assert main(["evaluate", "--run", str(run), "--nets", "mlp", "--seeds", "2", "--epochs", "1"]) == 0
     got = lines(ledger)
-    ev = io.read_json(run / "evaluation.json")
+    ev = io.read_json_strict(run / "evaluation.json")
     assert [r["cell"] for r in got] == ["synset/mlp/s0", "synset/mlp/s1"]  # one task per seed on CPU
-    cfg = RunConfig.from_dict(io.read_json(run / "config.json"))
+    cfg = RunConfig.from_dict(io.read_json_strict(run / "config.json"))
     for r in got:
         assert r["run"] == str(run) and r["purpose"] == "eval" and r["networks"] == 1
         assert r["protocol_id"] == ev["synset"]["protocol"]["id"] and r["config_hash"] == config_hash(cfg.to_dict())
@@ -145,7 +145,7 @@ def test_an_evaluation_without_the_override_lands_in_the_run_folders_own_ledger(
 
     monkeypatch.delenv(LEDGER_ENV)
     run = make_run(tmp_path / "run")
-    cfg = RunConfig.from_dict(io.read_json(run / "config.json"))
+    cfg = RunConfig.from_dict(io.read_json_strict(run / "config.json"))
     ecfg = dataclasses.replace(cfg.eval, nets=("mlp",), seeds=1, epochs=1)
     evaluate_run(run, cfg, ecfg, run / "synset.safetensors", baseline="random", log=None)
     own = lines(run / RF.TEST_LEDGER)
@@ -158,7 +158,7 @@ def test_worker_processes_are_recorded_by_the_driver(tmp_path, ledger):
     from haba_core.executors import LocalExecutor
 
     run = make_run(tmp_path / "run")
-    cfg = RunConfig.from_dict(io.read_json(run / "config.json"))
+    cfg = RunConfig.from_dict(io.read_json_strict(run / "config.json"))
     ecfg = dataclasses.replace(cfg.eval, nets=("mlp",), seeds=2, epochs=1)
     with LocalExecutor(workers=2, threads=1) as ex:
         ev = evaluate_run(run, cfg, ecfg, run / "synset.safetensors", executor=ex, log=None)
@@ -172,7 +172,7 @@ def test_in_run_evaluation_is_recorded_and_needs_a_run_folder_on_the_test_split(
     distill(tiny_config("iterations=2", "eval_at_end=true", "synset.kind=pixels"), tmp_path / "run")
     (line,) = lines(ledger)
     assert line["purpose"] == "in-run eval" and line["run"] == str(tmp_path / "run")
-    assert line["protocol_id"] == io.read_jsonl(tmp_path / "run" / RF.EVALS)[-1]["protocol"]["id"]
+    assert line["protocol_id"] == io.read_jsonl_strict(tmp_path / "run" / RF.EVALS)[-1]["protocol"]["id"]
     with pytest.raises(ConfigError, match="run folder"):
         Distiller(tiny_config("iterations=1", "eval_at_end=true"))
     # on the validation split, neither a run folder nor a ledger line

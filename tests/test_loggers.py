@@ -54,14 +54,14 @@ def test_tensorboard_holds_the_metrics_evaluations_and_snapshots_of_the_run(tmp_
     for k, v in plain.synset.state_dict().items():
         assert torch.equal(v, d.synset.state_dict()[k]), k
     events = tensorboard_events(run)
-    metrics = io.read_jsonl(run / RF.METRICS)
+    metrics = io.read_jsonl_strict(run / RF.METRICS)
     assert [m["step"] for m in metrics] == [3, 4]
     names = [k for k in metrics[0] if k not in ("step", "wall")]
     assert {"loss", "time_s", "peak_rss_mb", "haba_cos"} <= set(names)
     for name in names:  # every value metrics.jsonl got, at its step (TensorBoard stores float32)
         logged = [(e.step, e.value) for e in events.Scalars(name)]
         assert logged == [(m["step"], pytest.approx(m[name], rel=1e-6)) for m in metrics], name
-    evals = io.read_jsonl(run / RF.EVALS)
+    evals = io.read_jsonl_strict(run / RF.EVALS)
     for stat in ("mean", "std"):
         logged = [(e.step, e.value) for e in events.Scalars(f"eval/convnet/{stat}")]
         assert logged == [(e["step"], pytest.approx(e["nets"]["convnet"][stat])) for e in evals] and len(logged) == 2
@@ -83,7 +83,7 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         distill(cfg, run, callbacks=[KilledAfterStep5()])
     distill(cfg, run, resume=True)
-    steps = [m["step"] for m in io.read_jsonl(run / RF.METRICS)]
+    steps = [m["step"] for m in io.read_jsonl_strict(run / RF.METRICS)]
     assert steps == [1, 2, 3, 4, 5, 6] and [e.step for e in tensorboard_events(run).Scalars("loss")] == steps
 
 
@@ -99,7 +99,7 @@ def test_distill_log_from_the_command_line_loads_no_ui_package(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [0, []], r.stderr
-    assert io.read_json(tmp_path / "run" / RF.CONFIG)["loggers"] == ["tensorboard"]
+    assert io.read_json_strict(tmp_path / "run" / RF.CONFIG)["loggers"] == ["tensorboard"]
     assert [i.step for i in tensorboard_events(tmp_path / "run").Images("synset")] == [1, 2]
 
 
@@ -131,8 +131,8 @@ def test_a_failing_sink_says_so_once_and_the_run_goes_on(tmp_path, monkeypatch, 
         monkeypatch.setattr(TensorBoardSink, "scalars", full_after_step_2)
     run = tmp_path / "run"
     d = distill(tiny_config("loggers=tensorboard"), run)
-    assert d.step == 4 and io.read_json(run / RF.STATUS)["state"] == "finished"
-    assert [m["step"] for m in io.read_jsonl(run / RF.METRICS)] == [1, 2, 3, 4]  # the run folder has everything
+    assert d.step == 4 and io.read_json_strict(run / RF.STATUS)["state"] == "finished"
+    assert [m["step"] for m in io.read_jsonl_strict(run / RF.METRICS)] == [1, 2, 3, 4]  # the run folder has everything
     warnings = [line for line in capsys.readouterr().err.splitlines() if "TensorBoard logging stopped" in line]
     assert len(warnings) == 1 and "the run goes on" in warnings[0]
     if failure == "package missing":
@@ -192,7 +192,7 @@ def test_wandb_writes_an_offline_run_and_sends_nothing(tmp_path, monkeypatch):
     assert not list((run / RF.WANDB).glob("run-*"))  # no online run
     (records,) = offline.glob("run-*.wandb")
     data = records.read_bytes()  # W&B's record file keeps each logged value as JSON text
-    metrics = io.read_jsonl(run / RF.METRICS)
+    metrics = io.read_jsonl_strict(run / RF.METRICS)
     for m in metrics:
         for name in ("loss", "time_s", "peak_rss_mb"):
             assert name.encode() in data and json.dumps(m[name]).encode() in data, name

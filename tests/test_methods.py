@@ -212,7 +212,7 @@ def test_a_run_folder_records_the_resolved_loops(expert_dir, tmp_path):
         "iterations=1",
     )
     distill(cfg, tmp_path / "run")
-    saved = io.read_json(tmp_path / "run" / "config.json")["method"]["params"]
+    saved = io.read_json_strict(tmp_path / "run" / "config.json")["method"]["params"]
     assert (saved["outer_loop"], saved["inner_loop"]) == (1, 1)
     distill(cfg.replace(iterations=2), tmp_path / "run", resume=True)  # the recorded config resumes as it is
 

@@ -131,7 +131,7 @@ def test_learned_lr_is_stored_clipped_and_used_by_evaluation(experts, tmp_path):
     lr = d.synset.extra["syn_lr"]
     assert lr >= 0.2 and lr == pytest.approx(float(d.method.syn_lr.detach()))  # clipped after the first update
     assert d.method.eval_lr() == pytest.approx(lr)
-    evals = io.read_jsonl(tmp_path / "run" / "evals.jsonl")
+    evals = io.read_jsonl_strict(tmp_path / "run" / "evals.jsonl")
     assert evals[-1]["protocol"]["lr"] == pytest.approx(lr)
     from haba_core.synsets import load_synset
 

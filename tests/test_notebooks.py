@@ -142,7 +142,7 @@ def test_executes_with_small_settings(path: Path, tmp_path: Path, monkeypatch):
     assert any((tmp_path / "runs").iterdir()), "the notebook wrote no run under RUNS_DIR"
     # notebook 3 tests on the test split and records every evaluation; 1, 2 (experts included) and 4 (the
     # validation split) never test
-    tested = io.read_jsonl(ledger)
+    tested = io.read_jsonl_strict(ledger)
     assert bool(tested) == path.stem.startswith("03"), tested
     assert all(r["run"].startswith(str(tmp_path / "runs")) and r["purpose"] == "eval" for r in tested)
     print(f"{path.name}: {seconds:.1f} s", file=sys.stderr)

@@ -100,7 +100,7 @@ def assert_last_checkpoint_loads(run_dir: Path, step: int | None = None) -> None
     assert latest is not None and latest.exists()
     _, meta = io.load_tensors(latest, expect_format=CHECKPOINT)
     if step is not None:
-        assert io.read_json(run_dir / "checkpoints" / "latest.json")["step"] == step
+        assert io.read_json_strict(run_dir / "checkpoints" / "latest.json")["step"] == step
 
 
 # ------------------------------------------------------------------------------------------------------ disks
@@ -112,7 +112,7 @@ def test_a_failed_write_leaves_no_half_file_and_keeps_the_old_one(tmp_path, monk
     with pytest.raises(DiskError, match="the disk is full") as err:
         io.write_json(target, {"file": "ckpt_0000004.safetensors", "step": 4})
     assert err.value.errno == errno.ENOSPC and "Free space" in str(err.value)
-    assert io.read_json(target)["step"] == 2 and not leftovers(tmp_path)
+    assert io.read_json_strict(target)["step"] == 2 and not leftovers(tmp_path)
 
 
 def test_a_full_tmpfs_refuses_a_large_write_and_keeps_the_old_file(mount):
@@ -121,7 +121,7 @@ def test_a_full_tmpfs_refuses_a_large_write_and_keeps_the_old_file(mount):
     with pytest.raises(DiskError, match="the disk is full") as err:
         io.atomic_write_bytes(small / "latest.json", b"x" * (2 << 20))
     assert err.value.errno == errno.ENOSPC and "MB are free there" in str(err.value)
-    assert io.read_json(small / "latest.json") == {"step": 2} and not leftovers(small)
+    assert io.read_json_strict(small / "latest.json") == {"step": 2} and not leftovers(small)
 
 
 def test_distill_into_a_read_only_disk_exits_2_at_once(mount):
@@ -161,7 +161,7 @@ def test_a_disk_that_fills_during_a_run_fails_it_with_the_reason_and_keeps_the_c
     with pytest.raises(DiskError, match="the disk is full") as err:
         distill(cfg, tmp_path / "run")
     assert "its last checkpoint (step 2) is intact" in str(err.value) and "--resume" in str(err.value)
-    status = io.read_json(tmp_path / "run" / "status.json")
+    status = io.read_json_strict(tmp_path / "run" / "status.json")
     assert status["state"] == "failed" and status["step"] == 3
     assert "the disk is full" in status["error"] and "Traceback" not in status["error"]
     assert not leftovers(tmp_path / "run")
@@ -178,7 +178,7 @@ def test_a_tmpfs_that_fills_during_a_run_fails_it_clearly(mount):
     r = run(args)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "the disk is full" in r.stderr and "--resume" in r.stderr
-    status = io.read_json(small / "run" / "status.json")
+    status = io.read_json_strict(small / "run" / "status.json")
     assert status["state"] == "failed" and "the disk is full" in status["error"]
     assert not leftovers(small / "run")
     assert_last_checkpoint_loads(small / "run")
@@ -190,8 +190,8 @@ def test_a_batch_larger_than_a_class_is_clamped_with_a_note(tmp_path):
     r, peak = peak_rss_gb(distill_command(tmp_path / "r", 1, "haba", sets=("method.batch_real=100000000",)))
     assert r.returncode == 0, r.stderr
     assert "note: method.batch_real=100000000 is more real images than class 0 of toy holds (60); using 60" in r.stderr
-    assert io.read_json(tmp_path / "r" / "config.json")["method"]["params"]["batch_real"] == 60
-    assert "batch_real" in io.read_json(tmp_path / "r" / "status.json")["notes"][0]
+    assert io.read_json_strict(tmp_path / "r" / "config.json")["method"]["params"]["batch_real"] == 60
+    assert "batch_real" in io.read_json_strict(tmp_path / "r" / "status.json")["notes"][0]
     assert peak < 4, f"peak {peak:.1f} GB"  # a default toy run peaks at about 1.3 GB
     # the default (256) on small data: the same clamp, and the run works
     d = Distiller(tiny_config("method.batch_real=256", "data.options.n_per_class=20"))
@@ -252,7 +252,7 @@ def test_bounds_from_the_images_and_the_classes(tmp_path, capsys):
     distill(tiny_config(*small), run_dir)
     assert main(["evaluate", "--run", str(run_dir), "--baseline", "random", "--seeds", "1", "--epochs", "1"]) == 2
     assert "--baseline random needs 5 distinct real training images of every class" in capsys.readouterr().err
-    job = io.read_json(run_dir / RF.EVAL_JOB)
+    job = io.read_json_strict(run_dir / RF.EVAL_JOB)
     assert job["state"] == "failed" and job["exit_code"] == 2 and "--baseline random" in job["error"]
 
 
@@ -297,7 +297,7 @@ def test_the_run_records_which_files_it_read(tmp_path):
     what = ["--dataset", "fashion_mnist", "--data-root", str(root), "--synset", "pixels", "--set", "net.width=16"]
     r = haba("distill", "--run-dir", str(tmp_path / "r"), "--quiet", "--iterations", "1", *what)
     assert r.returncode == 0, r.stderr
-    record = io.read_json(tmp_path / "r" / RF.DATA)
+    record = io.read_json_strict(tmp_path / "r" / RF.DATA)
     assert record["root_only"] is True and record["root"] == str(root) and "outside_root" not in record
     files = {Path(f["path"]).name: f for f in record["files"]}
     stems = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")

@@ -56,9 +56,9 @@ def test_a_prepared_run_is_started_as_configured_without_resume(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    status = io.read_json(run / RF.STATUS)
+    status = io.read_json_strict(run / RF.STATUS)
     assert status["state"] == "finished" and status["step"] == 2 and "queued_at" in status
-    assert RunConfig.from_dict(io.read_json(run / RF.CONFIG)) == cfg
+    assert RunConfig.from_dict(io.read_json_strict(run / RF.CONFIG)) == cfg
     assert not RF.is_prepared(run)  # it ran: a second start needs --resume or a new folder
     again = subprocess.run(
         [sys.executable, "-m", "haba_core", "distill", "--run-dir", str(run), "--quiet"],
@@ -91,7 +91,7 @@ def test_the_app_launches_a_prepared_run_not_a_resume(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and R.get_run("fresh", root).is_active:
         time.sleep(0.3)
-    status = io.read_json(run.path / RF.STATUS)
+    status = io.read_json_strict(run.path / RF.STATUS)
     assert status["state"] == "finished", R.tail(run.path / RF.LOG)
     assert "--resume" not in status["command"]
     assert "--resume" not in (run.path / RF.LOG).read_text().splitlines()[0]

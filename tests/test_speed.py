@@ -241,14 +241,14 @@ def test_distill_precision_check_recomputes_the_gap_and_refuses_unlike_pairs(tmp
     _cell(tmp_path, "cpu_bf16", "b", [0.70] * 3, precision="bf16")
     from haba_core import io
 
-    cfg = io.read_json(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json")
+    cfg = io.read_json_strict(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json")
     io.write_json(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json", {**cfg, "seed": 1})
     with pytest.raises(SystemExit, match=r"differ beyond precision: \['seed'\]"):
         compare(tmp_path, "cpu", "cpu_bf16")
     io.write_json(tmp_path / "cpu_bf16" / "runs" / "b" / "run" / "config.json", cfg)
     assert len(compare(tmp_path, "cpu", "cpu_bf16")) == 2
     # a reference that resolved `auto` to bf16 (cpu's DM cells since bf16 became DM's default) is no twin
-    rec = io.read_json(tmp_path / "cpu" / "cells" / "b.json")
+    rec = io.read_json_strict(tmp_path / "cpu" / "cells" / "b.json")
     io.write_json(tmp_path / "cpu" / "cells" / "b.json", {**rec, "distill_precision": "bf16"})
     with pytest.raises(SystemExit, match="distilled in bf16, not fp32.*cpu_fp32"):
         compare(tmp_path, "cpu", "cpu_bf16")
@@ -297,7 +297,7 @@ def test_method_precision_auto_resolves_per_device_and_the_run_records_it(tmp_pa
         run = tmp_path / expected
         d = distill(tiny_config("method.name=dm", "method.precision=auto", "synset.kind=pixels", "iterations=1"), run)
         assert d.method.precision == expected
-        assert io.read_json(run / "status.json")["precision"] == expected
+        assert io.read_json_strict(run / "status.json")["precision"] == expected
     # a backend without a precision option computes in float32, and says so
     assert distill(tiny_config("method.name=dc", "synset.kind=pixels", "iterations=1")).method.precision == "fp32"
 
@@ -344,7 +344,7 @@ def test_haba_distill_restarts_under_jemalloc_and_records_it(tmp_path):
         )
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
-        status = io.read_json(run / "status.json")
+        status = io.read_json_strict(run / "status.json")
         assert status["allocator"] == expected
         assert status["pid"] == p.pid  # the restart replaced the process: front ends still track the right pid
     from haba_core.memory import active_allocator

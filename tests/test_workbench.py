@@ -273,7 +273,7 @@ def test_eval_job_is_what_the_evaluate_process_recorded(tmp_path):
     job = J.eval_job(run)
     assert job.state == "failed" and "without recording how it ended" in job.info["error"]
     with RF.recording_evaluation(run) as outcome:  # as `haba evaluate` records itself (here: this process)
-        assert io.read_json(run / J.EVAL_JOB)["state"] == "running"
+        assert io.read_json_strict(run / J.EVAL_JOB)["state"] == "running"
         outcome.update(exit_code=4, error="1 evaluation task(s) failed after 2 attempt(s) each (synset/mlp/s0)")
     job = J.eval_job(run)
     assert job.state == "failed" and job.info["exit_code"] == 4 and "1 evaluation task(s) failed" in job.info["error"]

@@ -149,7 +149,7 @@ class Ablation:
         final = R.final_synset_path(path)
         if final is None:
             raise RuntimeError(f"{path} has no final set ({R.read_run(path).state}); run the arm again.")
-        cfg = resolve_config(base=io.read_json(path / RF.CONFIG))
+        cfg = resolve_config(base=io.read_json_strict(path / RF.CONFIG))
         evaluation = evaluate_run(path, cfg, self.ecfg, final, seed=self.seed, log=None)
         records = R.read_metrics(path)
         synset = R.load_snapshot(final)

@@ -345,7 +345,7 @@ def snapshots(run: Run | Path) -> dict[int, Path]:
 
 def final_synset_path(run: Run | Path) -> Path | None:
     kept = run.synset_file if isinstance(run, Run) else None
-    path = kept or (run.path if isinstance(run, Run) else Path(run)) / RF.SYNSET
+    path = kept or RF.synset_path(run.path if isinstance(run, Run) else Path(run))
     return path if path.exists() else None
 
 
@@ -362,15 +362,14 @@ def load_snapshot(path: Path, device: str = "cpu"):
 def read_evaluation(run: Run | Path) -> dict | None:
     """The run's latest evaluation (``evaluation.json``), or None."""
     path = run.path if isinstance(run, Run) else Path(run)
-    data, _ = read_json(path / "evaluation.json")
+    data, _ = read_json(path / RF.EVALUATION)
     return data if isinstance(data, dict) else None
 
 
 def evaluation_history(run: Run | Path) -> list[dict]:
     """Every evaluation saved under ``eval/`` (oldest first), each with its file name as ``_file``."""
-    path = (run.path if isinstance(run, Run) else Path(run)) / "eval"
     out = []
-    for f in sorted(path.glob("eval_*.json")) if path.is_dir() else []:
+    for f in RF.evaluation_files(run.path if isinstance(run, Run) else Path(run)):
         data, _ = read_json(f)
         if isinstance(data, dict):
             out.append({**data, "_file": f.name})

@@ -76,6 +76,7 @@ def add_evaluation(path: Path, nets: str = "convnet", baseline: bool = True) -> 
     import io
 
     from haba_core import io as hio
+    from haba_core import runfolder as RF
     from haba_core.cli import main
 
     args = ["evaluate", "--run", str(path), "--nets", nets, "--seeds", "1", "--epochs", "1"]
@@ -85,7 +86,7 @@ def add_evaluation(path: Path, nets: str = "convnet", baseline: bool = True) -> 
         code = main(args)
     if code != 0:
         raise RuntimeError(f"evaluate exited with {code}")
-    return hio.read_json(Path(path) / "evaluation.json")
+    return hio.read_json_strict(Path(path) / RF.EVALUATION)
 
 
 def source_runs(base: Path) -> Path:
@@ -130,7 +131,7 @@ def bench_tree(repo: Path, run: Path) -> Path:
         shutil.copytree(run, out / "runs" / cell / "run")
     frontier = results / "findings" / "frontier"
     (frontier / "sets").mkdir()
-    shutil.copyfile(Path(run) / RF.SYNSET, frontier / "sets" / "ipc1_haba__s1.safetensors")
+    shutil.copyfile(RF.synset_path(run), frontier / "sets" / "ipc1_haba__s1.safetensors")
     config, storage = (json.loads((Path(run) / f).read_text()) for f in (RF.CONFIG, RF.STORAGE))
     record = {"config": config, "storage": storage, "iterations": config["iterations"], "sec_per_iter": 0.01}
     (frontier / "cells" / "ipc1_haba__s1.json").write_text(json.dumps(record))

@@ -339,7 +339,7 @@ def write_manifest(out: str | Path, cfg: ExpertConfig) -> None:
     path = out / MANIFEST
     manifest = {"format": EXPERT_SET_FORMAT, "version": EXPERT_VERSION, "config": cfg.to_dict()}
     if path.exists():
-        old = io.read_json(path)
+        old = io.read_json_strict(path)
         if old.get("format") != EXPERT_SET_FORMAT:
             raise CheckpointError(f"{path} is not an expert-set manifest; choose another --out.")
         try:  # a manifest written before ExpertConfig held a DataConfig reads in the current layout
