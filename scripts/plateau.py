@@ -24,7 +24,6 @@ Arms can be distilled in separate processes (``--only NAME``, ``--no-report``); 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run}: distillation ended {status.get('state')!r} ({status.get('error')}); "
                 "run the same command again to resume it from its last checkpoint"
             )
-        metrics = [json.loads(line) for line in (run / RF.METRICS).read_text().splitlines() if line.strip()]
+        metrics = RF.read_jsonl(run / RF.METRICS)
         losses = windowed_loss(metrics, steps)
         val_cfg = replace(cfg.eval, split="val", seeds=a.val_seeds, nets=cfg.eval.nets[:1])
         points = []

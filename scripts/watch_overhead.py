@@ -81,7 +81,7 @@ def distill_cmd(a, run_dir: Path) -> list[str]:
 
 
 def sec_per_iter(run_dir: Path, skip: int) -> float:
-    rows = [json.loads(line) for line in (run_dir / RF.METRICS).read_text().splitlines() if line.strip()]
+    rows = RF.read_jsonl(run_dir / RF.METRICS)
     times = [r["time_s"] for r in rows if r.get("step", 0) > skip and "time_s" in r]
     return statistics.median(times)
 
