@@ -2,12 +2,13 @@
 
     python -m bench.studies frontier     # RQ1: accuracy against stored floats for every kind at every budget
     python -m bench.studies constraint   # RQ4: the contrastive constraint, the hallucinator count, freezing
-    python -m bench.studies cross_arch   # RQ3: the frontier's IPC-1 sets trained on six architectures
-    python -m bench.studies diversity    # RQ2: how diverse those sets are, and whether that predicts accuracy
+    python -m bench.studies cross_arch   # RQ3: the frontier's IPC-1 sets on VGG11, AlexNet, LeNet and an MLP
+    python -m bench.studies cross_arch_resnet18   # RQ3: and on ResNet18 (seed 0's sets)
+    python -m bench.diversity_study      # RQ2: how diverse the sets are, and whether that predicts accuracy
 
 A study is a list of *arms* (one configuration each), every arm distilled with ``DISTILL_SEEDS`` seeds and every
 distilled set evaluated by ``EVAL_SEEDS`` networks, under one protocol (the CPU bench's: 300 epochs, DSA, bf16).
-Each arm x seed is a bench cell (``bench.run``): its own process, one JSON file in
+Each arm x seed is a bench cell (``bench.cell``, scheduled by ``bench.run``): its own process, one JSON file in
 ``bench/results/findings/<study>/cells/`` when done, skipped by a rerun. An arm reports the mean over seeds of each
 set's mean accuracy, the sample std (ddof 1) across the seeds and, beside it, the mean network std within a set.
 
@@ -82,7 +83,7 @@ class Arm:
     overrides: tuple[str, ...] = ()
     search: Search | None = None
     tags: dict = field(default_factory=dict)  # what the study plots it by (factor, value, ...)
-    source: str = ""  # cross_arch: the study whose run of the same arm name it evaluates
+    source: str = ""  # cross_arch: the study whose kept set of the same cell name it evaluates
     borrowed_from: str = ""  # a row of another study (its cells, not run here): the chosen configuration
     method: str = "dm"  # the distillation backend (its CPU preset)
 
@@ -122,7 +123,6 @@ class Study:
     merge_from: str = ""  # another study whose cells of the same names add their networks' columns (ConvNet)
     comparisons: tuple[tuple[str, str, str], ...] = ()  # (label, arm, baseline arm): differences reported per net
     seeds: tuple[int, ...] = DISTILL_SEEDS  # the distillation seeds whose sets it runs (or evaluates)
-    cost: str = ""  # what a full run costs, as measured
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -192,9 +192,8 @@ def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
                 tags={"kind": "FreD, low-pass"},
             ),
         ]
-    for b in sorted(
-        {1, 10} & set(budgets)
-    ):  # MTT with DM's chosen shapes (the searches are DM's: cut first by the cap)
+    # MTT at IPC 1 and 10 with DM's chosen shapes (MTT's own searches are the first cut of the compute cap)
+    for b in sorted({1, 10} & set(budgets)):
         s = SHAPES[b]
         arms += [
             Arm(
@@ -281,7 +280,8 @@ STUDIES = {
         ),
         Study(
             "cross_arch",
-            "RQ3: the frontier's IPC-1 sets trained on six architectures (DM, Fashion-MNIST)",
+            "RQ3: the frontier's IPC-1 sets trained on VGG11, AlexNet, LeNet and an MLP beside the ConvNet (DM, "
+            "Fashion-MNIST)",
             tuple(
                 dataclasses.replace(a, source="" if a.kind == "random_real" else "frontier")
                 for a in frontier_arms((1,))
