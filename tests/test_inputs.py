@@ -64,7 +64,8 @@ def test_auto_basis_size_is_one_rule_for_cli_library_and_app(tmp_path):
     from workbench import newrun as NR
 
     assert B.auto_basis_size(FMNIST, "haba", 1.0, n_hallucinators=5) == 14  # full size does not fit IPC 1
-    assert B.auto_basis_size(FMNIST, "haba", 10.0, n_hallucinators=5) is None  # it does at IPC 10
+    # at IPC 10 full size fits, but validation chose 20x20 bases (HaBa's table, tested below)
+    assert B.auto_basis_size(FMNIST, "haba", 10.0, n_hallucinators=5) == 20
     assert NR.auto_basis_size(FMNIST, "haba", 1.0, n_hallucinators=5) == 14
     plan = B.plan_from_config(FMNIST, SynsetConfig(kind="haba", budget_ipc=1.0))  # the default is auto
     assert plan.basis_shape == (1, 14, 14) and plan.n_bases == 3 and "14x14" in plan.basis_note
@@ -232,15 +233,23 @@ def test_auto_takes_the_size_a_validation_search_chose_for_the_shape_and_budget(
 
 
 def test_habas_validated_sizes_are_what_the_committed_searches_chose():
-    """Each entry of HaBa's table is the best combination of the validation search it names (the results file
-    beside it), so basis_size=auto follows the evidence on file; the searches kept the default hallucinator count."""
+    """Each entry of HaBa's table is the basis size of the best combination of the validation search it names (the
+    results file beside it), so basis_size=auto follows the evidence on file, and at that size the default 5
+    hallucinators score within one std of the best combination (the count stays a plain default)."""
     from haba_core.synsets import SYNSETS
 
     root = pathlib.Path(__file__).resolve().parent.parent
     for _shape, by_budget in SYNSETS.get("haba").validated_basis_sizes.items():
         for budget, (size, source) in by_budget.items():
             search = json.loads((root / source).with_suffix(".json").read_text())
-            best = search["best"]
-            assert best["synset.basis_size"] == ("full" if size is None else str(size)), source
-            assert int(best.get("synset.n_hallucinators", 5)) == 5, source
+            shown = "full" if size is None else str(size)
+            assert search["best"]["synset.basis_size"] == shown, source
             assert f"synset.budget_ipc={budget:g}" in search["command"], source
+            best = max(search["rows"], key=lambda r: r["mean"])
+            (default,) = [
+                r
+                for r in search["rows"]
+                if r["combination"]["synset.basis_size"] == shown
+                and int(r["combination"].get("synset.n_hallucinators", 5)) == 5
+            ]
+            assert default["mean"] >= best["mean"] - best["std"], source
