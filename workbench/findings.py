@@ -28,7 +28,7 @@ FINDINGS_ENV = "HABA_FINDINGS_DIR"
 STUDIES = {
     "frontier": ("Frontier", "RQ1: accuracy against stored floats, every kind at equal storage"),
     "diversity": ("Diversity", "RQ2: how diverse the distilled sets are, and whether that predicts accuracy"),
-    "cross_arch": ("Cross-architecture", "RQ3: the frontier's IPC-1 sets trained on six architectures"),
+    "cross_arch": ("Cross-architecture", "RQ3: the frontier's IPC-1 sets trained on other architectures"),
     "constraint": ("Constraint", "RQ4: HaBa's contrastive constraint and its hallucinators, one factor at a time"),
 }
 REFERENCE_KIND = "pixels"  # what the cross-architecture gains are measured against
