@@ -244,6 +244,15 @@ def constraint_arms(budget: float = 1) -> tuple[Arm, ...]:
     )
 
 
+def cross_arch_arms() -> tuple[Arm, ...]:
+    """The frontier's IPC-1 DM arms whose kept sets other networks train on (random real draws its own subsets)."""
+    return tuple(
+        dataclasses.replace(a, source="" if a.kind == "random_real" else "frontier")
+        for a in frontier_arms((1,))
+        if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD") and a.method == "dm"
+    )
+
+
 STUDIES = {
     s.name: s
     for s in (
@@ -282,11 +291,7 @@ STUDIES = {
             "cross_arch",
             "RQ3: the frontier's IPC-1 sets trained on VGG11, AlexNet, LeNet and an MLP beside the ConvNet (DM, "
             "Fashion-MNIST)",
-            tuple(
-                dataclasses.replace(a, source="" if a.kind == "random_real" else "frontier")
-                for a in frontier_arms((1,))
-                if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD") and a.method == "dm"
-            ),
+            cross_arch_arms(),
             nets=("vgg11", "alexnet", "lenet", "mlp"),
             merge_from="frontier",
             comparisons=tuple((f"{k} - pixels", f"ipc1_{k}", "ipc1_pixels") for k in ("haba", "fred", "random_real")),
@@ -295,11 +300,7 @@ STUDIES = {
             "cross_arch_resnet18",
             "RQ3, ResNet18: the frontier's IPC-1 sets of distillation seed 0 (ResNet18 trains about 10 minutes a "
             "network on one CPU core at these sizes)",
-            tuple(
-                dataclasses.replace(a, source="" if a.kind == "random_real" else "frontier")
-                for a in frontier_arms((1,))
-                if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD") and a.method == "dm"
-            ),
+            cross_arch_arms(),
             nets=("resnet18",),
             merge_from="frontier",
             seeds=(0,),
