@@ -8,6 +8,14 @@ import torch
 from workbench.testing import tiny_config  # noqa: F401  (one definition of the tiny settings, shared with the app's tests)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """Every test starts with the suite's thread count (the app sets its server to one thread when AppTest runs it)."""
+    yield
+    torch.set_num_threads(THREADS)
 
 
 def distill_command(run, iterations: int, synset: str, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:

@@ -2,7 +2,10 @@
 
 Watching must not slow the run: each poll reads only the metrics lines appended since the last one, redraws a
 figure only when its data or settings changed (long curves thinned for display), renders the snapshot image
-once per snapshot file, polls about once per logged step of the run, and stops polling when the run stops."""
+once per snapshot file, and stops polling when the run stops. The progress line follows the run (about once per
+logged step, at least every 3 s); the loss figure and the snapshot are redrawn less often (every 10 and 15 s at
+most): redrawing a figure is what costs a run on the same machine, because every burst of the browser's or the
+server's CPU stalls all the run's threads at once (scripts/watch_overhead.py measures it)."""
 
 import streamlit as st
 
@@ -12,6 +15,9 @@ from workbench import figures as F
 from workbench import grids as G
 from workbench import runs as R
 from workbench import ui
+
+CURVE_EVERY_S = 10.0  # the loss figure at most this often (the progress line follows the run)
+IMAGE_EVERY_S = 15.0  # the snapshot image, offset from the figure so that the two redraws rarely coincide
 
 st.title("Live run")
 runs = ui.all_runs()
@@ -33,9 +39,10 @@ smoothing = c1.slider(
 log_y = c2.toggle("Log scale", key="live.log_y")
 follow = c3.toggle("Follow latest snapshot", value=True, key="live.follow")
 show_system = st.toggle("Speed and memory", key="live.system_on", help="Plot step time and memory too.")
-# Poll about once per logged step of the run (3-30 s), never for a run that is not running.
+# Poll about once per logged step of the run (3-30 s), never for a run that is not running; figures less often.
 poll = R.poll_interval(run)
-image_poll = None if poll is None else max(poll, 10.0)  # snapshots come every snapshot_every steps
+curve_poll = None if poll is None else max(poll, CURVE_EVERY_S)
+image_poll = None if poll is None else max(poll, IMAGE_EVERY_S)  # snapshots come every snapshot_every steps
 
 
 def cached(slot: str, key: tuple, build):
@@ -63,7 +70,7 @@ def stop_polling_if_done(current: R.Run) -> None:
 
 
 @st.fragment(run_every=poll)
-def curves() -> None:
+def progress() -> None:
     current = C.refresh(run)
     if current is None:
         st.warning(f"Run {run.name!r} no longer exists.")
@@ -72,13 +79,20 @@ def curves() -> None:
     ui.show_error(current)
     for note in current.status.get("notes") or []:  # what the run adjusted to its data or machine at start
         st.caption(f"Note: {note}")
+    stop_polling_if_done(current)
+
+
+@st.fragment(run_every=curve_poll)
+def curves() -> None:
+    current = C.refresh(run)
+    if current is None:
+        return
     tail = metrics_tail(current)
     records = tail.records
     if not records:
         st.info(
             "No losses logged yet: the run is starting (loading data, building networks).", icon=":material/hourglass:"
         )
-        stop_polling_if_done(current)
         return
     names = cached("names", (str(current.path), tail.version), lambda: R.loss_names(records))
     settings = (str(current.path), tail.version, smoothing, log_y)
@@ -91,7 +105,6 @@ def curves() -> None:
         if system:
             fig = cached("system", settings, lambda: F.loss_figure(records, system, smoothing, False, 200))
             st.plotly_chart(fig, key="live.system", config={"displaylogo": False})
-    stop_polling_if_done(current)
 
 
 @st.fragment(run_every=image_poll)
@@ -130,7 +143,7 @@ def images() -> None:
         synset = ui.load_synset(path)
         s = synset.storage()
         caption = (
-            f"{label}: {s['n_bases']} bases per class x {synset.n_variants} "
+            f"{label}: {s.n_bases} bases per class x {synset.n_variants} "
             f"{synset.variant_name}(s); first images of each class. "
             f"{G.display_note(synset.info)}"
         )
@@ -149,6 +162,7 @@ def images() -> None:
     st.image(png, output_format="PNG")
 
 
+progress()
 st.subheader("Losses")
 curves()
 st.subheader("Synthetic images")
