@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.run import git_commit, machine
+from bench.provenance import provenance
 from bench.studies import FINDINGS, STUDIES
 from haba_core import runfolder as RF
 from haba_core.diversity import cosine_distances, effective_rank, pair_mean, random_feature_net, rms_distances, spread
@@ -235,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "study": "diversity",
         "question": "RQ2: are hallucinated images diverse, more than pixels or real "
         "ones, and does diversity predict accuracy?",
-        "command": "python -m bench.diversity_study",
-        "git_commit": git_commit(),
-        "machine": machine(),
+        **provenance("bench.diversity_study", argv),
         "metrics": METRICS,
         "rows": rows,
         "real": real,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -23,33 +22,11 @@ from pathlib import Path
 
 from bench.cell import ROOT, TEST_LEDGER, child, experts_dir, sample_std
 from bench.profiles import PROFILES, Cell, Profile
-from haba_core.ledger import git_commit
+from bench.provenance import provenance
 from haba_core.protocol import distinct_protocols, protocol_id, protocol_label
 
 _STARTED = time.time()
-STUDIES_LEDGER = ROOT / "bench" / "results" / TEST_LEDGER  # where the studies (scripts/) record their tests
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
+STUDIES_LEDGER = ROOT / "bench" / "results" / TEST_LEDGER  # where the studies (bench.val_search, ...) record tests
 
 
 # ----------------------------------------------------------------------------------------- driver (parent)
@@ -208,15 +185,6 @@ def run_profile(
     return (report or aggregate)(profile, out_root, {"jobs": jobs, "threads_per_job": threads})
 
 
-def write_report(out: Path, result: dict, md: str) -> None:
-    """``<out>.json`` (every measurement) and ``<out>.md`` (the table), as the measurement scripts leave them."""
-    from haba_core import io
-
-    io.write_json(out.with_suffix(".json"), result)
-    out.with_suffix(".md").write_text(md)
-    print(md)
-
-
 def aggregate(profile: Profile, out_root: Path, schedule: dict | None = None) -> dict:
     from haba_core import io
 
@@ -232,10 +200,7 @@ def aggregate(profile: Profile, out_root: Path, schedule: dict | None = None) ->
         "profile": profile.name,
         "description": profile.description,
         "notes": list(profile.notes),
-        "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "git_commit": git_commit(),
-        "machine": machine(),
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **provenance("bench.run"),
         "cells": rows,
         "failed": failed,
         "complete": len(rows) == len(profile.cells),

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from bench.cell import sample_std
-from bench.run import git_commit, machine
+from bench.provenance import provenance
 
 
 def arm_summary(arm, records: list[dict], nets: tuple[str, ...]) -> dict:
@@ -108,10 +108,8 @@ def report(study, out_root: Path) -> dict:
     result = {
         "study": study.name,
         "question": study.question,
-        "command": f"python -m bench.studies {study.name}",
-        "git_commit": git_commit(),
+        **provenance("bench.studies", [study.name]),  # the command that reruns it (not --report's)
         "cell_commits": sorted({r["git_commit"][:12] for r in records_all}),
-        "machine": machine(),
         "protocols": distinct_protocols(r.get("protocol") for r in records_all),
         "distill_seeds": list(study.seeds),
         "eval_seeds": study.profile().eval_seeds,

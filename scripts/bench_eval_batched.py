@@ -21,19 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
+import torch
+
+from bench.provenance import provenance
+from haba_core.augment import DSA_DEFAULT
+from haba_core.data import dataset_info, load_dataset
+from haba_core.grouped import GroupedTrainer, NotStackable
+from haba_core.training import Recipe, SequentialTrainer
+
 ROOT = Path(__file__).resolve().parents[1]
-
-import torch  # noqa: E402
-
-from haba_core.augment import DSA_DEFAULT  # noqa: E402
-from haba_core.data import dataset_info, load_dataset  # noqa: E402
-from haba_core.grouped import GroupedTrainer, NotStackable  # noqa: E402
-from haba_core.training import Recipe, SequentialTrainer  # noqa: E402
 
 
 def timed(fn) -> tuple[object, float]:
@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(
-            json.dumps({"setup": head, "args": vars(a), "machine": platform.platform(), "rows": rows}, indent=2)
+            json.dumps(
+                {**provenance("scripts/bench_eval_batched.py", argv), "setup": head, "args": vars(a), "rows": rows},
+                indent=2,
+            )
         )
     return 0
 

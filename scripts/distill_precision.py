@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from haba_core import io
@@ -144,15 +143,13 @@ def main() -> int:
         help="leave s/iter out of the table (the two sides ran under different loads)",
     )
     a = p.parse_args()
-    from bench.run import git_commit, write_report
+    from bench.provenance import provenance, write_report
 
     rows = compare(Path(a.results), a.reference, a.fast)
     if not rows:
         raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}")
     res = {
-        "command": "python scripts/distill_precision.py " + " ".join(sys.argv[1:]),
-        "git_commit": git_commit(),
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **provenance("scripts/distill_precision.py"),
         "reference": a.reference,
         "fast": a.fast,
         "rows": rows,

@@ -24,17 +24,16 @@ Arms can be distilled in separate processes (``--only NAME``, ``--no-report``); 
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
-import time
 from dataclasses import replace
 from math import gcd
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.run import STUDIES_LEDGER, git_commit, machine  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
+from bench.run import STUDIES_LEDGER  # noqa: E402
 from haba_core import io  # noqa: E402
 from haba_core import runfolder as RF  # noqa: E402
 from haba_core.config import resolve_config  # noqa: E402
@@ -212,16 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     require_one_protocol([r["test_protocol"] for r in rows], "the test rows")
     if executor is not None:
         executor.close()
-    command = "python scripts/plateau.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {
         "name": a.name,
-        "command": command,
-        "git_commit": git_commit(),
-        "machine": machine(),
+        **provenance("scripts/plateau.py", argv),
         "val_per_class": a.val_per_class,
         "steps": sorted({p["step"] for r in rows for p in r["points"]}),
         "rows": rows,
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     io.write_json(out / f"{a.name}.json", result)
     io.atomic_write_bytes(out / f"{a.name}.md", (report(result) + "\n").encode())

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from haba_core import io
@@ -104,7 +103,8 @@ def main() -> int:
         "and protocol, checked) instead of computing it again",
     )
     a = p.parse_args()
-    from bench.run import STUDIES_LEDGER, git_commit, write_report
+    from bench.provenance import provenance, write_report
+    from bench.run import STUDIES_LEDGER
 
     if a.from_bench and a.split != "test":
         raise SystemExit("--from-bench takes float32 results the bench measured on the test split: add --split test")
@@ -181,9 +181,7 @@ def main() -> int:
         if len(rest) > 1:
             raise SystemExit(f"{name}: the variants were evaluated under protocols that differ beyond precision")
     res = {
-        "command": "python scripts/precision_check.py " + " ".join(sys.argv[1:]),
-        "git_commit": git_commit(),
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **provenance("scripts/precision_check.py"),
         "seeds": a.seeds,
         "epochs": a.epochs,
         "split": a.split,

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from bench.provenance import provenance
 from haba_core.config import DataConfig, resolve_config
 from haba_core.data import load_dataset
 from haba_core.engine import Callback, Distiller
@@ -183,6 +184,7 @@ def main() -> int:
         share = f"{100 * r['conv_share']:.1f}%" if "conv_share" in r else "-"
         print(f"{name:13s}  {r['median_s']:15.2f}  {r['cpu_s_median']:10.2f}  {r['peak_rss_mb']:11.0f}  {share:>10s}")
     meta = {
+        **provenance("scripts/profile_mtt.py"),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "args": vars(a),

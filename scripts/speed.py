@@ -481,12 +481,10 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"), help="writes OUT.json and OUT.md")
     a = p.parse_args()
     rows = set(a.rows.split(","))
-    from bench.run import git_commit, machine, write_report
+    from bench.provenance import provenance, timestamp, write_report
 
     res: dict = {
-        "command": "python scripts/speed.py " + " ".join(sys.argv[1:]),
-        "git_commit": git_commit(),
-        "machine": machine(),
+        **provenance("scripts/speed.py"),  # finished_at: set again when the last row is measured
         "official": OFFICIAL,
         "targets": TARGET,
         "load_avg_start": os.getloadavg(),
@@ -503,7 +501,7 @@ def main() -> int:
         res["pool"] = time_pool(a)
     if "mtt" in rows:
         res["mtt"] = time_mtt(a)
-    res["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    res["finished_at"] = timestamp()
     res["load_avg_end"] = os.getloadavg()
     res["python"] = platform.python_version()
     write_report(Path(a.out), res, markdown(res))

@@ -26,14 +26,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.run import STUDIES_LEDGER, git_commit, machine  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
+from bench.run import STUDIES_LEDGER  # noqa: E402
 from haba_core import io  # noqa: E402
 from haba_core import runfolder as RF  # noqa: E402
 from haba_core.config import RunConfig, resolve_config  # noqa: E402
@@ -143,16 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     require_one_protocol([r["protocol"] for r in rows], "the combinations of one search")
     best = max(rows, key=lambda r: r["mean"])
-    command = "python scripts/val_search.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    result = {
-        "name": a.name,
-        "command": command,
-        "git_commit": git_commit(),
-        "machine": machine(),
-        "rows": rows,
-        "best": best["combination"],
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    result = {"name": a.name, **provenance("scripts/val_search.py", argv), "rows": rows, "best": best["combination"]}
     if a.test:  # the chosen configuration, touched on the test set once (distilled without the holdout)
         chosen = tag(best["combination"])
         look = LedgerEntry(
