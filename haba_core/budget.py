@@ -7,7 +7,8 @@ plain images per class. The official HaBa runs at "IPC k" store k bases per clas
 (1.91x the pixel storage at CIFAR10 IPC 1); budget-matched mode instead solves the largest ``n_bases`` that
 fits.
 
-Each synset kind owns its storage formula (``Synset.storage_of``); nothing here names a kind.
+Each synset kind owns its storage formula (``Synset.storage_of``); nothing here names a kind. A :class:`Plan` is
+the storage record (``haba_core.storage.Storage``) with what the solver adds.
 """
 
 from __future__ import annotations
@@ -19,25 +20,16 @@ from typing import Any
 
 from haba_core.data import DatasetInfo
 from haba_core.errors import BudgetError, ConfigError
+from haba_core.storage import Storage
 from haba_core.synsets import SYNSETS
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a synset of a given shape stores, and how it compares with the budget (if any)."""
+class Plan(Storage):
+    """The storage a synset of a given shape will have, against the budget (if any), and what to build it with.
+    Its JSON is the storage record's (:meth:`Storage.to_dict`)."""
 
-    kind: str
-    n_bases: int  # per class
-    n_hallucinators: int
-    basis_shape: tuple[int, int, int]  # (C_b, h, w)
-    image_floats: int  # C * H * W of one real image
-    num_classes: int
-    floats_bases: int
-    floats_hallucinators: int
-    budget_ipc: float | None
     image_hw: tuple[int, int] = (0, 0)  # (H, W) of the dataset's images
-    basis_note: str = ""  # set when basis_size="auto" chose a smaller size: what it chose and why
-    floats_masks: int = 0  # fixed, non-learned data beside the bases (FreD's per-class masks), float32-equivalents
 
     @property
     def basis_size(self) -> int | None:
@@ -46,47 +38,12 @@ class Plan:
         return None if (h, w) == tuple(self.image_hw) else h
 
     @property
-    def floats_total(self) -> int:
-        return self.floats_bases + self.floats_hallucinators + self.floats_masks
-
-    @property
-    def ipc_equivalent(self) -> float:
-        return self.floats_total / (self.num_classes * self.image_floats)
-
-    @property
     def budget_images(self) -> int:
         """The storage budget in whole images per class, rounded up: ``budget_ipc`` when one was set, else the
         IPC-equivalent of what is stored. Settings the reference keys by IPC (DC's loops) follow it, so every
         kind at one budget runs the same algorithm (a HaBa set of 3 bases per class at budget 1 runs IPC 1's)."""
         ipc = self.budget_ipc if self.budget_ipc is not None else self.ipc_equivalent
         return max(1, math.ceil(round(ipc, 6)))  # round: 9.9999999 stored floats-wise is 10
-
-    @property
-    def budget_floats(self) -> int | None:
-        return None if self.budget_ipc is None else int(self.budget_ipc * self.num_classes * self.image_floats)
-
-    @property
-    def images_per_class(self) -> int:
-        return self.n_bases * max(1, self.n_hallucinators)
-
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "n_bases": self.n_bases,
-            "n_hallucinators": self.n_hallucinators,
-            "basis_shape": list(self.basis_shape),
-            "images_per_class": self.images_per_class,
-            "images_total": self.images_per_class * self.num_classes,
-            "floats_bases": self.floats_bases,
-            "floats_hallucinators": self.floats_hallucinators,
-            "floats_masks": self.floats_masks,
-            "floats_total": self.floats_total,
-            "ipc_equivalent": self.ipc_equivalent,
-            "budget_ipc": self.budget_ipc,
-            "budget_floats": self.budget_floats,
-            "budget_used": None if self.budget_floats is None else self.floats_total / self.budget_floats,
-            **({"basis_note": self.basis_note} if self.basis_note else {}),
-        }
 
     def floats_parts(self) -> str:
         """The stored floats by part, e.g. ``bases 5,880 + masks 245`` (bases always, other parts when not 0)."""
@@ -151,13 +108,14 @@ def plan(
         n_bases=n_bases,
         n_hallucinators=int(s["n_hallucinators"]),
         basis_shape=tuple(s["basis_shape"]),
-        image_floats=info.channels * info.im_size[0] * info.im_size[1],
+        images_per_class=n_bases * max(1, int(s["n_hallucinators"])),
         num_classes=info.num_classes,
+        image_floats=info.channels * info.im_size[0] * info.im_size[1],
         floats_bases=int(s["floats_bases"]),
         floats_hallucinators=int(s["floats_hallucinators"]),
+        floats_masks=int(s.get("floats_masks", 0)),
         budget_ipc=budget_ipc,
         image_hw=tuple(info.im_size),
-        floats_masks=int(s.get("floats_masks", 0)),
     )
 
 

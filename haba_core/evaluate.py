@@ -55,6 +55,7 @@ from haba_core.ledger import LedgerEntry, admit
 from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol
 from haba_core.reports import matrix_csv, matrix_markdown, matrix_rows  # noqa: F401
+from haba_core.storage import Storage, random_real_storage
 from haba_core.training import ImageSource, Recipe, train_from_scratch
 
 
@@ -193,26 +194,13 @@ def random_real_baseline(
     return _result(per_net, protocol, random_real_storage(dataset.info, ipc), look)
 
 
-def random_real_storage(info, ipc: int) -> dict:
-    c, h, w = info.channels, *info.im_size
-    return {
-        "kind": "random_real",
-        "n_bases": ipc,
-        "images_per_class": ipc,
-        "floats_total": ipc * info.num_classes * c * h * w,
-        "ipc_equivalent": float(ipc),
-    }
-
-
-def _result(per_net: dict, protocol: dict, storage: dict, look: LedgerEntry | None = None) -> dict:
+def _result(per_net: dict, protocol: dict, storage: Storage, look: LedgerEntry | None = None) -> dict:
     """The result of an in-memory evaluation, recorded in the test ledger through ``look`` (when testing)."""
     if look is not None:
         seeds = sorted({s for r in per_net.values() for s in r["seeds"]})
-        look.record(
-            protocol, sum(r["n"] for r in per_net.values()), kind=storage["kind"], nets=list(per_net), seeds=seeds
-        )
+        look.record(protocol, sum(r["n"] for r in per_net.values()), kind=storage.kind, nets=list(per_net), seeds=seeds)
     summary = ", ".join(f"{n} {100 * r['mean']:.2f}+-{100 * r['std']:.2f}" for n, r in per_net.items())
-    return {"nets": per_net, "protocol": protocol, "storage": storage, "summary": summary}
+    return {"nets": per_net, "protocol": protocol, "storage": storage.to_dict(), "summary": summary}
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -343,7 +331,7 @@ def evaluate_run(
         "identity": {"synset_sha256": hashlib.sha256(synset_bytes).hexdigest(), "pairing": ecfg.pairing},
     }
     if baseline == "random":
-        ipc = max(1, math.floor(synset.storage()["ipc_equivalent"] + 1e-9))
+        ipc = max(1, math.floor(synset.storage().ipc_equivalent + 1e-9))
         check_ipc(ipc, per_class, "--baseline random", "Evaluate without it (untick Baseline in the app).")
         sources["random_real"] = {
             "protocol": protocol_of(ecfg, None, dsa, test_images, resolve_device(device)),  # same, no learned lr
@@ -362,7 +350,7 @@ def evaluate_run(
     for name, src in sources.items():
         src["tag"] = _tag(name, {**src["identity"], "protocol": src["protocol"], "data": data_identity})
         src["dir"] = RF.cells_dir(run, src["tag"])
-        spec = {"source": name, **src["identity"], "protocol": src["protocol"], "storage": src["storage"]}
+        spec = {"source": name, **src["identity"], "protocol": src["protocol"], "storage": src["storage"].to_dict()}
         RF.write_cell_spec(src["dir"], {**spec, "data": data_identity, "synset_file": str(synset_path)})
         for net in nets:
             todo = [s for s in seeds if not RF.cell_path(src["dir"], net, s).exists()]
@@ -409,7 +397,7 @@ def evaluate_run(
             RF.write_cell(sources[name]["dir"], net, rec["seed"], cell)
         if look is not None:
             src = sources[name]
-            look.record(src["protocol"], len(r.value), cell=r.id, kind=src["storage"]["kind"], nets=[net], seeds=group)
+            look.record(src["protocol"], len(r.value), cell=r.id, kind=src["storage"].kind, nets=[net], seeds=group)
         accs = " ".join(f"{100 * rec['acc']:.2f}" for rec in r.value)
         say(f"done {r.id}: {accs} ({r.value[0].get('path')}, {r.seconds:.1f} s on {r.worker})")
 

@@ -35,8 +35,8 @@ def test_plan_matches_built_synset_storage():
     p = solve(fm, "haba", 10, n_hallucinators=5)
     s = create_synset("haba", fm, n_bases=p.n_bases, n_hallucinators=5)
     st = s.storage()
-    assert st["floats_total"] == p.floats_total and st["floats_hallucinators"] == p.floats_hallucinators
-    assert st["ipc_equivalent"] == pytest.approx(p.ipc_equivalent)
+    assert st.floats_total == p.floats_total and st.floats_hallucinators == p.floats_hallucinators
+    assert st.ipc_equivalent == pytest.approx(p.ipc_equivalent)
 
 
 def test_plan_from_config_explicit_n_bases_overrides_budget():

@@ -71,7 +71,7 @@ def test_registered_with_what_front_ends_need():
     labels = {
         sel: create_synset("fred", info, n_bases=1, basis_size=7, selection=sel) for sel in ("variance", "lowpass")
     }
-    assert {s.storage()["label"] for s in labels.values()} == {"FreD (DCT, variance)", "FreD (DCT, low-pass)"}
+    assert {s.storage().label for s in labels.values()} == {"FreD (DCT, variance)", "FreD (DCT, low-pass)"}
 
 
 @pytest.mark.parametrize("k", [1, 5, 14])
@@ -94,7 +94,7 @@ def test_all_frequencies_are_a_lossless_change_of_basis(selection):
     x = torch.randn(3, 1, 28, 28)
     c = torch.tensor([0, 4, 9])
     torch.testing.assert_close(s.render(s.coefficients(x, c), None, c), x, atol=1e-4, rtol=0)
-    assert s.storage()["floats_masks"] == 0  # every position kept: nothing to record
+    assert s.storage().floats_masks == 0  # every position kept: nothing to record
 
 
 def test_variance_masks_are_freds_on_the_init_images_of_the_training_split():
@@ -188,8 +188,8 @@ def test_storage_counts_the_bit_packed_masks_and_auto_keeps_half_the_side():
         p = plan(info, "fred", 159, basis_size=7, selection=sel)
         s = create_synset("fred", info, n_bases=159, basis_size=7, selection=sel)
         st = s.storage()
-        assert st["floats_total"] == p.floats_total and st["floats_masks"] == p.floats_masks
-        assert st["floats_total"] == sum(t.numel() for t in s.parameters()) + st["floats_masks"]
+        assert st.floats_total == p.floats_total and st.floats_masks == p.floats_masks
+        assert st.floats_total == sum(t.numel() for t in s.parameters()) + st.floats_masks
         assert s.mask_bits.dtype == torch.uint8 and s.mask_bits.numel() == 980  # what the file holds: 245 floats
 
 
@@ -215,7 +215,7 @@ def test_a_file_from_before_selections_loads_as_the_low_pass_set(tmp_path, toy):
     del meta["config"]["selection"]
     io.save_tensors(tmp_path / "old.safetensors", {"bases": s.bases, "labels_base": s.labels_base}, meta)
     t = load_synset(tmp_path / "old.safetensors")
-    assert t.selection == "lowpass" and t.label == "FreD (DCT, low-pass)" and t.storage()["floats_masks"] == 0
+    assert t.selection == "lowpass" and t.label == "FreD (DCT, low-pass)" and t.storage().floats_masks == 0
     torch.testing.assert_close(t.materialize()[0], s.materialize()[0])
 
 

@@ -115,7 +115,7 @@ def test_frozen_hallucinators_stay_at_their_initialisation(method, expert_dir):
         assert torch.equal(p, q) and p.grad is None
     assert not torch.equal(bases, d.synset.bases)
     assert d.synset.config()["freeze_hallucinators"] is True
-    assert d.synset.storage()["floats_hallucinators"] == free.synset.storage()["floats_hallucinators"]
+    assert d.synset.storage().floats_hallucinators == free.synset.storage().floats_hallucinators
 
 
 def test_dc_distance_hand_computed():

@@ -1,9 +1,12 @@
+import dataclasses
+
 import pytest
 import torch
 
 from haba_core.budget import plan, solve
 from haba_core.data import dataset_info, load_dataset
 from haba_core.errors import BudgetError, CheckpointError, UnknownNameError
+from haba_core.storage import Storage, random_real_storage
 from haba_core.synsets import SYNSETS, HabaSynset, create_synset, hallucinator_floats, list_synsets, load_synset
 
 
@@ -170,13 +173,9 @@ def test_every_kind_storage_formula_matches_the_built_set(kind, options, basis_s
     s = create_synset(kind, i, n_bases=2, basis_size=basis_size, **kw)
     p = plan(i, kind, 2, basis_size=basis_size, **options)
     got = s.storage()
-    assert (got["floats_bases"], got["floats_hallucinators"], got["n_hallucinators"], got["floats_masks"]) == (
-        p.floats_bases,
-        p.floats_hallucinators,
-        p.n_hallucinators,
-        p.floats_masks,
-    )
-    assert tuple(got["basis_shape"]) == p.basis_shape and got["floats_total"] == p.floats_total
+    planned = {f.name: getattr(p, f.name) for f in dataclasses.fields(Storage)}  # the plan's storage record
+    assert dataclasses.asdict(got) == {**planned, "label": got.label}  # the plan knows no label (FreD's names options)
+    assert got.to_dict() == {**p.to_dict(), "label": got.label} and got.floats_total == p.floats_total
     # every learnable float is counted, and beside them only fixed masks (FreD's per-class frequency choice)
     assert sum(t.numel() for t in s.parameters()) + p.floats_masks == p.floats_total
 
@@ -224,3 +223,24 @@ def test_a_kinds_own_config_reaches_config_budget_cli_and_app():
         assert NR.synset_takes("tiled_test", spec) and not NR.synset_takes("haba", spec)
     finally:
         SYNSETS.unregister("tiled_test")
+
+
+def test_the_plan_the_set_and_the_random_real_baseline_give_one_storage_record():
+    """Storage has one record and one JSON shape: the budget plan, a built set and the random real subset."""
+    from haba_core.budget import plan_from_config
+    from haba_core.config import SynsetConfig
+
+    fm = dataset_info("fashion_mnist")
+    p = plan_from_config(fm, SynsetConfig(kind="haba", budget_ipc=1))  # what a run's storage.json holds
+    s = create_synset("haba", fm, n_bases=p.n_bases, basis_size=p.basis_size)
+    r = random_real_storage(fm, 1)
+    for record in (p, s.storage(), r):
+        assert isinstance(record, Storage) and type(record).to_dict is Storage.to_dict
+    # the keys the committed results and run folders hold (bench/results/cpu.json cells, a run's storage.json)
+    common = {"kind", "n_bases", "n_hallucinators", "images_per_class", "basis_shape", "floats_bases"}
+    common |= {"floats_hallucinators", "floats_masks", "floats_total", "ipc_equivalent", "images_total"}
+    assert set(p.to_dict()) == common | {"budget_ipc", "budget_floats", "budget_used", "basis_note"}
+    assert set(s.storage().to_dict()) == common | {"label"} and set(r.to_dict()) == common
+    assert r.to_dict()["ipc_equivalent"] == 1.0 and r.floats_total == 10 * 784 and r.kind == "random_real"
+    assert p.to_dict()["budget_used"] == s.storage().floats_total / (10 * 784)
+    assert "budget_ipc" not in plan(fm, "pixels", 2).to_dict()  # no budget: no budget keys

@@ -7,7 +7,8 @@ needs goes through four calls:
 - ``sample(batch, generator)``: a differentiable random mini-batch ``(images (B, C, H, W), labels (B,))``;
 - ``class_images(c, generator)``: differentiable images of class ``c`` (one per basis);
 - ``materialize(generator, pairing)``: the whole set, for evaluation and export;
-- ``storage()``: what the set stores, in floats, against the IPC-equivalent of plain pixels.
+- ``storage()``: what the set stores, in floats, against the IPC-equivalent of plain pixels (a
+  :class:`~haba_core.storage.Storage`, the record the budget plan is too).
 
 A kind is one module in this package that registers a ``Synset`` subclass with ``@SYNSETS.register``; the
 package imports every module in it, so a new file is all a new kind needs. The class says what the rest of the
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from haba_core.data import DatasetInfo
 from haba_core.io import FORMAT_VERSION, load_tensors, save_tensors
 from haba_core.registry import Registry
+from haba_core.storage import Storage
 from haba_core.validate import checked_fields
 
 SYNSETS: Registry = Registry("synset")
@@ -199,26 +201,22 @@ class Synset(nn.Module):
         return self.images_of(idx, variant)
 
     # -- storage ------------------------------------------------------------------------------------------
-    def storage(self) -> dict:
+    def storage(self) -> Storage:
+        """What the set stores, counted from its tensors (the budget plan's formula must agree: a test checks)."""
         c, h, w = self.image_shape
-        image_floats = c * h * w
-        bases = self.bases.numel()
-        halluc = self.hallucinator_floats()
-        masks = self.mask_floats()
-        total = bases + halluc + masks
-        return {
-            "kind": self.kind,
-            "label": self.label or self.kind,  # what the set ran as (a kind may name its options, e.g. FreD's)
-            "n_bases": self.n_bases,
-            "n_hallucinators": self.n_hallucinators,
-            "images_per_class": self.images_per_class,
-            "basis_shape": [self.basis_channels, *self.basis_hw],
-            "floats_bases": bases,
-            "floats_hallucinators": halluc,
-            "floats_masks": masks,
-            "floats_total": total,
-            "ipc_equivalent": total / (self.num_classes * image_floats),
-        }
+        return Storage(
+            kind=self.kind,
+            n_bases=self.n_bases,
+            n_hallucinators=self.n_hallucinators,
+            basis_shape=(self.basis_channels, *self.basis_hw),
+            images_per_class=self.images_per_class,
+            num_classes=self.num_classes,
+            image_floats=c * h * w,
+            floats_bases=self.bases.numel(),
+            floats_hallucinators=self.hallucinator_floats(),
+            floats_masks=self.mask_floats(),
+            label=self.label or self.kind,  # what the set ran as (a kind may name its options, e.g. FreD's)
+        )
 
     # -- files --------------------------------------------------------------------------------------------
     def to_meta(self) -> dict:
@@ -229,7 +227,7 @@ class Synset(nn.Module):
             "dataset": self.info.to_dict(),
             "config": self.config(),
             "extra": self.extra,
-            "storage": self.storage(),
+            "storage": self.storage().to_dict(),
         }
 
     def save(self, path, meta: dict | None = None) -> None:
