@@ -1,1 +1,3 @@
-"""The benchmark protocol: accuracy at equal storage, and speed, side by side (results: bench/results/README.md)."""
+"""The benchmark protocol and its studies: profiles (``python -m bench.run``), the findings, the validation searches
+and the measurements, each a module run with ``python -m bench.<name>`` that writes its results under one provenance
+header (``bench.provenance``; results: bench/results/README.md)."""

@@ -96,7 +96,7 @@ CPU = _fmnist(
         presets={m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")},
         # full-size bases + 5 hallucinators do not fit IPC 1 on 28x28: store 14x14 bases there
         haba_sizes={1: 14},
-        # execution choices, not protocol: the compiled real-batch pass of DM, DC and DSA (scripts/speed.py)
+        # execution choices, not protocol: the compiled real-batch pass of DM, DC and DSA (bench/speed.py)
         per_method={m: ("method.compile=true",) for m in ("dm", "dc", "dsa")},
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml), trained compiled (an execution choice, like the above)
@@ -115,7 +115,7 @@ CPU = _fmnist(
 
 # The distillation-precision check (issue #14): the cpu profile's distilled cells (DM, DC, DSA, MTT) under bf16
 # autocast and in float32, everything else equal (seeds, iterations, evaluation protocol, compiled real-batch
-# passes); scripts/distill_precision.py compares the two. Both pin method.precision: cpu runs the defaults, whose
+# passes); bench/distill_precision.py compares the two. Both pin method.precision: cpu runs the defaults, whose
 # `auto` resolves to bf16 on this CPU.
 def _pinned(name: str, precision: str, description: str) -> Profile:
     return dataclasses.replace(

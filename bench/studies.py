@@ -13,7 +13,7 @@ Each arm x seed is a bench cell (``bench.cell``, scheduled by ``bench.run``): it
 set's mean accuracy, the sample std (ddof 1) across the seeds and, beside it, the mean network std within a set.
 
 Shapes are never chosen here: an arm that needs one (HaBa's bases and hallucinators, FreD's coefficients, the
-reduced-resolution pixels) takes the best combination of a validation search (``scripts/val_search.py``, on the
+reduced-resolution pixels) takes the best combination of a validation search (``python -m bench.val_search``, on the
 held-out split of the training set), read from ``bench/results/val_search/<search>.json``. An arm whose search has
 not run is *pending*; ``--searches`` runs the missing searches (without touching the test set) first.
 """
@@ -55,7 +55,8 @@ class Search:
         sets = [*self.sets, "eval.compile=true", *FAST]
         return [
             sys.executable,
-            "scripts/val_search.py",
+            "-m",
+            "bench.val_search",
             "--name",
             self.name,
             "--config",

@@ -10,7 +10,7 @@ cells in several processes) never interleave or lose one.
 The evaluation entry points (``haba_core.evaluate``: ``evaluate_synset``, ``random_real_baseline``,
 ``evaluate_run``; the engine's in-run evaluation) take a :class:`LedgerEntry` (where, which run or cell, why) and
 refuse to test without one (:func:`admit`); on the validation split they record nothing. A search
-(``scripts/val_search.py``, ``scripts/plateau.py``) names itself in its entry: once the ledger holds a line of that
+(``bench/val_search.py``, ``bench/plateau.py``) names itself in its entry: once the ledger holds a line of that
 search from an earlier invocation, a new test is refused (:class:`RetestError`) unless the entry carries a
 ``retest_reason``, which its lines then record.
 """

@@ -116,7 +116,7 @@ class EvalProtocol:
 def resolve_precision(precision: str, device=None) -> str:
     """``"auto"`` -> ``"bf16"`` where the device computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a
     CUDA GPU that supports it), else ``"fp32"``; other values pass through. bf16 evaluation kept accuracy
-    within one std of float32 on Fashion-MNIST (``scripts/precision_check.py``) and trained 1.2-1.8x faster."""
+    within one std of float32 on Fashion-MNIST (``bench/precision_check.py``) and trained 1.2-1.8x faster."""
     if precision != "auto":
         return precision
     import torch

@@ -9,7 +9,7 @@ Speed: ``precision="bf16"`` runs the forward pass and the loss under bfloat16 au
 gradients stay float32); it changes the numbers, so it is part of the evaluation protocol. ``compile`` wraps
 the network in ``torch.compile`` (same arithmetic up to fusion order, so not part of the protocol); a new
 network of the same architecture reuses the compiled graph, and inductor's on-disk cache serves later
-processes. ``scripts/speed.py`` measures both.
+processes. ``bench/speed.py`` measures both.
 """
 
 from __future__ import annotations
@@ -128,9 +128,9 @@ def augment_batch(x: Tensor, dsa_strategy: str, g: torch.Generator, im_size, std
 # execution choice (with standardization, the protocol's ``standardize_test_batch`` fixes the statistics).
 # Small chunks stay in cache (the first convolution of a 1,000-image batch writes 260 MB of feature maps):
 # ConvNet-128's test pass on 10,000 3x32x32 images, bf16 compiled, one thread, 5.8 s in chunks of 32 vs 7.7 s
-# in batches of 1,000 (scripts/speed.py, bench/results/speed_eval.md).
+# in batches of 1,000 (bench/speed.py, bench/results/speed_eval.md).
 CPU_TEST_CHUNK = 32
-TEST_CHUNK_ENV = "HABA_TEST_CHUNK"  # overrides it on every device (scripts/speed.py times the old 1,000 with it)
+TEST_CHUNK_ENV = "HABA_TEST_CHUNK"  # overrides it on every device (bench/speed.py times the old 1,000 with it)
 
 
 def test_chunk(device: torch.device | str, batch: int) -> int:

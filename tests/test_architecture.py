@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("haba_core", "workbench", "bench")
-# Sized too, but outside the import graph: scripts/ are standalone programs, not a package.
+# Sized too, but outside the import graph: scripts/ holds one-off probes (programs, not a package; the studies are
+# bench modules).
 SIZED = (*PACKAGES, "scripts")
 
 
@@ -140,7 +141,7 @@ LARGE = {
         490,
         "every run-folder file's name, path, reader and writer (the engine's, evaluation's, the app's)",
     ),
-    "scripts/speed.py": (515, "issue #14's speed table: one run times every workload and writes the one table"),
+    "bench/speed.py": (515, "issue #14's speed table: one run times every workload and writes the one table"),
 }
 
 
@@ -164,6 +165,21 @@ def test_modules_stay_small_or_say_why(tmp_path):
             over.append(f"{path} has {n} lines formatted (cap {cap}{': ' + reason if reason else ''})")
     assert not over, "move code to its owner:\n" + "\n".join(over)
     assert set(LARGE) <= set(sizes), "a listed module is gone: drop it from LARGE"
+
+
+def test_studies_are_imported_as_bench_modules_and_nothing_imports_the_probes():
+    """A study is a ``bench`` module (``python -m bench.<name>``), imported as one; ``scripts/`` holds one-off probes
+    that the packages and the tests never import, nor reach by putting a folder on ``sys.path``."""
+    found = [
+        f"{f.relative_to(ROOT)}:{i}: {line.strip()}"
+        for f in python_files()
+        if f.relative_to(ROOT).parts[0] != "scripts"
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if re.search(r"\bsys\.path\.(insert|append)\b|^\s*(from|import)\s+scripts\b", line)
+    ]
+    assert not found, "import studies as bench modules (move a reused script into bench/ with git mv):\n" + "\n".join(
+        found
+    )
 
 
 # One owner per file format: a run folder's file names are haba_core.runfolder's (its constants and the functions that

@@ -114,3 +114,17 @@ def test_profile_notes_are_printed_under_the_table():
         "notes": list(PROFILES["cpu"].notes),
     }
     assert "Note: DC and DSA cells run outer/inner loops 1/1" in markdown(result)
+
+
+def test_every_results_file_has_the_one_provenance_header():
+    """The command that reruns it (arguments quoted as a shell needs them), the commit with its dirty flag, the
+    machine and the time, under the keys committed results files have."""
+    import re
+
+    from bench.provenance import provenance
+
+    h = provenance("bench.val_search", ["--name", "a b", "--set", "x=1"])
+    assert list(h) == ["command", "git_commit", "machine", "finished_at"]
+    assert h["command"] == "python -m bench.val_search --name 'a b' --set x=1"
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", h["git_commit"]) and {"cpu", "cores", "cuda"} <= set(h["machine"])
+    assert provenance("scripts/probe.py", [])["command"] == "python scripts/probe.py"

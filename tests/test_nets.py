@@ -230,7 +230,7 @@ def test_avg_pool_as_one_matrix_product_is_2x2_average_pooling(dtype, monkeypatc
     calls.clear()
     pool(x.contiguous(memory_format=torch.channels_last))  # NHWC: ATen's kernel is fast there
     pool(torch.randn(2, 3, 7, 7).to(dtype))  # odd size
-    monkeypatch.setattr(AvgPool2x2, "matmul", False)  # the switch scripts/speed.py times
+    monkeypatch.setattr(AvgPool2x2, "matmul", False)  # the switch bench/speed.py times
     pool(x)
     assert len(calls) == 3
 

@@ -1,4 +1,4 @@
-"""scripts/plateau.py: validation accuracy against iterations, the plateau rule, and one test per arm."""
+"""bench.plateau: validation accuracy against iterations, the plateau rule, and one test per arm."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from bench import plateau
 
-import plateau  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_windowed_loss_averages_the_iterations_since_the_previous_step():
@@ -55,7 +54,8 @@ def test_runs_an_arm_on_toy_data_and_reports_validation_points_and_the_test(tmp_
     out = tmp_path / "out"
     cmd = [
         sys.executable,
-        str(REPO / "scripts" / "plateau.py"),
+        "-m",
+        "bench.plateau",
         "--name",
         "toy",
         "--out",
@@ -99,6 +99,7 @@ def test_runs_an_arm_on_toy_data_and_reports_validation_points_and_the_test(tmp_
     assert {p.name for p in (run / "snapshots").iterdir()} == {f"step_{s:07d}.safetensors" for s in (0, 1, 2)}
     assert json.loads((run / "config.json").read_text())["data"]["val_per_class"] == 5
     assert "| pixels | val accuracy % |" in (out / "toy.md").read_text()
+    assert res["command"].startswith("python -m bench.plateau --name toy --out ") and res["machine"]["cores"]
     # a second call finds the run and every evaluation cell done: same numbers, nothing retrained
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert r2.returncode == 0, r2.stderr[-3000:]

@@ -225,7 +225,7 @@ def _cell(root, profile, name, per_seed, protocol="p1", spi=1.0, precision="fp32
 
 
 def test_distill_precision_check_recomputes_the_gap_and_refuses_unlike_pairs(tmp_path):
-    from scripts.distill_precision import compare
+    from bench.distill_precision import compare
 
     _cell(tmp_path, "cpu", "a", [0.70, 0.72, 0.74], spi=2.0)  # mean 0.72, std 0.01633
     _cell(tmp_path, "cpu_bf16", "a", [0.71, 0.73, 0.72], spi=1.0, precision="bf16")  # mean 0.72: gap 0
@@ -259,7 +259,7 @@ def test_distill_precision_check_recomputes_the_gap_and_refuses_unlike_pairs(tmp
 
 
 def test_distill_precision_takes_each_twin_from_the_first_reference_folder_that_has_it(tmp_path):
-    from scripts.distill_precision import compare
+    from bench.distill_precision import compare
 
     _cell(tmp_path, "old", "a", [0.60] * 3)
     _cell(tmp_path, "old", "b", [0.70, 0.72, 0.74])

@@ -1,19 +1,19 @@
-"""scripts/val_search.py: combinations scored on the validation split, presets as an axis, one test run."""
+"""bench.val_search: combinations scored on the validation split, presets as an axis, one test run."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from bench import val_search
 
-import val_search  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_preset_is_a_config_file_with_its_own_overrides():
@@ -53,7 +53,8 @@ def test_searches_backends_on_toy_data_and_tests_only_the_chosen_one(tmp_path):
     out = tmp_path / "out"
     cmd = [
         sys.executable,
-        str(REPO / "scripts" / "val_search.py"),
+        "-m",
+        "bench.val_search",
         "--name",
         "toy",
         "--out",
@@ -100,6 +101,9 @@ def test_searches_backends_on_toy_data_and_tests_only_the_chosen_one(tmp_path):
     other = next(p for p in (out / "runs" / "toy").iterdir() if p != chosen)
     assert (chosen / "search_test.json").exists() and not (other / "search_test.json").exists()
     assert "| preset=dm |" in (out / "toy.md").read_text()
+    # the one provenance header: the command that reruns it, the commit, the machine, the time
+    assert res["command"] == "python -m bench.val_search " + shlex.join(cmd[3:])
+    assert res["git_commit"] and res["machine"]["cores"] and res["finished_at"]
     # the one test is a ledger line of the search; a second test (its cached result gone, as when another
     # combination wins a larger grid) is refused unless told why, and the reason is recorded
     (line,) = [json.loads(x) for x in ledger.read_text().splitlines()]

@@ -24,11 +24,11 @@ With HaBa, class c's synthetic images are its bases hallucinated: one random hal
 Speed: the step is dominated by the real batches (per class, a forward and backward pass of ``batch_real``
 images for the parameter gradients). ``compile`` runs that pass through ``torch.compile`` (one graph per
 process, shared by every iteration's fresh network; same arithmetic up to fusion order: one DSA step 1.43x
-at the published settings, 1.30x at the CPU preset, ``scripts/speed.py --rows dc``). The synthetic pass needs a
+at the published settings, 1.30x at the CPU preset, ``python -m bench.speed --rows dc``). The synthetic pass needs a
 second derivative, which a compiled graph cannot give, so it stays eager. ``precision="bf16"`` runs the real
 and synthetic passes and the inner loop under bfloat16 autocast (the gradients are taken w.r.t. float32 weights
 and the distance is float32): 1.3-1.5x a step at the CPU preset. DC's default is ``auto`` (bf16 where native),
-DSA's float32: the accuracy check (``scripts/distill_precision.py``) passed DC's four cells and failed one of DSA's.
+DSA's float32: the accuracy check (``bench/distill_precision.py``) passed DC's four cells and failed one of DSA's.
 
 Loops by IPC (DC's ``get_loops``): 1 -> 1/1, 10 -> 10/50, 50 -> 50/10 (otherwise: the next listed IPC up,
 and 50/10 beyond 50), keyed by the *storage budget* in whole images per class (``Context.budget_images``: the

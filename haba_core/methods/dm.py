@@ -15,9 +15,9 @@ pass (15 images per class instead of 3 at the IPC-1 preset). ``method.syn_pairin
 Speed: the step is dominated by the real batches' forward pass (10 x 256 images through a fresh ConvNet,
 no autograd). ``precision="bf16"`` runs both forward passes under bfloat16 autocast (the loss stays float32);
 the default ``"auto"`` does so where the device computes bf16 natively, because it kept accuracy
-(``scripts/distill_precision.py``);
+(``bench/distill_precision.py``);
 ``compile`` runs the feature extractor through ``torch.compile``: every iteration's network has the same
-graph with new weights, so it compiles once per process (``scripts/speed.py`` measures both).
+graph with new weights, so it compiles once per process (``bench/speed.py`` measures both).
 """
 
 from __future__ import annotations

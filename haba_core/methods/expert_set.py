@@ -132,7 +132,7 @@ def write_synthetic_experts(
 ) -> list[Path]:
     """Expert files whose trajectories are *not trained*: a real initialisation followed by random steps
     (``theta_{e+1} = theta_e + step * |theta_0|_rms * noise``). Random but consistent parameters in the real
-    format, for timing the MTT step (``scripts/profile_mtt.py``) and for tests; never for distillation."""
+    format, for timing the MTT step (``bench/profile_mtt.py``) and for tests; never for distillation."""
     from haba_core.nets import create_net
 
     write_manifest(out, cfg)

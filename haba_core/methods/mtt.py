@@ -25,7 +25,7 @@ dict, takes one ``autograd.grad`` over the flat vector and keeps float32 activat
 images channels-last on CPU (oneDNN then skips its layout reorders; 1-channel batches stay NCHW, see
 ``unroll_fast``). ``unroll="reference"`` is the straightforward version (the whole set rendered every
 step, a parameter dict rebuilt from slices, one gradient per parameter tensor, NCHW): same random draws,
-same loss, kept as the profiling baseline (``scripts/profile_mtt.py``). Independently,
+same loss, kept as the profiling baseline (``bench/profile_mtt.py``). Independently,
 freed activations are kept for reuse instead of being returned to the OS (page faults were a third of the CPU
 time): ``haba distill`` runs under jemalloc where it is installed, else ``reuse_memory`` tells glibc to keep
 them (``memory.py``); and ``precision="bf16"`` runs the student's forward under bf16 autocast.

@@ -42,11 +42,11 @@ class WidePadConv2d(nn.Conv2d):
     Under bfloat16 autocast on CPU it pads explicitly and then convolves without padding (the same output: the
     padding is zeros either way), because oneDNN's bf16 convolution is slow at padding 3. One bf16 training step
     of the evaluation ConvNet-128 on 100 Fashion-MNIST-shaped images with DSA, one thread, side by side
-    (``python scripts/speed.py --rows pad --out bench/results/speed_pad``): 1.14x eager (330 -> 290 ms), 1.31x
+    (``python -m bench.speed --rows pad --out bench/results/speed_pad``): 1.14x eager (330 -> 290 ms), 1.31x
     compiled (277 -> 211 ms). In float32 the explicit pad measured 0.95x, so float32 keeps the plain layer.
     """
 
-    explicit_pad = True  # class switch, for scripts/speed.py's side-by-side timing
+    explicit_pad = True  # class switch, for bench/speed.py's side-by-side timing
 
     def forward(self, x):
         ph, pw = self.padding if isinstance(self.padding, tuple) else (0, 0)

@@ -42,7 +42,7 @@ class AvgPool2x2(nn.AvgPool2d):
     product runs as a blocked GEMM, and its backward and double backward (MTT's unroll, DC's matching) are
     products too. Forward + backward on 150 x 64 x 32 x 32 maps, one thread: bf16 49 -> 6 ms, float32
     53 -> 29 ms; a whole MTT step of the Fashion-MNIST IPC-10 bench cell 1.30x in bf16, 1.13x in float32
-    (``scripts/speed.py --rows pool``). Every output is the sum of four inputs times 0.25, accumulated
+    (``python -m bench.speed --rows pool``). Every output is the sum of four inputs times 0.25, accumulated
     in float32 as ATen does, so bf16 results are the same; float32 ones may differ in the last bit (summation
     order). Other layouts (NHWC, CUDA) keep ATen's kernel, which is fast there."""
 

@@ -9,14 +9,14 @@ is refused unless ``--retest-reason "..."`` says why; the reason is recorded wit
 ``OUT/runs/<combination>`` and resume (a finished test is reused, not repeated); results go to ``OUT/<name>.json``
 and ``.md`` with the command, commit, protocol and storage of each row.
 
-    python scripts/val_search.py --name dm_haba_ipc1_lr --config configs/fmnist_cpu_dm.yaml \\
+    python -m bench.val_search --name dm_haba_ipc1_lr --config configs/fmnist_cpu_dm.yaml \\
         --set synset.kind=haba --set synset.budget_ipc=1 --grid synset.lr_hallucinators=1e-3,5e-4 --test
 
 A knob that is a whole preset, such as the backend (each has its own config file and settings), is an axis of
 ``--preset NAME=FILE[,KEY=VALUE...]`` flags, multiplied with the grid; every preset's rows must share one
 evaluation protocol (the search refuses otherwise):
 
-    python scripts/val_search.py --name haba_ipc1_backend --set synset.kind=haba --set synset.budget_ipc=1 \\
+    python -m bench.val_search --name haba_ipc1_backend --set synset.kind=haba --set synset.budget_ipc=1 \\
         --preset dm=configs/fmnist_cpu_dm.yaml --preset dc=configs/fmnist_cpu_dc.yaml \\
         --preset mtt=configs/fmnist_cpu_mtt.yaml,method.lr_img=100,method.expert_dir=experts/fmnist_cpu_val --test
 """
@@ -30,16 +30,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.provenance import provenance
+from bench.run import STUDIES_LEDGER
+from haba_core import io
+from haba_core import runfolder as RF
+from haba_core.config import RunConfig, resolve_config
+from haba_core.engine import distill
+from haba_core.ledger import LedgerEntry, RetestError
+from haba_core.protocol import require_one_protocol
 
-from bench.provenance import provenance  # noqa: E402
-from bench.run import STUDIES_LEDGER  # noqa: E402
-from haba_core import io  # noqa: E402
-from haba_core import runfolder as RF  # noqa: E402
-from haba_core.config import RunConfig, resolve_config  # noqa: E402
-from haba_core.engine import distill  # noqa: E402
-from haba_core.ledger import LedgerEntry, RetestError  # noqa: E402
-from haba_core.protocol import require_one_protocol  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def combinations(grid: list[str]) -> list[dict[str, str]]:
@@ -110,7 +110,7 @@ def _run_one(cfg: RunConfig, run_dir: Path, split: str, ledger: LedgerEntry | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.val_search", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True)
     p.add_argument("--config", action="append", default=[])
     p.add_argument("--set", action="append", default=[], help="fixed overrides for every combination")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     require_one_protocol([r["protocol"] for r in rows], "the combinations of one search")
     best = max(rows, key=lambda r: r["mean"])
-    result = {"name": a.name, **provenance("scripts/val_search.py", argv), "rows": rows, "best": best["combination"]}
+    result = {"name": a.name, **provenance("bench.val_search", argv), "rows": rows, "best": best["combination"]}
     if a.test:  # the chosen configuration, touched on the test set once (distilled without the holdout)
         chosen = tag(best["combination"])
         look = LedgerEntry(

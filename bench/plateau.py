@@ -13,7 +13,7 @@ arm added or lengthened) is refused unless ``--retest-reason "..."`` says why. R
 (reused cells are no new test); results go to ``OUT/<name>.json`` and ``.md`` with the command, commit, protocol
 and storage.
 
-    python scripts/plateau.py --name dm_ipc10 --config configs/fmnist_cpu_dm.yaml --set synset.budget_ipc=10 \\
+    python -m bench.plateau --name dm_ipc10 --config configs/fmnist_cpu_dm.yaml --set synset.budget_ipc=10 \\
         --arm pixels:synset.kind=pixels --arm haba:synset.kind=haba --iterations 2000 \\
         --eval-at 0,250,500,1000,1500,2000
 
@@ -30,18 +30,18 @@ from dataclasses import replace
 from math import gcd
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.provenance import provenance
+from bench.run import STUDIES_LEDGER
+from haba_core import io
+from haba_core import runfolder as RF
+from haba_core.config import resolve_config
+from haba_core.engine import distill
+from haba_core.evaluate import evaluate_run
+from haba_core.executors import LocalExecutor
+from haba_core.ledger import LedgerEntry, RetestError
+from haba_core.protocol import require_one_protocol
 
-from bench.provenance import provenance  # noqa: E402
-from bench.run import STUDIES_LEDGER  # noqa: E402
-from haba_core import io  # noqa: E402
-from haba_core import runfolder as RF  # noqa: E402
-from haba_core.config import resolve_config  # noqa: E402
-from haba_core.engine import distill  # noqa: E402
-from haba_core.evaluate import evaluate_run  # noqa: E402
-from haba_core.executors import LocalExecutor  # noqa: E402
-from haba_core.ledger import LedgerEntry, RetestError  # noqa: E402
-from haba_core.protocol import require_one_protocol  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_arm(text: str) -> tuple[str, list[str]]:
@@ -104,7 +104,7 @@ def snapshot(run: Path, step: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.plateau", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True)
     p.add_argument("--config", action="append", default=[])
     p.add_argument("--set", action="append", default=[], help="overrides for every arm")
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         executor.close()
     result = {
         "name": a.name,
-        **provenance("scripts/plateau.py", argv),
+        **provenance("bench.plateau", argv),
         "val_per_class": a.val_per_class,
         "steps": sorted({p["step"] for r in rows for p in r["points"]}),
         "rows": rows,

@@ -5,7 +5,7 @@ within one standard deviation (of the float32 networks) of the float32 mean (iss
 
     .venv/bin/python -m bench.run --profile cpu_fp32      # the float32 twins
     .venv/bin/python -m bench.run --profile cpu_bf16      # the bf16 cells
-    .venv/bin/python scripts/distill_precision.py         # -> bench/results/distill_precision.{json,md}
+    .venv/bin/python -m bench.distill_precision          # -> bench/results/distill_precision.{json,md}
 
 (``cpu_fp32`` pins ``method.precision=fp32``: the ``cpu`` profile itself runs the defaults, and DM's default
 resolves to bf16 on this CPU since it passed this check, so its DM cells are no float32 twins any more.)
@@ -21,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.provenance import provenance, write_report
 from haba_core import io
 from haba_core.config import RunConfig, flatten
 from haba_core.runfolder import CONFIG, STATUS
@@ -127,8 +128,8 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.distill_precision", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument(
         "--reference",
@@ -142,14 +143,12 @@ def main() -> int:
         action="store_true",
         help="leave s/iter out of the table (the two sides ran under different loads)",
     )
-    a = p.parse_args()
-    from bench.provenance import provenance, write_report
-
+    a = p.parse_args(argv)
     rows = compare(Path(a.results), a.reference, a.fast)
     if not rows:
         raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}")
     res = {
-        **provenance("scripts/distill_precision.py"),
+        **provenance("bench.distill_precision", argv),
         "reference": a.reference,
         "fast": a.fast,
         "rows": rows,

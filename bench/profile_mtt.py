@@ -17,7 +17,7 @@ seconds per outer iteration over ``--iterations`` after ``--warmup``, the load a
 wall times are only comparable at equal load), peak RSS per iteration, and with ``--profile`` the share of CPU
 time in convolution ops (torch.profiler, one more iteration) and the top ops.
 
-    .venv/bin/python scripts/profile_mtt.py --variants reference,fast,bf16 --profile --json runs/profile_mtt.json
+    .venv/bin/python -m bench.profile_mtt --variants reference,fast,bf16 --profile --json runs/profile_mtt.json
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ VARIANTS = {  # run in this order: reuse_memory changes the process's allocator 
     ],
     "fast": ["method.unroll=fast", "method.precision=fp32", "method.reuse_memory=true"],
     "bf16": ["method.unroll=fast", "method.precision=bf16", "method.reuse_memory=true"],
-    # the fast unroll in a process under jemalloc keeping freed memory (scripts/speed.py starts it so): what
+    # the fast unroll in a process under jemalloc keeping freed memory (bench.speed starts it so): what
     # `haba distill` and the bench's cells run where jemalloc is installed
     "jemalloc": ["method.unroll=fast", "method.precision=fp32", "method.reuse_memory=true"],
     "jemalloc-bf16": ["method.unroll=fast", "method.precision=bf16", "method.reuse_memory=true"],
@@ -85,8 +85,10 @@ def conv_share(prof) -> tuple[float, list[tuple[str, float]]]:
     return conv / max(total, 1), [(e.key, e.self_cpu_time_total / 1000) for e in top]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.profile_mtt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--variants", default="reference,fast,bf16")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations per variant")
     p.add_argument("--warmup", type=int, default=1)
@@ -98,7 +100,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--profile", action="store_true", help="torch.profiler on one more iteration per variant")
     p.add_argument("--json", help="write the results here")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     data_options = {"channels": 3, "im_size": 32, "num_classes": 10}
@@ -116,7 +118,7 @@ def main() -> int:
             if name.startswith("jemalloc") != (active_allocator() == "jemalloc"):
                 raise SystemExit(
                     f"variant {name} needs a process {'under' if 'jemalloc' in name else 'without'} "
-                    "jemalloc (scripts/speed.py starts each variant so)"
+                    "jemalloc (bench.speed starts each variant so)"
                 )
             overrides = [
                 "data.name=toy",
@@ -184,7 +186,7 @@ def main() -> int:
         share = f"{100 * r['conv_share']:.1f}%" if "conv_share" in r else "-"
         print(f"{name:13s}  {r['median_s']:15.2f}  {r['cpu_s_median']:10.2f}  {r['peak_rss_mb']:11.0f}  {share:>10s}")
     meta = {
-        **provenance("scripts/profile_mtt.py"),
+        **provenance("bench.profile_mtt", argv),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "args": vars(a),

@@ -4,7 +4,7 @@ each in its variants side by side, against the official code's figures measured 
 Rows (each a median over timed repetitions after warm-up, one variant after another in one process run):
 
 - ``mtt``: one MTT+HaBa outer iteration at CIFAR10 IPC 10 settings (syn_steps 30, 100 bases, 5
-  hallucinators, ConvNet-128, 3x32x32, DSA): ``scripts/profile_mtt.py``, one child process per variant (so
+  hallucinators, ConvNet-128, 3x32x32, DSA): ``bench.profile_mtt``, one child process per variant (so
   each peak RSS is that variant's own): ``reference`` (our unrolled reference path, which runs at the official
   code's speed), ``fast-noreuse`` (the fast unroll with the default allocator), ``fast`` and ``bf16``.
 - ``dm``: one DM step on Fashion-MNIST IPC 10 pixels at the published settings (ConvNet-128 with the
@@ -33,7 +33,7 @@ against our own reference paths (float32 eager; MTT's reference unroll), measure
 at the official code's speed on that machine (MTT 27.4 vs 27.8 s). They pool with ATen's kernel, as the official
 code does (``AvgPool2x2.matmul`` off; ``HABA_POOL=aten`` for the evaluation's worker processes).
 
-    .venv/bin/python scripts/speed.py --out bench/results/speed
+    .venv/bin/python -m bench.speed --out bench/results/speed
 
 writes ``speed.json`` (every measurement) and ``speed.md`` (the table).
 """
@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from bench.provenance import provenance, timestamp, write_report
 from haba_core import io
 from haba_core import runfolder as RF
 from haba_core.config import resolve_config
@@ -112,7 +113,8 @@ def time_mtt(a) -> dict:
             out = Path(tmp) / f"{variant}.json"
             cmd = [
                 sys.executable,
-                str(ROOT / "scripts" / "profile_mtt.py"),
+                "-m",
+                "bench.profile_mtt",
                 "--variants",
                 variant,
                 "--iterations",
@@ -464,8 +466,8 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", default="mtt,dm,dc,eval,pad,pool", help="which rows to measure (comma-separated)")
     p.add_argument("--mtt-variants", default="reference,fast-noreuse,fast,bf16,jemalloc,jemalloc-bf16")
     p.add_argument("--mtt-iterations", type=int, default=3)
@@ -479,12 +481,10 @@ def main() -> int:
     p.add_argument("--pool-rounds", type=int, default=3, help="alternating rounds of one step per variant (pool row)")
     p.add_argument("--eval-variants", default="", help="';'-separated eval variants to run (default: all)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed"), help="writes OUT.json and OUT.md")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     rows = set(a.rows.split(","))
-    from bench.provenance import provenance, timestamp, write_report
-
     res: dict = {
-        **provenance("scripts/speed.py"),  # finished_at: set again when the last row is measured
+        **provenance("bench.speed", argv),  # finished_at: set again when the last row is measured
         "official": OFFICIAL,
         "targets": TARGET,
         "load_avg_start": os.getloadavg(),

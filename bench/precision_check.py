@@ -2,7 +2,7 @@
 float32 compiled and bfloat16 compiled, over the same network seeds; a fast variant passes when its mean is
 within one standard deviation of the float32 eager mean (issue #14).
 
-    .venv/bin/python scripts/precision_check.py --runs bench/results/synsets/runs --sets ipc1_dm_pixels,...
+    .venv/bin/python -m bench.precision_check --runs bench/results/synsets/runs --sets ipc1_dm_pixels,...
 
 ``--runs`` holds run folders (``<set>/run/synset.safetensors`` and ``config.json``, as ``bench.run`` leaves
 them). Evaluation follows each run's config except ``eval.nets=convnet``, ``--seeds`` networks and ``--epochs``
@@ -25,6 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from bench.provenance import provenance, write_report
+from bench.run import STUDIES_LEDGER
 from haba_core import io
 from haba_core import runfolder as RF
 from haba_core.config import RunConfig, resolve_config
@@ -86,8 +88,8 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.precision_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default=str(ROOT / "bench" / "results" / "synsets" / "runs"))
     p.add_argument("--sets", default="ipc1_dm_pixels,ipc1_dm_haba,ipc10_dm_pixels,ipc10_dm_haba")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -102,10 +104,7 @@ def main() -> int:
         help="take 'fp32 compiled' from these bench cells (<dir>/<set>.json, same seeds "
         "and protocol, checked) instead of computing it again",
     )
-    a = p.parse_args()
-    from bench.provenance import provenance, write_report
-    from bench.run import STUDIES_LEDGER
-
+    a = p.parse_args(argv)
     if a.from_bench and a.split != "test":
         raise SystemExit("--from-bench takes float32 results the bench measured on the test split: add --split test")
     out = Path(a.out or ROOT / "bench" / "results" / ("precision" if a.split == "test" else "precision_val"))
@@ -181,7 +180,7 @@ def main() -> int:
         if len(rest) > 1:
             raise SystemExit(f"{name}: the variants were evaluated under protocols that differ beyond precision")
     res = {
-        **provenance("scripts/precision_check.py"),
+        **provenance("bench.precision_check", argv),
         "seeds": a.seeds,
         "epochs": a.epochs,
         "split": a.split,
