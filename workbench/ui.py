@@ -1,4 +1,5 @@
-"""Streamlit helpers shared by the pages: page registry, session keys, run picker, cached loaders.
+"""Streamlit helpers shared by the pages: page links, session keys, run picker, cached loaders (the pages themselves
+register in ``workbench.pages``).
 
 Session keys are namespaced ``<page>.<name>``; the only key shared between pages is :data:`SELECTED_RUN`,
 and it is written only by :func:`remember_run`. Nothing here keeps module-level mutable state: caches are
@@ -15,17 +16,6 @@ from haba_core import runfolder as RF
 from workbench import catalog as C
 from workbench import runs as R
 
-PAGES_DIR = Path(__file__).parent / "app_pages"
-# (file, title, icon); the first is the default page
-PAGES = (
-    ("new_run.py", "New run", ":material/add_circle:"),
-    ("runs.py", "Runs", ":material/list:"),
-    ("live.py", "Live run", ":material/monitoring:"),
-    ("explorer.py", "Explorer", ":material/grid_view:"),
-    ("evaluate.py", "Evaluate", ":material/fact_check:"),
-    ("compare.py", "Compare", ":material/compare_arrows:"),
-    ("findings.py", "Findings", ":material/science:"),
-)
 SELECTED_RUN = "wb.run"
 POLL_S = 2.0
 STATE_COLORS = {

@@ -7,6 +7,9 @@ from haba_core import runfolder as RF
 from workbench import figures as F
 from workbench import runs as R
 from workbench import ui
+from workbench.pages import AppPage
+
+PAGE = AppPage(title="Compare", icon=":material/compare_arrows:", order=60)
 
 st.title("Compare runs")
 runs = ui.all_runs()

@@ -9,6 +9,9 @@ from workbench import jobs as J
 from workbench import newrun as NR
 from workbench import runs as R
 from workbench import ui
+from workbench.pages import AppPage
+
+PAGE = AppPage(title="Evaluate", icon=":material/fact_check:", order=50)
 
 st.title("Evaluate")
 st.caption(

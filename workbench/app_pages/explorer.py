@@ -6,6 +6,9 @@ from workbench import diversity as D
 from workbench import figures as F
 from workbench import grids as G
 from workbench import ui
+from workbench.pages import AppPage
+
+PAGE = AppPage(title="Explorer", icon=":material/grid_view:", order=40)
 
 MAX_COLUMNS = 16
 

@@ -4,6 +4,9 @@ import streamlit as st
 
 from workbench import findings as FD
 from workbench import runs as R
+from workbench.pages import AppPage
+
+PAGE = AppPage(title="Findings", icon=":material/science:", order=70)
 
 CHART = {"displaylogo": False}
 TABLE_CONFIG = {

@@ -15,6 +15,9 @@ from workbench import figures as F
 from workbench import grids as G
 from workbench import runs as R
 from workbench import ui
+from workbench.pages import AppPage
+
+PAGE = AppPage(title="Live run", icon=":material/monitoring:", order=30)
 
 CURVE_EVERY_S = 10.0  # the loss figure at most this often (the progress line follows the run)
 IMAGE_EVERY_S = 15.0  # the snapshot image, offset from the figure so that the two redraws rarely coincide

@@ -11,6 +11,9 @@ from workbench import jobs as J
 from workbench import newrun as NR
 from workbench import runs as R
 from workbench import ui
+from workbench.pages import AppPage
+
+PAGE = AppPage(title="New run", icon=":material/add_circle:", order=10)
 
 ENGINE_DEFAULTS = "(engine defaults)"
 

@@ -10,6 +10,9 @@ from workbench import catalog as C
 from workbench import jobs as J
 from workbench import runs as R
 from workbench import ui
+from workbench.pages import AppPage
+
+PAGE = AppPage(title="Runs", icon=":material/list:", order=20)
 
 st.title("Runs")
 st.caption(
