@@ -29,10 +29,11 @@ def _registered(registry) -> str:
 
 
 def _add_common_distill(p: argparse.ArgumentParser) -> None:
+    from haba_core.data import DATASETS
     from haba_core.methods import METHODS
     from haba_core.synsets import SYNSETS
 
-    p.add_argument("--dataset", help="dataset name (default fashion_mnist)")
+    p.add_argument("--dataset", help=f"dataset (default fashion_mnist): {_registered(DATASETS)}")
     p.add_argument("--method", help=f"DD objective: {_registered(METHODS)}")
     p.add_argument("--synset", help=f"synset kind: {_registered(SYNSETS)}")
     p.add_argument("--budget-ipc", type=float, help="storage budget in images-per-class equivalents")
@@ -262,10 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parser(sub)
 
-    b = sub.add_parser("budget", help="print what a storage budget buys")
-    b.add_argument("--dataset", default="fashion_mnist")
+    from haba_core.data import DATASETS
     from haba_core.synsets import SYNSETS
 
+    b = sub.add_parser("budget", help="print what a storage budget buys")
+    b.add_argument("--dataset", default="fashion_mnist", help=_registered(DATASETS))
     b.add_argument("--synset", default="haba", choices=SYNSETS.list(), help=_registered(SYNSETS))
     b.add_argument("--budget-ipc", type=float, default=1.0)
     b.add_argument("--n-bases", type=int, help="plan this many bases per class instead of solving")

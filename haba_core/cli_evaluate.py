@@ -18,7 +18,9 @@ def add_evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="train fresh networks on a run's synset and test them")
     e.add_argument("--run", required=True, help="run folder")
     e.add_argument("--synset", help="synset file (default: the run's final set, else its latest snapshot)")
-    e.add_argument("--nets", help="comma-separated architectures, e.g. convnet,resnet18")
+    from haba_core.nets import NETS
+
+    e.add_argument("--nets", help=f"comma-separated architectures (e.g. convnet,resnet18) of: {', '.join(NETS.list())}")
     e.add_argument("--seeds", type=int, help="networks per architecture")
     e.add_argument("--epochs", type=int)
     e.add_argument("--device")

@@ -1,10 +1,13 @@
 """Datasets: a registry of sources, in-memory normalized tensors, ZCA whitening.
 
 ``load_dataset("fashion_mnist")`` -> :class:`Dataset`; ``dataset_info(name)`` for the static facts;
-``list_datasets()`` for the registered names (fashion_mnist, mnist, cifar10, cifar100, svhn, toy).
+``list_datasets()`` for the registered names. Each module of this package is imported (its sources register
+themselves with ``@DATASETS.register``), so a new dataset is one new file here.
 """
 
-from haba_core.data import sources, toy  # noqa: F401  (registers the datasets)
+import importlib
+import pkgutil
+
 from haba_core.data.datasets import (
     DATASETS,
     Dataset,
@@ -18,6 +21,9 @@ from haba_core.data.datasets import (
 )
 from haba_core.data.formats import read_cifar_pickle, read_idx, read_svhn_mat
 from haba_core.data.zca import ZCA, fit_zca
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "DATASETS",
