@@ -49,7 +49,8 @@ def conv_share(d, iterations: int) -> dict:
 
 
 def experts_dir(profile_out: Path, dataset: str) -> Path:
-    """Where a profile's MTT experts for ``dataset`` live (cells run in ``<out>/<profile>/runs/<cell>``)."""
+    """Where a profile's experts for ``dataset`` live, for the cells that need them (MTT; cells run in
+    ``<out>/<profile>/runs/<cell>``)."""
     return profile_out / "experts" / dataset
 
 
@@ -63,8 +64,8 @@ def cell_overrides(profile: Profile, cell: Cell, profile_out: Path) -> list[str]
         f"eval.seeds={profile.eval_seeds}",
         f"data.root={ROOT / 'data'}",
     ]
-    if cell.method == "mtt":
-        overrides.append(f"method.expert_dir={experts_dir(profile_out, cell.dataset)}")
+    if cell.needs_experts:  # the method names its expert folder's option
+        overrides.append(f"method.{cell.expert_field}={experts_dir(profile_out, cell.dataset)}")
     overrides += list(cell.overrides)
     return overrides
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from haba_core.methods import METHODS
 from haba_core.synsets import list_synsets
 
 
@@ -24,12 +25,23 @@ class Cell:
     synset: str = "pixels"
     config: str | None = None  # preset file, relative to the repo root
     overrides: tuple[str, ...] = ()
-    dataset: str = "fashion_mnist"  # which of the profile's expert sets an MTT cell uses
+    dataset: str = "fashion_mnist"  # which of the profile's expert sets a cell that needs experts (MTT) uses
     published: tuple[float, float] | None = None  # (mean, std) % a paper reports for this cell, if any
     source: str = ""  # where the published figure comes from
     # evaluate the set another profile kept for the cell of this name (``<results>/<run_of>/sets/<name>``) instead
     # of distilling: the cross-architecture study trains other networks on the frontier study's sets
     run_of: str = ""
+
+    @property
+    def expert_field(self) -> str | None:
+        """The method option that names the cell's expert folder, when its method declares it needs experts
+        (``Method.expert_field``: MTT's ``expert_dir``); None otherwise and for random real."""
+        return None if self.method is None else METHODS.get(self.method).expert_field
+
+    @property
+    def needs_experts(self) -> bool:
+        """Whether the cell waits for its dataset's experts (the profile's ``experts`` recipe makes them)."""
+        return self.expert_field is not None
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ class Profile:
     eval_seeds: int
     eval_epochs: int
     cells: tuple[Cell, ...]
-    # dataset -> `python -m haba_core experts` arguments (without --out) for the MTT cells on that dataset
+    # dataset -> `python -m haba_core experts` arguments (without --out) for the cells that need experts (MTT)
     experts: dict = field(default_factory=dict)
     profile_iterations: int = 2  # iterations run under torch.profiler for the convolution share
     data: dict = field(default_factory=dict)  # how the random-real cells load data
@@ -53,7 +65,9 @@ class Profile:
     runner: str = "bench.run"  # the module whose `python -m ... --cell C` runs one cell (the studies: bench.studies)
 
 
-def _matrix(budgets, methods, presets, haba_sizes, extra=(), per_method=None) -> tuple[Cell, ...]:
+def _matrix(budgets, methods, presets, haba_sizes, extra=(), per_method=None, per_cell=None) -> tuple[Cell, ...]:
+    """Random real, then each method x (pixels, haba), at each budget; ``per_method`` and ``per_cell`` (keyed by
+    ``(method, kind)``) add overrides after ``extra``."""
     cells = []
     for b in budgets:
         cells.append(Cell(f"ipc{b:g}_random_real", b, None))
@@ -63,8 +77,7 @@ def _matrix(budgets, methods, presets, haba_sizes, extra=(), per_method=None) ->
                 size = haba_sizes.get(b)
                 if kind == "haba" and size:
                     ov.append(f"synset.basis_size={size}")
-                if kind == "pixels" and m == "mtt":
-                    ov.append("method.lr_img=300")  # the MTT preset's lr_img is HaBa's; pixels' own, also validated
+                ov += (per_cell or {}).get((m, kind), ())
                 cells.append(Cell(f"ipc{b:g}_{m}_{kind}", b, m, kind, presets.get(m), tuple(ov)))
     return tuple(cells)
 
@@ -98,6 +111,8 @@ CPU = _fmnist(
         haba_sizes={1: 14},
         # execution choices, not protocol: the compiled real-batch pass of DM, DC and DSA (bench/speed.py)
         per_method={m: ("method.compile=true",) for m in ("dm", "dc", "dsa")},
+        # the MTT preset's lr_img is HaBa's; pixels' own, also validated
+        per_cell={("mtt", "pixels"): ("method.lr_img=300",)},
     ),
     # the MTT preset's experts (configs/fmnist_cpu_mtt.yaml), trained compiled (an execution choice, like the above)
     experts={

@@ -109,8 +109,9 @@ def run_profile(
     profile: Profile, out_root: Path, only: list[str] | None, log=print, jobs: int | None = None, report=None
 ) -> dict:
     """Run the profile's missing cells, ``jobs`` processes at a time (default: the profile's), longest first;
-    each process gets ``cores // jobs`` threads. MTT cells start once their experts are trained (the experts
-    run as one more job, first). Each child's output goes to ``<out>/<profile>/logs/<name>.log``."""
+    each process gets ``cores // jobs`` threads. Cells whose method needs experts (``Cell.needs_experts``: MTT)
+    start once their experts are trained (the experts run as one more job, first). Each child's output goes to
+    ``<out>/<profile>/logs/<name>.log``."""
     out = out_root / profile.name
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
@@ -118,10 +119,10 @@ def run_profile(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     cells = [c for c in profile.cells if not only or any(o in c.name for o in only)]
     todo = _todo(profile, cells, out, log)
-    pending_experts = {c.dataset for c in todo if c.method == "mtt"}
+    pending_experts = {c.dataset for c in todo if c.needs_experts}
     for dataset in pending_experts:
         if dataset not in profile.experts:
-            raise SystemExit(f"profile {profile.name!r} has MTT cells on {dataset} but no experts recipe for it")
+            raise SystemExit(f"profile {profile.name!r} has cells needing experts on {dataset} but no experts recipe")
     queue: list[tuple[str, object]] = [("experts", d) for d in sorted(pending_experts)]
     queue += [("cell", c) for c in sorted(todo, key=cell_cost, reverse=True)]  # longest first
     log(f"{len(todo)} cells to run, {jobs} at a time, {threads} thread(s) each")
@@ -133,7 +134,7 @@ def run_profile(
             if len(running) >= jobs:
                 break
             kind, item = entry
-            if kind == "cell" and item.method == "mtt":
+            if kind == "cell" and item.needs_experts:
                 if item.dataset in failed_experts:
                     queue.remove(entry)
                     log(f"[fail] {item.name}: its experts failed")

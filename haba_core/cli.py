@@ -1,5 +1,6 @@
-"""Command line: ``python -m haba_core {distill,experts,evaluate,budget,export} ...`` (``evaluate`` in
-``haba_core.cli_evaluate``).
+"""Command line: ``python -m haba_core {distill,experts,evaluate,budget,export,options} ...`` (``evaluate`` in
+``haba_core.cli_evaluate``). A flag that sets a config option takes its help from the option's field
+(``haba_core.options``), and ``haba options`` lists every option ``--set`` takes the same way.
 
 Errors that haba_core raises on purpose are printed as one ``error: ...`` line (exit code 2), and so is a full or
 read-only disk; anything else is a bug and shows its traceback.
@@ -28,7 +29,16 @@ def _registered(registry) -> str:
     return "; ".join(f"{n} ({registry.help(n)})" if registry.help(n) else n for n in registry.list())
 
 
+def _help(cls: type, name: str) -> str:
+    """A flag's help from the declaration of the config field it sets: its help, range or choices, default."""
+    from haba_core.options import option_specs
+
+    spec = option_specs(cls)[name]
+    return f"{spec.describe()}; default {spec.default}".replace("%", "%%")  # argparse formats help with %
+
+
 def _add_common_distill(p: argparse.ArgumentParser) -> None:
+    from haba_core.config import SynsetConfig
     from haba_core.data import DATASETS
     from haba_core.methods import METHODS
     from haba_core.synsets import SYNSETS
@@ -36,14 +46,9 @@ def _add_common_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help=f"dataset (default fashion_mnist): {_registered(DATASETS)}")
     p.add_argument("--method", help=f"DD objective: {_registered(METHODS)}")
     p.add_argument("--synset", help=f"synset kind: {_registered(SYNSETS)}")
-    p.add_argument("--budget-ipc", type=float, help="storage budget in images-per-class equivalents")
-    p.add_argument("--n-bases", type=int, help="bases per class (overrides the budget solve)")
-    p.add_argument(
-        "--basis-size",
-        type=_basis_size_arg,
-        help="stored basis resolution: auto (default: full size if it fits the budget, else the largest "
-        "whole-factor reduction that does), full, or an integer >= 3",
-    )
+    p.add_argument("--budget-ipc", type=float, help=_help(SynsetConfig, "budget_ipc"))
+    p.add_argument("--n-bases", type=int, help=_help(SynsetConfig, "n_bases"))
+    p.add_argument("--basis-size", type=_basis_size_arg, help=_help(SynsetConfig, "basis_size"))
     _add_synset_options(p)
 
 
@@ -53,7 +58,8 @@ def _add_synset_options(p: argparse.ArgumentParser) -> None:
     from haba_core.synsets.base import SYNSETS, option_fields
 
     for name, (f, kinds) in option_fields().items():
-        flag, what = "--" + name.replace("_", "-"), f"{'/'.join(map(SYNSETS.label, kinds))} option ({f.default!r})"
+        what = f"{'/'.join(map(SYNSETS.label, kinds))} option: {_help(SYNSETS.get(kinds[0]).Config, name)}"
+        flag = "--" + name.replace("_", "-")
         if isinstance(f.default, bool):
             p.add_argument(flag, action="store_true", default=None, help=what)
         else:
@@ -188,6 +194,28 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_options(a: argparse.Namespace) -> int:
+    """Every option ``--set`` takes, by section, with its default and what its field declares (help, range or
+    choices); ``NAME ...`` keeps the sections whose title has one of them (``eval``, ``mtt``, ``fred``)."""
+    from haba_core.config import RunConfig
+    from haba_core.methods import METHODS
+    from haba_core.options import option_specs
+    from haba_core.synsets import SYNSETS
+
+    sections = {"run": (RunConfig, "")}  # title -> (dataclass, key prefix)
+    sections |= {s.name: (s.nested, f"{s.name}.") for s in option_specs(RunConfig).values() if s.nested}
+    sections |= {f"synset kind {k}": (SYNSETS.get(k).Config, "synset.") for k in SYNSETS.list()}
+    sections |= {f"method {m}": (METHODS.get(m).Config, "method.") for m in METHODS.list()}
+    for title, (cls, prefix) in sections.items():
+        if a.names and not set(a.names) & set(title.split()):
+            continue
+        print(f"{title}:")
+        for spec in option_specs(cls).values():
+            if spec.nested is None:
+                print(f"  {prefix}{spec.name} = {spec.default!r}: {spec.describe()}")
+    return 0
+
+
 def cmd_experts(a: argparse.Namespace) -> int:
     """Train MTT expert trajectories (skips finished experts, resumes unfinished ones)."""
     from haba_core.methods.experts import resolve_expert_config, train_experts
@@ -236,17 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="haba", description="Dataset distillation by factorization.")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from haba_core.config import DataConfig, RunConfig
     from haba_core.loggers import REQUIREMENTS, SINKS
+    from haba_core.methods.experts import ExpertConfig
 
     d = sub.add_parser("distill", help="distill a synthetic set into a run folder")
     _add_common_distill(d)
-    d.add_argument("--iterations", type=int, help="outer iterations")
+    d.add_argument("--iterations", type=int, help=_help(RunConfig, "iterations"))
     d.add_argument("--run-dir", help="run folder to create (or to resume); required unless --dry-run")
-    d.add_argument("--seed", type=int)
-    d.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
+    d.add_argument("--seed", type=int, help=_help(RunConfig, "seed"))
+    d.add_argument("--device", help=_help(RunConfig, "device"))
     d.add_argument("--data-root", help="where datasets are looked up (default ./data)")
     d.add_argument("--config", action="append", help="YAML/JSON experiment file(s), applied in order")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. method.lr_img=100")
+    overrides = "dotted override, e.g. method.lr_img=100 (`haba options` lists every key)"
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help=overrides)
     d.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     d.add_argument("--eval", action="store_true", help="evaluate the final set (eval.* settings)")
     sinks = f"also log to (repeatable or comma-separated; pip install -r {REQUIREMENTS}): {_registered(SINKS)}"
@@ -285,15 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="fashion_mnist")
     t.add_argument("--out", required=True, help="expert folder (created; rerun the command to resume it)")
     t.add_argument("--num-experts", type=int, default=10)
-    t.add_argument("--epochs", type=int, help="epochs per expert (default 50)")
+    t.add_argument("--epochs", type=int, help=_help(ExpertConfig, "epochs"))
     t.add_argument("--zca", action="store_true", help="ZCA-whiten the data (must match the distillation)")
     t.add_argument("--workers", type=int, default=1, help="experts trained at once (processes; cores are shared)")
-    t.add_argument("--seed", type=int, help="expert i uses seed + i (default 0)")
-    t.add_argument("--lr", type=float, help="SGD lr (default 0.01)")
-    t.add_argument("--batch", type=int, help="batch size (default 256)")
-    t.add_argument("--train-limit", type=int, help="class-balanced subset of the training set")
+    t.add_argument("--seed", type=int, help=_help(ExpertConfig, "seed"))
+    t.add_argument("--lr", type=float, help=_help(ExpertConfig, "lr"))
+    t.add_argument("--batch", type=int, help=_help(ExpertConfig, "batch"))
+    t.add_argument("--train-limit", type=int, help=_help(DataConfig, "train_limit"))
     t.add_argument("--data-root", help="where datasets are looked up (default ./data)")
-    t.add_argument("--device", help="cpu (default), cuda, auto")
+    t.add_argument("--device", help=_help(ExpertConfig, "device"))
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. net.width=64, dsa_strategy=none")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.add_argument(
@@ -305,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001); none starts a local Ray")
     t.add_argument("--retries", type=int, default=1, help="ray: extra attempts for a failed expert (default 1)")
     t.set_defaults(func=cmd_experts)
+
+    o = sub.add_parser("options", help="list every option --set takes: default, help, range or choices")
+    o.add_argument("names", nargs="*", help="only these sections: run, data, synset, haba, eval, a kind, a method")
+    o.set_defaults(func=cmd_options)
     return p
 
 

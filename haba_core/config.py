@@ -10,6 +10,10 @@ method's own dataclass (see ``haba_core.methods``); ``method.lr_img=100`` is sho
 the kind's ``Config`` (see ``haba_core.synsets``) and stored resolved (every option of the kind, none of another
 kind's); ``synset.n_hallucinators=3`` is shorthand for ``synset.params.n_hallucinators=3``, and configs written
 before ``synset.params`` existed (kind options beside ``kind``) still read.
+
+Every field is declared with :func:`haba_core.options.option`: its help, its range and, for a fixed set of strings, a
+``Literal`` annotation; validation, the CLI's help and the New run page read that declaration (``haba options``
+lists them all).
 """
 
 from __future__ import annotations
@@ -17,45 +21,72 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from haba_core.augment.dsa import DSA_DEFAULT
+from haba_core.data.datasets import ZCA_VARIANTS
 from haba_core.errors import ConfigError
 from haba_core.loggers import SINKS
+from haba_core.options import Precision, option
 from haba_core.synsets import SYNSETS
-from haba_core.validate import check_choices, check_value, checked_fields
-
-LOGGERS = {"choices": tuple(SINKS.list())}  # field metadata: the values a tuple option takes
+from haba_core.validate import basis_size, check_option, checked_fields
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "fashion_mnist"
-    root: str = "data"  # where the dataset's files are looked up first (a download goes there too)
-    root_only: bool = False  # read only from root (a missing root is an error, no system copy): what --data-root sets
-    zca: bool = False
-    zca_variant: str = "kornia"  # "kornia": raw [0,1] pixels, eps 0.1 (MTT/HaBa reference) | "relative"
-    train_limit: int | None = None  # class-balanced subset of the training set (fast profiles, tests)
-    test_limit: int | None = None
-    val_per_class: int = 0  # training images per class held out as the validation split (never distilled)
-    val_seed: int = 0  # which images the validation split holds (seeded, class-balanced)
-    options: dict = field(default_factory=dict)  # extra kwargs for the source (e.g. toy's im_size)
+    name: str = option("fashion_mnist", help="the dataset: a registered name (fashion_mnist, mnist, cifar10, ...)")
+    root: str = option("data", help="where the dataset's files are looked up first (a download goes there too)")
+    root_only: bool = option(
+        False, help="read only from root (a missing root is an error, no system copy): what --data-root sets"
+    )
+    zca: bool = option(False, help="ZCA-whiten the images (fitted on the training images kept)")
+    zca_variant: str = option(
+        "kornia",
+        help="kornia: raw [0, 1] pixels, eps 0.1 (the MTT/HaBa reference); relative: normalized pixels, eps 0.1 x "
+        "the mean eigenvalue",
+        choices=ZCA_VARIANTS,
+    )
+    train_limit: int | None = option(
+        None, help="class-balanced subset of the training set (fast profiles, tests); None: all of it", ge=1
+    )
+    test_limit: int | None = option(None, help="class-balanced subset of the test set; None: all of it", ge=1)
+    val_per_class: int = option(
+        0, help="training images per class held out as the validation split (never distilled)", ge=0
+    )
+    val_seed: int = option(0, help="which images the validation split holds (seeded, class-balanced)", ge=0)
+    options: dict = option(default_factory=dict, help="extra keyword arguments of the source (e.g. toy's im_size)")
 
 
 @dataclass(frozen=True)
 class SynsetConfig:
-    kind: str = "haba"  # a registered synset kind (haba_core.synsets: pixels, haba, fred, ...)
-    budget_ipc: float | None = 1.0  # storage budget in images-per-class equivalents; solves n_bases
-    n_bases: int | None = None  # per class; overrides the budget solve when set (then storage is reported)
-    # stored resolution (square): "auto" = full size when it fits the budget, else the largest whole-factor
-    # reduction that does (budget.auto_basis_size; the run says what it chose); None = full size; or an int
-    basis_size: int | str | None = "auto"
-    init: str = "real"  # "real" | "noise"
-    lr_images: float | None = None  # None: the method's lr_img
-    lr_hallucinators: float | None = None  # None: the method's lr_hallucinators (else its lr_img)
-    momentum_hallucinators: float | None = None  # None: the method's momentum
-    params: dict = field(default_factory=dict)  # the kind's own options (its Config), e.g. HaBa's n_hallucinators
+    kind: str = option("haba", help="the synset kind: a registered name (pixels, haba, fred, ...)")
+    budget_ipc: float | None = option(
+        1.0,
+        help="floats the synthetic set may store, in units of one image per class (budget x classes x C x H x W); "
+        "it solves n_bases",
+        gt=0,
+    )
+    n_bases: int | None = option(
+        None, help="bases per class; overrides the budget solve when set (then storage is reported)", ge=1
+    )
+    # "auto" resolves through budget.auto_basis_size (the run says what it chose); "full" is stored as None
+    basis_size: int | str | None = option(
+        "auto",
+        help="stored resolution of the bases (square): auto (full size when it fits the budget, else the largest "
+        "whole-factor reduction that does), full, or an integer >= 3",
+        parse=basis_size,
+    )
+    init: Literal["real", "noise"] = option("real", help="the bases start as random real images or as noise")
+    lr_images: float | None = option(None, help="SGD lr of the bases; None: the method's lr_img", gt=0)
+    lr_hallucinators: float | None = option(
+        None, help="SGD lr of the hallucinators; None: the method's lr_hallucinators (else its lr_img)", gt=0
+    )
+    momentum_hallucinators: float | None = option(
+        None, help="SGD momentum of the hallucinators; None: the method's momentum", ge=0, lt=1
+    )
+    params: dict = option(default_factory=dict, help="the kind's own options (its Config), e.g. HaBa's n_hallucinators")
 
     def __post_init__(self):
         """``params`` becomes the kind's resolved options (its ``Config`` with defaults; another kind's options
@@ -77,61 +108,79 @@ class SynsetConfig:
 class HabaLossConfig:
     """HaBa's adversarial contrastive constraint (``haba_losses.py``); active only for kinds that declare it."""
 
-    enabled: bool = True
-    lambda_cos: float = 0.1  # weight of L_cos added to the DD loss on the synthetic side
-    extractor_width: int = 128
-    extractor_depth: int = 3
-    extractor_lr: float = 1e-3
-    extractor_momentum: float = 0.9
-    ce_weight: float = 1.0
-    likelihood_weight: float = 0.1  # mean((1 - cos) / 2) on the extractor side
-    supcon_weight: float = 0.1
-    temperature: float = 0.07
-    batch: int | None = None  # bases per contrastive batch; None: all of them (the reference)
+    enabled: bool = option(True, help="apply the constraint (to kinds with 2+ hallucinators)")
+    lambda_cos: float = option(0.1, help="weight of L_cos added to the DD loss on the synthetic side", ge=0)
+    extractor_width: int = option(128, help="channels of the feature extractor's conv layers", ge=1)
+    extractor_depth: int = option(3, help="conv blocks of the feature extractor", ge=1)
+    extractor_lr: float = option(1e-3, help="SGD lr of the feature extractor", gt=0)
+    extractor_momentum: float = option(0.9, help="SGD momentum of the feature extractor", ge=0, lt=1)
+    ce_weight: float = option(1.0, help="weight of the extractor's cross-entropy on the hallucinated images", ge=0)
+    likelihood_weight: float = option(0.1, help="weight of mean((1 - cos) / 2) on the extractor side", ge=0)
+    supcon_weight: float = option(0.1, help="weight of the extractor's supervised contrastive loss", ge=0)
+    temperature: float = option(0.07, help="temperature of the supervised contrastive loss", gt=0)
+    batch: int | None = option(None, help="bases per contrastive batch; None: all of them (the reference)", ge=1)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    nets: tuple[str, ...] = ("convnet",)
-    seeds: int = 3
-    epochs: int = 300
-    batch: int = 256
-    lr: float | None = None  # None: the learned synthetic lr (MTT) if any, else 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    dsa: bool = True
-    pairing: str = "random"  # haba: "random" (each basis once per epoch, random hallucinator) | "all"
-    standardize: bool = False  # per-batch (x - mean) / std before DSA (HaBa's official evaluation), all rows alike
-    split: str = "test"  # "test" | "val": where accuracy is measured ("val" needs data.val_per_class)
-    test_batch: int = 1000  # test images per forward batch (an execution choice when standardize is off)
-    # with standardize: test images per standardization batch, i.e. whose mean and std each test image is
-    # standardized with; HaBa's official test loader takes 128. Part of the protocol (only then).
-    standardize_test_batch: int = 128
-    # "auto" (bf16 where the device computes it natively, else fp32) | "fp32" | "bf16": forward passes under
-    # bfloat16 autocast; part of the protocol, recorded resolved. bf16 kept accuracy within 1 std of float32 on
-    # Fashion-MNIST IPC 1 and 10, HaBa and pixels (bench/results/precision.md)
-    precision: str = "auto"
-    compile: bool = False  # torch.compile each network (an execution choice: not part of the protocol)
+    nets: tuple[str, ...] = option(("convnet",), help="networks trained on the set (registered names)")
+    seeds: int = option(3, help="networks of each architecture, one seed each", ge=1)
+    epochs: int = option(300, help="training epochs of each network", ge=1)
+    batch: int = option(256, help="training mini-batch", ge=1)
+    lr: float | None = option(None, help="SGD lr; None: the learned synthetic lr (MTT) if any, else 0.01", gt=0)
+    momentum: float = option(0.9, help="SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(5e-4, help="SGD weight decay", ge=0)
+    dsa: bool = option(True, help="DSA on every training batch (the run's dsa_strategy)")
+    pairing: Literal["random", "all"] = option(
+        "random", help="haba: random (each basis once per epoch, a random hallucinator) or all (every pair)"
+    )
+    standardize: bool = option(
+        False, help="per-batch (x - mean) / std before DSA (HaBa's official evaluation), all rows alike"
+    )
+    split: Literal["test", "val"] = option("test", help="where accuracy is measured (val needs data.val_per_class)")
+    test_batch: int = option(
+        1000, help="test images per forward batch (an execution choice when standardize is off)", ge=1
+    )
+    # HaBa's official test loader takes 128. Part of the protocol (only then).
+    standardize_test_batch: int = option(
+        128, help="with standardize: test images whose mean and std each test image is standardized with", ge=1
+    )
+    # part of the protocol, recorded resolved. bf16 kept accuracy within 1 std of float32 on Fashion-MNIST IPC 1
+    # and 10, HaBa and pixels (bench/results/precision.md)
+    precision: Precision = option(
+        "auto", help="auto (bf16 where the device computes it natively, else fp32), fp32 or bf16 autocast"
+    )
+    compile: bool = option(False, help="torch.compile each network (an execution choice: not part of the protocol)")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    synset: SynsetConfig = field(default_factory=SynsetConfig)
-    method: dict = field(default_factory=lambda: {"name": "dm", "params": {}})
-    haba: HabaLossConfig = field(default_factory=HabaLossConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    net: dict = field(default_factory=lambda: {"name": "convnet", "params": {}})  # distillation network
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    iterations: int = 1000
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    eval_every: int = 0  # 0: evaluate only at the end (when eval_at_end)
-    eval_at_end: bool = False
-    snapshot_every: int = 50
-    checkpoint_every: int = 50
-    log_every: int = 1
-    loggers: tuple[str, ...] = field(default=(), metadata=LOGGERS)  # also log there: tensorboard, wandb (offline)
+    data: DataConfig = option(default_factory=DataConfig, help="the dataset and its splits")
+    synset: SynsetConfig = option(default_factory=SynsetConfig, help="the synthetic set: kind, budget, bases")
+    method: dict = option(
+        default_factory=lambda: {"name": "dm", "params": {}},
+        help="the DD objective: name (a registered method) and params (its Config)",
+    )
+    haba: HabaLossConfig = option(default_factory=HabaLossConfig, help="HaBa's adversarial contrastive constraint")
+    eval: EvalConfig = option(default_factory=EvalConfig, help="how the synthetic set is evaluated")
+    net: dict = option(
+        default_factory=lambda: {"name": "convnet", "params": {}},
+        help="the distillation network: name (a registered network) and params (its options, e.g. width)",
+    )
+    dsa_strategy: str = option(
+        DSA_DEFAULT, help="DSA's augmentations, joined by _ (none or null: no augmentation)", null=""
+    )
+    iterations: int = option(1000, help="outer iterations (updates of the synthetic set)", ge=1)
+    seed: int = option(0, help="seeds the network initialisations and every random draw of the run", ge=0)
+    device: str = option("auto", help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+    eval_every: int = option(0, help="iterations between in-run evaluations; 0: only at the end (eval_at_end)", ge=0)
+    eval_at_end: bool = option(False, help="evaluate the final set with the eval settings")
+    snapshot_every: int = option(50, help="iterations between snapshots of the set; 0: none", ge=0)
+    checkpoint_every: int = option(50, help="iterations between checkpoints; 0: only at the end", ge=0)
+    log_every: int = option(1, help="iterations between lines of metrics.jsonl", ge=0)
+    loggers: tuple[str, ...] = option(
+        (), help="also log there: tensorboard, wandb (offline)", choices=tuple(SINKS.list())
+    )
 
     @property
     def method_name(self) -> str:
@@ -162,28 +211,16 @@ def _build(cls: type, d: Mapping[str, Any] | None, prefix: str) -> Any:
     def unknown(key: str, hint: str) -> str:
         return f"Unknown config key {prefix + key!r}.{hint} Valid: {valid}."
 
-    def convert(f, value):
-        sub = _DATACLASS_FIELDS.get((cls, f.name)) or getattr(cls, "NESTED", {}).get(f.name)
-        if sub is not None:
-            return _build(sub, value, f"{prefix}{f.name}.")
-        if f.type in ("tuple[str, ...]",) and value is not None:
-            values = tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
-            return check_choices(prefix + f.name, tuple(values), f.metadata.get("choices"))
-        return check_value(prefix + f.name, value, f.type)
+    def convert(spec, value):
+        if spec.nested is not None:  # a section: its own dataclass, built the same way
+            return _build(spec.nested, value, f"{prefix}{spec.name}.")
+        return check_option(prefix + spec.name, value, spec)
 
     kwargs = checked_fields(cls, d, prefix, unknown, convert=convert)
     try:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - guarded by the key check above
         raise ConfigError(str(e)) from e
-
-
-_DATACLASS_FIELDS = {
-    (RunConfig, "data"): DataConfig,
-    (RunConfig, "synset"): SynsetConfig,
-    (RunConfig, "haba"): HabaLossConfig,
-    (RunConfig, "eval"): EvalConfig,
-}
 
 
 def parse_value(text: str) -> Any:

@@ -3,7 +3,9 @@
 Pure Python over ``haba_core.config`` / ``haba_core.budget``: the page renders :func:`field_specs` as
 widgets, collects their values into a flat ``{dotted.key: value}`` mapping and calls :func:`check`, which
 resolves the config exactly as the engine will and explains anything that would fail (an unavailable
-backend, a budget that cannot hold the synset, an unknown hyperparameter) before a process is started.
+backend, a budget that cannot hold the synset, an unknown hyperparameter, missing experts) before a process is
+started. A widget's help, choices and minimum come from its field's declaration (``haba_core.options``), and the
+experts panel from what the backend declares it needs (``Method.expert_field``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,23 +35,20 @@ MAIN_KEYS = (
     "device",
 )
 AUTO = "auto"
-# String fields with a fixed set of values (shown as select boxes)
-CHOICES = {
-    "synset.init": ("real", "noise"),
-    "eval.pairing": ("random", "all"),
-    "method.params.syn_pairing": ("all", "random"),
-}
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One hyperparameter: dotted key, widget kind, engine default and a short help text."""
+    """One hyperparameter: dotted key, widget kind, engine default, help and choices, all from its field's
+    declaration (:func:`haba_core.options.option`)."""
 
     key: str
     kind: str  # bool | int | float | str | opt_int | opt_float | opt_bool | list | json
     default: Any
-    help: str = ""
-    choices: tuple[str, ...] = ()  # the values a list field takes (its field's metadata), shown as a multiselect
+    help: str = ""  # the field's help with its range or choices
+    # the values the field takes (a Literal or its choices): a select box, or a multiselect for a list field
+    choices: tuple[str, ...] = ()
+    min_value: float | None = None  # the smallest value a number takes (its field's ge), the widget's minimum
 
     @property
     def section(self) -> str:
@@ -142,45 +140,30 @@ def available_datasets() -> list[str]:
 
 
 # -- field specs from the engine's dataclasses ---------------------------------------------------------------
-_COMMENT = re.compile(r"^\s+(\w+)\s*:[^=#]*=[^#]*#\s*(.+)$")
-
-
-def _comments(cls: type) -> dict[str, str]:
-    """Inline ``# comments`` of a dataclass's fields (the engine documents its config that way)."""
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m.group(1): m.group(2).strip() for m in map(_COMMENT.match, src.splitlines()) if m}
-
-
-def _kind(type_str: str, default: Any) -> str:
-    t = str(type_str).replace(" ", "")
-    optional = "None" in t
-    if "|str" in t or t.startswith("str"):  # e.g. basis_size: int | str | None ("auto", "full" or a number)
+def _kind(kinds: frozenset[str]) -> str:
+    """The widget kind of a field that allows values of ``kinds`` (``OptionSpec.kinds``)."""
+    if "str" in kinds:  # also basis_size: int | str | None ("auto", "full" or a number)
         return "str"
     for base in ("bool", "int", "float"):
-        if t.startswith(base):
-            return f"opt_{base}" if optional else base
-    if t.startswith("tuple"):
-        return "list"
-    if t.startswith("dict"):
-        return "json"
-    return "str"
+        if base in kinds:
+            return f"opt_{base}" if "None" in kinds else base
+    return "list" if "tuple" in kinds else "json"
 
 
 def _specs(cls: type, prefix: str, skip: tuple[str, ...] = ()) -> list[FieldSpec]:
-    helps = _comments(cls)
+    from haba_core.options import option_specs
+
     out = []
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    for o in option_specs(cls).values():
+        if o.name in skip or o.nested is not None or o.name in ("method", "net"):  # sections have their own specs
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(default) or f.name in ("method", "net"):
-            continue
-        choices = tuple(f.metadata.get("choices", ()))
-        out.append(FieldSpec(prefix + f.name, _kind(f.type, default), default, helps.get(f.name, ""), choices))
+        out.append(FieldSpec(prefix + o.name, _kind(o.kinds), o.default, o.describe(), tuple(o.choices or ()), o.ge))
     return out
+
+
+def field_spec(key: str) -> FieldSpec:
+    """The spec of one engine-level field (``iterations``, ``synset.budget_ipc``, ...)."""
+    return next(s for s in field_specs() if s.key == key)
 
 
 def field_specs() -> list[FieldSpec]:
@@ -305,13 +288,24 @@ def float_step(value: float | None) -> float:
     return 10.0 ** (math.floor(math.log10(abs(float(value)))) - 1)
 
 
-def expert_field(specs: list[FieldSpec] | None) -> FieldSpec | None:
-    """The backend hyperparameter naming its expert-trajectory folder (MTT), if it has one."""
-    for s in specs or ():
-        name = s.key.rsplit(".", 1)[-1]
-        if "expert" in name and any(w in name for w in ("dir", "path", "buffer", "root")):
-            return s
-    return None
+def needs_experts(method: str) -> bool:
+    """Whether the backend declares that it reads expert trajectories (``Method.needs_experts``: MTT)."""
+    try:
+        from haba_core.methods import METHODS
+
+        return METHODS.get(method).needs_experts()
+    except Exception:  # an unknown or unloadable backend needs nothing the page could offer
+        return False
+
+
+def expert_field(method: str) -> FieldSpec | None:
+    """The backend hyperparameter naming its expert-trajectory folder (``Method.expert_field``), if it needs one."""
+    if not needs_experts(method):
+        return None
+    from haba_core.methods import METHODS
+
+    name = METHODS.get(method).expert_field
+    return next((s for s in method_specs(method) or () if s.key == f"method.params.{name}"), None)
 
 
 def parse_set_lines(text: str) -> list[str]:
@@ -437,11 +431,12 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
             out.errors.append(f"device={cfg.device} asks for CUDA, but this machine has no CUDA GPU; use auto or cpu.")
     if kind.contrastive and not (out.plan is not None and out.plan.n_hallucinators >= 2 and cfg.haba.enabled):
         out.notes.append("The adversarial contrastive constraint needs 2+ hallucinators and haba.enabled; it is off.")
-    if name == "mtt" and experts_dir is not None:
+    if needs_experts(name) and experts_dir is not None:
         from workbench.jobs import has_experts
 
         if not has_experts(experts_dir):
-            out.errors.append(f"MTT needs expert trajectories; {experts_dir} holds none yet. Train experts first.")
+            who = label("method", name)
+            out.errors.append(f"{who} needs expert trajectories; {experts_dir} holds none yet. Train experts first.")
     if cfg.synset.n_bases is not None and cfg.synset.budget_ipc is not None and out.plan is not None:
         used = out.plan.to_dict().get("budget_used")
         if used and used > 1:

@@ -76,6 +76,10 @@ class Method:
     Config: type = object
     label = ""  # how front ends name the backend (default: its registry key)
     help = ""  # one line for the app and the CLI
+    # What the method needs before it can run: the ``Config`` field naming a folder of expert trajectories (made by
+    # ``haba experts``), or None. Front ends ask :meth:`needs_experts` (the New run page's experts panel and check,
+    # the bench's expert jobs) instead of comparing method names.
+    expert_field: str | None = None
 
     def __init__(self, cfg, ctx: Context):
         self.cfg = cfg
@@ -89,6 +93,11 @@ class Method:
             return f"Unknown hyperparameter method.{key} for {cls.__name__}.{hint} Valid: {valid}."
 
         return cls.Config(**checked_fields(cls.Config, params, "method.", unknown))
+
+    @classmethod
+    def needs_experts(cls) -> bool:
+        """Whether the method reads expert trajectories (its folder is the option ``method.<expert_field>``)."""
+        return cls.expert_field is not None
 
     @property
     def lr_img(self) -> float:

@@ -39,7 +39,8 @@ engine records the resolved pair in the run's config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,7 @@ from torch import Tensor, nn
 
 from haba_core.errors import ConfigError
 from haba_core.methods.base import METHODS, PER_CLASS_REAL, Method, Step
+from haba_core.options import Precision, option
 from haba_core.training import autocast, compile_once, train_epoch
 
 # DC's get_loops: ipc -> (outer_loop, inner_loop)
@@ -93,28 +95,37 @@ def match_loss(g_syn: list[Tensor], g_real: list[Tensor], match_bias: bool = Fal
 
 @dataclass(frozen=True)
 class DCConfig:
-    lr_img: float = 0.1
+    lr_img: float = option(0.1, help="SGD lr of the bases", gt=0)
     # HaBa's hallucinators under DC: at lr_img they blow up (max |pixel| 3.6e4 after 100 iterations).
     # Chosen on the validation split (reference ConvNet, CPU DC preset, IPC 1 as 3 bases of 14x14 + 5
     # hallucinators, 500 held-out images per class, 3 nets; bench/results/val_search/dc_haba_ipc1_lr_hallucinators.md):
     # 1e-3 71.64%, 3e-4 71.36%, 1e-4 70.85%, 3e-5 70.27% (1e-3 and 3e-4 within noise of each other).
-    lr_hallucinators: float = 1e-3
-    momentum: float = 0.5  # synthetic-set SGD momentum (official)
-    lr_net: float = 0.01  # inner-loop network SGD
-    momentum_net: float = 0.0  # the reference's inner loop is plain SGD
-    batch_real: int = field(default=256, metadata=PER_CLASS_REAL)  # real images per class and matching step
-    batch_train: int = 256  # inner-loop mini-batch on the synthetic set
-    outer_loop: int | None = None  # None: from the storage budget (DC's get_loops of the budget's IPC)
-    inner_loop: int | None = None
-    syn_pairing: str = "random"  # haba: "random" (one hallucinator per basis) | "all" (every pair)
-    match_bias: bool = False  # official: 1-d tensors (biases, norm params) do not count
-    bn_size_pc: int = field(default=16, metadata=PER_CLASS_REAL)  # BatchNorm nets: real images per class for stats
-    compile: bool = False  # torch.compile the real batches' pass (compiled once per process)
-    # "fp32" | "bf16" | "auto" (bf16 where the device computes it natively): the real and synthetic forward passes
-    # and the inner loop's under bfloat16 autocast; the parameter gradients and the matching distance stay float32.
-    # DC in bf16 kept accuracy within 1 std of float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels
-    # (bench/results/distill_precision_dc_mtt.md), so DC's default is auto; DSA's is not (below)
-    precision: str = "auto"
+    lr_hallucinators: float = option(1e-3, help="SGD lr of HaBa's hallucinators", gt=0)
+    momentum: float = option(0.5, help="SGD momentum of the synthetic set (official)", ge=0, lt=1)
+    lr_net: float = option(0.01, help="SGD lr of the inner loop's network", gt=0)
+    momentum_net: float = option(0.0, help="SGD momentum of the inner loop (the reference's is plain SGD)", ge=0, lt=1)
+    batch_real: int = option(256, help="real images per class and matching step", ge=1, **PER_CLASS_REAL)
+    batch_train: int = option(256, help="inner-loop mini-batch on the synthetic set", ge=1)
+    outer_loop: int | None = option(
+        None, help="matching steps per iteration; None: from the storage budget (DC's get_loops)", ge=1
+    )
+    inner_loop: int | None = option(
+        None, help="inner-loop epochs between matching steps; None: from the storage budget (DC's get_loops)", ge=0
+    )
+    syn_pairing: Literal["random", "all"] = option(
+        "random", help="haba: one random hallucinator per basis (random) or every pair (all)"
+    )
+    match_bias: bool = option(False, help="count 1-d tensors (biases, norm parameters); the official code does not")
+    bn_size_pc: int = option(
+        16, help="BatchNorm nets: real images per class for the statistics", ge=1, **PER_CLASS_REAL
+    )
+    compile: bool = option(False, help="torch.compile the real batches' pass (compiled once per process)")
+    # the parameter gradients and the matching distance stay float32. DC in bf16 kept accuracy within 1 std of
+    # float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels (bench/results/distill_precision_dc_mtt.md), so DC's
+    # default is auto; DSA's is not (below)
+    precision: Precision = option(
+        "auto", help="the forward passes and the inner loop under bf16 autocast: auto (where native), fp32, bf16"
+    )
 
 
 @METHODS.register("dc")
@@ -129,8 +140,6 @@ class DC(Method):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        if cfg.syn_pairing not in ("random", "all"):
-            raise ConfigError(f"method.syn_pairing must be 'random' or 'all', not {cfg.syn_pairing!r}.")
         if self.augment_matching and not ctx.dsa_strategy:
             raise ConfigError("method dsa needs a DSA strategy (dsa_strategy=none was set); use method dc instead.")
 
@@ -235,11 +244,13 @@ class DC(Method):
 class DSAConfig(DCConfig):
     # chosen on the validation split as DC's, with the CPU DSA preset
     # (bench/results/val_search/dsa_haba_ipc1_lr_hallucinators.md): 1e-3 69.73%, 3e-4 71.71%, 1e-4 70.75%, 3e-5 69.81%
-    lr_hallucinators: float = 3e-4
+    lr_hallucinators: float = option(3e-4, help="SGD lr of HaBa's hallucinators", gt=0)
     # float32 by default: in bf16, DSA + HaBa at Fashion-MNIST IPC 1 lost 0.40 points, just over one std (0.38) of
     # float32 (bench/results/distill_precision_dc_mtt.md); the other three DSA cells passed. Rechecked on the validation
     # split: -0.38 against a std of 0.30 (bench/results/val_search/dsa_precision_ipc1_haba.md); method.precision=bf16
-    precision: str = "fp32"
+    precision: Precision = option(
+        "fp32", help="the forward passes and the inner loop under bf16 autocast: auto (where native), fp32, bf16"
+    )
 
 
 @METHODS.register("dsa")

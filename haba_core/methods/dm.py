@@ -22,11 +22,13 @@ graph with new weights, so it compiles once per process (``bench/speed.py`` meas
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from haba_core.methods.base import METHODS, PER_CLASS_REAL, Method, Step
+from haba_core.options import Precision, option
 from haba_core.training import autocast, compile_once
 
 
@@ -39,20 +41,23 @@ compiled_features = compile_once(_features)
 
 @dataclass(frozen=True)
 class DMConfig:
-    lr_img: float = 1.0
+    lr_img: float = option(1.0, help="SGD lr of the bases", gt=0)
     # HaBa's hallucinators under DM: at lr_img (1.0) or 0.1 they blow up within 40 iterations on Fashion-MNIST.
     # Chosen on the validation split (reference ConvNet, CPU DM preset, IPC 1, 500 held-out images per class,
     # 3 nets; bench/results/val_search/dm_haba_ipc1_lr_hallucinators.md): 1e-3 74.97%, 5e-4 75.25%, 2e-4 75.79%,
     # 1e-4 75.57%, 5e-5 75.81% (every value <= 2e-4 within noise of the best).
-    lr_hallucinators: float = 5e-5
-    momentum: float = 0.5
-    batch_real: int = field(default=256, metadata=PER_CLASS_REAL)  # real images per class and iteration
-    syn_pairing: str = "all"  # "all" | "random"
-    # "auto" (bf16 where the device computes it natively, else fp32) | "fp32" | "bf16": both forward passes under
-    # bfloat16 autocast. bf16 distillation kept accuracy within 1 std of float32 on Fashion-MNIST IPC 1 and 10,
-    # HaBa and pixels (bench/results/distill_precision.md)
-    precision: str = "auto"
-    compile: bool = False  # torch.compile the feature extractor (compiled once per process)
+    lr_hallucinators: float = option(5e-5, help="SGD lr of HaBa's hallucinators", gt=0)
+    momentum: float = option(0.5, help="SGD momentum of the synthetic set", ge=0, lt=1)
+    batch_real: int = option(256, help="real images per class and iteration", ge=1, **PER_CLASS_REAL)
+    syn_pairing: Literal["all", "random"] = option(
+        "all", help="haba: every basis x every hallucinator (all) or one random hallucinator per basis (random)"
+    )
+    # bf16 distillation kept accuracy within 1 std of float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels
+    # (bench/results/distill_precision.md)
+    precision: Precision = option(
+        "auto", help="both forward passes under bf16 autocast: auto (where the device computes it natively), fp32, bf16"
+    )
+    compile: bool = option(False, help="torch.compile the feature extractor (compiled once per process)")
 
 
 @METHODS.register("dm")

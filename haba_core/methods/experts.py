@@ -29,18 +29,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from haba_core import io
+from haba_core.augment.dsa import DSA_DEFAULT
 from haba_core.config import DataConfig, flatten
 from haba_core.devices import resolve_device
 from haba_core.errors import CheckpointError, ConfigError
 from haba_core.memory import reuse_freed_memory
+from haba_core.options import option
 
 EXPERT_FORMAT = "haba-expert-trajectory"
 EXPERT_SET_FORMAT = "haba-expert-set"
@@ -52,24 +54,23 @@ MANIFEST = "experts.json"
 class ExpertConfig:
     """How experts are trained; every field is recorded in the manifest and in each expert file."""
 
-    NESTED: ClassVar[dict] = {"data": DataConfig}
-
-    # the distillation's own data section (zca, zca_variant and val_per_class must match the distillation's;
-    # experts never train on the validation split)
-    data: DataConfig = field(default_factory=DataConfig)
-    net: dict = field(default_factory=lambda: {"name": "convnet", "params": {}})
-    epochs: int = 50
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch: int = 256
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # "" or "none": no augmentation
-    seed: int = 0  # expert i uses seed + i
-    device: str = "cpu"
-    val_every: int = 0  # epochs between validation-accuracy measurements (0: after the last; needs data.val_per_class)
-    # torch.compile the training network (static shapes): how the experts are computed, not what they are (same
-    # arithmetic up to fusion order), so a set may mix compiled and eager experts
-    compile: bool = False
+    data: DataConfig = option(
+        default_factory=DataConfig,
+        help="the distillation's data section (zca, zca_variant, val_per_class must match it; experts never see val)",
+    )
+    net: dict = option(default_factory=lambda: {"name": "convnet", "params": {}}, help="the network trained")
+    epochs: int = option(50, help="training epochs of each expert (its trajectory has epochs + 1 rows)", ge=1)
+    lr: float = option(0.01, help="SGD lr", gt=0)
+    momentum: float = option(0.0, help="SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(0.0, help="SGD weight decay", ge=0)
+    batch: int = option(256, help="training mini-batch", ge=1)
+    dsa_strategy: str = option(DSA_DEFAULT, help='DSA augmentations ("" or none: no augmentation)', null="")
+    seed: int = option(0, help="expert i uses seed + i", ge=0)
+    device: str = option("cpu", help="cpu, auto, cuda or cuda:N")
+    val_every: int = option(
+        0, help="epochs between validation-accuracy measurements (0: after the last; needs data.val_per_class)", ge=0
+    )
+    compile: bool = option(False, help="torch.compile the network (how experts are computed, not what they are)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

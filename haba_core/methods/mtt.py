@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,39 +47,48 @@ from haba_core.memory import reuse_freed_memory
 from haba_core.methods.base import METHODS, Method, Step
 from haba_core.methods.expert_set import ExpertSet
 from haba_core.methods.experts import make_experts_hint
+from haba_core.options import Precision, option
 from haba_core.training import autocast
 
 
 @dataclass(frozen=True)
 class MTTConfig:
-    expert_dir: str | None = None  # folder made by `python -m haba_core experts`
-    syn_steps: int = 30  # N: unrolled student steps per iteration
-    expert_epochs: int = 2  # M: the target is M expert epochs ahead of the start
-    max_start_epoch: int = 20  # start epoch drawn from [0, max_start_epoch)
-    lr_img: float = 100.0  # SGD lr of the bases (HaBa official; MTT uses 1000 at some settings)
+    expert_dir: str | None = option(None, help="the expert trajectories: a folder made by `haba experts`")
+    syn_steps: int = option(30, help="N: unrolled student steps per iteration", ge=1)
+    expert_epochs: int = option(2, help="M: the target is M expert epochs ahead of the start", ge=1)
+    max_start_epoch: int = option(20, help="the start epoch is drawn from [0, max_start_epoch)", ge=1)
+    lr_img: float = option(100.0, help="SGD lr of the bases (HaBa official; MTT uses 1000 at some settings)", gt=0)
     # HaBa's hallucinators: the official CIFAR runs use 100 (on ZCA data, 15000 iterations; the paper presets set
     # it). Chosen on the validation split with HaBa's official momentum 0.95 (reference ConvNet, CPU MTT preset,
     # IPC 1 as 3 bases of 14x14 + 5 hallucinators, 3 nets; bench/results/val_search/mtt_haba_ipc1_momentum095.md):
     # at lr_img 30, 0.01 75.85%, 0.03 75.46%, 0.1 75.43%; at lr_img 10, 0.01 75.75%, 0.03 75.73%, 0.1 74.92% (0.1
     # lets hallucinated pixels grow to |x| 286-407; the rest are within noise of each other).
-    lr_hallucinators: float = 0.01
+    lr_hallucinators: float = option(0.01, help="SGD lr of HaBa's hallucinators", gt=0)
     # SGD momenta of the synthetic set and of the learned student lr; None: each code's official value, by what
     # the set is: MTT's 0.5 / 0.5 (``distill.py``) for pixels and other kinds, HaBa's 0.95 / 0.9
     # (``distill_fac.py``, bases and hallucinators alike) for haba. Resolved at setup and recorded in config.json.
-    momentum: float | None = None
-    lr_lr: float = 1e-5  # SGD lr of the learnable student lr
-    momentum_lr: float | None = None
-    lr_teacher: float = 0.01  # initial student lr
-    min_syn_lr: float = 0.001  # the student lr is clipped at this after each update (official HaBa)
-    batch_syn: int | None = None  # bases per unrolled step; None: all of them (official default)
-    max_experts: int | None = None  # use only the first k experts of the folder
-    # "fp32" | "bf16" (autocast of the student's forward) | "auto" (bf16 where native). bf16 kept accuracy within
-    # 1 std of float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels, under the current lrs
-    # (bench/results/distill_precision_dc_mtt.md; at the old pixel lr_img 1000 it had cost 1.4 points at IPC 1 pixels)
-    precision: str = "auto"
-    unroll: str = "fast"  # "fast" | "reference" (see the module docstring)
-    reuse_memory: bool = True  # CPU, glibc's allocator: keep freed memory (faster, more heap; not under jemalloc)
-    channels_last: bool = True  # fast fp32 unroll on CPU: NHWC activations for multi-channel images
+    momentum: float | None = option(
+        None, help="SGD momentum of the synthetic set; None: the official value for the set's kind", ge=0, lt=1
+    )
+    lr_lr: float = option(1e-5, help="SGD lr of the learnable student lr", gt=0)
+    momentum_lr: float | None = option(
+        None, help="SGD momentum of the learnable student lr; None: the official value for the set's kind", ge=0, lt=1
+    )
+    lr_teacher: float = option(0.01, help="the student lr it starts from", gt=0)
+    min_syn_lr: float = option(0.001, help="the student lr is clipped at this after each update (official HaBa)", gt=0)
+    batch_syn: int | None = option(None, help="bases per unrolled step; None: all of them (official default)", ge=1)
+    max_experts: int | None = option(None, help="use only the first k experts of the folder", ge=1)
+    # bf16 kept accuracy within 1 std of float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels, under the current
+    # lrs (bench/results/distill_precision_dc_mtt.md; at the old pixel lr_img 1000 it had cost 1.4 points at IPC 1)
+    precision: Precision = option(
+        "auto",
+        help="the student's forward under bf16 autocast: auto (where the device computes it natively), fp32, bf16",
+    )
+    unroll: Literal["fast", "reference"] = option("fast", help="how the student is unrolled (see the module docstring)")
+    reuse_memory: bool = option(
+        True, help="CPU, glibc's allocator: keep freed memory (faster, more heap; not under jemalloc)"
+    )
+    channels_last: bool = option(True, help="fast fp32 unroll on CPU: NHWC activations for multi-channel images")
 
 
 # synset kind -> (momentum of the synthetic set, momentum of the learned lr) in that kind's official MTT code
@@ -99,13 +109,10 @@ class MTT(Method):
     Config = MTTConfig
     label = "MTT"
     help = "matching training trajectories of experts"
+    expert_field = "expert_dir"
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        if cfg.unroll not in ("fast", "reference"):
-            raise ConfigError(f"method.unroll must be 'fast' or 'reference', not {cfg.unroll!r}.")
-        if cfg.syn_steps < 1 or cfg.expert_epochs < 1 or cfg.max_start_epoch < 1:
-            raise ConfigError("method.syn_steps, method.expert_epochs and method.max_start_epoch must be >= 1.")
         info = ctx.info
         hint = make_experts_hint(cfg.expert_dir or "experts/" + info.name, info.name, bool(info.zca), ctx.net_params)
         if not cfg.expert_dir:

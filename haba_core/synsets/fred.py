@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from haba_core.errors import ConfigError
+from haba_core.options import option
 from haba_core.synsets.base import SYNSETS, Synset
 
 SELECTIONS = {"variance": "FreD (DCT, variance)", "lowpass": "FreD (DCT, low-pass)"}  # option -> label
@@ -91,13 +92,11 @@ def unpack_bits(bits: Tensor, p: int) -> Tensor:
 
 @dataclass(frozen=True)
 class FredOptions:
-    selection: str = "variance"  # "variance": per class, FreD's highest-variance DCT positions; "lowpass": k x k
-
-    def __post_init__(self):
-        if self.selection not in SELECTIONS:
-            raise ConfigError(
-                f"synset.selection={self.selection!r} is not one of {', '.join(SELECTIONS)}; use one of them."
-            )
+    selection: str = option(
+        "variance",
+        help="variance: per class, FreD's highest-variance DCT positions; lowpass: the k x k lowest frequencies",
+        choices=tuple(SELECTIONS),
+    )
 
 
 @SYNSETS.register("fred")
@@ -123,7 +122,7 @@ class FrequencySynset(Synset):
         h, w = info.im_size
         if basis_size is not None and not 1 <= int(basis_size) <= min(h, w):
             raise ValueError(f"fred keeps k x k frequencies with 1 <= k <= {min(h, w)}, got basis_size={basis_size}")
-        FredOptions(selection)
+        self.make_options({"selection": selection})  # a bad selection fails here, as in a config
         super().__init__(info, n_bases, basis_size)
         self.selection = selection
         self.label = SELECTIONS[selection]

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from haba_core.options import option
 from haba_core.synsets.base import SYNSETS, Synset, fan_in_uniform_, upsample_to
 
 
@@ -36,11 +37,15 @@ def hallucinator_floats(basis_channels: int, channels: int, basis_hw: tuple[int,
 
 @dataclass(frozen=True)
 class HabaOptions:
-    n_hallucinators: int = 5  # shared by all classes; each basis yields one image per hallucinator
-    single_channel: bool = False  # 1-channel bases on RGB data (3x the bases per budget)
-    # keep the hallucinators at their seeded initialisation (an ablation): they are not optimized and their
-    # parameters take no gradient; the bases still learn through them. Storage still counts them.
-    freeze_hallucinators: bool = False
+    n_hallucinators: int = option(
+        5, help="hallucinators, shared by all classes; each basis yields one image per hallucinator", ge=1
+    )
+    single_channel: bool = option(False, help="1-channel bases on RGB data (3x the bases per budget)")
+    # frozen hallucinators are not optimized and their parameters take no gradient; the bases still learn through
+    # them, and storage still counts them
+    freeze_hallucinators: bool = option(
+        False, help="keep the hallucinators at their seeded initialisation (an ablation)"
+    )
 
 
 @SYNSETS.register("haba")

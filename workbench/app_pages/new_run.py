@@ -56,8 +56,8 @@ def field(spec: NR.FieldSpec, default, where=st):
     help_ = f"`{spec.key}`, engine default `{spec.default!r}`. {spec.help}".strip()
     if spec.kind == "list" and spec.choices:
         return where.multiselect(spec.label, spec.choices, default=list(default or ()), key=k, help=help_)
-    if spec.key in NR.CHOICES:
-        options = list(NR.CHOICES[spec.key])
+    if spec.choices:  # a Literal field or one declaring its choices
+        options = list(spec.choices)
         return where.selectbox(
             spec.label, options, index=options.index(value) if value in options else 0, key=k, help=help_
         )
@@ -66,16 +66,14 @@ def field(spec: NR.FieldSpec, default, where=st):
     if spec.kind == "opt_bool":
         options = [NR.AUTO, "true", "false"]
         return where.selectbox(spec.label, options, index=options.index(value), key=k, help=help_)
-    if spec.kind in ("int", "opt_int"):
-        return where.number_input(
-            spec.label, value=None if value is None else int(value), step=1, key=k, help=help_, placeholder="none"
-        )
-    if spec.kind in ("float", "opt_float"):
+    if spec.kind in ("int", "opt_int", "float", "opt_float"):
+        cast = int if spec.kind in ("int", "opt_int") else float
         return where.number_input(
             spec.label,
-            value=None if value is None else float(value),
-            format="%g",
-            step=NR.float_step(value),
+            min_value=None if spec.min_value is None else cast(spec.min_value),  # the field's range
+            value=None if value is None else cast(value),
+            format=None if cast is int else "%g",
+            step=1 if cast is int else NR.float_step(value),
             key=k,
             help=help_,
             placeholder="none",
@@ -97,7 +95,7 @@ def widgets(specs: list[NR.FieldSpec], defaults: dict, base: dict | None = None,
                 default=[n for n in default or [] if n in nets],
                 key=key(s.key),
                 format_func=lambda n: NR.label("net", n),
-                help="`eval.nets`: architectures for the evaluation at the end (eval_at_end).",
+                help=f"`eval.nets`: {s.help}.",
             )
         else:
             field(s, default, cols[i % 3])
@@ -177,13 +175,13 @@ with form:
         step=1.0,
         format="%g",
         key=key("synset.budget_ipc"),
-        help="Floats the synthetic set may store, in units of one image per class (budget x classes x C x H x W).",
+        help=f"`synset.budget_ipc`: {NR.field_spec('synset.budget_ipc').help}.",
     )
     for spec in NR.synset_option_specs():  # kind options shown on the form itself (the rest: Advanced > Synset)
         if spec.key in NR.MAIN_KEYS:
             c2.number_input(
                 spec.label.removeprefix("n ").capitalize(),  # "n hallucinators" -> "Hallucinators"
-                min_value=1,
+                min_value=None if spec.min_value is None else int(spec.min_value),
                 value=int(NR.get_dotted(base, spec.key) or spec.default),
                 step=1,
                 key=key(spec.key),
@@ -220,13 +218,20 @@ with form:
         key=key("synset.basis_size"),
         index=sizes.index(preset_size) if preset_size in sizes else 0,
         format_func=lambda s: auto_label if s == NR.AUTO else f"{s}x{s}",
-        help="Stored resolution of the bases. Smaller bases leave room for hallucinators at small budgets; "
-        "they are hallucinated at this size and upsampled.",
+        help=f"`synset.basis_size`: {NR.field_spec('synset.basis_size').help}.",
     )
 
     c1, c2, c3 = st.columns(3)
-    c1.number_input("Iterations", min_value=1, value=int(base["iterations"]), step=50, key=key("iterations"))
-    c2.number_input("Seed", min_value=0, value=int(base["seed"]), step=1, key=key("seed"))
+    for where, name, step in ((c1, "iterations", 50), (c2, "seed", 1)):
+        spec = NR.field_spec(name)
+        where.number_input(
+            name.capitalize(),
+            min_value=int(spec.min_value),
+            value=int(base[name]),
+            step=step,
+            key=key(name),
+            help=f"`{name}`: {spec.help}.",
+        )
     devices = ["auto", "cpu"]
     try:
         import torch
@@ -240,13 +245,13 @@ with form:
         devices,
         key=key("device"),
         index=devices.index(base["device"]) if base["device"] in devices else 0,
-        help="auto: a CUDA GPU when there is one, else the CPU.",
+        help=f"`device`: {NR.field_spec('device').help}.",
     )
 
     # -- every other hyperparameter ---------------------------------------------------------------------------
     specs = [s for s in NR.field_specs() if s.key not in NR.MAIN_KEYS]
     m_specs = NR.method_specs(method)
-    e_field = NR.expert_field(m_specs)
+    e_field = NR.expert_field(method)  # the folder of expert trajectories, when the backend declares it needs one
     base_method = base["method"]["params"] if base["method"]["name"] == method else {}
     method_defaults = {s.key: base_method.get(s.key.rsplit(".", 1)[-1], s.default) for s in m_specs or ()}
     if e_field is not None and not method_defaults.get(e_field.key):
@@ -283,18 +288,19 @@ with form:
                 placeholder="method.lr_img=100\nnet.width=32",
             )
     experts_dir = None
-    if method == "mtt" and e_field is not None:
+    if e_field is not None:
         experts_dir = Path(st.session_state.get(key(e_field.key)) or method_defaults[e_field.key])
+        who = NR.label("method", method)
         with st.container(border=True):
-            st.markdown(f"**MTT expert trajectories** in `{experts_dir}` (`{e_field.key}`, Advanced > Backend)")
+            st.markdown(f"**{who} expert trajectories** in `{experts_dir}` (`{e_field.key}`, Advanced > Backend)")
             job = J.experts_job(experts_dir)
             if J.has_experts(experts_dir) and not (job and job[0] == "running"):
                 st.success("Experts found.", icon=":material/check_circle:")
             elif job and job[0] == "running":
-                st.info("Training experts; MTT can start when they are done.", icon=":material/hourglass:")
+                st.info(f"Training experts; {who} can start when they are done.", icon=":material/hourglass:")
                 st.code(job[1] or "(no output yet)", language="text")
             elif J.experts_available():
-                st.warning("No experts there yet: MTT matches their training trajectories.")
+                st.warning(f"No experts there yet: {who} matches their training trajectories.")
                 if st.button("Train experts first", key="new.train_experts", icon=":material/model_training:"):
                     try:
                         J.launch_experts(dataset, experts_dir, address=cluster)
@@ -302,7 +308,7 @@ with form:
                     except (J.JobError, OSError) as e:
                         st.error(str(e))
             else:
-                st.warning("This engine cannot train MTT experts yet (no `python -m haba_core experts`).")
+                st.warning(f"This engine cannot train {who} experts yet (no `python -m haba_core experts`).")
 
     # -- the config this form stands for -----------------------------------------------------------------------
     values: dict = {}
