@@ -185,8 +185,9 @@ def test_launch_watch_and_explore_in_a_real_browser(server):
 
 
 def test_live_page_shows_each_new_step_within_seconds_and_stops_polling(server, tmp_path):
-    """A running run's Live page picks up each appended metrics line within a few seconds (it reads only what
-    was appended), and stops polling once the run is no longer running."""
+    """A running run's Live page shows each appended metrics line's values within a few seconds and draws it
+    in the figure within about 10 s (it reads only what was appended), and stops polling once the run is no
+    longer running."""
     import json
     import shutil
     import socket as sock
@@ -219,8 +220,10 @@ def test_live_page_shows_each_new_step_within_seconds_and_stops_polling(server, 
                 t0 = time.time()
                 wait_until(page, lambda loss=loss: f"loss {loss:.4g}" in page.content(), 10, f"step {step}")
                 delays.append(time.time() - t0)
-            assert max(delays) < 6, delays  # polls every ~2 s (one logged step of this run, at least 2 s)
-            assert loss_points(page) == 5
+            assert max(delays) < 6, delays  # the newest values: polled every 3 s (one logged step, at least 3 s)
+            t0 = time.time()  # the figure is redrawn every 10 s at most, to spare the run's CPU
+            wait_until(page, lambda: loss_points(page) == 5, 15, "the figure's five points")
+            assert time.time() - t0 < 12
             status.update(state="finished", step=5)
             (run / "status.json").write_text(json.dumps(status))
             wait_until(page, lambda: "finished" in page.content(), 10, "the finished state")

@@ -2,10 +2,10 @@
 
 Watching must not slow the run: each poll reads only the metrics lines appended since the last one, redraws a
 figure only when its data or settings changed (long curves thinned for display), renders the snapshot image
-once per snapshot file, and stops polling when the run stops. The progress line follows the run (about once per
-logged step, at least every 3 s); the loss figure and the snapshot are redrawn less often (every 10 and 15 s at
-most): redrawing a figure is what costs a run on the same machine, because every burst of the browser's or the
-server's CPU stalls all the run's threads at once (scripts/watch_overhead.py measures it)."""
+once per snapshot file, and stops polling when the run stops. The progress line and the newest loss values follow
+the run (about once per logged step, at least every 3 s); the loss figure and the snapshot are redrawn less often
+(every 10 and 15 s at most): redrawing a figure is what costs a run on the same machine, because every burst of the
+browser's or the server's CPU stalls all the run's threads at once (scripts/watch_overhead.py measures it)."""
 
 import streamlit as st
 
@@ -82,6 +82,12 @@ def progress() -> None:
     ui.show_error(current)
     for note in current.status.get("notes") or []:  # what the run adjusted to its data or machine at start
         st.caption(f"Note: {note}")
+    tail = metrics_tail(current)
+    if tail.records:  # the newest values at the run's pace; the figure catches up at its own
+        last = tail.records[-1]
+        names = cached("names", (str(current.path), tail.version), lambda: R.loss_names(tail.records))
+        numbers = [f"{k} {last[k]:.4g}" for k in names if isinstance(last.get(k), (int, float))]
+        st.caption(f"Latest (step {last.get('step')}): " + ", ".join(numbers))
     stop_polling_if_done(current)
 
 
@@ -101,8 +107,6 @@ def curves() -> None:
     settings = (str(current.path), tail.version, smoothing, log_y)
     fig = cached("losses", settings, lambda: F.loss_figure(records, names, smoothing, log_y))
     st.plotly_chart(fig, key="live.losses", config={"displaylogo": False})
-    last = records[-1]
-    st.caption("Latest: " + ", ".join(f"{k} {last[k]:.4g}" for k in names if isinstance(last.get(k), (int, float))))
     if show_system:
         system = R.system_names(records)
         if system:
