@@ -188,11 +188,12 @@ def test_a_kinds_own_config_reaches_config_budget_cli_and_app():
     from haba_core.cli import build_parser
     from haba_core.config import resolve_config
     from haba_core.errors import ConfigError
+    from haba_core.options import option
     from workbench import newrun as NR
 
     @dataclass(frozen=True)
     class TileOptions:
-        copies: int = 2  # images each basis renders
+        copies: int = option(2, help="images each basis renders", ge=1)
 
     @SYNSETS.register("tiled_test")
     class Tiled(SYNSETS.get("pixels")):
@@ -219,7 +220,9 @@ def test_a_kinds_own_config_reaches_config_budget_cli_and_app():
         a = build_parser().parse_args(["budget", "--synset", "tiled_test", "--copies", "4"])
         assert a.copies == 4
         spec = next(s for s in NR.synset_option_specs() if s.key == "synset.params.copies")
-        assert spec.default == 2 and spec.help == "images each basis renders"
+        assert spec.default == 2 and spec.help == "images each basis renders (an integer >= 1)" and spec.min_value == 1
+        with pytest.raises(ConfigError, match="synset.copies=0 is out of range; use an integer >= 1"):
+            resolve_config(overrides=["synset.kind=tiled_test", "synset.copies=0"])
         assert NR.synset_takes("tiled_test", spec) and not NR.synset_takes("haba", spec)
     finally:
         SYNSETS.unregister("tiled_test")
