@@ -37,9 +37,14 @@ from haba_core.validate import basis_size, check_option, checked_fields
 @dataclass(frozen=True)
 class DataConfig:
     name: str = option("fashion_mnist", help="the dataset: a registered name (fashion_mnist, mnist, cifar10, ...)")
-    root: str = option("data", help="where the dataset's files are looked up first (a download goes there too)")
+    # location: where the files are read from, not which data (left out of identity())
+    root: str = option(
+        "data", help="where the dataset's files are looked up first (a download goes there too)", location=True
+    )
     root_only: bool = option(
-        False, help="read only from root (a missing root is an error, no system copy): what --data-root sets"
+        False,
+        help="read only from root (a missing root is an error, no system copy): what --data-root sets",
+        location=True,
     )
     zca: bool = option(False, help="ZCA-whiten the images (fitted on the training images kept)")
     zca_variant: str = option(
@@ -57,6 +62,12 @@ class DataConfig:
     )
     val_seed: int = option(0, help="which images the validation split holds (seeded, class-balanced)", ge=0)
     options: dict = option(default_factory=dict, help="extra keyword arguments of the source (e.g. toy's im_size)")
+
+    def identity(self) -> dict[str, Any]:
+        """Which data this is, without where its files are read from (fields marked ``location``): what an
+        evaluation's cells are keyed by, so a run folder read from another data root keeps its cells."""
+        d = dataclasses.asdict(self)
+        return {f.name: d[f.name] for f in fields(self) if not f.metadata.get("location")}
 
 
 @dataclass(frozen=True)

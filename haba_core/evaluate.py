@@ -209,25 +209,15 @@ def _result(per_net: dict, protocol: dict, storage: Storage, look: LedgerEntry |
 def eval_cell_task(job: dict) -> list[dict]:
     """Train the networks of one cell (one source, one architecture, some seeds) where the executor sent it.
 
-    ``job`` is plain data: ``data`` (load_dataset arguments), ``device``, ``source`` (``{"kind": "synset",
-    "file": bytes, "pairing": ...}`` or ``{"kind": "random_real", "ipc": k}``), ``net``, ``seeds``,
-    ``protocol``, ``batched``, ``test_batch``, ``compile`` (optional). Returns one record per seed. Top-level
-    so executors can pickle it.
+    ``job`` is plain data: ``data`` (the run's :class:`~haba_core.config.DataConfig` as ``dataclasses.asdict``, its
+    root resolved), ``device``, ``source`` (``{"kind": "synset", "file": bytes, "pairing": ...}`` or ``{"kind":
+    "random_real", "ipc": k}``), ``net``, ``seeds``, ``protocol``, ``batched``, ``test_batch``, ``compile``
+    (optional). Returns one record per seed. Top-level so executors can pickle it.
     """
-    from haba_core.data import load_dataset
+    from haba_core.config import DataConfig
+    from haba_core.data.datasets import dataset_from_config
 
-    d = job["data"]
-    dataset = load_dataset(
-        d["name"],
-        root=d["root"],
-        zca=d["zca"],
-        train_limit=d["train_limit"],
-        test_limit=d["test_limit"],
-        zca_variant=d["zca_variant"],
-        val_per_class=d["val_per_class"],
-        val_seed=d["val_seed"],
-        **d["options"],
-    )
+    dataset = dataset_from_config(DataConfig(**job["data"]))
     dataset = dataset.evaluated_on(job["protocol"].get("split", "test")).to(resolve_device(job["device"]))
     src, seeds = job["source"], list(job["seeds"])
     if src["kind"] == "synset":
@@ -297,18 +287,8 @@ def evaluate_run(
     run, synset_path = Path(run), Path(synset_path)
     t_start = time.time()
     say = log or (lambda _m: None)
-    d = cfg.data
-    data = {
-        "name": d.name,
-        "root": str(Path(d.root).expanduser().resolve()),
-        "zca": d.zca,
-        "zca_variant": d.zca_variant,
-        "train_limit": d.train_limit,
-        "test_limit": d.test_limit,
-        "val_per_class": d.val_per_class,
-        "val_seed": d.val_seed,
-        "options": dict(d.options),
-    }
+    d = dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).expanduser().resolve()))
+    data = dataclasses.asdict(d)  # what every worker loads (DataConfig(**data)): the run's data, whole
     device = device or cfg.device
     dsa = cfg.dsa_strategy if ecfg.dsa else ""
     nets = list(ecfg.nets)
@@ -316,10 +296,10 @@ def evaluate_run(
     synset_bytes = synset_path.read_bytes()
     synset = load_synset(synset_path)
     info = synset.info
-    data_identity = {k: v for k, v in data.items() if k != "root"}
+    data_identity = d.identity()
 
     # fail early, in the driver, when the data cannot be loaded (not once per task in the workers)
-    ds = dataset_from_config(d, root=data["root"]).evaluated_on(ecfg.split)
+    ds = dataset_from_config(d).evaluated_on(ecfg.split)
     test_images, per_class = len(ds.labels_test), ds.class_counts()
     del ds
     sources: dict[str, dict] = {}

@@ -371,16 +371,7 @@ def load_dataset(
 
 
 def dataset_from_config(d, **extra: Any) -> Dataset:
-    """``load_dataset`` with the fields of a :class:`~haba_core.config.DataConfig` (``extra`` overrides)."""
-    kwargs = dict(
-        root=d.root,
-        zca=d.zca,
-        train_limit=d.train_limit,
-        test_limit=d.test_limit,
-        zca_variant=d.zca_variant,
-        val_per_class=d.val_per_class,
-        val_seed=d.val_seed,
-        root_only=d.root_only,
-    )
-    kwargs.update(extra)
-    return load_dataset(d.name, **kwargs, **d.options)
+    """``load_dataset`` with the fields of a :class:`~haba_core.config.DataConfig`, each the keyword of the same
+    name (``name`` first, ``options`` spread as the source's own); ``extra`` overrides."""
+    kwargs = {f.name: getattr(d, f.name) for f in dataclasses.fields(d) if f.name not in ("name", "options")}
+    return load_dataset(d.name, **{**kwargs, **extra}, **d.options)
