@@ -30,6 +30,7 @@ from haba_core.data.datasets import ZCA_VARIANTS
 from haba_core.errors import ConfigError
 from haba_core.loggers import SINKS
 from haba_core.options import Precision, option
+from haba_core.protocol import EvalSettings
 from haba_core.synsets import SYNSETS
 from haba_core.validate import basis_size, check_option, checked_fields
 
@@ -133,22 +134,13 @@ class HabaLossConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(EvalSettings):
+    """How a run's synthetic set is evaluated: the shared :class:`~haba_core.protocol.EvalSettings` (epochs, lr,
+    batch, ...; defined there once) plus which networks and how many, and the settings a protocol resolves."""
+
     nets: tuple[str, ...] = option(("convnet",), help="networks trained on the set (registered names)")
     seeds: int = option(3, help="networks of each architecture, one seed each", ge=1)
-    epochs: int = option(300, help="training epochs of each network", ge=1)
-    batch: int = option(256, help="training mini-batch", ge=1)
-    lr: float | None = option(None, help="SGD lr; None: the learned synthetic lr (MTT) if any, else 0.01", gt=0)
-    momentum: float = option(0.9, help="SGD momentum", ge=0, lt=1)
-    weight_decay: float = option(5e-4, help="SGD weight decay", ge=0)
     dsa: bool = option(True, help="DSA on every training batch (the run's dsa_strategy)")
-    pairing: Literal["random", "all"] = option(
-        "random", help="haba: random (each basis once per epoch, a random hallucinator) or all (every pair)"
-    )
-    standardize: bool = option(
-        False, help="per-batch (x - mean) / std before DSA (HaBa's official evaluation), all rows alike"
-    )
-    split: Literal["test", "val"] = option("test", help="where accuracy is measured (val needs data.val_per_class)")
     test_batch: int = option(
         1000, help="test images per forward batch (an execution choice when standardize is off)", ge=1
     )

@@ -103,13 +103,6 @@ def protocol_of(cfg, lr: float | None, dsa_strategy: str, test_images: int | Non
     return EvalProtocol.from_config(cfg, dsa_strategy, test_images, device).record(lr)
 
 
-def _train_protocol(
-    sources, dataset, protocol: dict, name: str, seeds: Sequence[int], batched, test_batch=1000, compile=False
-):
-    recipe = Recipe.from_protocol(protocol, test_batch, compile)
-    return train_seeds(sources, dataset, name, recipe, seeds, batched)
-
-
 def _net_summary(runs: list[dict]) -> dict:
     paths = sorted({r.get("path", "sequential") for r in runs})
     out = {
@@ -128,21 +121,17 @@ def _net_summary(runs: list[dict]) -> dict:
 def evaluate_source(
     source: ImageSource,
     dataset,
-    protocol: dict,
+    recipe: Recipe,
     nets: Iterable[str],
     seeds: int,
     seed: int = 0,
     batched: bool | None = None,
-    test_batch: int = 1000,
-    compile: bool = False,
 ) -> dict:
     """Train ``seeds`` fresh networks per architecture; mean +- std of final test accuracy."""
-    per_net = {}
-    for name in nets:
-        seed_list = [seed + k for k in range(seeds)]
-        runs = _train_protocol([source] * seeds, dataset, protocol, name, seed_list, batched, test_batch, compile)
-        per_net[name] = _net_summary(runs)
-    return per_net
+    seed_list = [seed + k for k in range(seeds)]
+    return {
+        name: _net_summary(train_seeds([source] * seeds, dataset, name, recipe, seed_list, batched)) for name in nets
+    }
 
 
 def evaluate_synset(
@@ -155,11 +144,10 @@ def evaluate_synset(
     look = admit(ledger, cfg.split, {"eval": dataclasses.asdict(cfg)})
     dataset = dataset.evaluated_on(cfg.split)
     protocol = protocol_of(cfg, lr, dsa_strategy, len(dataset.labels_test), dataset.images_test.device)
-    device = dataset.images_test.device
-    synset = synset.to(device)
-    source = _synset_source(synset, cfg.pairing)
+    recipe = Recipe.from_protocol(protocol, cfg.test_batch, cfg.compile)
+    synset = synset.to(dataset.images_test.device)
     with torch.enable_grad():
-        per_net = evaluate_source(source, dataset, protocol, nets, seeds, seed, batched, cfg.test_batch, cfg.compile)
+        per_net = evaluate_source(_synset_source(synset, cfg.pairing), dataset, recipe, nets, seeds, seed, batched)
     return _result(per_net, protocol, synset.storage(), look)
 
 
@@ -183,14 +171,10 @@ def random_real_baseline(
     look = admit(ledger, cfg.split, {"eval": dataclasses.asdict(cfg)})
     dataset = dataset.evaluated_on(cfg.split)
     protocol = protocol_of(cfg, None, dsa_strategy, len(dataset.labels_test), dataset.images_test.device)
+    recipe = Recipe.from_protocol(protocol, cfg.test_batch, cfg.compile)
     seed_list = [seed + k for k in range(seeds)]
     sources = [_fixed_source(*dataset.subset_random(ipc, torch.Generator().manual_seed(s))) for s in seed_list]
-    per_net = {
-        name: _net_summary(
-            _train_protocol(sources, dataset, protocol, name, seed_list, batched, cfg.test_batch, cfg.compile)
-        )
-        for name in nets
-    }
+    per_net = {name: _net_summary(train_seeds(sources, dataset, name, recipe, seed_list, batched)) for name in nets}
     return _result(per_net, protocol, random_real_storage(dataset.info, ipc), look)
 
 
@@ -211,14 +195,15 @@ def eval_cell_task(job: dict) -> list[dict]:
 
     ``job`` is plain data: ``data`` (the run's :class:`~haba_core.config.DataConfig` as ``dataclasses.asdict``, its
     root resolved), ``device``, ``source`` (``{"kind": "synset", "file": bytes, "pairing": ...}`` or ``{"kind":
-    "random_real", "ipc": k}``), ``net``, ``seeds``, ``protocol``, ``batched``, ``test_batch``, ``compile``
-    (optional). Returns one record per seed. Top-level so executors can pickle it.
+    "random_real", "ipc": k}``), ``net``, ``seeds``, ``recipe`` (a :class:`~haba_core.training.Recipe` as
+    ``dataclasses.asdict``), ``batched``. Returns one record per seed. Top-level so executors can pickle it.
     """
     from haba_core.config import DataConfig
     from haba_core.data.datasets import dataset_from_config
 
+    recipe = Recipe(**job["recipe"])
     dataset = dataset_from_config(DataConfig(**job["data"]))
-    dataset = dataset.evaluated_on(job["protocol"].get("split", "test")).to(resolve_device(job["device"]))
+    dataset = dataset.evaluated_on(recipe.split).to(resolve_device(job["device"]))
     src, seeds = job["source"], list(job["seeds"])
     if src["kind"] == "synset":
         synset = _synset_from_bytes(src["file"], dataset.images_test.device)
@@ -226,16 +211,7 @@ def eval_cell_task(job: dict) -> list[dict]:
     else:
         sources = [_fixed_source(*dataset.subset_random(src["ipc"], torch.Generator().manual_seed(s))) for s in seeds]
     with torch.enable_grad():
-        return _train_protocol(
-            sources,
-            dataset,
-            job["protocol"],
-            job["net"],
-            seeds,
-            job["batched"],
-            job["test_batch"],
-            bool(job.get("compile", False)),
-        )
+        return train_seeds(sources, dataset, job["net"], recipe, seeds, job["batched"])
 
 
 def _synset_from_bytes(data: bytes, device):
@@ -330,6 +306,7 @@ def evaluate_run(
     for name, src in sources.items():
         src["tag"] = _tag(name, {**src["identity"], "protocol": src["protocol"], "data": data_identity})
         src["dir"] = RF.cells_dir(run, src["tag"])
+        recipe = dataclasses.asdict(Recipe.from_protocol(src["protocol"], ecfg.test_batch, ecfg.compile))
         spec = {"source": name, **src["identity"], "protocol": src["protocol"], "storage": src["storage"].to_dict()}
         RF.write_cell_spec(src["dir"], {**spec, "data": data_identity, "synset_file": str(synset_path)})
         for net in nets:
@@ -344,10 +321,8 @@ def evaluate_run(
                     "source": src["spec"],
                     "net": net,
                     "seeds": group,
-                    "protocol": src["protocol"],
+                    "recipe": recipe,
                     "batched": grouped,
-                    "test_batch": ecfg.test_batch,
-                    "compile": ecfg.compile,
                 }
                 tasks.append(Task(tid, (job,)))
                 meta[tid] = (name, net, group)

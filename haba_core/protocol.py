@@ -11,18 +11,24 @@ test loader: 128) changes the numbers, so it is part of the protocol too.
 
 The same protocol applies to every row of a comparison (HaBa, pixels, the random real subset): it never
 depends on the synset's kind. ``id`` hashes the fields that decide comparability; ``name`` is a readable
-label. Records written before protocols had ids (``version`` 1: augment-then-standardize, standardization
-on for HaBa sets only, ConvNet padding 1 on 1x28x28) read back as ``"legacy"`` and never match a current one.
+label. The settings a protocol shares with a run's ``eval`` section and a trainer's recipe are defined once, in
+:class:`EvalSettings`; ``tests/test_protocol_ids.py`` pins the ids of the protocols behind committed results.
+Records written before protocols had ids (``version`` 1: augment-then-standardize, standardization on for HaBa
+sets only, ConvNet padding 1 on 1x28x28) read back as ``"legacy"`` and never match a current one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from haba_core.options import option
 
 # 2: reference ConvNet (first conv padded by 3 on 1x28x28), standardize before augment, one protocol for all
 # kinds. Bump when evaluation code changes what a protocol's numbers mean.
@@ -31,16 +37,36 @@ DEFAULT_LR = 0.01  # the lr when the protocol does not fix one and the set learn
 
 
 @dataclass(frozen=True)
-class EvalProtocol:
-    epochs: int = 300
-    batch: int = 256
-    lr: float | None = None  # None: the synthetic set's learned lr (MTT) if it has one, else DEFAULT_LR
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+class EvalSettings:
+    """How every fresh evaluation network is trained and tested: the settings that mean the same wherever they
+    appear, defined here once. :class:`~haba_core.config.EvalConfig` (a run's ``eval`` section: these, which
+    networks and how many, and settings a protocol resolves), :class:`EvalProtocol` (what a result records: these
+    with the DSA strategy, precision and test set resolved) and :class:`~haba_core.training.Recipe` (what a
+    trainer runs, and what a worker is sent as ``dataclasses.asdict``) extend it, so a field added here reaches
+    all of them and the protocol's id (which then changes, unless :meth:`EvalProtocol.identity` leaves its
+    default out, as it does ``precision="fp32"``)."""
+
+    # epochs and lr first: a recipe is written Recipe(epochs, lr, ...)
+    epochs: int = option(300, help="training epochs of each network", ge=1)
+    lr: float | None = option(None, help="SGD lr; None: the learned synthetic lr (MTT) if any, else 0.01", gt=0)
+    batch: int = option(256, help="training mini-batch", ge=1)
+    momentum: float = option(0.9, help="SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(5e-4, help="SGD weight decay", ge=0)
+    standardize: bool = option(
+        False, help="per-batch (x - mean) / std before DSA (HaBa's official evaluation), all rows alike"
+    )
+    pairing: Literal["random", "all"] = option(
+        "random", help="haba: random (each basis once per epoch, a random hallucinator) or all (every pair)"
+    )
+    split: Literal["test", "val"] = option("test", help="where accuracy is measured (val needs data.val_per_class)")
+
+
+@dataclass(frozen=True)
+class EvalProtocol(EvalSettings):
+    """The evaluation settings resolved and recorded with every result; :attr:`id` hashes what decides whether
+    two results are comparable."""
+
     dsa: str = ""  # DSA strategy applied to every training batch ("" for none)
-    standardize: bool = False  # per-batch standardization (HaBa's official evaluation), before DSA
-    pairing: str = "random"  # sets with variants (HaBa): "random" (each basis once per epoch) | "all"
-    split: str = "test"  # "test" | "val" (the held-out validation split of the training set)
     test_images: int | None = None  # how many images the accuracy is measured on
     reported: str = "final"  # the final network's accuracy, never the best over epochs
     order: str = "standardize_then_augment"
@@ -49,23 +75,26 @@ class EvalProtocol:
     # with standardize: test images per standardization batch (HaBa's official test loader: 128); None otherwise
     standardize_test_batch: int | None = None
 
+    def __post_init__(self):
+        # Numbers take their field's type, so an id never depends on how a value was written (lr 1 vs 1.0 hash
+        # differently as JSON); a standardize of None (configs written before protocols) reads as off.
+        for name, kind in _scalar_types(type(self)).items():
+            value = getattr(self, name)
+            if value is not None or kind is bool:
+                object.__setattr__(self, name, kind(value))
+
     @classmethod
     def from_config(cls, ecfg, dsa_strategy: str, test_images: int | None = None, device=None) -> EvalProtocol:
-        """The protocol an :class:`~haba_core.config.EvalConfig` describes (``dsa_strategy``: the run's;
-        ``eval.precision=auto`` resolves for ``device``, see :func:`resolve_precision`)."""
+        """The protocol an :class:`~haba_core.config.EvalConfig` describes: its :class:`EvalSettings` as they are,
+        ``dsa`` the run's ``dsa_strategy`` when ``ecfg.dsa``, ``eval.precision=auto`` resolved for ``device`` (see
+        :func:`resolve_precision`), ``standardize_test_batch`` only with standardization."""
+        shared = {f.name: getattr(ecfg, f.name) for f in dataclasses.fields(EvalSettings)}
         return cls(
-            epochs=int(ecfg.epochs),
-            batch=int(ecfg.batch),
-            lr=None if ecfg.lr is None else float(ecfg.lr),
-            momentum=float(ecfg.momentum),
-            weight_decay=float(ecfg.weight_decay),
+            **shared,
             dsa=dsa_strategy if ecfg.dsa else "",
-            standardize=bool(ecfg.standardize),  # None (configs written before protocols) reads as off
-            pairing=str(ecfg.pairing),
-            split=str(getattr(ecfg, "split", "test")),
             test_images=test_images,
-            precision=resolve_precision(str(getattr(ecfg, "precision", "fp32")), device),
-            standardize_test_batch=int(getattr(ecfg, "standardize_test_batch", 128)) if ecfg.standardize else None,
+            precision=resolve_precision(str(ecfg.precision), device),
+            standardize_test_batch=ecfg.standardize_test_batch if ecfg.standardize else None,
         )
 
     def lr_for(self, learned_lr: float | None) -> float:
@@ -84,9 +113,10 @@ class EvalProtocol:
         return out
 
     def _fields(self) -> dict[str, Any]:
-        """Every field, but ``standardize_test_batch`` when unset: plain protocols' ids and records stay as
-        they were before it existed (evaluation cells keyed by the record keep their keys)."""
-        out = dataclasses.asdict(self)
+        """Every field of the protocol (a :class:`~haba_core.training.Recipe`'s execution choices are no part of
+        it), but ``standardize_test_batch`` when unset: plain protocols' ids and records stay as they were before
+        it existed (evaluation cells keyed by the record keep their keys)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalProtocol)}
         if out["standardize_test_batch"] is None:
             del out["standardize_test_batch"]
         return out
@@ -111,6 +141,17 @@ class EvalProtocol:
         rule = "learned, else 0.01" if self.lr is None else "fixed"
         lr = self.lr_for(learned_lr)
         return {**self._fields(), "name": self.name, "id": self.id, "lr_rule": rule, "lr": lr}
+
+
+@functools.cache
+def _scalar_types(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` annotated ``int``, ``float`` or ``bool`` (optional or not), with that type."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) else [tp]
+        if len(args) == 1 and args[0] in (int, float, bool):
+            out[name] = args[0]
+    return out
 
 
 def resolve_precision(precision: str, device=None) -> str:

@@ -15,6 +15,7 @@ processes. ``bench/speed.py`` measures both.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from haba_core.augment import apply_dsa, sample_dsa_params
 from haba_core.nets import create_net
+from haba_core.protocol import EvalProtocol
 
 # what evaluation trains on: generator -> (images, labels), called once per epoch (HaBa draws new pairings)
 ImageSource = Callable[[torch.Generator], tuple[Tensor, Tensor]]
@@ -67,46 +69,31 @@ def compiled(net: nn.Module) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(EvalProtocol):
     """How each evaluation network is trained and tested: SGD with momentum and weight decay, lr x0.1 at half
-    the epochs, per-batch standardization then DSA. An :class:`~haba_core.protocol.EvalProtocol` record fixes
-    it (:meth:`from_protocol`); every trainer takes one instead of a dozen loose arguments."""
+    the epochs, per-batch standardization then DSA. It is an :class:`~haba_core.protocol.EvalProtocol` with its lr
+    resolved (the fixed one, else the set's learned one; None trains at ``DEFAULT_LR``) plus the execution choices
+    that leave the numbers alone; every trainer takes one instead of a dozen loose arguments, and a worker is sent
+    ``dataclasses.asdict(recipe)`` and trains with ``Recipe(**payload)``."""
 
-    epochs: int
-    lr: float
-    batch: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    dsa: str = ""  # DSA strategy on every training batch
-    standardize: bool = False
-    test_batch: int = 1000
+    test_batch: int = 1000  # test images per forward batch; with standardization the protocol's batch (from_protocol)
     net_params: dict = field(default_factory=dict)
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast of forward and loss)
     compile: bool = False  # torch.compile the network (same arithmetic, faster after a one-off compile)
 
     @classmethod
     def from_protocol(cls, protocol: Mapping[str, Any], test_batch: int = 1000, compile: bool = False) -> Recipe:
-        """The recipe of a recorded protocol (``EvalProtocol.record(lr)``: its lr already resolved); records
-        without ``precision`` (written before it existed) are float32. With standardization the test batch is
-        the protocol's ``standardize_test_batch`` (it fixes the statistics), else ``test_batch``."""
-        std = bool(protocol["standardize"])
-        if std and protocol.get("standardize_test_batch"):
-            test_batch = int(protocol["standardize_test_batch"])
-        return cls(
-            epochs=int(protocol["epochs"]),
-            lr=float(protocol["lr"]),
-            batch=int(protocol["batch"]),
-            momentum=float(protocol["momentum"]),
-            weight_decay=float(protocol["weight_decay"]),
-            dsa=str(protocol["dsa"] or ""),
-            standardize=std,
-            precision=str(protocol.get("precision", "fp32")),
-            test_batch=test_batch,
-            compile=compile,
-        )
+        """The recipe of a recorded protocol (``EvalProtocol.record(lr)``: its lr already resolved), its fields
+        as recorded (records written before a field existed take its default: ``precision`` float32). With
+        standardization the test batch is the protocol's ``standardize_test_batch`` (it fixes the statistics),
+        else ``test_batch``."""
+        known = {f.name for f in dataclasses.fields(EvalProtocol)}
+        given = {k: v for k, v in protocol.items() if k in known}
+        if given.get("standardize") and given.get("standardize_test_batch"):
+            test_batch = given["standardize_test_batch"]
+        return cls(**{**given, "dsa": given.get("dsa") or ""}, test_batch=test_batch, compile=compile)
 
     def optimizer(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        opt = torch.optim.SGD(params, lr=self.lr_for(None), momentum=self.momentum, weight_decay=self.weight_decay)
         return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[self.epochs // 2], gamma=0.1)
 
 

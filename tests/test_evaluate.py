@@ -281,3 +281,76 @@ def test_evaluate_rejects_bad_input(tmp_path, capsys):
     assert _evaluate(run, "--nets", "mlp", "--workers", "0") == 2
     assert _evaluate(run, "--nets", "mlp", "--executor", "local", "--address", "auto", "--seeds", "1") == 2
     assert "--address is for --executor ray" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ one definition
+
+# a value other than the default for every field of EvalSettings: a field added there must be given one here
+OTHER_VALUES = {
+    "epochs": 7,
+    "lr": 0.05,
+    "batch": 32,
+    "momentum": 0.5,
+    "weight_decay": 1e-3,
+    "standardize": True,
+    "pairing": "all",
+    "split": "val",
+}
+
+
+def test_the_evaluation_settings_have_one_definition():
+    """EvalConfig (what a run sets), EvalProtocol (what a result records), Recipe (what a trainer runs) and the
+    payload a worker gets (``dataclasses.asdict(recipe)``) all take the shared settings from EvalSettings, where
+    they are defined once: none declares them again, and each one set in EvalConfig reaches the protocol, its id,
+    the recipe and the payload."""
+    from dataclasses import asdict, fields, replace
+
+    from haba_core.config import EvalConfig
+    from haba_core.protocol import EvalProtocol, EvalSettings
+
+    shared = [f.name for f in fields(EvalSettings)]
+    assert set(OTHER_VALUES) == set(shared), "give the new field of EvalSettings another value in OTHER_VALUES"
+    for cls in (EvalConfig, EvalProtocol, Recipe):
+        assert issubclass(cls, EvalSettings)
+        assert not set(shared) & set(vars(cls).get("__annotations__", {})), f"{cls.__name__} declares them again"
+    default = EvalConfig()
+    ecfg = replace(default, **OTHER_VALUES)
+    protocol = EvalProtocol.from_config(ecfg, DSA_DEFAULT, 100)
+    recipe = Recipe.from_protocol(protocol.record(), ecfg.test_batch, ecfg.compile)
+    payload = asdict(recipe)
+    for name, value in OTHER_VALUES.items():
+        assert getattr(protocol, name) == protocol.record()[name] == getattr(recipe, name) == payload[name] == value
+        back = EvalProtocol.from_config(replace(ecfg, **{name: getattr(default, name)}), DSA_DEFAULT, 100)
+        assert back.id != protocol.id, f"{name} is not part of the protocol's id"
+    assert Recipe(**payload) == recipe and recipe.dsa == DSA_DEFAULT and recipe.test_batch == 128  # standardized
+
+
+def test_a_process_pool_evaluates_with_the_run_data_and_recipe_whole(tmp_path, monkeypatch):
+    """Workers get the run's DataConfig and the Recipe as ``dataclasses.asdict``, rebuilt there whole: what the
+    driver recorded is what they train with, in spawned processes as in this one."""
+    from dataclasses import replace
+
+    import haba_core.evaluate as E
+    from haba_core.config import DataConfig, RunConfig
+    from haba_core.executors import make_executor
+
+    run = make_run(tmp_path / "run")
+    cfg = RunConfig.from_dict(io.read_json_strict(run / "config.json"))
+    ecfg = replace(cfg.eval, nets=("mlp",), seeds=2, epochs=1, compile=False)
+    jobs = []
+    real_task = E.eval_cell_task
+    monkeypatch.setattr(E, "eval_cell_task", lambda job: jobs.append(job) or real_task(job))
+    ev = E.evaluate_run(run, cfg, ecfg, run / "synset.safetensors", batched=False, log=None)  # here, recorded
+    assert ev["complete"] and len(jobs) == 2
+    root = str(Path(cfg.data.root).expanduser().resolve())
+    for job in jobs:
+        assert DataConfig(**job["data"]) == replace(cfg.data, root=root)  # the run's data, whole
+        assert Recipe(**job["recipe"]) == Recipe.from_protocol(ev["synset"]["protocol"], ecfg.test_batch)
+    monkeypatch.setattr(E, "eval_cell_task", real_task)
+    pooled = tmp_path / "pooled"
+    make_run(pooled)
+    with make_executor("local", workers=2, threads=1) as pool:
+        again = E.evaluate_run(pooled, cfg, ecfg, pooled / "synset.safetensors", executor=pool, batched=False, log=None)
+    assert again["complete"] and again["executor"]["workers"] == 2
+    assert again["synset"]["protocol"] == ev["synset"]["protocol"]
+    assert again["synset"]["nets"]["mlp"]["seeds"] == [0, 1]
