@@ -179,12 +179,13 @@ def test_dc_compile_runs_the_real_pass_compiled_and_keeps_the_loss(method, monke
 
 
 def test_distillation_precision_defaults_follow_the_check():
-    """auto (bf16 where native) for the backends whose bf16 cells all kept accuracy (DM, DC, MTT), float32 for
-    DSA, which lost more than one std at IPC 1 + HaBa (bench/results/distill_precision_dc_mtt.md)."""
+    """auto (bf16 where native) for DM and MTT, float32 for DC and DSA, which lost more than one std at IPC 1 +
+    HaBa on the validation split (tests/test_precision_defaults.py recomputes that rule from the searches; MTT's
+    default still rests on the test-split check, bench/results/distill_precision_dc_mtt.md)."""
     from haba_core.methods import METHODS
 
     defaults = {name: METHODS.get(name).Config().precision for name in ("dm", "dc", "dsa", "mtt")}
-    assert defaults == {"dm": "auto", "dc": "auto", "dsa": "fp32", "mtt": "auto"}
+    assert defaults == {"dm": "auto", "dc": "fp32", "dsa": "fp32", "mtt": "auto"}
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
