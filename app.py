@@ -7,7 +7,7 @@ import torch
 from workbench.pages import ordered_pages
 
 # The server only draws small figures and snapshot images: on one thread it stays off the cores of the runs it
-# watches (with two it stalled a 2-thread run on a 2-core machine; scripts/watch_overhead.py measures it).
+# watches (with two it stalled a 2-thread run on a 2-core machine; bench/watch_overhead.py measures it).
 torch.set_num_threads(1)
 
 st.set_page_config(page_title="HaBa workbench", page_icon=":material/blur_on:", layout="wide")

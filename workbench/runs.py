@@ -308,7 +308,7 @@ def poll_interval(run: Run, base: float = 3.0, longest: float = 30.0) -> float |
     """How often a page should look at ``run``: None when it is not active (nothing will change), else about
     one logged step of the run (``sec_per_iter`` x ``log_every``), between ``base`` and ``longest`` seconds.
     (Polling every 2 s instead of 3 s measured 1.23x instead of 1.16x on a 0.45 s/iteration run on 2 cores,
-    scripts/watch_overhead.py.)"""
+    bench/watch_overhead.py.)"""
     if not run.is_active:
         return None
     spi = run.status.get("sec_per_iter")

@@ -140,7 +140,7 @@ def bench_tree(repo: Path, run: Path) -> Path:
 
 def wait_until_healthy(url: str, proc, log_path: Path, timeout: float = 60.0) -> None:
     """Wait for a ``streamlit run`` server at ``url`` to answer its health check; raise with its log if it
-    exits or stays silent for ``timeout`` seconds (browser tests and scripts/watch_overhead.py)."""
+    exits or stays silent for ``timeout`` seconds (browser tests and bench/watch_overhead.py)."""
     import time
     import urllib.request
 

@@ -5,7 +5,7 @@ figure only when its data or settings changed (long curves thinned for display),
 once per snapshot file, and stops polling when the run stops. The progress line and the newest loss values follow
 the run (about once per logged step, at least every 3 s); the loss figure and the snapshot are redrawn less often
 (every 10 and 15 s at most): redrawing a figure is what costs a run on the same machine, because every burst of the
-browser's or the server's CPU stalls all the run's threads at once (scripts/watch_overhead.py measures it)."""
+browser's or the server's CPU stalls all the run's threads at once (bench/watch_overhead.py measures it)."""
 
 import streamlit as st
 

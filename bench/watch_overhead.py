@@ -9,8 +9,8 @@ slowest step and how many steps took over twice the median (stalls). The summary
 each mode's mean, their ratio, and the CPU the Streamlit server and Chromium used while watching (share of one
 core, from /proc). Results go to ``--out`` as JSON.
 
-    python scripts/watch_overhead.py --label after --out bench/results/watch_overhead_after.json
-    python scripts/watch_overhead.py --app-root /path/to/old/checkout --label before ...
+    python -m bench.watch_overhead --label after --out bench/results/watch_overhead_after.json
+    python -m bench.watch_overhead --app-root /path/to/old/checkout --label before ...
 
 The distillation is the New run page's default (Fashion-MNIST, DM + HaBa at IPC 1, the CPU preset) with a
 fixed iteration count; ``--dataset toy`` for a quick check of the harness.
@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.provenance import provenance
 from haba_core import runfolder as RF
 
 CHROMIUM = "/usr/bin/chromium"
@@ -133,7 +134,7 @@ def one_run(a, env, runs: Path, name: str, page=None, url: str = "", server_pid:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.watch_overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--app-root", default=str(Path(__file__).resolve().parent.parent))
     p.add_argument("--iterations", type=int, default=120)
     p.add_argument("--rounds", type=int, default=5)
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     watched = [r for r in results if r["mode"] == "watched"]
     alone = statistics.median(r["sec_per_iter"] for r in alone_runs)
     summary = {
+        **provenance("bench.watch_overhead", argv),
         "label": a.label,
         "app_root": a.app_root,
         "iterations": a.iterations,
@@ -210,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpu_share": statistics.median(r["server_cpu_share"] for r in watched),
         "chromium_cpu_share": statistics.median(r["chromium_cpu_share"] for r in watched),
         "runs": results,
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     summary["slowdown"] = summary["watched_sec_per_iter"] / alone
     summary["wall_slowdown"] = summary["watched_wall_sec_per_iter"] / summary["alone_wall_sec_per_iter"]

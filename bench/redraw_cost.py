@@ -1,6 +1,6 @@
 """What one refresh of a Live-page element costs the machine: CPU seconds of the browser and of the server.
 
-A probe behind the Live page's refresh cadence (scripts/watch_overhead.py measures the cost to a run). A small
+A probe behind the Live page's refresh cadence (``bench.watch_overhead`` measures the cost to a run). A small
 Streamlit app (written to a temporary folder) redraws one element once a second in a fragment, as the Live page
 does, while headless Chromium shows it; the CPU that Chromium and the Streamlit server use over ``--seconds`` is
 divided by the number of refreshes. Elements:
@@ -9,7 +9,7 @@ divided by the number of refreshes. Elements:
 - ``losses``: the loss figure of a DM + HaBa run (``workbench.figures.loss_figure``, six panels, ``--points``
   steps), as the Live page draws it.
 
-    python scripts/redraw_cost.py --out bench/results/redraw_cost.json
+    python -m bench.redraw_cost --out bench/results/redraw_cost.json
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.provenance import provenance
+from bench.watch_overhead import CHROMIUM, chromium_pids, cpu_seconds, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from watch_overhead import CHROMIUM, chromium_pids, cpu_seconds, free_port  # noqa: E402
 
 LOSSES = ("loss", "dm", "haba_cos", "extractor_ce", "extractor_likelihood", "extractor_supcon")
 APP = """
@@ -57,7 +58,7 @@ refresh()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.redraw_cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--elements", default="progress,losses")
     p.add_argument("--seconds", type=float, default=20.0, help="measured time per element (one refresh a second)")
     p.add_argument("--points", type=int, default=100, help="steps on the loss curves when the probe starts")
@@ -104,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
         server.wait(10)
         log.close()
-    summary = {
-        "points": a.points,
-        "seconds": a.seconds,
-        "rows": rows,
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    summary = {**provenance("bench.redraw_cost", argv), "points": a.points, "seconds": a.seconds, "rows": rows}
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=2) + "\n")
     return 0
