@@ -21,9 +21,10 @@ from workbench import catalog as C
 from workbench import jobs as J
 from workbench import runs as R
 from workbench import testing as T
+from workbench.pages import ordered_pages
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("new_run", "runs", "live", "explorer", "evaluate", "compare", "findings")
+PAGES = tuple(page.path.stem for page in ordered_pages())  # every registered page (test_extension pins the order)
 
 
 @pytest.fixture
