@@ -127,6 +127,8 @@ def report(study, out_root: Path) -> dict:
 def _fmt(cell: dict | None) -> str:
     if not cell:
         return ""
+    if cell.get("n_seeds", 2) < 2:  # no spread across seeds from one set: say so rather than print +- 0.00
+        return f"{cell['mean']:.2f} (one seed; nets {cell['std_nets']:.2f})"
     return f"{cell['mean']:.2f} +- {cell['std_seeds']:.2f} (nets {cell['std_nets']:.2f})"
 
 

@@ -118,3 +118,11 @@ def test_a_comparison_is_the_difference_of_means_with_the_unpaired_standard_erro
     assert c["diff"] == pytest.approx(4.0) and c["se"] == pytest.approx((0.36 / 3 + 0.64 / 2) ** 0.5)
     arms[1]["per_net"]["convnet"]["n_seeds"] = 1  # one seed has no spread to speak of: no comparison
     assert study_report.differences(study, arms) == []
+
+
+def test_a_single_seed_is_printed_without_a_spread_across_seeds():
+    from bench.study_report import _fmt
+
+    one = {"mean": 75.38, "std_seeds": 0.0, "std_nets": 0.14, "n_seeds": 1}
+    assert _fmt(one) == "75.38 (one seed; nets 0.14)"
+    assert _fmt({**one, "std_seeds": 0.5, "n_seeds": 3}) == "75.38 +- 0.50 (nets 0.14)"
