@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.provenance import provenance
-from bench.watch_overhead import CHROMIUM, chromium_pids, cpu_seconds, free_port
+from bench.watch_overhead import CHROMIUM, chromium_pids, cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,45 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    from workbench.testing import wait_until_healthy
+    from workbench.testing import served_app
 
     tmp = Path(tempfile.mkdtemp(prefix="redraw_cost_"))
     (tmp / "app.py").write_text(APP.format(points=a.points, losses=LOSSES))
-    port = free_port()
-    log = open(tmp / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(tmp / "app.py"), "--server.port", str(port)]
-        + ["--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rows = []
-    try:
-        wait_until_healthy(url, server, tmp / "server.log")
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1900})
-            for element in a.elements.split(","):
-                page.goto(f"{url}/?element={element}")
-                page.wait_for_timeout(8000)  # loaded and refreshing
-                c0, s0, t0 = cpu_seconds(chromium_pids()), cpu_seconds([server.pid]), time.time()
-                page.wait_for_timeout(int(a.seconds * 1000))
-                refreshes = time.time() - t0  # one a second
-                row = {
-                    "element": element,
-                    "browser_cpu_s_per_refresh": (cpu_seconds(chromium_pids()) - c0) / refreshes,
-                    "server_cpu_s_per_refresh": (cpu_seconds([server.pid]) - s0) / refreshes,
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(10)
-        log.close()
+    with served_app(tmp / "app.py", ROOT, env, tmp / "server.log") as (url, server), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1900})
+        for element in a.elements.split(","):
+            page.goto(f"{url}/?element={element}")
+            page.wait_for_timeout(8000)  # loaded and refreshing
+            c0, s0, t0 = cpu_seconds(chromium_pids()), cpu_seconds([server.pid]), time.time()
+            page.wait_for_timeout(int(a.seconds * 1000))
+            refreshes = time.time() - t0  # one a second
+            row = {
+                "element": element,
+                "browser_cpu_s_per_refresh": (cpu_seconds(chromium_pids()) - c0) / refreshes,
+                "server_cpu_s_per_refresh": (cpu_seconds([server.pid]) - s0) / refreshes,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        browser.close()
     summary = {**provenance("bench.redraw_cost", argv), "points": a.points, "seconds": a.seconds, "rows": rows}
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=2) + "\n")

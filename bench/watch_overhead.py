@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,12 +50,6 @@ def cpu_seconds(pids: list[int]) -> float:
 def chromium_pids() -> list[int]:
     out = subprocess.run(["pgrep", "-f", "chrom"], capture_output=True, text=True).stdout.split()
     return [int(p) for p in out]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def distill_cmd(a, run_dir: Path) -> list[str]:
@@ -145,54 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    from workbench.testing import wait_until_healthy
+    from workbench.testing import served_app
 
     tmp = Path(tempfile.mkdtemp(prefix="watch_overhead_"))
     runs = tmp / "runs"
     # PYTHONPATH: measure the checkout at --app-root, not the installed one
     env = {**os.environ, "HABA_RUNS_DIR": str(runs), "PYTHONPATH": a.app_root}
-    port = free_port()
-    log = open(tmp / "server.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=a.app_root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     results = []
-    try:
-        wait_until_healthy(url, server, tmp / "server.log")
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1900})
-            page.set_default_timeout(120_000)
-            page.goto(url)  # the app is warm before the first measurement
-            page.get_by_text("Ready to launch").wait_for()
-            for r in range(a.rounds):
-                page.goto("about:blank")  # nothing of the app is open while the run is alone
-                results.append(one_run(a, env, runs, f"alone_{r}"))
-                results.append(one_run(a, env, runs, f"watched_{r}", page, url, server.pid))
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(10)
-        log.close()
+    with served_app("app.py", a.app_root, env, tmp / "server.log") as (url, server), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1900})
+        page.set_default_timeout(120_000)
+        page.goto(url)  # the app is warm before the first measurement
+        page.get_by_text("Ready to launch").wait_for()
+        for r in range(a.rounds):
+            page.goto("about:blank")  # nothing of the app is open while the run is alone
+            results.append(one_run(a, env, runs, f"alone_{r}"))
+            results.append(one_run(a, env, runs, f"watched_{r}", page, url, server.pid))
+        browser.close()
     alone_runs = [r for r in results if r["mode"] == "alone"]
     watched = [r for r in results if r["mode"] == "watched"]
     alone = statistics.median(r["sec_per_iter"] for r in alone_runs)

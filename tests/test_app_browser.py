@@ -8,7 +8,6 @@ and enlarges a cell by clicking it. Screenshots of every page go to ``test-artif
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,56 +30,18 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """The app served on 127.0.0.1:<free port>, with its runs in a temporary folder."""
     runs = tmp_path / "runs"
-    port = free_port()
     env = {**os.environ, R.RUNS_ENV: str(runs), "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / "server.log", "w")  # closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        T.wait_until_healthy(url, proc, tmp_path / "server.log")
-        yield url, runs
-    finally:
+    with T.served_app("app.py", ROOT, env, tmp_path / "server.log") as (url, _):
         try:
+            yield url, runs
+        finally:
             for run in R.list_runs(runs):
                 if run.is_active:
                     J.cancel_run(run.name, runs)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
 
 
 def loss_points(page) -> int:

@@ -9,6 +9,8 @@ page.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # The one set of tiny settings: the test suite (tests/conftest.py), the app's tests and demos all use it.
@@ -138,9 +140,43 @@ def bench_tree(repo: Path, run: Path) -> Path:
     return repo
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served_app(app: Path | str, cwd: Path | str, env: dict, log_path: Path) -> Iterator[tuple[str, object]]:
+    """``streamlit run APP`` headless on 127.0.0.1 at a free port, its output in ``log_path``: yields its URL and
+    process once it answers its health check, and stops it on leaving (browser tests and the bench's measurements
+    of the app)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port)]
+    command += ["--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_healthy(url, proc, log_path)
+            yield url, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def wait_until_healthy(url: str, proc, log_path: Path, timeout: float = 60.0) -> None:
     """Wait for a ``streamlit run`` server at ``url`` to answer its health check; raise with its log if it
-    exits or stays silent for ``timeout`` seconds (browser tests and bench/watch_overhead.py)."""
+    exits or stays silent for ``timeout`` seconds."""
     import time
     import urllib.request
 
