@@ -78,8 +78,8 @@ class MTTConfig:
     min_syn_lr: float = option(0.001, help="the student lr is clipped at this after each update (official HaBa)", gt=0)
     batch_syn: int | None = option(None, help="bases per unrolled step; None: all of them (official default)", ge=1)
     max_experts: int | None = option(None, help="use only the first k experts of the folder", ge=1)
-    # bf16 kept accuracy within 1 std of float32 on Fashion-MNIST IPC 1 and 10, HaBa and pixels, under the current
-    # lrs (bench/results/distill_precision_dc_mtt.md; at the old pixel lr_img 1000 it had cost 1.4 points at IPC 1)
+    # bf16 kept validation accuracy within 1 std of float32 at IPC 1, HaBa and pixels (experts trained without the
+    # validation images; bench/results/val_search/mtt_precision_ipc1_{haba,pixels}.md)
     precision: Precision = option(
         "auto",
         help="the student's forward under bf16 autocast: auto (where the device computes it natively), fp32, bf16",
