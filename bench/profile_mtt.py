@@ -57,7 +57,56 @@ VARIANTS = {  # run in this order: reuse_memory changes the process's allocator 
     # `haba distill` and the bench's cells run where jemalloc is installed
     "jemalloc": ["method.unroll=fast", "method.precision=fp32", "method.reuse_memory=true"],
     "jemalloc-bf16": ["method.unroll=fast", "method.precision=bf16", "method.reuse_memory=true"],
+    # no method setting: what `haba distill` gives a user (bench.peer_speed's row against the official code)
+    "default": [],
 }
+DATA_OPTIONS = {"channels": 3, "im_size": 32, "num_classes": 10}
+
+
+def cifar_setting(
+    expert_dir: str | Path,
+    *,
+    kind: str = "haba",
+    ipc: int = 10,
+    hallucinators: int = 5,
+    width: int = 128,
+    syn_steps: int = 30,
+    batch_syn: int | None = 100,
+) -> tuple[object, list[str]]:
+    """The ``toy`` dataset at CIFAR10 shapes and the run's overrides at CIFAR10 IPC 10 MTT settings (HaBa's
+    official ``run_cifar10_ipc10_style5.sh``, less ZCA), with synthetic expert trajectories written into
+    ``expert_dir``. ``kind="pixels"``: ``ipc`` images per class (mtt-distillation's setting), no hallucinators."""
+    ds = load_dataset("toy", **DATA_OPTIONS)
+    ecfg = ExpertConfig(
+        data=DataConfig(name="toy", options=DATA_OPTIONS),
+        epochs=22,
+        net={"name": "convnet", "params": {"width": width}},
+    )
+    write_synthetic_experts(expert_dir, ecfg, ds.info, num_experts=2)
+    synset = (
+        ["synset.kind=haba", f"synset.n_bases={ipc}", f"synset.n_hallucinators={hallucinators}"]
+        if kind == "haba"
+        else [f"synset.kind={kind}", f"synset.n_bases={ipc}"]
+    )
+    return ds, [
+        "data.name=toy",
+        *(f"data.options.{k}={v}" for k, v in DATA_OPTIONS.items()),
+        f"net.width={width}",
+        "synset.budget_ipc=null",
+        *synset,
+        "method.name=mtt",
+        f"method.expert_dir={expert_dir}",
+        f"method.syn_steps={syn_steps}",
+        f"method.batch_syn={'null' if batch_syn is None else batch_syn}",
+        "method.expert_epochs=2",
+        "method.max_start_epoch=20",
+        "method.lr_img=100",
+        "method.lr_lr=1e-5",
+        "method.lr_teacher=0.001",
+        "snapshot_every=0",
+        "checkpoint_every=0",
+        "seed=0",
+    ]
 
 
 class Collect(Callback):
@@ -96,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-syn", type=int, default=100)
     p.add_argument("--ipc", type=int, default=10, help="bases per class")
     p.add_argument("--hallucinators", type=int, default=5)
+    p.add_argument("--kind", default="haba", choices=["haba", "pixels"], help="pixels: mtt-distillation's setting")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--profile", action="store_true", help="torch.profiler on one more iteration per variant")
@@ -103,46 +153,25 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    data_options = {"channels": 3, "im_size": 32, "num_classes": 10}
-    ds = load_dataset("toy", **data_options)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ecfg = ExpertConfig(
-            data=DataConfig(name="toy", options=data_options),
-            epochs=22,
-            net={"name": "convnet", "params": {"width": a.width}},
+        ds, setting = cifar_setting(
+            tmp,
+            kind=a.kind,
+            ipc=a.ipc,
+            hallucinators=a.hallucinators,
+            width=a.width,
+            syn_steps=a.syn_steps,
+            batch_syn=a.batch_syn,
         )
-        write_synthetic_experts(tmp, ecfg, ds.info, num_experts=2)
         names = sorted(a.variants.split(","), key=list(VARIANTS).index)
         for name in names:
-            if name.startswith("jemalloc") != (active_allocator() == "jemalloc"):
+            if name != "default" and name.startswith("jemalloc") != (active_allocator() == "jemalloc"):
                 raise SystemExit(
                     f"variant {name} needs a process {'under' if 'jemalloc' in name else 'without'} "
                     "jemalloc (bench.speed starts each variant so)"
                 )
-            overrides = [
-                "data.name=toy",
-                *(f"data.options.{k}={v}" for k, v in data_options.items()),
-                f"net.width={a.width}",
-                "synset.kind=haba",
-                "synset.budget_ipc=null",
-                f"synset.n_bases={a.ipc}",
-                f"synset.n_hallucinators={a.hallucinators}",
-                "method.name=mtt",
-                f"method.expert_dir={tmp}",
-                f"method.syn_steps={a.syn_steps}",
-                f"method.batch_syn={a.batch_syn}",
-                "method.expert_epochs=2",
-                "method.max_start_epoch=20",
-                "method.lr_img=100",
-                "method.lr_lr=1e-5",
-                "method.lr_teacher=0.001",
-                f"iterations={a.warmup + a.iterations}",
-                "snapshot_every=0",
-                "checkpoint_every=0",
-                "seed=0",
-                *VARIANTS[name],
-            ]
+            overrides = [*setting, f"iterations={a.warmup + a.iterations}", *VARIANTS[name]]
             # the reference stands in for the official code: ATen's pooling kernel, not our matrix product
             AvgPool2x2.matmul = name != "reference"
             cfg = resolve_config(overrides=overrides)

@@ -1,5 +1,6 @@
-"""The speed table of issue #14 in one run: the MTT+HaBa outer iteration, the DM step and HaBa's evaluation,
-each in its variants side by side, against the official code's figures measured on this machine.
+"""Our fast paths against our own reference paths in one run: the MTT+HaBa outer iteration, the DM and DSA steps
+and HaBa's evaluation, each in its variants side by side. (The official codes themselves run beside ours in
+``bench.peer_speed``.)
 
 Rows (each a median over timed repetitions after warm-up, one variant after another in one process run):
 
@@ -26,12 +27,10 @@ Rows (each a median over timed repetitions after warm-up, one variant after anot
   float32 and bf16: the op alone, and whole DSA and MTT steps of the ``make bench`` cells (Fashion-MNIST IPC 10
   pixels, CPU presets), in alternating rounds in one process.
 
-The official code's figures (``OFFICIAL``) were measured side by side with ours when the issue was filed
-(official HaBa code for MTT and evaluation; DatasetCondensation's ``main_DM.py`` for DM), on the machine of
-that day; they are not re-run here (that code is not part of this repository). Speedups are therefore taken
-against our own reference paths (float32 eager; MTT's reference unroll), measured in the same run, which ran
-at the official code's speed on that machine (MTT 27.4 vs 27.8 s). They pool with ATen's kernel, as the official
-code does (``AvgPool2x2.matmul`` off; ``HABA_POOL=aten`` for the evaluation's worker processes).
+Speedups are taken against our own reference paths (float32 eager; MTT's reference unroll), measured in the same
+run. They pool with ATen's kernel, as the official codes do (``AvgPool2x2.matmul`` off; ``HABA_POOL=aten`` for the
+evaluation's worker processes). How any of this compares with the official codes is ``bench.peer_speed``'s
+table, where both run on the same machine in one invocation.
 
     .venv/bin/python -m bench.speed --out bench/results/speed
 
@@ -67,12 +66,6 @@ from haba_core.synsets import create_synset
 from haba_core.training import TEST_CHUNK_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# seconds, official code on this machine (issue #14): MTT+HaBa outer iteration, DM step, HaBa evaluation of
-# one network (training alone) and of five networks one after another
-OFFICIAL = {"mtt": 27.8, "dm": 2.25, "eval_net": 14.0, "eval_5": 70.0}
-OFFICIAL_MACHINE = "measured on the Intel Xeon 2-core machine the issue was filed on"
-TARGET = {"mtt": 2.5, "mtt_bf16": 3.5, "dm": 2.5, "eval_5": 3.0}  # speedup over the official code
 
 REFERENCE = "fp32 eager"  # the variant that stands in for the official code: it pools with ATen's kernel
 DM_VARIANTS = {
@@ -374,55 +367,49 @@ def time_dc(a) -> dict:
 
 def markdown(res: dict) -> str:
     """The table: each fast variant against our reference path for the same work, measured side by side in this
-    run (the speedups to compare with the targets), and the official figure as the issue recorded it."""
+    run."""
     m = res["machine"]
     lines = [
-        "### Speed: fast paths vs reference paths, side by side (issue #14)",
+        "### Speed: fast paths vs reference paths, side by side",
         "",
         f"`{res['command']}` at commit `{res['git_commit'][:12]}`, {res['finished_at']}; {m['cpu']}, "
         f"{m['cores']} cores, torch {m['torch']}. Speedup = our reference path / the variant, both measured in this "
-        "run. Our reference paths are the straightforward float32 eager computations, which ran at the official "
-        f"code's speed when the issue was filed; the official seconds ({OFFICIAL_MACHINE}) are that record, "
-        "not a measurement on this machine.",
+        "run. Our reference paths are the straightforward float32 eager computations; the official codes are "
+        "measured beside ours by `python -m bench.peer_speed`.",
         "",
-        "| work | variant | seconds | speedup over our reference path | target | official s (issue) |",
-        "|---|---|---|---|---|---|",
+        "| work | variant | seconds | speedup over our reference path |",
+        "|---|---|---|---|",
     ]
     mtt = res.get("mtt") or {}
     if "reference" in mtt:
         ref = mtt["reference"]["median_s"]
         work = "MTT+HaBa outer iteration, CIFAR10-IPC10 settings"
-        for name, label, tkey in (
-            ("reference", "reference unroll, fp32", None),
-            ("fast-noreuse", "fast unroll, fp32, default allocator", "mtt"),
-            ("fast", "fast unroll, fp32, glibc keeping freed memory", "mtt"),
-            ("bf16", "fast unroll, bf16 autocast, glibc keeping freed memory", "mtt_bf16"),
-            ("jemalloc", "fast unroll, fp32, jemalloc (the default where installed)", "mtt"),
-            ("jemalloc-bf16", "fast unroll, bf16 autocast, jemalloc", "mtt_bf16"),
+        for name, label in (
+            ("reference", "reference unroll, fp32"),
+            ("fast-noreuse", "fast unroll, fp32, default allocator"),
+            ("fast", "fast unroll, fp32, glibc keeping freed memory"),
+            ("bf16", "fast unroll, bf16 autocast, glibc keeping freed memory"),
+            ("jemalloc", "fast unroll, fp32, jemalloc (the default where installed)"),
+            ("jemalloc-bf16", "fast unroll, bf16 autocast, jemalloc"),
         ):
             if name in mtt:
                 s = mtt[name]["median_s"]
                 peak = mtt[name].get("peak_rss_mb")
-                tgt = f">= {TARGET[tkey]}x" if tkey else ""
-                lines.append(
-                    f"| {work} | {label} (peak {peak / 1024:.1f} GB) | {s:.2f} | {ref / s:.2f}x | {tgt} "
-                    f"| {OFFICIAL['mtt']} |"
-                )
+                lines.append(f"| {work} | {label} (peak {peak / 1024:.1f} GB) | {s:.2f} | {ref / s:.2f}x |")
     dm = res.get("dm") or {}
     if dm:
         ref = dm[next(iter(dm))]["median_s"]
         for name, r in dm.items():
             lines.append(
                 f"| DM step, Fashion-MNIST IPC 10 pixels, ConvNet-128, batch_real 256 | {name} "
-                f"| {r['median_s']:.3f} | {ref / r['median_s']:.2f}x | >= {TARGET['dm']}x "
-                f"| {OFFICIAL['dm']} |"
+                f"| {r['median_s']:.3f} | {ref / r['median_s']:.2f}x |"
             )
     for setting, variants in (res.get("dc") or {}).items():
         ref = variants[next(iter(variants))]["median_s"]
         for name, r in variants.items():
             lines.append(
                 f"| DSA step, Fashion-MNIST IPC 1 pixels, {setting} | {name} | {r['median_s']:.3f} "
-                f"| {ref / r['median_s']:.2f}x | | |"
+                f"| {ref / r['median_s']:.2f}x |"
             )
     pad = res.get("pad") or {}
     names = list(pad)
@@ -432,37 +419,29 @@ def markdown(res: dict) -> str:
             s = pad[name]["median_s"]
             lines.append(
                 f"| Evaluation training step, Fashion-MNIST shapes (1x28x28, first padding 3), 100 images "
-                f"| {name} | {s:.3f} | {ref / s:.2f}x | | |"
+                f"| {name} | {s:.3f} | {ref / s:.2f}x |"
             )
     po = res.get("pool") or {}
     for name, r in (po.get("op") or {}).items():
         lines.append(
             f"| 2x2 average pooling, forward + backward, 150 x 64 x 32 x 32, {name} | ATen NCHW kernel -> "
-            f"one matrix product (default) | {r['aten']:.4f} -> {r['matmul']:.4f} "
-            f"| {r['aten'] / r['matmul']:.2f}x | | |"
+            f"one matrix product (default) | {r['aten']:.4f} -> {r['matmul']:.4f} | {r['aten'] / r['matmul']:.2f}x |"
         )
     for name, r in (po.get("steps") or {}).items():
         lines.append(
             f"| {name} | pooling: ATen NCHW kernel -> one matrix product (default) | {r['aten']:.3f} -> "
-            f"{r['matmul']:.3f} | {r['aten'] / r['matmul']:.2f}x | | |"
+            f"{r['matmul']:.3f} | {r['aten'] / r['matmul']:.2f}x |"
         )
     ev = res.get("eval") or {}
     if ev:
         first = ev[next(iter(ev))]
-        one, five = (
-            "HaBa evaluation: one network's training (50 epochs, 100 bases x 5 hallucinators)",
-            ("HaBa evaluation: 5 networks incl. tests, wall, 2 workers"),
-        )
-        for name, r in ev.items():
-            x = first["train_s"] / r["train_s"]
-            lines.append(f"| {one} | {name} | {r['train_s']:.1f} | {x:.2f}x | | {OFFICIAL['eval_net']} |")
-        test = "HaBa evaluation: one network's test pass (10,000 images of 3x32x32)"
-        for name, r in ev.items():
-            x = first["test_s"] / r["test_s"]
-            lines.append(f"| {test} | {name} | {r['test_s']:.1f} | {x:.2f}x | | |")
-        for name, r in ev.items():
-            x, tgt = first["wall_s"] / r["wall_s"], TARGET["eval_5"]
-            lines.append(f"| {five} | {name} | {r['wall_s']:.1f} | {x:.2f}x | >= {tgt}x | {OFFICIAL['eval_5']} |")
+        for key, work in (
+            ("train_s", "HaBa evaluation: one network's training (50 epochs, 100 bases x 5 hallucinators)"),
+            ("test_s", "HaBa evaluation: one network's test pass (10,000 images of 3x32x32)"),
+            ("wall_s", "HaBa evaluation: 5 networks incl. tests, wall, 2 workers"),
+        ):
+            for name, r in ev.items():
+                lines.append(f"| {work} | {name} | {r[key]:.1f} | {first[key] / r[key]:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -485,8 +464,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = set(a.rows.split(","))
     res: dict = {
         **provenance("bench.speed", argv),  # finished_at: set again when the last row is measured
-        "official": OFFICIAL,
-        "targets": TARGET,
         "load_avg_start": os.getloadavg(),
     }
     if "dm" in rows:

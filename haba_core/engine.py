@@ -30,6 +30,7 @@ from haba_core.errors import CheckpointError, ConfigError, DiskError, HabaError
 from haba_core.evaluate import evaluate_synset
 from haba_core.haba_losses import ContrastiveConstraint
 from haba_core.loggers import create_sinks
+from haba_core.memory import reuse_freed_memory
 from haba_core.methods import METHODS, Context, create_method
 from haba_core.nets import NETS
 from haba_core.preflight import preflight
@@ -88,6 +89,8 @@ class Distiller:
             budget_images=self.plan.budget_images,
         )
         self.method = create_method(cfg.method_name, cfg.method_params, self.ctx)
+        if self.device.type == "cpu" and self.method.reuse_memory:
+            reuse_freed_memory()  # process-wide; a no-op under jemalloc, which haba distill runs under where installed
         self.method.setup(self.synset)
         resolved = {**cfg.method_params, **self.method.resolved_params()}
         if resolved != cfg.method_params:  # what the method derived is recorded with the run (config.json)

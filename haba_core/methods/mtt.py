@@ -43,7 +43,6 @@ from torch import Tensor
 from torch.func import functional_call
 
 from haba_core.errors import ConfigError, HabaError
-from haba_core.memory import reuse_freed_memory
 from haba_core.methods.base import METHODS, Method, Step
 from haba_core.methods.expert_set import ExpertSet
 from haba_core.methods.experts import make_experts_hint
@@ -136,8 +135,6 @@ class MTT(Method):
         self.syn_lr = torch.tensor(float(cfg.lr_teacher), device=ctx.device, requires_grad=True)
         self.synset = None
         self._momenta = self.momenta_for("pixels")  # until setup sees the set's kind
-        if cfg.reuse_memory and ctx.device.type == "cpu":
-            reuse_freed_memory()
 
     # -- engine hooks -------------------------------------------------------------------------------------
     def setup(self, synset) -> None:
