@@ -129,6 +129,40 @@ def attainable_peak(reps: int = 5, n: int = 4096) -> dict:
     return out
 
 
+# the convolutions of a ConvNet-128 (depth 3) on 3x32x32 images: (in channels, map size); MTT's unrolled student
+# trains on batch_syn = 100 images a step
+CONVNET_LAYERS = ((3, 32), (128, 16), (128, 8))
+
+
+def conv_kernel_rates(batch: int = 100, reps: int = 5, layers=CONVNET_LAYERS) -> dict:
+    """FLOP/s of the three convolution kernels a training step runs (forward, input gradient, weight gradient) at
+    each ConvNet-128 layer's shape, channels-last, float32 and bf16, at this process's thread count: what the
+    convolutions of an MTT unroll can reach on this machine, layer by layer."""
+    out: dict = {}
+    g = torch.Generator().manual_seed(0)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for c_in, size in layers:
+            cl = torch.channels_last
+            x = torch.randn(batch, c_in, size, size, generator=g).to(dtype).contiguous(memory_format=cl)
+            w = torch.randn(128, c_in, 3, 3, generator=g).to(dtype).contiguous(memory_format=cl)
+            y = torch.randn(batch, 128, size, size, generator=g).to(dtype).contiguous(memory_format=cl)
+            flops = 2 * batch * size * size * 128 * c_in * 9
+
+            def backward(mask, x=x, w=w, y=y):
+                return torch.ops.aten.convolution_backward(
+                    y, x, w, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1, mask
+                )
+
+            with torch.no_grad():
+                times = {
+                    "forward": _median_time(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), reps),
+                    "input_grad": _median_time(lambda: backward([True, False, False]), reps),
+                    "weight_grad": _median_time(lambda: backward([False, True, False]), reps),
+                }
+            out[f"{name} {c_in}->128 @{size}x{size}"] = {k: flops / t for k, t in times.items()}
+    return out
+
+
 # ---- our side of a row (run in its own process: ``--ours ROW``) -----------------------------------------------
 
 DM_SETTING = [
@@ -183,7 +217,9 @@ def _distill_row(row: str, variant: str, warmup: int, iterations: int, flops: bo
         if flops:
             from torch.utils.flop_counter import FlopCounterMode
 
-            eager = [*setting, "method.precision=fp32", "method.compile=false", *steps, "iterations=1"]
+            eager = [*setting, "method.precision=fp32", *steps, "iterations=1"]
+            if not row.startswith("mtt"):  # DM, DC and DSA may compile their real pass; MTT never compiles
+                eager.append("method.compile=false")
             d = Distiller(resolve_config(overrides=eager), dataset=ds)
             AvgPool2x2.matmul = False
             with FlopCounterMode(display=False) as counter:
@@ -390,6 +426,19 @@ def markdown(res: dict) -> str:
             fl = f"{flops / 1e9:.1f}" if flops else ""
             cells = [r["work"], f"ours, {variant}", prec, f"{o['median_s']:.3f}", x, tgt, fl, gf, share]
             lines.append("| " + " | ".join(cells) + " |")
+    kernels = res.get("conv_kernels") or {}
+    if kernels:
+        lines += [
+            "",
+            "What the convolutions of a training step reach at each ConvNet-128 layer (batch 100, 3x32x32 images, "
+            "channels-last; GFLOP/s, in this run at the same thread count):",
+            "",
+            "| precision, layer | forward | input gradient | weight gradient |",
+            "|---|---|---|---|",
+        ]
+        for layer, r in kernels.items():
+            cells = [f"{r[k] / 1e9:.0f}" for k in ("forward", "input_grad", "weight_grad")]
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     lines += ["", "Runtime help each peer needed to run here (none of it changes the timed arithmetic):", ""]
     seen = set()
     for r in res["rows"].values():
@@ -433,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     res["peak"] = attainable_peak()
     print("peak GFLOP/s:", {k: round(v["peak_flops_s"] / 1e9) for k, v in res["peak"].items()}, flush=True)
+    res["conv_kernels"] = conv_kernel_rates()
     res["rows"] = measure(a)
     res["peak_after"] = attainable_peak()  # the machine did not change under the run
     res["finished_at"] = timestamp()

@@ -125,3 +125,10 @@ def test_our_dm_row_counts_the_flops_of_its_convolutions(tmp_path):
     # weights do not), as many multiply-adds as the forward pass
     backward = 2 * macs * 10 * syn
     assert r["flops"] == forward + backward
+
+
+def test_conv_kernel_rates_cover_every_layer_and_kernel():
+    torch.set_num_threads(1)
+    rates = peer_speed.conv_kernel_rates(batch=2, reps=1, layers=((3, 8), (128, 4)))
+    assert sorted(rates) == sorted(f"{p} {c}->128 @{s}x{s}" for p in ("fp32", "bf16") for c, s in ((3, 8), (128, 4)))
+    assert all(set(r) == {"forward", "input_grad", "weight_grad"} and min(r.values()) > 0 for r in rates.values())
