@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: setup extras data jemalloc browser app test test-slow demo bench lint format
+.PHONY: setup extras data jemalloc browser app test test-slow demo bench bench-peers lint format
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,3 +84,10 @@ format: $(STAMP)
 BENCH_ARGS ?= --profile cpu
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Our steps against the official codes on this machine (bench/peer_speed.py): PEERS holds clones of
+# DatasetCondensation, DatasetFactorization (official HaBa) and mtt-distillation, fetched beforehand.
+PEERS ?= ../peers
+bench-peers: setup
+	$(PY) -m bench.peer_speed --dc $(PEERS)/DatasetCondensation --haba $(PEERS)/DatasetFactorization \
+		--mtt $(PEERS)/mtt-distillation $(PEER_ARGS)
