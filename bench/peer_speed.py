@@ -26,10 +26,10 @@ malloc, with and without keeping freed memory (``our_variants``).
 **Utilization.** Each row's FLOPs are counted by torch's FLOP counter on one eager iteration (matrix products and
 convolutions: the peers' in their own process, ours on the float32 eager graph with ATen's pooling, the same
 arithmetic). Achieved FLOP/s = FLOPs / median seconds. The attainable peak is measured in the same run, at the same
-thread count: a 4096 x 4096 matrix product, a ConvNet-128 middle convolution (256 x 128 x 16 x 16, 3x3,
-channels-last) and the forward and gradient convolutions of each ConvNet-128 layer at batch 100 (``conv_kernel_rates``:
-where MTT's unroll spends its time), in float32 and bf16; a row's share of peak is taken against the fastest of these
-kernels in its precision (``attainable``). ``--report`` rewrites the table from the JSON.
+thread count (``bench.peak``): a 4096 x 4096 matrix product, a ConvNet-128 middle convolution (256 x 128 x 16 x 16,
+3x3, channels-last) and the forward and gradient convolutions of each ConvNet-128 layer at batch 100 (where MTT's
+unroll spends its time), in float32 and bf16; a row's share of peak is taken against the fastest of these kernels in
+its precision. ``--report`` rewrites the table from the JSON.
 
     python -m bench.peer_speed --dc ../peers/DatasetCondensation --haba ../peers/DatasetFactorization \\
         --mtt ../peers/mtt-distillation --threads 2 --out bench/results/peers
@@ -43,16 +43,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bench.peak import attainable, attainable_peak, conv_kernel_rates
+from bench.peers.ours import OUR_VARIANTS, run_ours
 from bench.provenance import provenance, timestamp, write_report
 from haba_core.memory import ALLOCATOR_ENV, allocator_env
 
@@ -91,224 +91,6 @@ PEER_NAMES = {
     "haba": "official HaBa (DatasetFactorization)",
     "mtt": "mtt-distillation",
 }
-EVAL_EPOCHS = 51  # the official evaluation's epochs at --epoch_eval_train 50
-OUR_VARIANTS = {
-    "default": [],
-    "fp32": ["method.precision=fp32", "eval.precision=fp32"],
-}
-
-
-# ---- the attainable peak -------------------------------------------------------------------------------------
-
-
-def _median_time(fn, reps: int) -> float:
-    fn()  # warm-up (oneDNN picks its kernel)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def attainable_peak(reps: int = 5, n: int = 4096) -> dict:
-    """FLOP/s of an ``n x n`` matrix product and of a ConvNet-128 middle convolution (256 x 128 x 16 x 16, 3x3,
-    padding 1, channels-last), float32 and bf16, at this process's thread count: the most this machine's kernels
-    give for the work our steps are made of."""
-    out: dict = {}
-    g = torch.Generator().manual_seed(0)
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
-        mm = _median_time(lambda a=a, b=b: torch.mm(a, b), reps)
-        x = torch.randn(256, 128, 16, 16, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(128, 128, 3, 3, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            conv = _median_time(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), reps)
-        out[name] = {
-            "matmul_flops_s": 2 * n**3 / mm,
-            "conv_flops_s": 2 * 256 * 16 * 16 * 128 * 128 * 9 / conv,
-        }
-        out[name]["peak_flops_s"] = max(out[name]["matmul_flops_s"], out[name]["conv_flops_s"])
-    return out
-
-
-# the convolutions of a ConvNet-128 (depth 3) on 3x32x32 images: (in channels, map size); MTT's unrolled student
-# trains on batch_syn = 100 images a step
-CONVNET_LAYERS = ((3, 32), (128, 16), (128, 8))
-
-
-def conv_kernel_rates(batch: int = 100, reps: int = 5, layers=CONVNET_LAYERS) -> dict:
-    """FLOP/s of the three convolution kernels a training step runs (forward, input gradient, weight gradient) at
-    each ConvNet-128 layer's shape, channels-last, float32 and bf16, at this process's thread count: what the
-    convolutions of an MTT unroll can reach on this machine, layer by layer."""
-    out: dict = {}
-    g = torch.Generator().manual_seed(0)
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        for c_in, size in layers:
-            cl = torch.channels_last
-            x = torch.randn(batch, c_in, size, size, generator=g).to(dtype).contiguous(memory_format=cl)
-            w = torch.randn(128, c_in, 3, 3, generator=g).to(dtype).contiguous(memory_format=cl)
-            y = torch.randn(batch, 128, size, size, generator=g).to(dtype).contiguous(memory_format=cl)
-            flops = 2 * batch * size * size * 128 * c_in * 9
-
-            def backward(mask, x=x, w=w, y=y):
-                return torch.ops.aten.convolution_backward(
-                    y, x, w, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1, mask
-                )
-
-            with torch.no_grad():
-                times = {
-                    "forward": _median_time(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), reps),
-                    "input_grad": _median_time(lambda: backward([True, False, False]), reps),
-                    "weight_grad": _median_time(lambda: backward([False, True, False]), reps),
-                }
-            out[f"{name} {c_in}->128 @{size}x{size}"] = {k: flops / t for k, t in times.items()}
-    return out
-
-
-# ---- our side of a row (run in its own process: ``--ours ROW``) -----------------------------------------------
-
-DM_SETTING = [
-    "data.name=fashion_mnist",
-    "method.name=dm",
-    "synset.kind=pixels",
-    "synset.budget_ipc=10",
-    "net.width=128",
-    "method.batch_real=256",
-    "method.lr_img=1.0",
-]
-DC_SETTING = [
-    "data.name=fashion_mnist",
-    "synset.kind=pixels",
-    "synset.budget_ipc=1",
-    "net.width=128",
-    "method.batch_real=256",
-    "method.lr_img=0.1",
-]
-
-
-def _distill_row(row: str, variant: str, warmup: int, iterations: int, flops: bool, overrides: list[str]) -> dict:
-    """Time ``warmup + iterations`` outer iterations of our distillation for ``row``; with ``flops``, count one
-    more iteration's FLOPs on the float32 eager graph with ATen's pooling (the peers' arithmetic). ``overrides``
-    go after the row's settings (the tests shrink a row with them)."""
-    from haba_core.config import resolve_config
-    from haba_core.engine import Distiller
-    from haba_core.nets.layers import AvgPool2x2
-
-    extra = [o for o in OUR_VARIANTS[variant] if o.startswith("method.")]
-    with tempfile.TemporaryDirectory() as tmp:
-        if row.startswith("mtt"):
-            from bench.profile_mtt import cifar_setting
-
-            ds, setting = cifar_setting(tmp, kind="haba" if row == "mtt_haba" else "pixels")
-        else:
-            from haba_core.data import load_dataset
-
-            ds = load_dataset("fashion_mnist", root=str(ROOT / "data"))
-            setting = DM_SETTING if row == "dm" else [*DC_SETTING, f"method.name={row}"]
-        setting = [*setting, *overrides]
-        steps = ["snapshot_every=0", "checkpoint_every=0", "seed=0"]
-        cfg = resolve_config(overrides=[*setting, *extra, *steps, f"iterations={warmup + iterations}"])
-        d = Distiller(cfg, dataset=ds)
-        d.run()
-        result = {
-            "median_s": statistics.median(d.step_times[warmup:]),
-            "steps_s": [round(t, 4) for t in d.step_times[warmup:]],
-            "precision": d.method.precision,
-            "settings": {"overrides": [*setting, *extra], "threads": torch.get_num_threads()},
-        }
-        if flops:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            eager = [*setting, "method.precision=fp32", *steps, "iterations=1"]
-            if not row.startswith("mtt"):  # DM, DC and DSA may compile their real pass; MTT never compiles
-                eager.append("method.compile=false")
-            d = Distiller(resolve_config(overrides=eager), dataset=ds)
-            AvgPool2x2.matmul = False
-            with FlopCounterMode(display=False) as counter:
-                d.run()
-            AvgPool2x2.matmul = True
-            result["flops"] = int(counter.get_total_flops())
-    return result
-
-
-def _eval_row(row: str, variant: str, workers: int, flops: bool, overrides: list[str] = ()) -> dict:
-    """Evaluate the CIFAR10-shaped HaBa set of ``bench.speed`` (100 bases x 5 hallucinators): one network
-    (``eval_1``) or five (``eval_5``), ``EVAL_EPOCHS`` epochs each, tested on 10,000 images, with ``workers``
-    processes."""
-    from bench.speed import _eval_run
-    from haba_core import runfolder as RF
-    from haba_core.config import resolve_config
-    from haba_core.evaluate import evaluate_run
-    from haba_core.executors import make_executor
-
-    nets = 1 if row == "eval_1" else 5
-    extra = [*(o for o in OUR_VARIANTS[variant] if o.startswith("eval.")), *overrides]
-    with tempfile.TemporaryDirectory() as tmp:
-        run, cfg = _eval_run(Path(tmp))
-        ecfg = resolve_config(overrides=[f"eval.epochs={EVAL_EPOCHS}", f"eval.seeds={nets}", *extra]).eval
-        executor = make_executor("local", workers=workers)
-        t0 = time.perf_counter()
-        ev = evaluate_run(run, cfg, ecfg, RF.synset_path(run), executor=executor, log=None)
-        wall = time.perf_counter() - t0
-        executor.close()
-    net = ev["synset"]["nets"]["convnet"]
-    result = {
-        "median_s": wall,
-        "steps_s": [round(wall, 3)],
-        "precision": ev["synset"]["protocol"].get("precision", "fp32"),
-        "train_s": net["train_s"],
-        "test_s": net["test_s"],
-        "settings": {"overrides": [f"eval.epochs={EVAL_EPOCHS}", f"eval.seeds={nets}", *extra], "workers": workers},
-    }
-    if flops:
-        result["flops"] = _eval_flops(nets)
-    return result
-
-
-def _eval_flops(nets: int) -> int:
-    """FLOPs of evaluating ``nets`` networks: one epoch of training and one test pass counted on the float32 eager
-    graph (the difference of a 2-epoch and a 1-epoch count), the epoch multiplied by ``EVAL_EPOCHS`` (every epoch
-    does the same work)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from bench.speed import _eval_run
-    from haba_core import runfolder as RF
-    from haba_core.config import resolve_config
-    from haba_core.evaluate import evaluate_run
-    from haba_core.nets.layers import AvgPool2x2
-
-    counts = {}
-    for epochs in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
-            run, cfg = _eval_run(Path(tmp))
-            ecfg = resolve_config(overrides=[f"eval.epochs={epochs}", "eval.seeds=1", "eval.precision=fp32"]).eval
-            AvgPool2x2.matmul = False
-            with FlopCounterMode(display=False) as counter:
-                evaluate_run(run, cfg, ecfg, RF.synset_path(run), log=None)
-            AvgPool2x2.matmul = True
-            counts[epochs] = counter.get_total_flops()
-    epoch = counts[2] - counts[1]
-    return int(nets * (counts[1] + (EVAL_EPOCHS - 1) * epoch))
-
-
-def run_ours(a) -> int:
-    torch.set_num_threads(a.threads)
-    if a.allocator == "glibc-noreuse":  # the engine and the evaluation as they were: glibc's defaults
-        import haba_core.engine
-        import haba_core.evaluate
-
-        haba_core.engine.reuse_freed_memory = haba_core.evaluate.reuse_freed_memory = lambda: False
-    if a.ours.startswith("eval"):
-        result = _eval_row(a.ours, a.variant, a.workers, a.count_flops, a.overrides)
-    else:
-        result = _distill_row(a.ours, a.variant, a.warmup, a.iterations, a.count_flops, a.overrides)
-    result["allocator"] = a.allocator
-    Path(a.json).write_text(json.dumps(result, indent=1))
-    return 0
-
-
-# ---- the side-by-side run ---------------------------------------------------------------------------------------
 
 
 def our_variants(row: str) -> dict[str, tuple[str, int, str]]:
@@ -382,17 +164,6 @@ def summary(r: dict) -> str:
         if o:
             parts.append(f"{variant} {o['median_s']:.3f} s" + (f" ({peer / o['median_s']:.2f}x)" if peer else ""))
     return ", ".join(parts)
-
-
-def attainable(res: dict, precision: str) -> float:
-    """The most FLOP/s any kernel measured in the run reached in ``precision``: the large matrix product, the large
-    convolution, and each layer's forward and gradient convolutions (a smaller convolution can run faster than the
-    large one)."""
-    rates = [res["peak"][precision]["matmul_flops_s"], res["peak"][precision]["conv_flops_s"]]
-    for layer, r in (res.get("conv_kernels") or {}).items():
-        if layer.split()[0] == precision:
-            rates += list(r.values())
-    return max(rates)
 
 
 def utilization(flops: int | None, seconds: float | None, peak: float) -> tuple[str, str]:

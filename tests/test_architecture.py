@@ -169,11 +169,12 @@ def test_modules_stay_small_or_say_why(tmp_path):
 
 def test_studies_are_imported_as_bench_modules_and_nothing_imports_the_probes():
     """A study is a ``bench`` module (``python -m bench.<name>``), imported as one; ``scripts/`` holds one-off probes
-    that the packages and the tests never import, nor reach by putting a folder on ``sys.path``."""
+    that the packages and the tests never import, nor reach by putting a folder on ``sys.path``. One module may:
+    ``bench/peers/common.py`` runs other projects' scripts, whose own imports need their checkout on the path."""
     found = [
         f"{f.relative_to(ROOT)}:{i}: {line.strip()}"
         for f in python_files()
-        if f.relative_to(ROOT).parts[0] != "scripts"
+        if f.relative_to(ROOT).parts[0] != "scripts" and f.relative_to(ROOT).as_posix() != "bench/peers/common.py"
         for i, line in enumerate(f.read_text().splitlines(), 1)
         if re.search(r"\bsys\.path\.(insert|append)\b|^\s*(from|import)\s+scripts\b", line)
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import peer_speed
+from bench import peak
 from bench.peers import common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,9 +101,9 @@ def test_fashion_mnist_root_unpacks_the_files_torchvision_looks_for(tmp_path):
 
 def test_the_attainable_peak_is_measured_for_both_precisions():
     torch.set_num_threads(1)
-    peak = peer_speed.attainable_peak(reps=1, n=256)
+    rates = peak.attainable_peak(reps=1, n=256)
     for p in ("fp32", "bf16"):
-        assert peak[p]["peak_flops_s"] == max(peak[p]["matmul_flops_s"], peak[p]["conv_flops_s"]) > 1e8
+        assert rates[p]["peak_flops_s"] == max(rates[p]["matmul_flops_s"], rates[p]["conv_flops_s"]) > 1e8
 
 
 def test_our_dm_row_counts_the_flops_of_its_convolutions(tmp_path):
@@ -129,6 +130,38 @@ def test_our_dm_row_counts_the_flops_of_its_convolutions(tmp_path):
 
 def test_conv_kernel_rates_cover_every_layer_and_kernel():
     torch.set_num_threads(1)
-    rates = peer_speed.conv_kernel_rates(batch=2, reps=1, layers=((3, 8), (128, 4)))
+    rates = peak.conv_kernel_rates(batch=2, reps=1, layers=((3, 8), (128, 4)))
     assert sorted(rates) == sorted(f"{p} {c}->128 @{s}x{s}" for p in ("fp32", "bf16") for c, s in ((3, 8), (128, 4)))
     assert all(set(r) == {"forward", "input_grad", "weight_grad"} and min(r.values()) > 0 for r in rates.values())
+
+
+def test_keeping_freed_memory_changes_no_result(tmp_path):
+    """The engine now makes glibc keep freed memory for every method (``Method.reuse_memory``): a faster default
+    that must not change a single number. The same tiny DM run, in two processes (the setting is process-wide), with
+    it and with glibc's defaults, ends with the same synthetic images to the last bit."""
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        import haba_core.engine as engine
+        from haba_core.config import resolve_config
+        from haba_core.data import load_dataset
+        calls = []
+        real = engine.reuse_freed_memory
+        engine.reuse_freed_memory = lambda: calls.append(real() if sys.argv[1] == "on" else False)
+        torch.set_num_threads(1)
+        ds = load_dataset("toy", channels=1, im_size=28, num_classes=10)
+        cfg = resolve_config(overrides=["data.name=toy", "data.options.im_size=28", "data.options.channels=1",
+            "method.name=dm", "synset.kind=pixels", "synset.budget_ipc=1", "net.width=8", "method.batch_real=4",
+            "method.precision=fp32", "iterations=3", "snapshot_every=0", "checkpoint_every=0", "seed=0"])
+        d = engine.Distiller(cfg, dataset=ds)
+        d.run()
+        assert calls == [sys.argv[1] == "on"], calls  # glibc took the setting (on), or was left alone (off)
+        torch.save(d.synset.state_dict(), sys.argv[2])
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}  # glibc's malloc
+    for mode in ("on", "off"):
+        cmd = [sys.executable, "-c", script, mode, str(tmp_path / f"{mode}.pt")]
+        subprocess.run(cmd, cwd=ROOT, check=True, env={**env, "HABA_ALLOCATOR": "system"})
+    on, off = (torch.load(tmp_path / f"{m}.pt") for m in ("on", "off"))
+    assert on.keys() == off.keys() and all(torch.equal(on[k], off[k]) for k in on)

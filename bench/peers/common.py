@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib
 import json
 import os
 import runpy
@@ -142,10 +143,29 @@ def fashion_mnist_root(dst: Path, source: Path = SYSTEM_FASHION_MNIST) -> Path:
     return dst
 
 
+def checkout_first(checkout: Path) -> None:
+    """Put the checkout first on ``sys.path``, once: the peers' scripts import their own modules by bare name
+    (``from utils import ...``), as they do when started from their folder. The one place this package (or any
+    other) edits ``sys.path``."""
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+
+
+def import_checkout_module(checkout: Path, name: str) -> types.ModuleType:
+    """The checkout's module ``name``, imported the way their scripts import it (checkout first on ``sys.path``), so
+    that the script's ``from utils import ...`` later finds this very module, with what was patched on it."""
+    checkout_first(checkout)
+    module = importlib.import_module(name)
+    where = Path(module.__file__).resolve()
+    if where.parent != checkout.resolve():  # another module of that name came first: the patches would miss the script
+        raise SystemExit(f"`{name}` resolves to {where}, not the checkout's {name}.py")
+    return module
+
+
 def run_script(checkout: Path, script: str, argv: list[str], cwd: Path) -> None:
     """Run ``checkout/script`` as ``__main__`` with ``argv``, in ``cwd`` (where it writes its outputs), with the
     checkout first on ``sys.path``; a :class:`StopPeer` from a hook ends it quietly."""
-    sys.path.insert(0, str(checkout))
+    checkout_first(checkout)
     sys.argv = [script, *argv]
     old = Path.cwd()
     os.chdir(cwd)

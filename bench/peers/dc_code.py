@@ -64,8 +64,6 @@ warning; nothing is needed there.
 
 from __future__ import annotations
 
-import importlib
-import sys
 import tempfile
 import types
 from collections.abc import Callable
@@ -100,18 +98,6 @@ def peer_argv(row: str, data_path: Path, save_path: Path) -> tuple[str, list[str
     if row == "dc":
         return "main.py", ["--method", "DC", *shared]
     return "main.py", ["--method", "DSA", *shared, "--dsa_strategy", DSA_STRATEGY]
-
-
-def import_checkout_module(checkout: Path, name: str) -> types.ModuleType:
-    """The checkout's module ``name``, imported the way their scripts import it (checkout first on ``sys.path``), so
-    that the script's ``from utils import ...`` later finds this very module, with what was patched on it."""
-    if str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
-    module = importlib.import_module(name)
-    where = Path(module.__file__).resolve()
-    if where.parent != checkout:  # another module of that name was imported first: the patches would miss the script
-        raise SystemExit(f"`{name}` resolves to {where}, not the checkout's {name}.py")
-    return module
 
 
 def flatten_with_reshape(networks: types.ModuleType) -> None:
@@ -229,8 +215,8 @@ def main() -> None:
         if calls >= marks_needed:
             raise common.StopPeer
 
-    utils = import_checkout_module(checkout, "utils")
-    networks = import_checkout_module(checkout, "networks")
+    utils = common.import_checkout_module(checkout, "utils")
+    networks = common.import_checkout_module(checkout, "networks")
     utils.get_network = common.hooked(utils.get_network, mark)
     runtime_help = [
         f"data: {common.SYSTEM_FASHION_MNIST} linked into {data_path}/FashionMNIST/raw (--data_path) and unpacked "

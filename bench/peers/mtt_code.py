@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from bench.peers import common
-from bench.peers.haba_code import (
+from bench.peers.trajectory_codes import (
     BUFFER_EXPERTS,
     BUFFER_TRAIN_IMAGES,
     EXPERT_EPOCHS,
