@@ -75,7 +75,7 @@ def train_seeds(
     sequential records why (``fallback``)."""
     if dataset.images_test.device.type == "cpu":
         # training batches' activations exceed glibc's mmap threshold (100 images of ConvNet-128 at 32x32: 52 MB):
-        # one float32 network of the bench's evaluation row trained in 6.7 s instead of 12.6 s with this
+        # one float32 network's evaluation took 12.92 s with this, 18.27 s without (bench/results/peers.md)
         reuse_freed_memory()
     if batched is None:
         batched = grouped_by_default(dataset.images_test.device)

@@ -118,8 +118,8 @@ class Method:
         """Whether the engine tells glibc's malloc to keep freed memory on a CPU (``memory.reuse_freed_memory``): a
         method's ``reuse_memory`` option where it has one, else yes. Every method's step allocates activations
         above glibc's mmap threshold (one ConvNet-128 map of 256 images at 32x32 is 134 MB), which otherwise fault
-        in afresh each time: DM's float32 step at Fashion-MNIST IPC 10 took 5.06 s with them and 1.25 s without
-        (two threads, ``bench/results/README.md#against-the-official-codes``)."""
+        in afresh each time: DM's float32 step at Fashion-MNIST IPC 10 took 2.996 s under glibc's defaults and 1.201 s
+        keeping freed memory (two threads, ``bench/results/peers.md``)."""
         return bool(getattr(self.cfg, "reuse_memory", True))
 
     @functools.cached_property
