@@ -86,6 +86,12 @@ ROWS = {
         {"default": 3.0, "2 workers": 3.0},
     ),
 }
+CHECKOUT_SCRIPTS = {"dc": "main_DM.py", "haba": "distill_fac.py", "mtt": "distill.py"}  # one a checkout must hold
+REPOSITORIES = {
+    "dc": "https://github.com/VICO-UoE/DatasetCondensation",
+    "haba": "https://github.com/Huage001/DatasetFactorization",
+    "mtt": "https://github.com/GeorgeCazenavette/mtt-distillation",
+}
 PEER_NAMES = {
     "dc": "DatasetCondensation",
     "haba": "official HaBa (DatasetFactorization)",
@@ -240,9 +246,8 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.peer_speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dc", help="DatasetCondensation checkout (github.com/VICO-UoE/DatasetCondensation)")
-    p.add_argument("--haba", help="official HaBa checkout (github.com/Huage001/DatasetFactorization)")
-    p.add_argument("--mtt", help="mtt-distillation checkout (github.com/GeorgeCazenavette/mtt-distillation)")
+    for flag, what in (("dc", "DatasetCondensation"), ("haba", "official HaBa"), ("mtt", "mtt-distillation")):
+        p.add_argument(f"--{flag}", help=f"{what} checkout (a clone of {REPOSITORIES[flag]})")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of every process")
     p.add_argument("--warmup", type=int, default=2)
@@ -271,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(a.rows.split(",")) - set(ROWS)
     if unknown:
         raise SystemExit(f"--rows: unknown {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    for flag, script in CHECKOUT_SCRIPTS.items():
+        folder = getattr(a, flag)
+        if folder and not (Path(folder) / script).is_file():
+            raise SystemExit(
+                f"--{flag} {folder}: no {script} there; clone {REPOSITORIES[flag]} into it (or leave --{flag} out to "
+                "time our side of its rows alone)"
+            )
     res: dict = {**provenance("bench.peer_speed", argv), "threads": a.threads, "load_avg_start": os.getloadavg()}
     torch.set_num_threads(a.threads)
     res["peak"] = attainable_peak()

@@ -165,3 +165,14 @@ def test_keeping_freed_memory_changes_no_result(tmp_path):
         subprocess.run(cmd, cwd=ROOT, check=True, env={**env, "HABA_ALLOCATOR": "system"})
     on, off = (torch.load(tmp_path / f"{m}.pt") for m in ("on", "off"))
     assert on.keys() == off.keys() and all(torch.equal(on[k], off[k]) for k in on)
+
+
+def test_a_checkout_without_its_script_is_refused_with_what_to_do(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.peer_speed", "--haba", str(tmp_path), "--out", str(tmp_path / "peers")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "no distill_fac.py there" in proc.stderr and "DatasetFactorization" in proc.stderr
+    assert not (tmp_path / "peers.json").exists()  # refused before measuring anything
