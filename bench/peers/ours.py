@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from bench.speed import DM_SETTING  # the same DM work as bench.speed's row
+
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_EPOCHS = 51  # the official evaluation's epochs at --epoch_eval_train 50
 OUR_VARIANTS = {
@@ -19,15 +21,6 @@ OUR_VARIANTS = {
     "fp32": ["method.precision=fp32", "eval.precision=fp32"],
 }
 
-DM_SETTING = [
-    "data.name=fashion_mnist",
-    "method.name=dm",
-    "synset.kind=pixels",
-    "synset.budget_ipc=10",
-    "net.width=128",
-    "method.batch_real=256",
-    "method.lr_img=1.0",
-]
 DC_SETTING = [
     "data.name=fashion_mnist",
     "synset.kind=pixels",
