@@ -250,7 +250,7 @@ def cross_arch_arms() -> tuple[Arm, ...]:
     return tuple(
         dataclasses.replace(a, source="" if a.kind == "random_real" else "frontier")
         for a in frontier_arms((1,))
-        if a.tags["kind"] in ("random real", "pixels", "HaBa", "FreD") and a.method == "dm"
+        if a.tags["kind"] in ("random real", "pixels", "pixels, reduced", "HaBa", "FreD") and a.method == "dm"
     )
 
 
@@ -295,7 +295,12 @@ STUDIES = {
             cross_arch_arms(),
             nets=("vgg11", "alexnet", "lenet", "mlp"),
             merge_from="frontier",
-            comparisons=tuple((f"{k} - pixels", f"ipc1_{k}", "ipc1_pixels") for k in ("haba", "fred", "random_real")),
+            comparisons=(
+                *((f"{k} - pixels", f"ipc1_{k}", "ipc1_pixels") for k in ("haba", "fred", "random_real")),
+                # RQ1's split of HaBa's gain, per network: the resolution trade and the hallucinators
+                ("reduced-resolution pixels - pixels", "ipc1_pixels_lowres", "ipc1_pixels"),
+                ("haba - reduced-resolution pixels", "ipc1_haba", "ipc1_pixels_lowres"),
+            ),
         ),
         Study(
             "cross_arch_resnet18",
