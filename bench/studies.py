@@ -22,127 +22,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.cell import ROOT
-from bench.profiles import CPU, Cell, Profile, _fmnist
-
-RESULTS = ROOT / "bench" / "results"
-FINDINGS = RESULTS / "findings"
-SEARCHES = RESULTS / "val_search"
-DISTILL_SEEDS = (0, 1, 2)
-EVAL_SEEDS = 3
-DM = "configs/fmnist_cpu_dm.yaml"
-PRESETS = {m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")}
-FAST = ("method.compile=true",)  # an execution choice (the real batches' pass compiled), not protocol
-
-
-@dataclass(frozen=True)
-class Search:
-    """A validation search whose best combination sets an arm's shape."""
-
-    name: str
-    sets: tuple[str, ...]  # fixed overrides (kind, budget, ...)
-    grid: tuple[str, ...]  # KEY=V1,V2,... axes
-    config: str = DM
-
-    def command(self) -> list[str]:
-        sets = [*self.sets, "eval.compile=true", *FAST]
-        return [
-            sys.executable,
-            "-m",
-            "bench.val_search",
-            "--name",
-            self.name,
-            "--config",
-            self.config,
-            *(a for s in sets for a in ("--set", s)),
-            *(a for g in self.grid for a in ("--grid", g)),
-        ]
-
-    def best(self) -> list[str] | None:
-        """The chosen combination as overrides; None until the search has run."""
-        path = SEARCHES / f"{self.name}.json"
-        if not path.exists():
-            return None
-        best = json.loads(path.read_text())["best"]
-        return [f"{k}={v}" for k, v in best.items() if k != "preset"]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One configuration of a study: a synset kind at a budget with its overrides (and a search's shape)."""
-
-    name: str
-    budget: float
-    kind: str  # a synset kind, or "random_real"
-    overrides: tuple[str, ...] = ()
-    search: Search | None = None
-    tags: dict = field(default_factory=dict)  # what the study plots it by (factor, value, ...)
-    source: str = ""  # cross_arch: the study whose kept set of the same cell name it evaluates
-    borrowed_from: str = ""  # a row of another study (its cells, not run here): the chosen configuration
-    method: str = "dm"  # the distillation backend (its CPU preset)
-
-    def shape(self) -> list[str] | None:
-        return [] if self.search is None else self.search.best()
-
-    def cells(self, seeds=DISTILL_SEEDS) -> list[Cell]:
-        """One bench cell per distillation seed (none while the arm's search is pending)."""
-        shape = self.shape()
-        if shape is None:
-            return []
-        method = None if self.kind == "random_real" else self.method
-        fast = FAST if method in ("dm", "dc", "dsa") else ()
-        out = []
-        for s in seeds:
-            ov = (*fast, *shape, *self.overrides, f"seed={s}")
-            out.append(
-                Cell(
-                    f"{self.name}__s{s}",
-                    self.budget,
-                    method,
-                    "pixels" if method is None else self.kind,
-                    PRESETS.get(method),
-                    ov,
-                    run_of=self.source,
-                )
-            )
-        return out
-
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    question: str
-    arms: tuple[Arm, ...]
-    nets: tuple[str, ...] = ("convnet",)
-    merge_from: str = ""  # another study whose cells of the same names add their networks' columns (ConvNet)
-    comparisons: tuple[tuple[str, str, str], ...] = ()  # (label, arm, baseline arm): differences reported per net
-    seeds: tuple[int, ...] = DISTILL_SEEDS  # the distillation seeds whose sets it runs (or evaluates)
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return ("convnet", *self.nets) if self.merge_from and "convnet" not in self.nets else self.nets
-
-    def profile(self) -> Profile:
-        cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells(self.seeds))
-        p = _fmnist(
-            self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts, keep_sets=True, runner="bench.studies"
-        )
-        return dataclasses.replace(
-            p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])
-        )
-
-    def pending(self) -> list[Arm]:
-        return [a for a in self.arms if a.shape() is None]
-
-    def searches(self) -> list[Search]:
-        return list({a.search.name: a.search for a in self.arms if a.search is not None}.values())
+from bench.study_design import (  # noqa: F401 (the study vocabulary, importable from here)
+    DISTILL_SEEDS,
+    DM,
+    EVAL_SEEDS,
+    FINDINGS,
+    RESULTS,
+    SEARCHES,
+    Arm,
+    Search,
+    Study,
+)
 
 
 def _shape_search(kind: str, budget: float, grid: tuple[str, ...], suffix: str = "") -> Search:
@@ -171,6 +67,23 @@ for _b in (2, 5, 10):
         "fred": _shape_search("fred", _b, ("synset.basis_size=14,10,7",)),
         "pixels_lowres": _shape_search("pixels", _b, ("synset.basis_size=full,20,14",)),
     }
+
+
+def _lr_search(name: str, n_hallucinators: int, lrs: str) -> Search:
+    fixed = ("synset.basis_size=20", f"synset.n_hallucinators={n_hallucinators}")
+    return Search(name, ("synset.kind=haba", "synset.budget_ipc=10", *fixed), (f"synset.lr_hallucinators={lrs}",))
+
+
+# IPC 10's two best shapes (20x20 bases with 2 or 5 hallucinators) tied at the IPC-1 lr; the hallucinators' lr is
+# then searched at both, up to where accuracy turns (DM's arms take the best of all; MTT's take the shape only)
+SHAPES[10]["haba"] = dataclasses.replace(
+    SHAPES[10]["haba"],
+    follow_ups=(
+        _lr_search("dm_haba_ipc10_lr_hallucinators_pairfix", 5, "5e-5,2e-4,5e-4"),
+        _lr_search("dm_haba_ipc10_lr_hallucinators_pairfix_hi", 5, "1e-3,2e-3"),
+        _lr_search("dm_haba_ipc10_h2_lr_hallucinators", 2, "2e-4,5e-4,1e-3,2e-3"),
+    ),
+)
 
 
 def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
@@ -205,7 +118,14 @@ def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
                 method="mtt",
                 tags={"kind": "pixels", "method": "mtt"},
             ),
-            Arm(f"ipc{b}_mtt_haba", b, "haba", search=s["haba"], method="mtt", tags={"kind": "HaBa", "method": "mtt"}),
+            Arm(
+                f"ipc{b}_mtt_haba",
+                b,
+                "haba",
+                search=dataclasses.replace(s["haba"], follow_ups=()),  # DM's lr searches are not MTT's
+                method="mtt",
+                tags={"kind": "HaBa", "method": "mtt"},
+            ),
         ]
     if 10 in budgets:  # the ranking can change with length: every distilled kind again, 4x the preset's 200
         arms += [

@@ -155,7 +155,8 @@ def markdown(r: dict) -> str:
         "|---" * (6 + len(nets)) + "|",
     ]
     for a in r["arms"]:
-        shape = "pending search" if a["pending_search"] else " ".join(a["shape"] + a["overrides"]) or "-"
+        settings = {o.split("=")[0]: o for o in a["shape"] + a["overrides"]}  # the later of two wins, as in a run
+        shape = "pending search" if a["pending_search"] else " ".join(settings.values()) or "-"
         floats = f"{a['floats']:,}" if "floats" in a else ""
         lines.append(
             f"| {a['arm']} | {a['budget']:g} | {floats} | {a.get('images_per_class', '')} | {shape} "

@@ -217,6 +217,15 @@ def validated_size(info: DatasetInfo, kind: str, budget_ipc: float) -> tuple[int
     return next((v for b, v in table.items() if abs(b - budget_ipc) < 1e-9), None)
 
 
+def lr_note(kind: type, method: str, budget_ipc: float, chosen: tuple[float, str]) -> str:
+    """The sentence every front end prints when synset.lr_hallucinators took a validated per-budget value."""
+    return (
+        f"{kind.label or kind.kind}'s hallucinators learn at lr {chosen[0]:g} with {method} at IPC {budget_ipc:g}: "
+        f"the lr a validation search chose for this shape and budget ({chosen[1]}). Set synset.lr_hallucinators to "
+        "choose another."
+    )
+
+
 def basis_note(info: DatasetInfo, kind: str, budget_ipc: float, size: int, **options: Any) -> str:
     """The sentence every front end prints when ``auto`` chose a smaller basis size."""
     h, w = info.im_size

@@ -21,7 +21,7 @@ import torch
 
 from haba_core import io
 from haba_core import runfolder as RF
-from haba_core.budget import plan_from_config
+from haba_core.budget import lr_note, plan_from_config
 from haba_core.callbacks import Callback
 from haba_core.config import RunConfig
 from haba_core.data import dataset_from_config
@@ -69,6 +69,10 @@ class Distiller:
         self.plan = plan_from_config(info, cfg.synset)
         # bounds from the data (batches clamped to a class) and the machine's memory, before anything large exists
         cfg, self.notes = preflight(cfg, self.dataset, self.plan, self.device, self.run_dir)
+        chosen = kind.validated_lr(info, cfg.method_name, self.plan.budget_ipc)
+        if cfg.synset.lr_hallucinators is None and chosen is not None:  # recorded with the run (config.json)
+            cfg = cfg.replace(synset=dataclasses.replace(cfg.synset, lr_hallucinators=chosen[0]))
+            self.notes.append(lr_note(kind, cfg.method_name, self.plan.budget_ipc, chosen))
         self.cfg = cfg
         s = cfg.synset
         kwargs: dict[str, Any] = {"n_bases": self.plan.n_bases, "basis_size": self.plan.basis_size}

@@ -232,3 +232,25 @@ def test_haba_default_hallucinator_lr_keeps_hallucinations_bounded(method, itera
     assert d.synset.materialize(pairing="all")[0].abs().max() < EXPLODED
     d = distill(cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": lr_img})))
     assert d.synset.materialize(pairing="all")[0].abs().max() > 10 * EXPLODED
+
+
+def test_an_unset_hallucinator_lr_takes_the_validated_one_for_the_method_shape_and_budget(tmp_path, monkeypatch):
+    """Where a validation search chose the hallucinators' lr (per method, image shape and budget) and the config
+    leaves it unset, the run learns at it, records it in config.json and says so; elsewhere the method's default."""
+    haba = SYNSETS.get("haba")
+    cfg = tiny_config("synset.kind=haba", "synset.budget_ipc=2", "synset.n_hallucinators=2", "iterations=1")
+    info = Distiller(cfg).dataset.info
+    table = {(info.channels, *info.im_size): {("dm", 2.0): (7e-4, "bench/results/val_search/x.md")}}
+    monkeypatch.setattr(haba, "validated_lr_hallucinators", table)
+    d = distill(cfg, tmp_path / "run")
+    (group,) = [g for g in d.optimizer.param_groups if g["name"] == "hallucinators"]
+    assert group["lr"] == 7e-4 and any("lr 0.0007" in n and "x.md" in n for n in d.notes)
+    assert io.read_json_strict(tmp_path / "run" / "config.json")["synset"]["lr_hallucinators"] == 7e-4
+    for other in (
+        cfg.replace(synset=cfg.synset.__class__(**{**cfg.synset.__dict__, "lr_hallucinators": 3e-5})),  # set: kept
+        tiny_config("synset.kind=haba", "synset.budget_ipc=3", "synset.n_hallucinators=2", "iterations=1"),
+    ):
+        d = Distiller(other)
+        (group,) = [g for g in d.optimizer.param_groups if g["name"] == "hallucinators"]
+        assert group["lr"] == (3e-5 if other.synset.lr_hallucinators else d.method.lr_hallucinators)
+        assert not any("validation search chose" in n and "lr" in n for n in d.notes)

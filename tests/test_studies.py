@@ -8,18 +8,30 @@ import statistics
 
 import pytest
 
-from bench import studies, study_report
+from bench import studies, study_design, study_report
 from bench.cell import child, run_cell
 from bench.profiles import Cell, Profile
 from haba_core.ledger import LedgerEntry
 
 
+def _search_file(folder, name, *rows, protocol="p1"):
+    """A val_search result: rows of (combination, validation mean); its best is the highest mean."""
+    body = [{"combination": c, "mean": m, "protocol": {"id": protocol}} for c, m in rows]
+    best = max(body, key=lambda r: r["mean"])["combination"]
+    (folder / f"{name}.json").write_text(json.dumps({"rows": body, "best": best}))
+
+
 def test_an_arm_waits_for_its_search_then_takes_its_best_combination(tmp_path, monkeypatch):
-    monkeypatch.setattr(studies, "SEARCHES", tmp_path)
+    monkeypatch.setattr(study_design, "SEARCHES", tmp_path)
     search = studies.Search("s", ("synset.kind=haba",), ("synset.basis_size=14,10",))
     arm = studies.Arm("ipc1_haba", 1, "haba", ("haba.lambda_cos=0",), search)
     assert arm.cells() == [] and arm.shape() is None
-    (tmp_path / "s.json").write_text(json.dumps({"best": {"synset.basis_size": "10", "synset.n_hallucinators": "2"}}))
+    _search_file(
+        tmp_path,
+        "s",
+        ({"synset.basis_size": "14", "synset.n_hallucinators": "2"}, 0.70),
+        ({"synset.basis_size": "10", "synset.n_hallucinators": "2"}, 0.71),
+    )
     cells = arm.cells()
     assert [c.name for c in cells] == ["ipc1_haba__s0", "ipc1_haba__s1", "ipc1_haba__s2"]
     for seed, c in zip(studies.DISTILL_SEEDS, cells, strict=True):
@@ -32,6 +44,32 @@ def test_an_arm_waits_for_its_search_then_takes_its_best_combination(tmp_path, m
             f"seed={seed}",
         )
     assert "--test" not in search.command()  # a search for a study never touches the test set
+
+
+def test_an_arm_takes_the_best_row_over_a_search_and_its_follow_ups_with_their_fixed_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_design, "SEARCHES", tmp_path)
+    kb = ("synset.kind=haba", "synset.budget_ipc=10")
+    lr = studies.Search("lr", (*kb, "synset.basis_size=20", "method.compile=true"), ("synset.lr_hallucinators=1,2",))
+    shape = studies.Search("shape", kb, ("synset.basis_size=full,20",), follow_ups=(lr,))
+    arm = studies.Arm("ipc10_haba", 10, "haba", search=shape)
+    _search_file(tmp_path, "shape", ({"synset.basis_size": "full"}, 0.80), ({"synset.basis_size": "20"}, 0.81))
+    assert arm.shape() is None  # a follow-up has not run yet
+    _search_file(tmp_path, "lr", ({"synset.lr_hallucinators": "1"}, 0.805), ({"synset.lr_hallucinators": "2"}, 0.82))
+    # the lr row wins, with the basis size its search held fixed (not the kind, budget or execution flags)
+    assert arm.shape() == ["synset.basis_size=20", "synset.lr_hallucinators=2"]
+    assert [s.name for s in studies.Study("x", "q", (arm,)).searches()] == ["shape", "lr"]
+    _search_file(tmp_path, "lr", ({"synset.lr_hallucinators": "1"}, 0.79), ({"synset.lr_hallucinators": "2"}, 0.8))
+    assert arm.shape() == ["synset.basis_size=20"]  # the shape search's own best
+    _search_file(tmp_path, "lr", ({"synset.lr_hallucinators": "2"}, 0.9), protocol="p2")
+    with pytest.raises(ValueError, match="different protocols"):
+        arm.shape()
+
+
+def test_the_ipc10_haba_arms_take_dms_lr_searches_but_mtt_takes_the_shape_only():
+    arms = {a.name: a for a in studies.frontier_arms((10,))}
+    assert arms["ipc10_haba"].search.follow_ups and arms["ipc10_haba_long"].search.follow_ups
+    assert arms["ipc10_mtt_haba"].search.follow_ups == ()
+    assert arms["ipc10_mtt_haba"].search.name == arms["ipc10_haba"].search.name
 
 
 def test_every_study_cell_is_unique_and_random_real_is_not_distilled():
@@ -65,7 +103,7 @@ def test_arm_summary_is_the_mean_of_set_means_with_the_sample_std_across_seeds()
 
 
 def test_report_merges_the_borrowed_rows_and_the_other_studys_columns(tmp_path, monkeypatch):
-    monkeypatch.setattr(studies, "SEARCHES", tmp_path)
+    monkeypatch.setattr(study_design, "SEARCHES", tmp_path)
     arms = (studies.Arm("ipc1_pixels", 1, "pixels"),)
     study = studies.Study("xa", "q", arms, nets=("mlp",), merge_from="fr")
     for s in studies.DISTILL_SEEDS:

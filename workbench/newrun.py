@@ -408,6 +408,11 @@ def check(d: dict, backends: list[str] | None = None, experts_dir: Path | None =
         out.plan = plan_from_config(info, cfg.synset)
     except HabaError as e:
         out.errors.append(f"Storage budget: {e}")
+    chosen = kind.validated_lr(info, cfg.method_name, out.plan.budget_ipc) if out.plan is not None else None
+    if cfg.synset.lr_hallucinators is None and chosen is not None:
+        from haba_core.budget import lr_note
+
+        out.notes.append(lr_note(kind, cfg.method_name, out.plan.budget_ipc, chosen))
     if name in backends:
         try:
             from haba_core.methods import METHODS

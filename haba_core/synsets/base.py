@@ -67,6 +67,9 @@ class Synset(nn.Module):
     # basis_size="auto" where a validation search chose the size: {(C, H, W): {budget_ipc: (size or None for full
     # size, the search's results file)}}; other shapes and budgets follow the rule above
     validated_basis_sizes: dict = {}
+    # synset.lr_hallucinators unset: the lr a validation search chose, {(C, H, W): {(method, budget_ipc): (lr, the
+    # search's results file)}}; elsewhere the method's own default
+    validated_lr_hallucinators: dict = {}
     n_hallucinators = 0  # learned networks shared by all bases (HaBa's hallucinators)
 
     def __init__(self, info: DatasetInfo, n_bases: int, basis_size: int | None = None, basis_channels=None):
@@ -102,6 +105,16 @@ class Synset(nn.Module):
         return 1
 
     # -- what the kind is, before anything is built ---------------------------------------------------------
+    @classmethod
+    def validated_lr(cls, info: DatasetInfo, method: str, budget_ipc: float | None) -> tuple[float, str] | None:
+        """(lr, results file) where a validation search chose the hallucinators' lr for this method, image shape
+        and budget, else None."""
+        table = cls.validated_lr_hallucinators.get((info.channels, *info.im_size), {})
+        hit = (
+            v for (m, b), v in table.items() if m == method and budget_ipc is not None and abs(b - budget_ipc) < 1e-9
+        )
+        return next(hit, None)
+
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls.Config))

@@ -1,0 +1,161 @@
+"""What a findings study is made of: validation searches that choose shapes, arms (one configuration each,
+distilled with several seeds) and the study that evaluates them; ``bench.studies`` holds the studies themselves.
+
+An arm's shape is never chosen by hand: it is the best validation combination of its search (and of that search's
+follow-ups), read from ``bench/results/val_search/<search>.json``; until those have run the arm is pending.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+
+from bench.cell import ROOT
+from bench.profiles import CPU, Cell, Profile, _fmnist
+
+RESULTS = ROOT / "bench" / "results"
+FINDINGS = RESULTS / "findings"
+SEARCHES = RESULTS / "val_search"
+DISTILL_SEEDS = (0, 1, 2)
+EVAL_SEEDS = 3
+DM = "configs/fmnist_cpu_dm.yaml"
+PRESETS = {m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")}
+FAST = ("method.compile=true",)  # an execution choice (the real batches' pass compiled), not protocol
+_NOT_SHAPE = ("synset.kind", "synset.budget_ipc")  # what a search's arm sets itself
+
+
+@dataclass(frozen=True)
+class Search:
+    """A validation search whose best combination sets an arm's shape."""
+
+    name: str
+    sets: tuple[str, ...]  # fixed overrides (kind, budget, ...)
+    grid: tuple[str, ...]  # KEY=V1,V2,... axes
+    config: str = DM
+    # searches run later around this one's choice (e.g. the hallucinators' lr at the chosen shape, its fixed
+    # settings in ``sets``): the arm takes the best combination over all of them
+    follow_ups: tuple[Search, ...] = ()
+
+    def command(self) -> list[str]:
+        sets = [*self.sets, "eval.compile=true", *FAST]
+        return [
+            sys.executable,
+            "-m",
+            "bench.val_search",
+            "--name",
+            self.name,
+            "--config",
+            self.config,
+            *(a for s in sets for a in ("--set", s)),
+            *(a for g in self.grid for a in ("--grid", g)),
+        ]
+
+    def best(self) -> list[str] | None:
+        """This search's own best combination as overrides; None until the search has run."""
+        path = SEARCHES / f"{self.name}.json"
+        if not path.exists():
+            return None
+        best = json.loads(path.read_text())["best"]
+        return [f"{k}={v}" for k, v in best.items() if k != "preset"]
+
+    def rows(self) -> list[tuple[float, list[str], str]] | None:
+        """(validation mean, overrides with the synset settings the search held fixed, protocol id) per
+        combination; None until the search has run."""
+        path = SEARCHES / f"{self.name}.json"
+        if not path.exists():
+            return None
+        fixed = [s for s in self.sets if s.startswith("synset.") and s.split("=")[0] not in _NOT_SHAPE]
+        return [
+            (
+                r["mean"],
+                [*fixed, *(f"{k}={v}" for k, v in r["combination"].items() if k != "preset")],
+                r["protocol"]["id"],
+            )
+            for r in json.loads(path.read_text())["rows"]
+        ]
+
+    def choice(self) -> list[str] | None:
+        """The arm's overrides: the best validation combination over this search and its follow-ups; None until
+        all have run. Rows of different protocols are not compared."""
+        tables = [s.rows() for s in (self, *self.follow_ups)]
+        if any(t is None for t in tables):
+            return None
+        rows = [r for t in tables for r in t]
+        if len({r[2] for r in rows}) > 1:
+            names = ", ".join(s.name for s in (self, *self.follow_ups))
+            raise ValueError(f"searches {names} ran under different protocols: rerun the older ones")
+        return max(rows, key=lambda r: r[0])[1]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of a study: a synset kind at a budget with its overrides (and a search's shape)."""
+
+    name: str
+    budget: float
+    kind: str  # a synset kind, or "random_real"
+    overrides: tuple[str, ...] = ()
+    search: Search | None = None
+    tags: dict = field(default_factory=dict)  # what the study plots it by (factor, value, ...)
+    source: str = ""  # cross_arch: the study whose kept set of the same cell name it evaluates
+    borrowed_from: str = ""  # a row of another study (its cells, not run here): the chosen configuration
+    method: str = "dm"  # the distillation backend (its CPU preset)
+
+    def shape(self) -> list[str] | None:
+        return [] if self.search is None else self.search.choice()
+
+    def cells(self, seeds=DISTILL_SEEDS) -> list[Cell]:
+        """One bench cell per distillation seed (none while the arm's search is pending)."""
+        shape = self.shape()
+        if shape is None:
+            return []
+        method = None if self.kind == "random_real" else self.method
+        fast = FAST if method in ("dm", "dc", "dsa") else ()
+        out = []
+        for s in seeds:
+            ov = (*fast, *shape, *self.overrides, f"seed={s}")
+            out.append(
+                Cell(
+                    f"{self.name}__s{s}",
+                    self.budget,
+                    method,
+                    "pixels" if method is None else self.kind,
+                    PRESETS.get(method),
+                    ov,
+                    run_of=self.source,
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    question: str
+    arms: tuple[Arm, ...]
+    nets: tuple[str, ...] = ("convnet",)
+    merge_from: str = ""  # another study whose cells of the same names add their networks' columns (ConvNet)
+    comparisons: tuple[tuple[str, str, str], ...] = ()  # (label, arm, baseline arm): differences reported per net
+    seeds: tuple[int, ...] = DISTILL_SEEDS  # the distillation seeds whose sets it runs (or evaluates)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ("convnet", *self.nets) if self.merge_from and "convnet" not in self.nets else self.nets
+
+    def profile(self) -> Profile:
+        cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells(self.seeds))
+        p = _fmnist(
+            self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts, keep_sets=True, runner="bench.studies"
+        )
+        return dataclasses.replace(
+            p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])
+        )
+
+    def pending(self) -> list[Arm]:
+        return [a for a in self.arms if a.shape() is None]
+
+    def searches(self) -> list[Search]:
+        found = (s for a in self.arms if a.search is not None for s in (a.search, *a.search.follow_ups))
+        return list({s.name: s for s in found}.values())
