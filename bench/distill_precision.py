@@ -47,14 +47,23 @@ def distilled_in(results: Path, profile: str, cell: str, record: dict) -> str | 
     return io.read_json_strict(status).get("precision") if status.exists() else None
 
 
+def _first_of(results: Path, folders: list[str]) -> dict[str, tuple[str, Path]]:
+    """Each finished cell name of the folders, from the first folder that has it: {name: (folder, record)}."""
+    found: dict[str, tuple[str, Path]] = {}
+    for folder in folders:
+        for cell in sorted((results / folder / "cells").glob("*.json")):
+            if not cell.name.endswith(".failed.json"):
+                found.setdefault(cell.name, (folder, cell))
+    return dict(sorted(found.items()))
+
+
 def compare(results: Path, reference: str, fast: str) -> list[dict]:
-    """One row per finished cell of ``fast``. ``reference`` names the float32 twins' folder under ``results``, or
-    several, comma-separated: each cell takes its twin from the first folder that has it."""
+    """One row per finished bf16 cell. ``reference`` and ``fast`` name the float32 and bf16 cells' folders under
+    ``results``, or several each, comma-separated: a cell comes from the first folder that has it (a rerun's folder
+    first, the older ones after it)."""
     rows = []
     references = [r for r in reference.split(",") if r]
-    for cell in sorted((results / fast / "cells").glob("*.json")):
-        if cell.name.endswith(".failed.json"):
-            continue
+    for side, cell in _first_of(results, [f for f in fast.split(",") if f]).values():
         found = [r for r in references if (results / r / "cells" / cell.name).exists()]
         if not found:
             raise SystemExit(
@@ -68,7 +77,7 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
             raise SystemExit(f"{cell.stem}: evaluated under protocols {f['protocol']['id']} vs {r['protocol']['id']}")
         if len(f["accuracy_per_seed"]) != len(r["accuracy_per_seed"]):
             raise SystemExit(f"{cell.stem}: a different number of evaluation networks")
-        for name, rec, want in ((twin, r, "fp32"), (fast, f, "bf16")):
+        for name, rec, want in ((twin, r, "fp32"), (side, f, "bf16")):
             got = distilled_in(results, name, cell.stem, rec)
             if got not in (None, want):
                 raise SystemExit(
@@ -76,7 +85,7 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
                     "are `python -m bench.run --profile cpu_fp32` (`--reference cpu_fp32`)"
                 )
         run = Path("runs", cell.stem, "run", CONFIG)
-        extra = config_difference(results / twin / run, results / fast / run) - ALLOWED
+        extra = config_difference(results / twin / run, results / side / run) - ALLOWED
         if extra:
             raise SystemExit(f"{cell.stem}: the configs differ beyond precision: {sorted(extra)}")
         gap = f["accuracy_mean"] - r["accuracy_mean"]
@@ -95,6 +104,7 @@ def compare(results: Path, reference: str, fast: str) -> list[dict]:
                 "bf16_peak_rss_mb": f.get("peak_rss_mb"),
                 "protocol": f["protocol"]["id"],
                 "reference": twin,
+                "fast": side,
             }
         )
     return rows
@@ -113,8 +123,8 @@ def markdown(res: dict) -> str:
             else "No seconds per iteration: the two sides ran under different loads, so their timings do not compare."
         ),
         "",
-        "| cell | float32 % | bf16 % | gap | within 1 std | s/iter fp32 -> bf16 | speedup | float32 twin |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | float32 % | bf16 % | gap | within 1 std | s/iter fp32 -> bf16 | speedup | float32 twin | bf16 cell |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         ok = "yes" if r["passes"] else "**no**"
@@ -123,7 +133,7 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {r['cell']} | {100 * r['fp32_mean']:.2f} +- {100 * r['fp32_std']:.2f} "
             f"| {100 * r['bf16_mean']:.2f} +- {100 * r['bf16_std']:.2f} | {100 * r['gap']:+.2f} | {ok} "
-            f"| {speed} | `{r.get('reference', res['reference'])}` |"
+            f"| {speed} | `{r.get('reference', res['reference'])}` | `{r.get('fast', res['fast'])}` |"
         )
     return "\n".join(lines) + "\n"
 

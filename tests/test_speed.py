@@ -396,3 +396,16 @@ def test_test_pass_in_cpu_chunks_counts_like_whole_batches(std, monkeypatch):
         monkeypatch.setenv(training.TEST_CHUNK_ENV, bad)
         with pytest.raises(ValueError, match="HABA_TEST_CHUNK must be a positive integer"):
             training.test_chunk("cpu", 100)
+
+
+def test_distill_precision_takes_each_bf16_cell_from_the_first_fast_folder_that_has_it(tmp_path):
+    from bench.distill_precision import compare
+
+    _cell(tmp_path, "fp32", "a", [0.70] * 3)
+    _cell(tmp_path, "fp32", "b", [0.70] * 3)
+    _cell(tmp_path, "old_bf16", "a", [0.60] * 3, precision="bf16")  # before a fix: the rerun below shadows it
+    _cell(tmp_path, "old_bf16", "b", [0.69] * 3, precision="bf16")
+    _cell(tmp_path, "bf16_rerun", "a", [0.71] * 3, precision="bf16")
+    rows = {r["cell"]: r for r in compare(tmp_path, "fp32", "bf16_rerun,old_bf16")}
+    assert (rows["a"]["fast"], rows["a"]["bf16_mean"]) == ("bf16_rerun", pytest.approx(0.71))
+    assert (rows["b"]["fast"], rows["b"]["bf16_mean"]) == ("old_bf16", pytest.approx(0.69))
