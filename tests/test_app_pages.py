@@ -567,7 +567,7 @@ def test_findings_shows_every_study_and_overlays_a_run(runs_root, tmp_path, monk
     assert "6 of 7 arms done (18 of 21 distillation seeds); 1 wait for their validation search" in texts(at.info)
     markdown = texts(at.markdown)
     assert "plain-300ep-dsa-bf16 (fake)" in markdown and "`python -m bench.studies frontier`" in markdown
-    assert "ρ = 0.90" in markdown
+    assert "all sets: **ρ = 0.90**" in markdown and "IPC 1: **ρ = -0.50**" in markdown
     assert any(e.label.startswith("Differences between arms (1)") for e in at.expander)
     assert len(plotly_charts(at)) == 6  # frontier, diversity and its steps, cross-arch and gain, constraint
     frontier = json.loads(plotly_charts(at)[0].proto.spec)

@@ -51,3 +51,18 @@ def test_a_haba_set_has_class_and_basis_metrics():
     assert set(m) == set(ds.METRICS) and all(v >= 0 for v in m.values())
     px = ds.set_metrics(create_synset("pixels", info, n_bases=1), net, net, [1.0] * info.num_classes)
     assert px.get("effective_rank") is None and "pixel_within_basis" not in px  # one image per class: no pair
+
+
+def test_correlation_is_given_over_all_sets_and_within_each_budget():
+    from bench.diversity_study import correlate
+
+    def row(budget, x, acc):
+        return {"budget": budget, "metrics": {"m": x}, "accuracy": acc}
+
+    # across budgets the metric and accuracy rise together; within each budget they fall together
+    rows = [row(1, 1, 72), row(1, 2, 71), row(1, 3, 70), row(10, 11, 82), row(10, 12, 81), row(10, 13, 80)]
+    c = correlate(rows, "m")
+    assert c["n"] == 6 and c["spearman"] > 0
+    assert c["by_budget"]["1"] == {"spearman": pytest.approx(-1.0), "n": 3}
+    assert c["by_budget"]["10"] == {"spearman": pytest.approx(-1.0), "n": 3}
+    assert correlate([row(1, None, 70), row(1, 1, 71)], "m")["spearman"] is None  # one point has no rank order

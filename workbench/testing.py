@@ -259,7 +259,9 @@ def fake_findings(root: Path) -> Path:
         "rows": rows,
         "real": [{"n_per_class": 10, "metrics": {"pixel_within": 0.5}}],
         "over_steps": [{**r, "metrics": {"pixel_within": r["step"] / 1000}} for r in steps],
-        "correlation": {"pixel_within": {"spearman": 0.9, "n": len(rows)}},
+        "correlation": {
+            "pixel_within": {"spearman": 0.9, "n": len(rows), "by_budget": {"1": {"spearman": -0.5, "n": len(rows)}}}
+        },
     }
     for name, data in (
         ("frontier", study("frontier", frontier, ["convnet"])),

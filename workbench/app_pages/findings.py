@@ -128,7 +128,11 @@ if div is not None:
         st.caption(str(metrics[metric]))
         corr = (div.get("correlation") or {}).get(metric)
         if corr:
-            st.markdown(f"Spearman correlation with accuracy: **ρ = {corr['spearman']:.2f}** (n = {corr['n']} sets)")
+            parts = [("all sets", corr)] + [(f"IPC {b}", c) for b, c in (corr.get("by_budget") or {}).items()]
+            shown = [
+                f"{what}: **ρ = {c['spearman']:.2f}** (n = {c['n']})" for what, c in parts if c["spearman"] is not None
+            ]
+            st.markdown("Spearman correlation with accuracy, " + " · ".join(shown) if shown else "No correlation yet.")
         left, right = st.columns(2)
         points = FD.diversity_points(div, metric)
         left.markdown(f"**{metric} against accuracy**, one point per distilled set; dotted: real images")
