@@ -176,9 +176,23 @@ def correlate(rows: list[dict], metric: str) -> dict:
     return {**rho(rows), "by_budget": {f"{b:g}": rho([r for r in rows if r["budget"] == b]) for b in budgets}}
 
 
-def finished_sets(root: Path = FINDINGS):
-    """(study, arm, seed, cell record, kept set, run folder) of every finished distilled cell of the studies (the
-    run folder, git-ignored, holds the snapshots only on the machine that distilled it)."""
+def carried_steps(previous: dict, steps: list[dict], rows: list[dict]) -> list[dict]:
+    """The previous results' steps of the sets still measured whose snapshots are not on this machine now (the
+    metrics of a snapshot do not change), each marked with the commit that measured it."""
+    have = {(s["study"], s["arm"], s["seed"]) for s in steps}
+    sets = {(r["study"], r["arm"], r["seed"]) for r in rows}
+    out = []
+    for s in previous.get("over_steps", []):
+        key = (s["study"], s["arm"], s["seed"])
+        if key in sets and key not in have:
+            out.append({**s, "measured_at": s.get("measured_at") or previous.get("git_commit", "")[:12]})
+    return out
+
+
+def finished_sets(root: Path = FINDINGS, elsewhere: tuple[Path, ...] = ()):
+    """(study, arm, seed, cell record, kept set, run folder) of every finished distilled cell of the studies. The
+    run folder, git-ignored, holds the snapshots only where the cell was distilled: ``root``'s, else the first of
+    the ``elsewhere`` findings folders (another worktree's) that has it."""
     for name in STUDY_NAMES:
         study = STUDIES[name]
         for arm in study.arms:
@@ -187,7 +201,8 @@ def finished_sets(root: Path = FINDINGS):
             for cell in arm.cells():
                 rec = root / name / "cells" / f"{cell.name}.json"
                 kept = root / name / "sets" / f"{cell.name}.safetensors"
-                run = root / name / "runs" / cell.name / "run"
+                runs = [r / name / "runs" / cell.name / "run" for r in (root, *elsewhere)]
+                run = next((r for r in runs if r.is_dir()), runs[0])
                 if rec.exists() and kept.exists():
                     yield name, arm, int(cell.name.rsplit("__s", 1)[1]), json.loads(rec.read_text()), kept, run
 
@@ -200,8 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.diversity_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(FINDINGS))
     p.add_argument("--no-steps", action="store_true", help="skip the snapshots (the metrics over training steps)")
+    p.add_argument(
+        "--snapshots-from",
+        action="append",
+        default=[],
+        help="another findings folder (a worktree's) whose run folders hold snapshots of the same cells",
+    )
     a = p.parse_args(argv)
     root = Path(a.out)
+    previous = io.read_json_strict(root / "diversity.json") if (root / "diversity.json").exists() else {}
     t0 = time.time()
     ds = load_dataset("fashion_mnist")
     trained, random_net = feature_net(ds), random_feature_net(ds.info)
@@ -217,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         real.append({"n_per_class": n, "metrics": average(rows)})
     rows, steps = [], []
-    for study, arm, seed, rec, kept, run in finished_sets(root):
+    for study, arm, seed, rec, kept, run in finished_sets(root, tuple(map(Path, a.snapshots_from))):
         synset = load_synset(kept)
         metrics = set_metrics(synset, trained, random_net, real_spreads)
         rows.append(
@@ -239,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         for step, snap in RF.snapshots(run).items():
             m = set_metrics(load_synset(snap), trained, random_net, real_spreads)
             steps.append({"study": study, "arm": arm.name, "seed": seed, "step": step, "metrics": m})
+    steps += carried_steps(previous, steps, rows)
     correlation = {k: correlate(rows, k) for k in METRICS}
     result = {
         "study": "diversity",

@@ -66,3 +66,16 @@ def test_correlation_is_given_over_all_sets_and_within_each_budget():
     assert c["by_budget"]["1"] == {"spearman": pytest.approx(-1.0), "n": 3}
     assert c["by_budget"]["10"] == {"spearman": pytest.approx(-1.0), "n": 3}
     assert correlate([row(1, None, 70), row(1, 1, 71)], "m")["spearman"] is None  # one point has no rank order
+
+
+def test_steps_measured_before_are_carried_for_sets_whose_snapshots_are_elsewhere():
+    from bench.diversity_study import carried_steps
+
+    def step(arm, n, **kw):
+        return {"study": "s", "arm": arm, "seed": 0, "step": n, "metrics": {"m": n}, **kw}
+
+    previous = {"git_commit": "abcdef0123456789", "over_steps": [step("a", 1), step("b", 1), step("gone", 1)]}
+    rows = [{"study": "s", "arm": a, "seed": 0} for a in ("a", "b")]
+    out = carried_steps(previous, [step("b", 2)], rows)  # b measured again now; "gone" has no set any more
+    assert out == [step("a", 1, measured_at="abcdef012345")]
+    assert carried_steps({}, [], rows) == []
