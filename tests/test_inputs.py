@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -253,3 +254,32 @@ def test_habas_validated_sizes_are_what_the_committed_searches_chose():
                 and int(r["combination"].get("synset.n_hallucinators", 5)) == 5
             ]
             assert default["mean"] >= best["mean"] - best["std"], source
+
+
+def test_habas_validated_lrs_are_what_the_committed_searches_chose():
+    """Each entry of HaBa's lr table is, recomputed from every committed hallucinator-lr search of that method and
+    budget, the lr of the best row at the validated basis size and the default hallucinator count; and no other
+    count's best row beats it by more than one std (so the count stays a plain default)."""
+    from haba_core.synsets import SYNSETS
+
+    haba = SYNSETS.get("haba")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    searches = root / "bench" / "results" / "val_search"
+    assert haba.validated_lr_hallucinators, "the table is empty"
+    for shape, by_budget in haba.validated_lr_hallucinators.items():
+        for (method, budget), (lr, source) in by_budget.items():
+            assert (root / source).exists(), source
+            size, _ = haba.validated_basis_sizes[shape][budget]
+            rows = []
+            for path in searches.glob(f"{method}_haba_ipc{budget:g}_*lr_hallucinators*.json"):
+                search = json.loads(path.read_text())
+                fixed = dict(re.findall(r"--set synset\.(\w+)=(\S+)", search["command"]))
+                for r in search["rows"]:
+                    setting = {**fixed, **{k.split(".")[-1]: v for k, v in r["combination"].items()}}
+                    if setting.get("basis_size") == str(size):
+                        rows.append((r["mean"], r["std"], float(setting["lr_hallucinators"]), setting))
+            default = [r for r in rows if int(r[3].get("n_hallucinators", 5)) == 5]
+            best_default = max(default, key=lambda r: r[0])
+            assert best_default[2] == lr, (method, budget, best_default)
+            best = max(rows, key=lambda r: r[0])
+            assert best[0] <= best_default[0] + best_default[1], (method, budget, best)

@@ -66,6 +66,12 @@ class HabaSynset(Synset):
             10.0: (20, "bench/results/val_search/dm_haba_ipc10_shape_pairfix.md"),
         }
     }
+    # synset.lr_hallucinators unset with DM at IPC 10 on 1x28x28: the lr searched at the 20x20 shape (5 hallucinators:
+    # 5e-5 80.37, 2e-4 81.19, 5e-4 81.73, 1e-3 80.82, 2e-3 79.00; 2 hallucinators peak at 2e-4, 81.30). At IPC 1 DM's
+    # own default (5e-5) is the validated one; DC, DSA and MTT keep theirs, chosen at IPC 1.
+    validated_lr_hallucinators = {
+        (1, 28, 28): {("dm", 10.0): (5e-4, "bench/results/val_search/dm_haba_ipc10_lr_hallucinators_pairfix.md")}
+    }
 
     @classmethod
     def storage_of(cls, info, n_bases, basis_size, n_hallucinators: int = 5, single_channel: bool = False, **_):
