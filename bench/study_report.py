@@ -155,7 +155,7 @@ def markdown(r: dict) -> str:
         "|---" * (6 + len(nets)) + "|",
     ]
     for a in r["arms"]:
-        settings = {o.split("=")[0]: o for o in a["shape"] + a["overrides"]}  # the later of two wins, as in a run
+        settings = {o.split("=")[0]: o for o in (a["shape"] or []) + a["overrides"]}  # the later wins, as in a run
         shape = "pending search" if a["pending_search"] else " ".join(settings.values()) or "-"
         floats = f"{a['floats']:,}" if "floats" in a else ""
         lines.append(
@@ -168,7 +168,12 @@ def markdown(r: dict) -> str:
             f"- {c['label']} ({c['net']}): {c['diff']:+.2f} +- {c['se']:.2f} (n = {c['n'][0]}, {c['n'][1]})"
             for c in r["comparisons"]
         ]
-    lines += ["", "Shapes chosen on the validation split:", ""]
+    lines += [
+        "",
+        "Each search's own best on the validation split (an arm whose search has follow-ups takes the best row over "
+        "all of them, with the settings each held fixed: the shape column above):",
+        "",
+    ]
     for name, s in r["searches"].items():
         lines.append(f"- `{name}`: {' '.join(s['best']) if s['best'] else 'not run yet'} (`python {s['command']}`)")
     if not r["complete"]:

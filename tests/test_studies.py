@@ -164,3 +164,16 @@ def test_a_single_seed_is_printed_without_a_spread_across_seeds():
     one = {"mean": 75.38, "std_seeds": 0.0, "std_nets": 0.14, "n_seeds": 1}
     assert _fmt(one) == "75.38 (one seed; nets 0.14)"
     assert _fmt({**one, "std_seeds": 0.5, "n_seeds": 3}) == "75.38 +- 0.50 (nets 0.14)"
+
+
+def test_the_report_shows_a_pending_arm_and_each_setting_once_the_arms_own_winning(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_design, "SEARCHES", tmp_path)
+    _search_file(tmp_path, "shape", ({"synset.n_hallucinators": "5"}, 0.8))
+    arms = (
+        studies.Arm("ipc1_k2", 1, "haba", ("synset.n_hallucinators=2",), studies.Search("shape", (), ())),
+        studies.Arm("ipc1_wait", 1, "haba", search=studies.Search("missing", (), ())),
+    )
+    md = study_report.report(studies.Study("s", "q", arms), tmp_path / "out")
+    text = (tmp_path / "out" / "s.md").read_text()
+    assert "| ipc1_k2 | 1 |  |  | synset.n_hallucinators=2 | 0/3 |" in text
+    assert "| ipc1_wait | 1 |  |  | pending search | 0/3 |" in text and not md["complete"]
