@@ -352,7 +352,9 @@ def test_evaluate_with_failed_cells_says_so_and_how_to_retry(runs_root):
     """The page shows what the evaluate process recorded (exit code and reason), and that the matrix below is the
     earlier evaluation."""
     why = "1 evaluation task(s) failed after 2 attempt(s) each (synset/mlp/s0). Evaluate again to compute the rest."
-    job = {"state": "failed", "exit_code": 4, "error": why, "pid": dead_pid(), "started_at": time.time() - 5}
+    earlier = json.loads((runs_root / "tiny" / "evaluation.json").read_text())["started_at"]
+    # the failed job started after the evaluation on record (which the session fixture may have made seconds ago)
+    job = {"state": "failed", "exit_code": 4, "error": why, "pid": dead_pid(), "started_at": earlier + 60}
     (runs_root / "tiny" / J.EVAL_JOB).write_text(json.dumps({**job, "nets": ["mlp"]}))
     at = open_page("evaluate")
     assert "(exit code 4): 1 evaluation task(s) failed" in texts(at.error) and "Evaluate again" in texts(at.error)
