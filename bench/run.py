@@ -225,6 +225,9 @@ def markdown(result: dict) -> str:
         + (f", {m['cuda']}" if m.get("cuda") else "")
         + ".",
     ]
+    commits = sorted({r["git_commit"][:12] for r in result["cells"] if r.get("git_commit")})
+    if commits and commits != [result["git_commit"][:12]]:  # cells kept from earlier invocations
+        lines[-1] += f" Cells ran at {', '.join(f'`{c}`' for c in commits)} (each cell's JSON records its own)."
     sched = result.get("schedule") or {}
     if sched:
         lines += [

@@ -114,6 +114,23 @@ def test_profile_notes_are_printed_under_the_table():
         "notes": list(PROFILES["cpu"].notes),
     }
     assert "Note: DC and DSA cells run outer/inner loops 1/1" in markdown(result)
+    assert "Cells ran at" not in markdown(result)
+
+
+def test_report_names_the_commits_its_kept_cells_ran_at():
+    """A report rewritten by a later invocation keeps older cells: its header says which commits ran them."""
+    from bench.run import markdown
+
+    folder = Path(__file__).resolve().parents[1] / "bench/results/relr/cpu_fp32/cells"
+    cells = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    commits = sorted({c["git_commit"][:12] for c in cells})
+    assert len(commits) > 1  # the float32 twins ran at two pinned commits
+    result = {
+        "profile": "cpu_fp32", "description": "d", "command": "c", "git_commit": "c" * 40, "finished_at": "t",
+        "machine": {"cpu": "x", "cores": 2, "torch": "2"}, "failed": [], "complete": False, "cells": cells,
+    }  # fmt: skip
+    header = markdown(result).splitlines()[2]
+    assert "Cells ran at " + ", ".join(f"`{c}`" for c in commits) in header
 
 
 def test_every_results_file_has_the_one_provenance_header():
