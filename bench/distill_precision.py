@@ -57,13 +57,15 @@ def _first_of(results: Path, folders: list[str]) -> dict[str, tuple[str, Path]]:
     return dict(sorted(found.items()))
 
 
-def compare(results: Path, reference: str, fast: str) -> list[dict]:
-    """One row per finished bf16 cell. ``reference`` and ``fast`` name the float32 and bf16 cells' folders under
-    ``results``, or several each, comma-separated: a cell comes from the first folder that has it (a rerun's folder
-    first, the older ones after it)."""
+def compare(results: Path, reference: str, fast: str, only: list[str] | None = None) -> list[dict]:
+    """One row per finished bf16 cell (whose name contains one of ``only``, when given). ``reference`` and ``fast``
+    name the float32 and bf16 cells' folders under ``results``, or several each, comma-separated: a cell comes from
+    the first folder that has it (a rerun's folder first, the older ones after it)."""
     rows = []
     references = [r for r in reference.split(",") if r]
-    for side, cell in _first_of(results, [f for f in fast.split(",") if f]).values():
+    for name, (side, cell) in _first_of(results, [f for f in fast.split(",") if f]).items():
+        if only and not any(o in name for o in only):
+            continue
         found = [r for r in references if (results / r / "cells" / cell.name).exists()]
         if not found:
             raise SystemExit(
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the twins' folder(s) under --results, comma-separated: each cell's twin comes from the first that has it",
     )
     p.add_argument("--fast", default="cpu_bf16")
+    p.add_argument("--only", action="append", help="compare only cells whose name contains this (repeatable)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill_precision"))
     p.add_argument(
         "--no-speeds",
@@ -154,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         help="leave s/iter out of the table (the two sides ran under different loads)",
     )
     a = p.parse_args(argv)
-    rows = compare(Path(a.results), a.reference, a.fast)
+    rows = compare(Path(a.results), a.reference, a.fast, a.only)
     if not rows:
-        raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}")
+        raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}" + (f" matching {a.only}" if a.only else ""))
     res = {
         **provenance("bench.distill_precision", argv),
         "reference": a.reference,
