@@ -199,7 +199,15 @@ STUDIES = {
                     (f"IPC {b}: FreD - pixels", f"ipc{b}_fred", f"ipc{b}_pixels"),
                 )
             )
-            + tuple((f"IPC {b}, MTT: HaBa - pixels", f"ipc{b}_mtt_haba", f"ipc{b}_mtt_pixels") for b in (1, 10)),
+            + tuple((f"IPC {b}, MTT: HaBa - pixels", f"ipc{b}_mtt_haba", f"ipc{b}_mtt_pixels") for b in (1, 10))
+            + tuple(  # the same questions at 4x the preset length, where the ranking may change
+                (f"IPC 10, 800 iterations: {label}", f"ipc10_{arm}_long", f"ipc10_{base}_long")
+                for label, arm, base in (
+                    ("HaBa - pixels", "haba", "pixels"),
+                    ("the hallucinators (HaBa - reduced-resolution pixels)", "haba", "pixels_lowres"),
+                    ("FreD - pixels", "fred", "pixels"),
+                )
+            ),
         ),
         Study(
             "constraint",

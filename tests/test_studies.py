@@ -81,6 +81,15 @@ def test_every_study_cell_is_unique_and_random_real_is_not_distilled():
     assert rr and all(c.method is None for c in rr)
 
 
+def test_every_comparison_names_two_arms_of_its_study_at_one_length_and_budget():
+    for study in studies.STUDIES.values():
+        arms = {a.name: a for a in study.arms}
+        for label, arm, base in study.comparisons:
+            assert arm in arms and base in arms, (study.name, label)
+            a, b = arms[arm], arms[base]
+            assert a.budget == b.budget and a.tags.get("iterations") == b.tags.get("iterations"), (study.name, label)
+
+
 def _record(per_seed, seed, net="convnet"):
     return {
         "accuracy_by_net": {net: {"mean": sum(per_seed) / len(per_seed), "per_seed": per_seed}},
