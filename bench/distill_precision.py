@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     rows = compare(Path(a.results), a.reference, a.fast, a.only)
     if not rows:
-        raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}" + (f" matching {a.only}" if a.only else ""))
+        matching = f" matching {a.only}" if a.only else ""
+        raise SystemExit(f"no finished cells in {Path(a.results) / a.fast / 'cells'}{matching}")
     res = {
         **provenance("bench.distill_precision", argv),
         "reference": a.reference,

@@ -68,7 +68,8 @@ def test_correlation_is_given_over_all_sets_and_within_each_budget():
     assert correlate([row(1, None, 70), row(1, 1, 71)], "m")["spearman"] is None  # one point has no rank order
     longer = [{**row(10, x, acc), "tags": {"iterations": 800}} for x, acc in ((1, 80), (2, 81), (3, 83))]
     c = correlate(rows + longer, "m")  # a longer run's sets are ranked apart from the preset length's
-    assert c["by_budget"]["10"]["n"] == 3 and c["by_budget"]["10, 800 iterations"] == {"spearman": pytest.approx(1.0), "n": 3}
+    assert c["by_budget"]["10"]["n"] == 3
+    assert c["by_budget"]["10, 800 iterations"] == {"spearman": pytest.approx(1.0), "n": 3}
 
 
 def test_steps_measured_before_are_carried_for_sets_whose_snapshots_are_elsewhere():
