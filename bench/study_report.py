@@ -25,6 +25,7 @@ def arm_summary(arm, records: list[dict], nets: tuple[str, ...]) -> dict:
         "overrides": list(arm.overrides),
         "shape": arm.shape(),
         "search": arm.search.name if arm.search else None,
+        "at_edge": arm.search.at_edge() if arm.search else None,
         "n_seeds": len(records),
         "seeds": [r["seeds"]["distill"] for r in records],
         "per_net": {},
@@ -157,6 +158,7 @@ def markdown(r: dict) -> str:
     for a in r["arms"]:
         settings = {o.split("=")[0]: o for o in (a["shape"] or []) + a["overrides"]}  # the later wins, as in a run
         shape = "pending search" if a["pending_search"] else " ".join(settings.values()) or "-"
+        shape += f" ({a['at_edge']})" if a.get("at_edge") else ""
         floats = f"{a['floats']:,}" if "floats" in a else ""
         lines.append(
             f"| {a['arm']} | {a['budget']:g} | {floats} | {a.get('images_per_class', '')} | {shape} "

@@ -65,6 +65,24 @@ def test_an_arm_takes_the_best_row_over_a_search_and_its_follow_ups_with_their_f
         arm.shape()
 
 
+def test_a_choice_at_the_edge_of_the_sizes_searched_is_flagged_until_a_follow_up_brackets_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_design, "SEARCHES", tmp_path)
+    kb = ("synset.kind=pixels", "synset.budget_ipc=2")
+    small = studies.Search("small", kb, ("synset.basis_size=10,7",))
+    first = studies.Search("first", kb, ("synset.basis_size=full,20,14",))
+    _search_file(
+        tmp_path, "first", *(({"synset.basis_size": v}, m) for v, m in (("full", 0.7), ("20", 0.71), ("14", 0.75)))
+    )
+    assert first.at_edge() == "14x14 is the smallest size searched"
+    _search_file(tmp_path, "small", ({"synset.basis_size": "10"}, 0.74), ({"synset.basis_size": "7"}, 0.72))
+    assert dataclasses.replace(first, follow_ups=(small,)).at_edge() is None  # 20 > 14 > 10: bracketed
+    _search_file(tmp_path, "small", ({"synset.basis_size": "10"}, 0.76), ({"synset.basis_size": "7"}, 0.72))
+    assert dataclasses.replace(first, follow_ups=(small,)).at_edge() is None  # 14 > 10 > 7
+    top = studies.Search("top", kb, ("synset.basis_size=14,10",))
+    _search_file(tmp_path, "top", ({"synset.basis_size": "14"}, 0.75), ({"synset.basis_size": "10"}, 0.74))
+    assert top.at_edge() == "14x14 is the largest size searched"  # full size was not tried
+
+
 def test_the_ipc10_haba_arms_take_dms_lr_searches_but_mtt_takes_the_shape_only():
     arms = {a.name: a for a in studies.frontier_arms((10,))}
     assert arms["ipc10_haba"].search.follow_ups and arms["ipc10_haba_long"].search.follow_ups
