@@ -164,6 +164,8 @@ def test_the_shapes_match_what_the_studies_report():
     points = FD.frontier_points(s)
     assert points.loc[0, "mean"] == pytest.approx(73.0) and points.loc[0, "floats"] == 7840
     assert FD.progress(s).text().startswith("0 of 1 arms done (2 of 3")
+    edge = study(summary | {"shape": ["synset.basis_size=14"], "at_edge": "14x14 is the smallest size searched"})
+    assert FD.arm_table(edge).loc[0, "shape"] == "synset.basis_size=14 (14x14 is the smallest size searched)"
 
 
 def test_the_module_does_not_import_streamlit():

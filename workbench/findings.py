@@ -125,6 +125,7 @@ def arm_table(study: dict, net: str = "convnet") -> pd.DataFrame:
         shape = (
             "pending search" if a.get("pending_search") else " ".join((a.get("shape") or []) + a.get("overrides", []))
         )
+        shape += f" ({a['at_edge']})" if a.get("at_edge") else ""  # the grid may not bracket the best size
         rows.append(
             {
                 "arm": a["arm"],
