@@ -283,10 +283,13 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def start_probe(
-    cfg: RunConfig, warmup: int = PROBE_WARMUP, timed: int = PROBE_TIMED, max_seconds: float = PROBE_SECONDS
+    cfg: RunConfig, warmup: int = PROBE_WARMUP, timed: int = PROBE_TIMED, max_seconds: float | None = None
 ) -> ProbeJob:
-    """Start :func:`probe` of ``cfg`` in a child process (jemalloc when ``haba distill`` would use it)."""
+    """Start :func:`probe` of ``cfg`` in a child process (jemalloc when ``haba distill`` would use it);
+    ``max_seconds`` defaults to ``PROBE_SECONDS`` as it is when called."""
     from haba_core.memory import allocator_env
+
+    max_seconds = PROBE_SECONDS if max_seconds is None else max_seconds
 
     folder = Path(tempfile.mkdtemp(prefix="haba-probe-"))
     io.write_json(folder / CONFIG, cfg.to_dict())
