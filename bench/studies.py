@@ -61,14 +61,16 @@ SHAPES = {
         ),
     },
 }
-for _b in (2, 10):
+# per budget, the basis sizes the pixel and HaBa searches start from (IPC 5's include the smaller sizes IPC 2 needed)
+_START = {2: ("full,20,14", "full,20"), 5: ("full,20,14,10", "full,20,14"), 10: ("full,20,14", "full,20")}
+for _b, (_pixels, _haba) in _START.items():
     SHAPES[_b] = {
-        "haba": _shape_search("haba", _b, ("synset.basis_size=full,20", "synset.n_hallucinators=2,5"), "_pairfix"),
+        "haba": _shape_search("haba", _b, (f"synset.basis_size={_haba}", "synset.n_hallucinators=2,5"), "_pairfix"),
         "fred": _shape_search("fred", _b, ("synset.basis_size=14,10,7",)),
-        "pixels_lowres": _shape_search("pixels", _b, ("synset.basis_size=full,20,14",)),
+        "pixels_lowres": _shape_search("pixels", _b, (f"synset.basis_size={_pixels}",)),
     }
 # IPC 2's pixel and HaBa searches chose their smallest candidate (14x14 pixels, 20x20 bases), so each grid goes on
-# to smaller sizes before an arm takes it; IPC 5's grids start with them
+# to smaller sizes before an arm takes it
 SHAPES[2]["pixels_lowres"] = dataclasses.replace(
     SHAPES[2]["pixels_lowres"], follow_ups=(_shape_search("pixels", 2, ("synset.basis_size=10,7",), "_small"),)
 )
@@ -76,11 +78,6 @@ SHAPES[2]["haba"] = dataclasses.replace(
     SHAPES[2]["haba"],
     follow_ups=(_shape_search("haba", 2, ("synset.basis_size=14,10", "synset.n_hallucinators=2,5"), "_small"),),
 )
-SHAPES[5] = {
-    "haba": _shape_search("haba", 5, ("synset.basis_size=full,20,14", "synset.n_hallucinators=2,5"), "_pairfix"),
-    "fred": _shape_search("fred", 5, ("synset.basis_size=14,10,7",)),
-    "pixels_lowres": _shape_search("pixels", 5, ("synset.basis_size=full,20,14,10",)),
-}
 
 
 def _lr_search(name: str, n_hallucinators: int, lrs: str) -> Search:
