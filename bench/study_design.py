@@ -88,17 +88,17 @@ class Search:
             raise ValueError(f"searches {names} ran under different protocols: rerun the older ones")
         return max(rows, key=lambda r: r[0])[1]
 
-    def at_edge(self) -> str | None:
-        """Where the chosen basis size lies at the edge of the sizes this search and its follow-ups tried (the
-        smallest, or the largest when full size was not tried), else None: a reader should know that the grid
-        may not bracket the best size."""
+    def at_edge(self, choice: list[str] | None) -> str | None:
+        """Where ``choice`` (this search's ``choice()``) puts the basis size at the edge of the sizes this search
+        and its follow-ups tried (the smallest, or the largest when full size was not tried), else None: a reader
+        should know that the grid may not bracket the best size."""
         chosen, tried = None, set()
         for s in (self, *self.follow_ups):
             for axis in s.grid:
                 key, _, values = axis.partition("=")
                 if key == "synset.basis_size":
                     tried |= set(values.split(","))
-        for o in self.choice() or []:
+        for o in choice or []:
             if o.startswith("synset.basis_size="):
                 chosen = o.partition("=")[2]
         sizes = sorted(int(v) for v in tried if v.isdigit())

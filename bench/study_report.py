@@ -15,17 +15,30 @@ from bench.cell import sample_std
 from bench.provenance import provenance
 
 
+def setting_text(shape: list[str] | None, overrides, edge: str | None) -> str:
+    """What a cell of the arm runs with, as tables show it: the searched shape and the arm's overrides (an override
+    of the same key wins, as in a run), and where the shape lies at its grid's edge."""
+    if shape is None:
+        return "pending search"
+    settings = {o.split("=")[0]: o for o in [*shape, *overrides]}
+    return (" ".join(settings.values()) or "-") + (f" ({edge})" if edge else "")
+
+
 def arm_summary(arm, records: list[dict], nets: tuple[str, ...]) -> dict:
     """Mean over distillation seeds of each set's mean, the sample std across seeds, the network spread."""
+    shape = arm.shape()  # None: its search has not run
+    edge = arm.search.at_edge(shape) if arm.search else None
     out = {
         "arm": arm.name,
         "budget": arm.budget,
         "kind": arm.kind,
         "tags": arm.tags,
         "overrides": list(arm.overrides),
-        "shape": arm.shape(),
+        "shape": shape,
         "search": arm.search.name if arm.search else None,
-        "at_edge": arm.search.at_edge() if arm.search else None,
+        "pending_search": shape is None,
+        "at_edge": edge,
+        "setting": setting_text(shape, arm.overrides, edge),
         "n_seeds": len(records),
         "seeds": [r["seeds"]["distill"] for r in records],
         "per_net": {},
@@ -101,7 +114,6 @@ def report(study, out_root: Path) -> dict:
         arms.append(
             {
                 **arm_summary(arm, records, study.columns),
-                "pending_search": arm.shape() is None,
                 "expected_seeds": len(study.seeds),
                 "borrowed_from": arm.borrowed_from,
             }
@@ -156,12 +168,9 @@ def markdown(r: dict) -> str:
         "|---" * (6 + len(nets)) + "|",
     ]
     for a in r["arms"]:
-        settings = {o.split("=")[0]: o for o in (a["shape"] or []) + a["overrides"]}  # the later wins, as in a run
-        shape = "pending search" if a["pending_search"] else " ".join(settings.values()) or "-"
-        shape += f" ({a['at_edge']})" if a.get("at_edge") else ""
         floats = f"{a['floats']:,}" if "floats" in a else ""
         lines.append(
-            f"| {a['arm']} | {a['budget']:g} | {floats} | {a.get('images_per_class', '')} | {shape} "
+            f"| {a['arm']} | {a['budget']:g} | {floats} | {a.get('images_per_class', '')} | {a['setting']} "
             f"| {a['n_seeds']}/{a['expected_seeds']} | " + " | ".join(_fmt(a["per_net"].get(n)) for n in nets) + " |"
         )
     if r.get("comparisons"):

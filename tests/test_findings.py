@@ -16,8 +16,8 @@ from workbench import findings as FD
 
 def arm(name, tags, means=None, budget=1, floats=784, nets=("convnet",)) -> dict:
     """An arm in ``bench.study_report.report``'s schema; ``means`` None: no finished seed yet."""
-    out = {"arm": name, "budget": budget, "kind": "haba", "tags": tags, "overrides": [], "shape": [], "per_net": {}}
-    out.update(n_seeds=0, seeds=[], expected_seeds=3, pending_search=False, borrowed_from="")
+    out = {"arm": name, "budget": budget, "kind": "haba", "tags": tags, "overrides": [], "shape": [], "setting": "-"}
+    out.update(per_net={}, n_seeds=0, seeds=[], expected_seeds=3, pending_search=False, borrowed_from="")
     if means is not None:
         out.update(n_seeds=3, seeds=[0, 1, 2], floats=floats, images_per_class=budget)
         for net, m in zip(nets, means if isinstance(means, list) else [means], strict=True):
@@ -148,9 +148,10 @@ def test_the_folder_follows_its_variable_and_bad_files_are_problems_not_crashes(
     assert FD.load_study("frontier") == (study(), None)
 
 
-def test_the_shapes_match_what_the_studies_report():
+def test_the_shapes_match_what_the_studies_report(tmp_path, monkeypatch):
     """An arm summarised by ``bench.study_report.arm_summary`` from cell records reads back as the page expects."""
-    from bench.studies import Arm
+    from bench import study_design
+    from bench.studies import Arm, Search
     from bench.study_report import arm_summary
 
     def record(seed, per_seed):
@@ -160,12 +161,18 @@ def test_the_shapes_match_what_the_studies_report():
 
     a = Arm("ipc1_haba", 1, "haba", tags={"kind": "HaBa"})
     summary = arm_summary(a, [record(0, [0.70, 0.72]), record(1, [0.74, 0.76])], ("convnet",))
-    s = study(summary | {"pending_search": False, "expected_seeds": 3, "borrowed_from": ""})
+    s = study(summary | {"expected_seeds": 3, "borrowed_from": ""})
     points = FD.frontier_points(s)
     assert points.loc[0, "mean"] == pytest.approx(73.0) and points.loc[0, "floats"] == 7840
     assert FD.progress(s).text().startswith("0 of 1 arms done (2 of 3")
-    edge = study(summary | {"shape": ["synset.basis_size=14"], "at_edge": "14x14 is the smallest size searched"})
-    assert FD.arm_table(edge).loc[0, "shape"] == "synset.basis_size=14 (14x14 is the smallest size searched)"
+    monkeypatch.setattr(study_design, "SEARCHES", tmp_path)  # a search that chose its smallest size
+    sizes = (("20", 0.71), ("14", 0.75))
+    rows = [{"combination": {"synset.basis_size": v}, "mean": m, "protocol": {"id": "p"}} for v, m in sizes]
+    (tmp_path / "s.json").write_text(json.dumps({"rows": rows, "best": rows[1]["combination"]}))
+    at_edge = Arm("ipc1_haba", 1, "haba", ("synset.n_hallucinators=2",), Search("s", (), ("synset.basis_size=20,14",)))
+    edge = study(arm_summary(at_edge, [], ("convnet",)) | {"expected_seeds": 3, "borrowed_from": ""})
+    shape = "synset.basis_size=14 synset.n_hallucinators=2 (14x14 is the smallest size searched)"
+    assert FD.arm_table(edge).loc[0, "shape"] == shape
 
 
 def test_the_module_does_not_import_streamlit():

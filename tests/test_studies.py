@@ -73,14 +73,15 @@ def test_a_choice_at_the_edge_of_the_sizes_searched_is_flagged_until_a_follow_up
     _search_file(
         tmp_path, "first", *(({"synset.basis_size": v}, m) for v, m in (("full", 0.7), ("20", 0.71), ("14", 0.75)))
     )
-    assert first.at_edge() == "14x14 is the smallest size searched"
+    assert first.at_edge(first.choice()) == "14x14 is the smallest size searched"
     _search_file(tmp_path, "small", ({"synset.basis_size": "10"}, 0.74), ({"synset.basis_size": "7"}, 0.72))
-    assert dataclasses.replace(first, follow_ups=(small,)).at_edge() is None  # 20 > 14 > 10: bracketed
+    both = dataclasses.replace(first, follow_ups=(small,))
+    assert both.at_edge(both.choice()) is None  # 20 > 14 > 10: bracketed
     _search_file(tmp_path, "small", ({"synset.basis_size": "10"}, 0.76), ({"synset.basis_size": "7"}, 0.72))
-    assert dataclasses.replace(first, follow_ups=(small,)).at_edge() is None  # 14 > 10 > 7
+    assert both.at_edge(both.choice()) is None  # 14 > 10 > 7
     top = studies.Search("top", kb, ("synset.basis_size=14,10",))
     _search_file(tmp_path, "top", ({"synset.basis_size": "14"}, 0.75), ({"synset.basis_size": "10"}, 0.74))
-    assert top.at_edge() == "14x14 is the largest size searched"  # full size was not tried
+    assert top.at_edge(top.choice()) == "14x14 is the largest size searched"  # full size was not tried
 
 
 def test_the_ipc10_haba_arms_take_dms_lr_searches_but_mtt_takes_the_shape_only():

@@ -122,10 +122,6 @@ def arm_table(study: dict, net: str = "convnet") -> pd.DataFrame:
     rows = []
     for a in study.get("arms") or []:
         cell = _cell(a, net) or {}
-        shape = (
-            "pending search" if a.get("pending_search") else " ".join((a.get("shape") or []) + a.get("overrides", []))
-        )
-        shape += f" ({a['at_edge']})" if a.get("at_edge") else ""  # the grid may not bracket the best size
         rows.append(
             {
                 "arm": a["arm"],
@@ -137,7 +133,7 @@ def arm_table(study: dict, net: str = "convnet") -> pd.DataFrame:
                 "mean": cell.get("mean"),
                 "std_seeds": cell.get("std_seeds"),
                 "std_nets": cell.get("std_nets"),
-                "shape": shape or "-",
+                "shape": a.get("setting") or "-",  # the study report's text for it
             }
         )
     return pd.DataFrame(rows, columns=ARM_COLUMNS)

@@ -196,7 +196,7 @@ def _fake_arm(name: str, budget: float, tags: dict, means: dict[str, float] | No
     """One arm as ``bench.study_report.report`` writes it; ``means`` None: no finished seed (its search pending)."""
     arm = {"arm": name, "budget": budget, "kind": "haba", "tags": tags, "overrides": [], "search": None}
     arm.update(shape=[] if means else None, n_seeds=3 if means else 0, seeds=[0, 1, 2] if means else [], per_net={})
-    arm.update(pending_search=not means, expected_seeds=3, borrowed_from="")
+    arm.update(pending_search=not means, setting="-" if means else "pending search", expected_seeds=3, borrowed_from="")
     if means:
         arm.update(floats=floats, ipc_equivalent=floats / 7840, images_per_class=int(budget), protocol={"id": "fake"})
         for net, m in means.items():
