@@ -124,6 +124,7 @@ class Arm:
     source: str = ""  # cross_arch: the study whose kept set of the same cell name it evaluates
     borrowed_from: str = ""  # a row of another study (its cells, not run here): the chosen configuration
     method: str = "dm"  # the distillation backend (its CPU preset)
+    seeds: tuple[int, ...] = ()  # its distillation seeds when fewer than the study's (a cut of the compute cap)
 
     def shape(self) -> list[str] | None:
         return [] if self.search is None else self.search.choice()
@@ -167,13 +168,17 @@ class Study:
         return ("convnet", *self.nets) if self.merge_from and "convnet" not in self.nets else self.nets
 
     def profile(self) -> Profile:
-        cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells(self.seeds))
+        cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells(self.seeds_of(a)))
         p = _fmnist(
             self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts, keep_sets=True, runner="bench.studies"
         )
         return dataclasses.replace(
             p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])
         )
+
+    def seeds_of(self, arm: Arm) -> tuple[int, ...]:
+        """The distillation seeds whose sets the arm runs (or evaluates) here."""
+        return arm.seeds or self.seeds
 
     def pending(self) -> list[Arm]:
         return [a for a in self.arms if a.shape() is None]

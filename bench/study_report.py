@@ -101,7 +101,7 @@ def report(study, out_root: Path) -> dict:
     arms, records_all = [], []
     for arm in study.arms:
         records = []
-        for c in arm.cells(study.seeds):
+        for c in arm.cells(study.seeds_of(arm)):
             p = out_root / (arm.borrowed_from or study.name) / "cells" / f"{c.name}.json"
             if not p.exists():
                 continue
@@ -114,7 +114,7 @@ def report(study, out_root: Path) -> dict:
         arms.append(
             {
                 **arm_summary(arm, records, study.columns),
-                "expected_seeds": len(study.seeds),
+                "expected_seeds": len(study.seeds_of(arm)),
                 "borrowed_from": arm.borrowed_from,
             }
         )
@@ -130,7 +130,7 @@ def report(study, out_root: Path) -> dict:
         "arms": arms,
         "searches": {s.name: {"command": shlex.join(s.command()[1:]), "best": s.best()} for s in study.searches()},
         "comparisons": differences(study, arms),
-        "complete": all(a["n_seeds"] == len(study.seeds) for a in arms),
+        "complete": all(a["n_seeds"] == a["expected_seeds"] for a in arms),
     }
     io.write_json(out_root / f"{study.name}.json", result)
     (out_root / f"{study.name}.md").write_text(markdown(result))
@@ -159,7 +159,8 @@ def markdown(r: dict) -> str:
         "",
         f"Accuracy %: the mean over distillation seeds {r['distill_seeds']} of each distilled set's mean over "
         f"{r['eval_seeds']} evaluation networks, +- the sample std (ddof 1) across the seeds; in brackets the "
-        "mean std across networks within one set. n = seeds done.",
+        "mean std across networks within one set. n = seeds done of the arm's (an arm may run fewer than the "
+        "study's, a cut of the compute cap; with one, no std across seeds).",
         "",
     ]
     nets = r["nets"]

@@ -79,9 +79,9 @@ def test_cross_architecture_matrix_and_gain_over_pixels():
     m = FD.cross_arch_matrix(s)
     assert list(m.index) == ["pixels", "HaBa", "FreD"] and list(m.columns) == list(nets)
     assert m.loc["HaBa", "mlp"] == 49.0 and m.loc["FreD"].isna().all()
-    gain = FD.gain_over_reference(m.dropna(how="all"))
+    gain = FD.gain_over_reference(s)
     assert list(gain.index) == ["HaBa"] and list(gain.loc["HaBa"]) == [5.0, -1.0]
-    assert FD.gain_over_reference(m.drop(index="pixels")).empty
+    assert FD.gain_over_reference(study(*s["arms"][1:], nets=nets)).empty  # no pixels row to measure against
     assert FD.heatmap_figure(gain, diverging=True).data[0].zmid == 0
     assert FD.comparisons_table(s).empty
     diff = {"label": "HaBa - pixels", "arm": "a", "baseline": "b", "net": "mlp", "diff": -1.0, "se": 0.5, "n": [3, 2]}
@@ -89,9 +89,19 @@ def test_cross_architecture_matrix_and_gain_over_pixels():
     assert FD.comparisons_table(s).iloc[0].to_dict() == dict(
         comparison="HaBa - pixels", net="mlp", difference=-1.0, se=0.5, seeds="3 / 2"
     )
-    # two arms of one kind (two budgets) keep their own rows, by arm name
-    twice = study(arm("ipc1_pixels", {"kind": "pixels"}, 60.0), arm("ipc2_pixels", {"kind": "pixels"}, 70.0))
-    assert list(FD.cross_arch_matrix(twice).index) == ["ipc1_pixels", "ipc2_pixels"]
+    # several budgets: each row names its budget, and each gain is over the pixels of its own budget
+    twice = study(
+        arm("ipc1_pixels", {"kind": "pixels"}, 60.0),
+        arm("ipc1_haba", {"kind": "HaBa"}, 64.0),
+        arm("ipc10_pixels", {"kind": "pixels"}, 80.0, budget=10),
+        arm("ipc10_haba", {"kind": "HaBa"}, 79.0, budget=10),
+        arm("ipc10_fred", {"kind": "FreD"}, budget=10),
+    )
+    m = FD.cross_arch_matrix(twice)
+    assert list(m.index) == ["IPC 1: pixels", "IPC 1: HaBa", "IPC 10: pixels", "IPC 10: HaBa", "IPC 10: FreD"]
+    assert FD.gain_over_reference(twice)["convnet"].to_dict() == {"IPC 1: HaBa": 4.0, "IPC 10: HaBa": -1.0}
+    same = study(arm("ipc1_pixels", {"kind": "pixels"}, 60.0), arm("ipc1_pixels_b", {"kind": "pixels"}, 61.0))
+    assert list(FD.cross_arch_matrix(same).index) == ["ipc1_pixels", "ipc1_pixels_b"]  # labels repeat: arm names
 
 
 def test_constraint_bars_per_factor_with_the_chosen_row_apart():

@@ -205,3 +205,21 @@ def test_the_report_shows_a_pending_arm_and_each_setting_once_the_arms_own_winni
     text = (tmp_path / "out" / "s.md").read_text()
     assert "| ipc1_k2 | 1 |  |  | synset.n_hallucinators=2 | 0/3 |" in text
     assert "| ipc1_wait | 1 |  |  | pending search | 0/3 |" in text and not md["complete"]
+
+
+def test_an_arm_cut_to_fewer_seeds_runs_and_expects_only_those(tmp_path):
+    xa = studies.STUDIES["cross_arch"]
+    by_budget = {b: [c.name for c in xa.profile().cells if c.name.startswith(f"ipc{b}_")] for b in (1, 10)}
+    assert by_budget[10] and all(n.endswith("__s0") for n in by_budget[10])  # IPC 10: the sets of seed 0
+    assert {n[-3:] for n in by_budget[1]} == {"_s0", "_s1", "_s2"}
+    assert not any("long" in n for n in by_budget[10])  # the preset length's sets, not the 800-iteration ones
+    one = studies.Arm("ipc10_pixels", 10, "pixels", ("synset.basis_size=full",), seeds=(0,))
+    study = studies.Study("s", "q", (one, dataclasses.replace(one, name="ipc1_pixels", budget=1, seeds=())))
+    cells = tmp_path / "out" / "s" / "cells"
+    cells.mkdir(parents=True)
+    for name in ("ipc10_pixels__s0", "ipc1_pixels__s0", "ipc1_pixels__s1", "ipc1_pixels__s2"):
+        (cells / f"{name}.json").write_text(json.dumps({**_record([0.8, 0.82], 0), "git_commit": "abc"}))
+    r = study_report.report(study, tmp_path / "out")
+    assert [(a["n_seeds"], a["expected_seeds"]) for a in r["arms"]] == [(1, 1), (3, 3)] and r["complete"]
+    row = "| ipc10_pixels | 10 | 7,420 | 15 | synset.basis_size=full | 1/1 |"
+    assert row in (tmp_path / "out" / "s.md").read_text()

@@ -28,7 +28,7 @@ FINDINGS_ENV = "HABA_FINDINGS_DIR"
 STUDIES = {
     "frontier": ("Frontier", "RQ1: accuracy against stored floats, every kind at equal storage"),
     "diversity": ("Diversity", "RQ2: how diverse the distilled sets are, and whether that predicts accuracy"),
-    "cross_arch": ("Cross-architecture", "RQ3: the frontier's IPC-1 sets trained on other architectures"),
+    "cross_arch": ("Cross-architecture", "RQ3: the frontier's IPC-1 and IPC-10 sets trained on other architectures"),
     "constraint": ("Constraint", "RQ4: HaBa's contrastive constraint and its hallucinators, one factor at a time"),
 }
 REFERENCE_KIND = "pixels"  # what the cross-architecture gains are measured against
@@ -179,24 +179,34 @@ def run_points(evaluations: dict[str, dict], net: str = "convnet") -> pd.DataFra
     ).reset_index(drop=True)
 
 
-def cross_arch_matrix(study: dict) -> pd.DataFrame:
-    """Mean accuracy (percent): rows arm labels (arm names if labels repeat), columns the study's networks (NaN
-    where not measured)."""
-    nets, arms = list(study.get("nets") or []), study.get("arms") or []
+def _row_labels(arms: list[dict]) -> list[str]:
+    """Each arm's label, prefixed by its budget when the arms span several, or its name while labels still repeat."""
     labels = [arm_label(a) for a in arms]
-    if len(set(labels)) < len(labels):
-        labels = [a["arm"] for a in arms]
+    if len({a.get("budget") for a in arms}) > 1:
+        labels = [f"IPC {float(a.get('budget') or 0):g}: {lb}" for a, lb in zip(arms, labels, strict=True)]
+    return labels if len(set(labels)) == len(labels) else [a["arm"] for a in arms]
+
+
+def cross_arch_matrix(study: dict) -> pd.DataFrame:
+    """Mean accuracy (percent): rows arm labels (with their budget when there are several), columns the study's
+    networks (NaN where not measured)."""
+    nets, arms = list(study.get("nets") or []), study.get("arms") or []
     rows = {
-        lb: {n: (_cell(a, n) or {}).get("mean", math.nan) for n in nets} for lb, a in zip(labels, arms, strict=True)
+        lb: {n: (_cell(a, n) or {}).get("mean", math.nan) for n in nets}
+        for lb, a in zip(_row_labels(arms), arms, strict=True)
     }
     return pd.DataFrame.from_dict(rows, orient="index", columns=nets, dtype=float)
 
 
-def gain_over_reference(matrix: pd.DataFrame, reference: str = REFERENCE_KIND) -> pd.DataFrame:
-    """Each other row minus the ``reference`` row, per network (percentage points); empty without the reference."""
-    if reference not in matrix.index:
-        return pd.DataFrame(columns=matrix.columns, dtype=float)
-    return matrix.drop(index=reference) - matrix.loc[reference]
+def gain_over_reference(study: dict, reference: str = REFERENCE_KIND) -> pd.DataFrame:
+    """Each arm minus the ``reference`` kind's arm of its budget, per network (percentage points); rows as in
+    ``cross_arch_matrix``, only those with a result and a reference result beside them."""
+    arms, matrix = study.get("arms") or [], cross_arch_matrix(study)
+    rows = [(a.get("budget"), (a.get("tags") or {}).get("kind"), lb) for a, lb in zip(arms, matrix.index, strict=True)]
+    ref = {budget: lb for budget, kind, lb in rows if kind == reference}
+    gains = {lb: matrix.loc[lb] - matrix.loc[ref[b]] for b, _, lb in rows if b in ref and lb != ref[b]}
+    out = pd.DataFrame.from_dict(gains, orient="index", columns=matrix.columns, dtype=float)
+    return out.dropna(how="all")
 
 
 def constraint_bars(study: dict, net: str = "convnet") -> tuple[pd.DataFrame, dict | None]:

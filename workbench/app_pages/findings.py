@@ -154,8 +154,8 @@ if study is not None:
         left, right = st.columns(2)
         left.markdown("**Mean accuracy (%)**, arms x architectures")
         left.plotly_chart(FD.heatmap_figure(matrix), key="findings.cross_arch", config=CHART)
-        gain = FD.gain_over_reference(matrix).dropna(how="all")
-        right.markdown(f"**Gain over {FD.REFERENCE_KIND}** (percentage points), per architecture")
+        gain = FD.gain_over_reference(study)
+        right.markdown(f"**Gain over {FD.REFERENCE_KIND}** of the same budget (percentage points), per architecture")
         if gain.empty:
             right.info(f"No {FD.REFERENCE_KIND} row yet to measure gains against.", icon=":material/hourglass_empty:")
         else:
