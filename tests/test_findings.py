@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from workbench import findings as FD
+from workbench import findings_figures as FF
 
 
 def arm(name, tags, means=None, budget=1, floats=784, nets=("convnet",)) -> dict:
@@ -52,7 +53,7 @@ def test_frontier_points_follow_kind_tags_and_skip_arms_without_results():
     assert list(dict.fromkeys(points["line"])) == ["pixels", "HaBa", "HaBa (iterations 800)"]
     table = FD.arm_table(s)
     assert len(table) == 5 and table.loc[4, "seeds"] == "0/3" and math.isnan(table.loc[4, "mean"])
-    fig = FD.frontier_figure(points)
+    fig = FF.frontier_figure(points)
     assert fig.layout.xaxis.type == "log" and [t.name for t in fig.data] == ["pixels", "HaBa", "HaBa (iterations 800)"]
     assert list(fig.data[0].error_y.array) == [1.0, 1.0]
 
@@ -64,7 +65,7 @@ def test_a_users_evaluated_runs_become_points_in_percent():
 
     pts = FD.run_points({"mine": evaluation(0.5), "other_net": evaluation(0.4, "mlp")})
     assert list(pts["run"]) == ["mine"] and pts.loc[0, "mean"] == pytest.approx(50.0) and pts.loc[0, "floats"] == 784
-    fig = FD.frontier_figure(FD.frontier_points(study(arm("a", {"kind": "x"}, 60.0))), pts)
+    fig = FF.frontier_figure(FD.frontier_points(study(arm("a", {"kind": "x"}, 60.0))), pts)
     assert fig.data[-1].name == "your runs" and list(fig.data[-1].text) == ["mine"]
 
 
@@ -82,7 +83,7 @@ def test_cross_architecture_matrix_and_gain_over_pixels():
     gain = FD.gain_over_reference(s)
     assert list(gain.index) == ["HaBa"] and list(gain.loc["HaBa"]) == [5.0, -1.0]
     assert FD.gain_over_reference(study(*s["arms"][1:], nets=nets)).empty  # no pixels row to measure against
-    assert FD.heatmap_figure(gain, diverging=True).data[0].zmid == 0
+    assert FF.heatmap_figure(gain, diverging=True).data[0].zmid == 0
     assert FD.comparisons_table(s).empty
     diff = {"label": "HaBa - pixels", "arm": "a", "baseline": "b", "net": "mlp", "diff": -1.0, "se": 0.5, "n": [3, 2]}
     s["comparisons"] = [diff]
@@ -116,7 +117,7 @@ def test_constraint_bars_per_factor_with_the_chosen_row_apart():
     assert chosen["mean"] == 70.0
     assert list(bars["value"]) == ["0", "off (no extractor)", "no"]
     assert list(bars["factor"].unique()) == ["constraint weight", "hallucinators learned"]
-    fig = FD.constraint_figure(bars, chosen)
+    fig = FF.constraint_figure(bars, chosen)
     assert len(fig.data) == 2 and any("chosen: 70.00" in a.text for a in fig.layout.annotations)
     assert fig.layout.yaxis.range == pytest.approx((63.6, 72.4))  # the results +- std, padded; not from 0
     assert FD.constraint_bars(study(arm("ipc1_haba", {"factor": "chosen", "value": "chosen"})))[1] is None
@@ -140,7 +141,7 @@ def test_diversity_points_real_reference_and_steps():
     assert FD.diversity_real(div, "pixel_within") == [(10, 0.5)]
     steps = FD.diversity_steps(div, "pixel_within")
     assert list(steps["step"]) == [0, 10] and list(steps["value"]) == [0.5, 10.5]  # mean over the two seeds
-    fig = FD.diversity_figure(points, "pixel_within", FD.diversity_real(div, "pixel_within"))
+    fig = FF.diversity_figure(points, "pixel_within", FD.diversity_real(div, "pixel_within"))
     assert fig.layout.xaxis.title.text == "pixel_within" and len(fig.layout.shapes) == 1
     assert FD.diversity_steps({}, "x").empty and FD.diversity_points({}, "x").empty
 
@@ -187,5 +188,5 @@ def test_the_shapes_match_what_the_studies_report(tmp_path, monkeypatch):
 
 def test_the_module_does_not_import_streamlit():
     root = Path(__file__).resolve().parents[1]
-    code = "import sys, workbench.findings; assert 'streamlit' not in sys.modules, 'streamlit imported'"
+    code = "import sys, workbench.findings, workbench.findings_figures; assert 'streamlit' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env={**os.environ, "PYTHONPATH": str(root)})

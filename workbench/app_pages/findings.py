@@ -3,6 +3,7 @@
 import streamlit as st
 
 from workbench import findings as FD
+from workbench import findings_figures as FF
 from workbench import runs as R
 from workbench.pages import AppPage
 
@@ -105,7 +106,7 @@ if study is not None:
     if points.empty and overlay.empty:
         left.info("No arm has a result to plot yet.", icon=":material/hourglass_empty:")
     else:
-        left.plotly_chart(FD.frontier_figure(points, overlay), key="findings.frontier", config=CHART)
+        left.plotly_chart(FF.frontier_figure(points, overlay), key="findings.frontier", config=CHART)
     with right:
         arm_table(study, ("line", "budget", "floats", "seeds", "mean", "std_seeds"))
     differences(study)
@@ -136,12 +137,12 @@ if div is not None:
         left, right = st.columns(2)
         points = FD.diversity_points(div, metric)
         left.markdown(f"**{metric} against accuracy**, one point per distilled set; dotted: real images")
-        figure = FD.diversity_figure(points, metric, FD.diversity_real(div, metric))
+        figure = FF.diversity_figure(points, metric, FD.diversity_real(div, metric))
         left.plotly_chart(figure, key="findings.diversity", config=CHART)
         steps = FD.diversity_steps(div, metric)
         if not steps.empty:
             right.markdown(f"**{metric} during distillation**, mean over seeds")
-            right.plotly_chart(FD.steps_figure(steps, metric), key="findings.steps", config=CHART)
+            right.plotly_chart(FF.steps_figure(steps, metric), key="findings.steps", config=CHART)
 
 # -- RQ3 ----------------------------------------------------------------------------------------------------------
 study, command = heading("cross_arch")
@@ -153,13 +154,13 @@ if study is not None:
     else:
         left, right = st.columns(2)
         left.markdown("**Mean accuracy (%)**, arms x architectures")
-        left.plotly_chart(FD.heatmap_figure(matrix), key="findings.cross_arch", config=CHART)
+        left.plotly_chart(FF.heatmap_figure(matrix), key="findings.cross_arch", config=CHART)
         gain = FD.gain_over_reference(study)
         right.markdown(f"**Gain over {FD.REFERENCE_KIND}** of the same budget (percentage points), per architecture")
         if gain.empty:
             right.info(f"No {FD.REFERENCE_KIND} row yet to measure gains against.", icon=":material/hourglass_empty:")
         else:
-            right.plotly_chart(FD.heatmap_figure(gain, True, "points"), key="findings.gain", config=CHART)
+            right.plotly_chart(FF.heatmap_figure(gain, True, "points"), key="findings.gain", config=CHART)
     with st.expander("Every arm (ConvNet)"):
         arm_table(study)
     differences(study)
@@ -172,7 +173,7 @@ if study is not None:
     if bars.empty:
         st.info("No ablation arm has a result to show yet.", icon=":material/hourglass_empty:")
     else:
-        st.plotly_chart(FD.constraint_figure(bars, chosen), key="findings.constraint", config=CHART)
+        st.plotly_chart(FF.constraint_figure(bars, chosen), key="findings.constraint", config=CHART)
     if chosen:
         st.caption("Dashed line: the chosen configuration (the frontier's HaBa arm at this budget), the reference.")
     else:
