@@ -228,9 +228,13 @@ STUDIES = {
         Study(
             "constraint",
             "RQ4: HaBa's adversarial contrastive constraint and its hallucinators, one factor at a "
-            "time around the chosen configuration (DM, Fashion-MNIST IPC 1)",
-            constraint_arms(),
-            comparisons=tuple((f"{a.name[5:]} - chosen", a.name, "ipc1_haba") for a in constraint_arms()[1:]),
+            "time around the chosen configuration (DM, Fashion-MNIST IPC 1 and 10)",
+            constraint_arms(1) + constraint_arms(10),
+            comparisons=tuple(
+                (f"IPC {b}: {a.name.split('_', 1)[1]} - chosen", a.name, f"ipc{b}_haba")
+                for b in (1, 10)
+                for a in constraint_arms(b)[1:]
+            ),
         ),
         Study(
             "cross_arch",

@@ -571,7 +571,8 @@ def test_findings_shows_every_study_and_overlays_a_run(runs_root, tmp_path, monk
     assert "plain-300ep-dsa-bf16 (fake)" in markdown and "`python -m bench.studies frontier`" in markdown
     assert "all sets: **ρ = 0.90**" in markdown and "IPC 1: **ρ = -0.50**" in markdown
     assert any(e.label.startswith("Differences between arms (1)") for e in at.expander)
-    assert len(plotly_charts(at)) == 6  # frontier, diversity and its steps, cross-arch and gain, constraint
+    # frontier, diversity and its steps, cross-arch and gain, the constraint at each budget
+    assert len(plotly_charts(at)) == 7 and [h.value for h in at.subheader] == ["IPC 1", "IPC 10"]
     frontier = json.loads(plotly_charts(at)[0].proto.spec)
     assert [t["name"] for t in frontier["data"]] == ["random real", "pixels", "HaBa"]
     # the user's finished, evaluated run as a point; its protocol is not the study's, and the page says so

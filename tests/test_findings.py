@@ -112,15 +112,20 @@ def test_constraint_bars_per_factor_with_the_chosen_row_apart():
         arm("ipc1_off", {"factor": "constraint weight", "value": "off (no extractor)"}, 67.0),
         arm("ipc1_k2", {"factor": "hallucinators", "value": 2}),  # not run yet
         arm("ipc1_frozen", {"factor": "hallucinators learned", "value": False}, 66.0),
+        arm("ipc10_haba", {"factor": "chosen", "value": "chosen"}, 80.0, budget=10),
+        arm("ipc10_lambda0", {"factor": "constraint weight", "value": 0.0}, 79.0, budget=10),
     )
-    bars, chosen = FD.constraint_bars(s)
+    assert FD.budgets(s) == [1, 10]
+    bars, chosen = FD.constraint_bars(s, 1)
     assert chosen["mean"] == 70.0
     assert list(bars["value"]) == ["0", "off (no extractor)", "no"]
     assert list(bars["factor"].unique()) == ["constraint weight", "hallucinators learned"]
     fig = FF.constraint_figure(bars, chosen)
     assert len(fig.data) == 2 and any("chosen: 70.00" in a.text for a in fig.layout.annotations)
     assert fig.layout.yaxis.range == pytest.approx((63.6, 72.4))  # the results +- std, padded; not from 0
-    assert FD.constraint_bars(study(arm("ipc1_haba", {"factor": "chosen", "value": "chosen"})))[1] is None
+    assert FD.constraint_bars(study(arm("ipc1_haba", {"factor": "chosen", "value": "chosen"})), 1)[1] is None
+    bars, chosen = FD.constraint_bars(s, 10)  # each budget against its own chosen row
+    assert chosen["mean"] == 80.0 and list(bars["mean"]) == [79.0]
 
 
 def test_diversity_points_real_reference_and_steps():

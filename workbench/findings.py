@@ -207,10 +207,18 @@ def gain_over_reference(study: dict, reference: str = REFERENCE_KIND) -> pd.Data
     return out.dropna(how="all")
 
 
-def constraint_bars(study: dict, net: str = "convnet") -> tuple[pd.DataFrame, dict | None]:
-    """(factor, value, mean, std_seeds, seeds) per finished ablation arm, and the ``chosen`` row's cell (or None)."""
+def budgets(study: dict) -> list[float]:
+    """The budgets the study's arms are at, smallest first."""
+    return sorted({a["budget"] for a in study.get("arms") or [] if a.get("budget") is not None})
+
+
+def constraint_bars(study: dict, budget: float, net: str = "convnet") -> tuple[pd.DataFrame, dict | None]:
+    """(factor, value, mean, std_seeds, seeds) per finished ablation arm at ``budget``, and the ``chosen`` row's cell
+    there (or None)."""
     rows, chosen = [], None
     for a in study.get("arms") or []:
+        if a.get("budget") != budget:
+            continue
         tags, cell = a.get("tags") or {}, _cell(a, net)
         if tags.get("factor") == "chosen":
             chosen = cell

@@ -242,6 +242,8 @@ def fake_findings(root: Path) -> Path:
         _fake_arm("ipc1_lambda0", 1, {"factor": "constraint weight", "value": 0.0}, {"convnet": 68.0}, 7840),
         _fake_arm("ipc1_k2", 1, {"factor": "hallucinators", "value": 2}, {"convnet": 69.0}, 7840),
         _fake_arm("ipc1_frozen", 1, {"factor": "hallucinators learned", "value": False}, {"convnet": 66.0}, 7840),
+        _fake_arm("ipc10_haba", 10, {"factor": "chosen", "value": "chosen"}, {"convnet": 80.0}, 78400),
+        _fake_arm("ipc10_lambda0", 10, {"factor": "constraint weight", "value": 0.0}, {"convnet": 79.0}, 78400),
     ]
     rows = [
         {"study": "frontier", "arm": f"ipc1_{k}", "seed": s, "kind": tag, "budget": 1.0, "accuracy": acc + s}

@@ -169,15 +169,18 @@ if study is not None:
 study, command = heading("constraint")
 if study is not None:
     arm_status(study, command)
-    bars, chosen = FD.constraint_bars(study)
-    if bars.empty:
-        st.info("No ablation arm has a result to show yet.", icon=":material/hourglass_empty:")
-    else:
-        st.plotly_chart(FF.constraint_figure(bars, chosen), key="findings.constraint", config=CHART)
-    if chosen:
-        st.caption("Dashed line: the chosen configuration (the frontier's HaBa arm at this budget), the reference.")
-    else:
-        st.caption("The chosen configuration comes from the frontier study and has no result yet (run it first).")
+    for budget in FD.budgets(study):
+        st.subheader(f"IPC {budget:g}")
+        bars, chosen = FD.constraint_bars(study, budget)
+        if bars.empty:
+            st.info("No ablation arm has a result to show yet.", icon=":material/hourglass_empty:")
+        else:
+            figure = FF.constraint_figure(bars, chosen)
+            st.plotly_chart(figure, key=f"findings.constraint.{budget:g}", config=CHART)
+        if chosen:
+            st.caption("Dashed line: the chosen configuration (the frontier's HaBa arm at this budget), the reference.")
+        else:
+            st.caption("The chosen configuration comes from the frontier study and has no result yet (run it first).")
     with st.expander("Every arm (ConvNet)"):
         arm_table(study)
     differences(study)
