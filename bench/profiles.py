@@ -43,6 +43,27 @@ class Cell:
         """Whether the cell waits for its dataset's experts (the profile's ``experts`` recipe makes them)."""
         return self.expert_field is not None
 
+    def changes_since(self, record: dict) -> list[str]:
+        """How this cell differs from the one a result record ran: the overrides, key by key (a later value of a
+        key wins, as in a run), and the set it evaluates. Empty when they agree, or when the record (older than
+        this check) does not say."""
+        ran = record.get("cell")
+        if not isinstance(ran, dict) or "overrides" not in ran:
+            return []
+
+        def by_key(overrides) -> dict:
+            return {o.split("=", 1)[0]: o for o in overrides}
+
+        now, then = by_key(self.overrides), by_key(ran["overrides"])
+        out = [
+            f"{now.get(k, k + ' unset')} (ran {then.get(k, k + ' unset')})"
+            for k in {**then, **now}
+            if now.get(k) != then.get(k)
+        ]
+        if ran.get("run_of", "") != self.run_of:
+            out.append(f"evaluates {self.run_of or 'its own set'} (ran {ran.get('run_of') or 'its own set'})")
+        return out
+
 
 @dataclass(frozen=True)
 class Profile:

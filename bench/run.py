@@ -69,19 +69,24 @@ def child_env(threads: int) -> dict:
 
 
 def _todo(profile: Profile, cells: list[Cell], out: Path, log) -> list[Cell]:
-    """The cells without a current result (a result from before protocols is redone, its run removed)."""
+    """The cells without a current result (a result from before protocols, or of a cell whose settings changed
+    since, is redone, its run removed)."""
     todo = []
     for cell in cells:
         result_path = out / "cells" / f"{cell.name}.json"
         if result_path.exists():
-            pid = protocol_id(json.loads(result_path.read_text()).get("protocol"))
-            if pid not in ("legacy", "missing"):
+            record = json.loads(result_path.read_text())
+            changes = cell.changes_since(record)
+            if protocol_id(record.get("protocol")) in ("legacy", "missing"):
+                log(f"[redo] {cell.name}: its result predates evaluation protocols (not comparable); distilling afresh")
+            elif changes:
+                log(f"[redo] {cell.name}: the cell changed since its result ran: {'; '.join(changes)}")
+            else:
                 log(f"[skip] {cell.name}: done earlier")
                 continue
-            log(f"[redo] {cell.name}: its result predates evaluation protocols (not comparable); distilling afresh")
             import shutil
 
-            shutil.rmtree(out / "runs" / cell.name, ignore_errors=True)  # its run used the old network too
+            shutil.rmtree(out / "runs" / cell.name, ignore_errors=True)  # its run is the old cell's
         todo.append(cell)
     return todo
 

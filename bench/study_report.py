@@ -100,12 +100,15 @@ def report(study, out_root: Path) -> dict:
 
     arms, records_all = [], []
     for arm in study.arms:
-        records = []
+        records, stale = [], []
         for c in arm.cells(study.seeds_of(arm)):
             p = out_root / (arm.borrowed_from or study.name) / "cells" / f"{c.name}.json"
             if not p.exists():
                 continue
             rec = json.loads(p.read_text())
+            if c.changes_since(rec):  # e.g. a follow-up search changed the arm's shape: rerun, not counted
+                stale.append(f"{c.name}: {'; '.join(c.changes_since(rec))}")
+                continue
             other = out_root / study.merge_from / "cells" / p.name
             if study.merge_from and other.exists():  # the same set's columns measured by the other study
                 rec["accuracy_by_net"] = {**json.loads(other.read_text())["accuracy_by_net"], **rec["accuracy_by_net"]}
@@ -115,6 +118,7 @@ def report(study, out_root: Path) -> dict:
             {
                 **arm_summary(arm, records, study.columns),
                 "expected_seeds": len(study.seeds_of(arm)),
+                "stale": stale,
                 "borrowed_from": arm.borrowed_from,
             }
         )
@@ -188,6 +192,10 @@ def markdown(r: dict) -> str:
     ]
     for name, s in r["searches"].items():
         lines.append(f"- `{name}`: {' '.join(s['best']) if s['best'] else 'not run yet'} (`python {s['command']}`)")
+    stale = [c for a in r["arms"] for c in a.get("stale", [])]
+    if stale:
+        lines += ["", "Results left out because their cell has changed since they ran (the rerun redoes them):", ""]
+        lines += [f"- {c}" for c in stale]
     if not r["complete"]:
         lines += ["", "_Incomplete: rerun the command to finish the missing cells (finished ones are kept)._"]
     return "\n".join(lines) + "\n"

@@ -223,3 +223,43 @@ def test_an_arm_cut_to_fewer_seeds_runs_and_expects_only_those(tmp_path):
     assert [(a["n_seeds"], a["expected_seeds"]) for a in r["arms"]] == [(1, 1), (3, 3)] and r["complete"]
     row = "| ipc10_pixels | 10 | 7,420 | 15 | synset.basis_size=full | 1/1 |"
     assert row in (tmp_path / "out" / "s.md").read_text()
+
+
+def test_a_result_of_a_cell_whose_settings_changed_is_redone_and_not_reported(tmp_path):
+    """A follow-up search may change an arm's shape after some of its cells ran: those results are stale."""
+    from bench.run import _todo
+
+    cell = Cell("ipc2_haba__s0", 2, "dm", "haba", None, ("method.compile=true", "synset.basis_size=14", "seed=0"))
+    ran = {"cell": {"overrides": ["seed=0", "synset.basis_size=20", "method.compile=true"], "run_of": ""}}
+    assert cell.changes_since(ran) == ["synset.basis_size=14 (ran synset.basis_size=20)"]
+    same_order_aside = ["seed=0", "synset.basis_size=20", "method.compile=true", "synset.basis_size=14"]
+    assert cell.changes_since({"cell": {"overrides": same_order_aside}}) == []  # the later value of a key wins
+    assert cell.changes_since({}) == []  # a record older than the check does not say
+    moved = dataclasses.replace(cell, overrides=cell.overrides[:2])
+    assert moved.changes_since({"cell": {"overrides": list(cell.overrides)}}) == ["seed unset (ran seed=0)"]
+
+    out = tmp_path / "s"
+    (out / "cells").mkdir(parents=True)
+    (out / "runs" / cell.name).mkdir(parents=True)
+    protocol = {"name": "p", "id": "x", "epochs": 300}
+    record = {**_record([0.8, 0.82], 0), "protocol": protocol, "git_commit": "abc"}
+    (out / "cells" / f"{cell.name}.json").write_text(json.dumps({**record, **ran}))
+    logged = []
+    assert _todo(None, [cell], out, logged.append) == [cell] and not (out / "runs" / cell.name).exists()
+    assert logged == [
+        "[redo] ipc2_haba__s0: the cell changed since its result ran: synset.basis_size=14 (ran synset.basis_size=20)"
+    ]
+    current = {**record, "cell": {"overrides": list(cell.overrides), "run_of": ""}}
+    (out / "cells" / f"{cell.name}.json").write_text(json.dumps(current))
+    assert _todo(None, [cell], out, logged.append) == []
+
+    arm = studies.Arm("ipc2_haba", 2, "haba", ("method.compile=true", "synset.basis_size=14"))
+    cells = tmp_path / "out" / "s" / "cells"
+    cells.mkdir(parents=True)
+    for s, overrides in ((0, ["synset.basis_size=20"]), (1, [])):
+        c = arm.cells()[s]
+        rec = {**record, "cell": {"overrides": overrides or list(c.overrides)}, "seeds": {"distill": s}}
+        (cells / f"{c.name}.json").write_text(json.dumps(rec))
+    r = study_report.report(studies.Study("s", "q", (arm,)), tmp_path / "out")
+    assert r["arms"][0]["n_seeds"] == 1 and r["arms"][0]["stale"][0].startswith("ipc2_haba__s0: ")
+    assert "- ipc2_haba__s0: " in (tmp_path / "out" / "s.md").read_text()
