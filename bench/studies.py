@@ -96,6 +96,34 @@ SHAPES[10]["haba"] = dataclasses.replace(
     ),
 )
 
+# Choices at the edge of the sizes searched (``Search.at_edge``) get one size further: at IPC 1 HaBa's 14x14 was the
+# largest tried, at IPC 10 the reduced-resolution pixels' 14x14 and HaBa's 20x20 the smallest (HaBa's at the lr its
+# follow-ups chose), at IPC 5 and 10 FreD's 14x14 the largest.
+_EDGES = (
+    (1, "haba", _shape_search("haba", 1, ("synset.basis_size=20", "synset.n_hallucinators=2,5"), "_large")),
+    (10, "pixels_lowres", _shape_search("pixels", 10, ("synset.basis_size=10",), "_small")),
+    (
+        10,
+        "haba",
+        dataclasses.replace(
+            _shape_search("haba", 10, ("synset.basis_size=14", "synset.n_hallucinators=2,5"), "_small"),
+            sets=("synset.kind=haba", "synset.budget_ipc=10", "synset.lr_hallucinators=5e-4"),
+        ),
+    ),
+    (5, "fred", _shape_search("fred", 5, ("synset.basis_size=20",), "_large")),
+    (10, "fred", _shape_search("fred", 10, ("synset.basis_size=20",), "_large")),
+)
+for _b, _kind, _further in _EDGES:
+    SHAPES[_b][_kind] = dataclasses.replace(SHAPES[_b][_kind], follow_ups=(*SHAPES[_b][_kind].follow_ups, _further))
+
+
+def _shape_only(search: Search) -> Search:
+    """The search with only its follow-ups over shapes at the preset's lrs: what MTT's arms take from DM's (an lr
+    DM's searches chose is not MTT's)."""
+    return dataclasses.replace(
+        search, follow_ups=tuple(f for f in search.follow_ups if not any("lr_" in o for o in (*f.sets, *f.grid)))
+    )
+
 
 def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
     arms = []
@@ -133,7 +161,7 @@ def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
                 f"ipc{b}_mtt_haba",
                 b,
                 "haba",
-                search=dataclasses.replace(s["haba"], follow_ups=()),  # DM's lr searches are not MTT's
+                search=_shape_only(s["haba"]),
                 method="mtt",
                 tags={"kind": "HaBa", "method": "mtt"},
             ),

@@ -85,10 +85,12 @@ def test_a_choice_at_the_edge_of_the_sizes_searched_is_flagged_until_a_follow_up
 
 
 def test_the_ipc10_haba_arms_take_dms_lr_searches_but_mtt_takes_the_shape_only():
-    arms = {a.name: a for a in studies.frontier_arms((10,))}
+    arms = {a.name: a for a in studies.frontier_arms((1, 10))}
     assert arms["ipc10_haba"].search.follow_ups and arms["ipc10_haba_long"].search.follow_ups
     assert arms["ipc10_mtt_haba"].search.follow_ups == ()
     assert arms["ipc10_mtt_haba"].search.name == arms["ipc10_haba"].search.name
+    # shape follow-ups at the preset's lrs count for MTT too (IPC 1: 20x20 bases), those at a DM-chosen lr do not
+    assert [f.name for f in arms["ipc1_mtt_haba"].search.follow_ups] == ["dm_haba_ipc1_shape_large"]
 
 
 def test_every_study_cell_is_unique_and_random_real_is_not_distilled():
