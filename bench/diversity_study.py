@@ -165,26 +165,24 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
 
 
 def correlate(rows: list[dict], metric: str) -> dict:
-    """Spearman's rho of ``metric`` against accuracy over all sets, and within each budget and length (across
-    budgets, both grow with the images a set holds, so the pooled rho mixes in the budget; a longer run's sets are a
-    group of their own, keyed ``"10, 800 iterations"``)."""
+    """Spearman's rho of ``metric`` against accuracy over all sets, and within each budget, method and length
+    (across budgets, both grow with the images a set holds, so the pooled rho mixes in the budget; another method's
+    or a longer run's sets are a group of their own, keyed ``"1, MTT"`` or ``"10, 800 iterations"``)."""
 
     def rho(sub):
         pts = [(r["metrics"][metric], r["accuracy"]) for r in sub if r["metrics"].get(metric) is not None]
         return {"spearman": spearman(*map(list, zip(*pts, strict=True))) if len(pts) > 1 else None, "n": len(pts)}
 
     def group(r):
-        iterations = (r.get("tags") or {}).get("iterations")
-        return (r["budget"], iterations or 0)
+        tags = r.get("tags") or {}
+        method = tags.get("method", "dm")
+        return (r["budget"], "" if method == "dm" else method.upper(), tags.get("iterations") or 0)
+
+    def label(b, method, it):
+        return ", ".join([f"{b:g}", *([method] if method else []), *([f"{it} iterations"] if it else [])])
 
     groups = sorted({group(r) for r in rows})
-    return {
-        **rho(rows),
-        "by_budget": {
-            f"{b:g}" + (f", {it} iterations" if it else ""): rho([r for r in rows if group(r) == (b, it)])
-            for b, it in groups
-        },
-    }
+    return {**rho(rows), "by_budget": {label(*g): rho([r for r in rows if group(r) == g]) for g in groups}}
 
 
 def carried_steps(previous: dict, steps: list[dict], rows: list[dict]) -> list[dict]:

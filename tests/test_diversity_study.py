@@ -70,6 +70,9 @@ def test_correlation_is_given_over_all_sets_and_within_each_budget():
     c = correlate(rows + longer, "m")  # a longer run's sets are ranked apart from the preset length's
     assert c["by_budget"]["10"]["n"] == 3
     assert c["by_budget"]["10, 800 iterations"] == {"spearman": pytest.approx(1.0), "n": 3}
+    mtt = [{**row(1, x, acc), "tags": {"method": "mtt"}} for x, acc in ((1, 70), (2, 72), (3, 73))]
+    c = correlate(rows + mtt, "m")  # so are another method's
+    assert c["by_budget"]["1"]["n"] == 3 and c["by_budget"]["1, MTT"] == {"spearman": pytest.approx(1.0), "n": 3}
 
 
 def test_steps_measured_before_are_carried_for_sets_whose_snapshots_are_elsewhere():
