@@ -106,8 +106,9 @@ def report(study, out_root: Path) -> dict:
             if not p.exists():
                 continue
             rec = json.loads(p.read_text())
-            if c.changes_since(rec):  # e.g. a follow-up search changed the arm's shape: rerun, not counted
-                stale.append(f"{c.name}: {'; '.join(c.changes_since(rec))}")
+            changes = c.changes_since(rec)
+            if changes:  # e.g. a follow-up search changed the arm's shape: rerun, not counted
+                stale.append(f"{c.name}: {'; '.join(changes)}")
                 continue
             other = out_root / study.merge_from / "cells" / p.name
             if study.merge_from and other.exists():  # the same set's columns measured by the other study

@@ -245,6 +245,23 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def text_heatmap(
+    values: pd.DataFrame, text: list[list[str]], title: str = "acc %", diverging: bool = False, hover_unit: str = ""
+) -> go.Heatmap:
+    """A rows x columns heatmap trace with ``text`` written in each cell (``diverging``: red-blue centred on 0)."""
+    return go.Heatmap(
+        z=values.values,
+        x=list(values.columns),
+        y=list(values.index),
+        text=text,
+        texttemplate="%{text}",
+        colorscale="RdBu" if diverging else "Viridis",
+        zmid=0 if diverging else None,
+        colorbar=dict(title=title),
+        hovertemplate="%{y}<br>%{x}: %{text}" + hover_unit + "<extra></extra>",
+    )
+
+
 def accuracy_heatmap(df: pd.DataFrame) -> go.Figure:
     """Heatmap of mean test accuracy (%): rows runs (and their random-real baselines), columns nets."""
     if df.empty:
@@ -256,18 +273,7 @@ def accuracy_heatmap(df: pd.DataFrame) -> go.Figure:
         [("" if math.isnan(m) else f"{m:.1f} ± {s:.1f}") for m, s in zip(mr, sr, strict=True)]
         for mr, sr in zip(mean.values, std.values, strict=True)
     ]
-    fig = go.Figure(
-        go.Heatmap(
-            z=mean.values,
-            x=list(mean.columns),
-            y=list(mean.index),
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Viridis",
-            colorbar=dict(title="acc %"),
-            hovertemplate="%{y}<br>%{x}: %{text}%<extra></extra>",
-        )
-    )
+    fig = go.Figure(text_heatmap(mean, text, hover_unit="%"))
     fig.update_layout(
         height=max(220, 60 + 45 * len(mean.index)),
         margin=dict(l=10, r=10, t=30, b=10),

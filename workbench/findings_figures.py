@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.figures import PALETTE
+from workbench.figures import PALETTE, text_heatmap
 
 LAYOUT = dict(margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25))
 
@@ -52,19 +52,7 @@ def frontier_figure(points: pd.DataFrame, runs: pd.DataFrame | None = None) -> g
 def heatmap_figure(matrix: pd.DataFrame, diverging: bool = False, title: str = "acc %") -> go.Figure:
     """A rows x networks heatmap with the numbers written in (``diverging``: centred on 0, for gains)."""
     text = [["" if math.isnan(v) else f"{v:+.1f}" if diverging else f"{v:.1f}" for v in row] for row in matrix.values]
-    fig = go.Figure(
-        go.Heatmap(
-            z=matrix.values,
-            x=list(matrix.columns),
-            y=list(matrix.index),
-            text=text,
-            texttemplate="%{text}",
-            colorscale="RdBu" if diverging else "Viridis",
-            zmid=0 if diverging else None,
-            colorbar=dict(title=title),
-            hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>",
-        )
-    )
+    fig = go.Figure(text_heatmap(matrix, text, title, diverging))
     fig.update_layout(height=max(200, 60 + 45 * len(matrix.index)), yaxis=dict(autorange="reversed"), **LAYOUT)
     return fig
 
