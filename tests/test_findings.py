@@ -105,6 +105,22 @@ def test_cross_architecture_matrix_and_gain_over_pixels():
     assert list(FD.cross_arch_matrix(same).index) == ["ipc1_pixels", "ipc1_pixels_b"]  # labels repeat: arm names
 
 
+def test_another_studys_networks_become_columns_of_the_same_arms():
+    nets, more = ("convnet", "mlp"), ("convnet", "resnet18")
+    cross = study(
+        arm("ipc1_pixels", {"kind": "pixels"}, [60.0, 50.0], nets=nets),
+        arm("ipc10_pixels", {"kind": "pixels"}, 80.0, budget=10),
+        nets=nets,
+    )
+    resnet = study(arm("ipc1_pixels", {"kind": "pixels"}, [59.0, 40.0], nets=more), nets=more)
+    merged = FD.with_nets_of(cross, resnet)
+    m = FD.cross_arch_matrix(merged)
+    assert list(m.columns) == ["convnet", "mlp", "resnet18"]
+    assert m.loc["IPC 1: pixels"].tolist() == [60.0, 50.0, 40.0]  # the study's own ConvNet result wins
+    assert math.isnan(m.loc["IPC 10: pixels", "resnet18"]) and FD.progress(merged) == FD.progress(cross)
+    assert "resnet18" not in cross["nets"] and FD.with_nets_of(cross, None) is cross
+
+
 def test_constraint_bars_per_factor_with_the_chosen_row_apart():
     s = study(
         arm("ipc1_haba", {"factor": "chosen", "value": "chosen"}, 70.0),

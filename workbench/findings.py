@@ -196,6 +196,18 @@ def cross_arch_matrix(study: dict) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=nets, dtype=float)
 
 
+def with_nets_of(study: dict, other: dict | None) -> dict:
+    """``study`` with the networks of ``other``, a study of the same arms on more networks (``cross_arch_resnet18``
+    beside ``cross_arch``), as more columns: each arm takes the other's results of its name on the networks it lacks.
+    The other study's seeds may be fewer (ResNet18: seed 0 only); each cell keeps its own ``n_seeds``."""
+    if not other:
+        return study
+    extra = {a.get("arm"): a.get("per_net") or {} for a in other.get("arms") or []}
+    arms = [{**a, "per_net": {**extra.get(a["arm"], {}), **(a.get("per_net") or {})}} for a in study.get("arms") or []]
+    nets = list(dict.fromkeys([*(study.get("nets") or []), *(other.get("nets") or [])]))
+    return {**study, "nets": nets, "arms": arms}
+
+
 def gain_over_reference(study: dict, reference: str = REFERENCE_KIND) -> pd.DataFrame:
     """Each arm minus the ``reference`` kind's arm of its budget, per network (percentage points); rows as in
     ``cross_arch_matrix``, only those with a result and a reference result beside them."""
