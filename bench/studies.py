@@ -33,12 +33,15 @@ from bench.study_design import (  # noqa: F401 (the study vocabulary, importable
     DM,
     EVAL_SEEDS,
     FINDINGS,
+    PRESETS,
     RESULTS,
     SEARCHES,
     Arm,
     Search,
     Study,
 )
+
+VAL_EXPERTS = SEARCHES / "experts" / "fashion_mnist"  # MTT's experts for validation searches (no held-out image)
 
 
 def _shape_search(kind: str, budget: float, grid: tuple[str, ...], suffix: str = "") -> Search:
@@ -148,6 +151,24 @@ def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
     # MTT at IPC 1 and 10 with DM's chosen shapes (MTT's own searches are the first cut of the compute cap)
     for b in sorted({1, 10} & set(budgets)):
         s = SHAPES[b]
+        if b == 1:  # the resolution control: DM's chosen size, at an image lr of MTT's own (searched, cheap at IPC 1)
+            arms.append(
+                Arm(
+                    f"ipc{b}_mtt_pixels_lowres",
+                    b,
+                    "pixels",
+                    search=Search(
+                        f"mtt_pixels_lowres_ipc{b}_lr_img",
+                        ("synset.kind=pixels", f"synset.budget_ipc={b}"),
+                        ("method.lr_img=30,100,300,1000",),
+                        config=PRESETS["mtt"],
+                        base=s["pixels_lowres"],
+                        experts=str(VAL_EXPERTS.relative_to(ROOT)),
+                    ),
+                    method="mtt",
+                    tags={"kind": "pixels, reduced", "method": "mtt"},
+                )
+            )
         arms += [
             Arm(
                 f"ipc{b}_mtt_pixels",
@@ -244,6 +265,10 @@ STUDIES = {
                 )
             )
             + tuple((f"IPC {b}, MTT: HaBa - pixels", f"ipc{b}_mtt_haba", f"ipc{b}_mtt_pixels") for b in (1, 10))
+            + (
+                ("IPC 1, MTT: the resolution trade", "ipc1_mtt_pixels_lowres", "ipc1_mtt_pixels"),
+                ("IPC 1, MTT: the hallucinators", "ipc1_mtt_haba", "ipc1_mtt_pixels_lowres"),
+            )
             + tuple(  # the same questions at 4x the preset length, where the ranking may change
                 (f"IPC 10, 800 iterations: {label}", f"ipc10_{arm}_long", f"ipc10_{base}_long")
                 for label, arm, base in (
@@ -294,6 +319,15 @@ STUDIES = {
 def run_searches(study: Study, log=print) -> None:
     for s in study.searches():
         if s.best() is None:
+            if s.experts:  # MTT's, trained like the study's (CPU.experts) but never on the held-out images
+                from bench.profiles import CPU
+                from bench.run import experts_command
+                from bench.val_search import VAL_PER_CLASS
+
+                out = ROOT / s.experts
+                cmd = [*experts_command(CPU, out.parents[1], out.name), "--set", f"data.val_per_class={VAL_PER_CLASS}"]
+                log("$ " + shlex.join(cmd))
+                subprocess.run(cmd, cwd=ROOT, check=True)
             log("$ " + shlex.join(s.command()))
             subprocess.run(s.command(), cwd=ROOT, check=True)
 

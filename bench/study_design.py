@@ -37,9 +37,26 @@ class Search:
     # searches run later around this one's choice (e.g. the hallucinators' lr at the chosen shape, its fixed
     # settings in ``sets``): the arm takes the best combination over all of them
     follow_ups: tuple[Search, ...] = ()
+    # a search whose choice this one holds fixed (MTT's image lr at the shape DM's search chose): this one waits
+    # for it, and its rows carry that choice
+    base: Search | None = None
+    # MTT: the experts folder it needs (relative to the repository), trained without the held-out images
+    experts: str = ""
+
+    def fixed(self) -> tuple[str, ...] | None:
+        """The overrides every combination holds: ``sets`` and the base search's choice; None until that has run."""
+        if self.base is None:
+            return self.sets
+        chosen = self.base.choice()
+        return None if chosen is None else (*self.sets, *chosen)
 
     def command(self) -> list[str]:
-        sets = [*self.sets, "eval.compile=true", *FAST]
+        fixed = self.fixed()
+        if fixed is None:
+            raise ValueError(f"search {self.name} holds the choice of {self.base.name}, which has not run yet")
+        fast = () if self.config == PRESETS["mtt"] else FAST  # MTT has no compiled real-batch pass
+        experts = [f"method.expert_dir={ROOT / self.experts}"] if self.experts else []
+        sets = [*fixed, "eval.compile=true", *fast, *experts]
         return [
             sys.executable,
             "-m",
@@ -63,17 +80,21 @@ class Search:
     def rows(self) -> list[tuple[float, list[str], str]] | None:
         """(validation mean, overrides with the synset settings the search held fixed, protocol id) per
         combination; None until the search has run."""
-        path = SEARCHES / f"{self.name}.json"
-        if not path.exists():
+        path, held = SEARCHES / f"{self.name}.json", self.fixed()
+        if not path.exists() or held is None:
             return None
-        fixed = [s for s in self.sets if s.startswith("synset.") and s.split("=")[0] not in _NOT_SHAPE]
+        data = json.loads(path.read_text())
+        moved = [o for o in held[len(self.sets) :] if f"--set {o}" not in data.get("command", "")]
+        if moved:  # the base search's choice changed after this one ran: its rows are of another shape
+            raise ValueError(f"search {self.name} ran without {', '.join(moved)} ({self.base.name}'s choice): rerun it")
+        fixed = [s for s in held if s.startswith("synset.") and s.split("=")[0] not in _NOT_SHAPE]
         return [
             (
                 r["mean"],
                 [*fixed, *(f"{k}={v}" for k, v in r["combination"].items() if k != "preset")],
                 r["protocol"]["id"],
             )
-            for r in json.loads(path.read_text())["rows"]
+            for r in data["rows"]
         ]
 
     def choice(self) -> list[str] | None:
@@ -184,5 +205,6 @@ class Study:
         return [a for a in self.arms if a.shape() is None]
 
     def searches(self) -> list[Search]:
-        found = (s for a in self.arms if a.search is not None for s in (a.search, *a.search.follow_ups))
-        return list({s.name: s for s in found}.values())
+        """Every search the arms' shapes wait for, each after the search whose choice it holds fixed."""
+        found = [s for a in self.arms if a.search is not None for s in (a.search, *a.search.follow_ups)]
+        return list({s.name: s for f in found for s in (*([f.base] if f.base else []), f)}.values())

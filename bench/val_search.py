@@ -40,6 +40,7 @@ from haba_core.ledger import LedgerEntry, RetestError
 from haba_core.protocol import require_one_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
+VAL_PER_CLASS = 500  # held-out training images per class (the validation split)
 
 
 def combinations(grid: list[str]) -> list[dict[str, str]]:
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="fixed overrides for every combination")
     p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable: the product is run)")
     p.add_argument("--preset", action="append", default=[], help="NAME=FILE[,KEY=VALUE...]: one value of a preset axis")
-    p.add_argument("--val-per-class", type=int, default=500)
+    p.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS)
     p.add_argument("--test", action="store_true", help="evaluate the best combination on the test set")
     p.add_argument("--retest-reason", help="why this search may be tested again (recorded in the test ledger)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "val_search"))

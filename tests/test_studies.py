@@ -84,6 +84,41 @@ def test_a_choice_at_the_edge_of_the_sizes_searched_is_flagged_until_a_follow_up
     assert top.at_edge(top.choice()) == "14x14 is the largest size searched"  # full size was not tried
 
 
+def test_a_search_that_holds_another_searchs_choice_waits_for_it_and_refuses_a_stale_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_design, "SEARCHES", tmp_path)
+    kb = ("synset.kind=pixels", "synset.budget_ipc=1")
+    dm = studies.Search("dm_size", kb, ("synset.basis_size=full,10",))
+    mtt = studies.Search("mtt_lr", kb, ("method.lr_img=30,300",), config=studies.PRESETS["mtt"], base=dm, experts="x/e")
+    arm = studies.Arm("ipc1_mtt_pixels_lowres", 1, "pixels", search=mtt, method="mtt")
+    assert [s.name for s in studies.Study("x", "q", (arm,)).searches()] == ["dm_size", "mtt_lr"]  # the base first
+    assert arm.shape() is None and mtt.fixed() is None
+    with pytest.raises(ValueError, match="dm_size, which has not run yet"):
+        mtt.command()
+    _search_file(tmp_path, "dm_size", ({"synset.basis_size": "full"}, 0.70), ({"synset.basis_size": "10"}, 0.76))
+    command = " ".join(mtt.command())
+    assert "--set synset.basis_size=10" in command and f"method.expert_dir={studies.ROOT / 'x/e'}" in command
+    assert "method.compile" not in command and "--test" not in command  # MTT has no compiled pass; no test set
+    _search_file(tmp_path, "mtt_lr", ({"method.lr_img": "30"}, 0.74), ({"method.lr_img": "300"}, 0.73))
+    record = json.loads((tmp_path / "mtt_lr.json").read_text())
+    (tmp_path / "mtt_lr.json").write_text(json.dumps({**record, "command": command}))
+    assert arm.shape() == ["synset.basis_size=10", "method.lr_img=30"]
+    _search_file(tmp_path, "dm_size", ({"synset.basis_size": "full"}, 0.70), ({"synset.basis_size": "10"}, 0.69))
+    with pytest.raises(ValueError, match="ran without synset.basis_size=full"):  # its rows are of the old size
+        arm.shape()
+
+
+def test_an_mtt_search_first_trains_experts_that_never_see_the_held_out_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_design, "SEARCHES", tmp_path)
+    ran = []
+    monkeypatch.setattr(studies.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    folder = "r/experts/fashion_mnist"  # the dataset's name last, as the experts recipe is per dataset
+    mtt = studies.Search("mtt_lr", ("synset.kind=pixels",), ("method.lr_img=30,300",), experts=folder)
+    studies.run_searches(studies.Study("x", "q", (studies.Arm("a", 1, "pixels", search=mtt, method="mtt"),)))
+    experts, search = ran
+    assert experts[experts.index("--out") + 1] == str(studies.ROOT / folder) and "experts" in experts
+    assert experts[-2:] == ["--set", "data.val_per_class=500"] and search == mtt.command()
+
+
 def test_the_ipc10_haba_arms_take_dms_lr_searches_but_mtt_takes_the_shape_only():
     arms = {a.name: a for a in studies.frontier_arms((1, 10))}
     assert arms["ipc10_haba"].search.follow_ups and arms["ipc10_haba_long"].search.follow_ups
