@@ -128,6 +128,15 @@ def _shape_only(search: Search) -> Search:
     )
 
 
+def _mtt_lr_search(name: str, budget: float, dm: Search, lrs: str) -> Search:
+    """MTT's pixel lr searched at the size ``dm`` chose (held fixed), with experts that never saw the held-out
+    images."""
+    kb = ("synset.kind=pixels", f"synset.budget_ipc={budget:g}")
+    return Search(
+        name, kb, (f"method.lr_img={lrs}",), PRESETS["mtt"], base=dm, experts=str(VAL_EXPERTS.relative_to(ROOT))
+    )
+
+
 def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
     arms = []
     for b in budgets:
@@ -157,13 +166,12 @@ def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
                     f"ipc{b}_mtt_pixels_lowres",
                     b,
                     "pixels",
-                    search=Search(
-                        f"mtt_pixels_lowres_ipc{b}_lr_img",
-                        ("synset.kind=pixels", f"synset.budget_ipc={b}"),
-                        ("method.lr_img=30,100,300,1000",),
-                        config=PRESETS["mtt"],
-                        base=s["pixels_lowres"],
-                        experts=str(VAL_EXPERTS.relative_to(ROOT)),
+                    search=dataclasses.replace(
+                        _mtt_lr_search(f"mtt_pixels_lowres_ipc{b}_lr_img", b, s["pixels_lowres"], "30,100,300,1000"),
+                        # 1000 won, the largest tried: one step further
+                        follow_ups=(
+                            _mtt_lr_search(f"mtt_pixels_lowres_ipc{b}_lr_img_hi", b, s["pixels_lowres"], "3000"),
+                        ),
                     ),
                     method="mtt",
                     tags={"kind": "pixels, reduced", "method": "mtt"},
