@@ -55,7 +55,7 @@ class Search:
         if fixed is None:
             raise ValueError(f"search {self.name} holds the choice of {self.base.name}, which has not run yet")
         fast = () if self.config == PRESETS["mtt"] else FAST  # MTT has no compiled real-batch pass
-        experts = [f"method.expert_dir={ROOT / self.experts}"] if self.experts else []
+        experts = [f"method.expert_dir={self.experts}"] if self.experts else []  # from the root, where it runs
         sets = [*fixed, "eval.compile=true", *fast, *experts]
         return [
             sys.executable,
