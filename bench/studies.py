@@ -157,7 +157,7 @@ def frontier_arms(budgets=(1, 2, 5, 10)) -> tuple[Arm, ...]:
                 tags={"kind": "FreD, low-pass"},
             ),
         ]
-    # MTT at IPC 1 and 10 with DM's chosen shapes (MTT's own searches are the first cut of the compute cap)
+    # MTT at IPC 1 and 10 with DM's chosen shapes (MTT's own shape searches are the first cut of the compute cap)
     for b in sorted({1, 10} & set(budgets)):
         s = SHAPES[b]
         if b == 1:  # the resolution control: DM's chosen size, at an image lr of MTT's own (searched, cheap at IPC 1)
