@@ -23,7 +23,13 @@ EVAL_SEEDS = 3
 DM = "configs/fmnist_cpu_dm.yaml"
 PRESETS = {m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")}
 FAST = ("method.compile=true",)  # an execution choice (the real batches' pass compiled), not protocol
+_COMPILED = ("dm", "dc", "dsa")  # the backends with a compiled real-batch pass (MTT has none)
 _NOT_SHAPE = ("synset.kind", "synset.budget_ipc")  # what a search's arm sets itself
+
+
+def fast(method: str | None) -> tuple[str, ...]:
+    """The execution overrides a cell or search of ``method`` runs with (None: no distillation)."""
+    return FAST if method in _COMPILED else ()
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,10 @@ class Search:
         fixed = self.fixed()
         if fixed is None:
             raise ValueError(f"search {self.name} holds the choice of {self.base.name}, which has not run yet")
-        fast = () if self.config == PRESETS["mtt"] else FAST  # MTT has no compiled real-batch pass
+        # the backend of its preset (a config that is not one runs without the compiled pass)
+        method = next((m for m, preset in PRESETS.items() if preset == self.config), None)
         experts = [f"method.expert_dir={self.experts}"] if self.experts else []  # from the root, where it runs
-        sets = [*fixed, "eval.compile=true", *fast, *experts]
+        sets = [*fixed, "eval.compile=true", *fast(method), *experts]
         return [
             sys.executable,
             "-m",
@@ -156,10 +163,9 @@ class Arm:
         if shape is None:
             return []
         method = None if self.kind == "random_real" else self.method
-        fast = FAST if method in ("dm", "dc", "dsa") else ()
         out = []
         for s in seeds:
-            ov = (*fast, *shape, *self.overrides, f"seed={s}")
+            ov = (*fast(method), *shape, *self.overrides, f"seed={s}")
             out.append(
                 Cell(
                     f"{self.name}__s{s}",
