@@ -100,7 +100,7 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
     files = [ROOT / cell.config] if cell.config else []
     cfg = resolve_config(files=files, overrides=overrides)
     if cell.run_of:
-        return evaluate_run_of(profile, cell, workdir.parent.parent.parent / cell.run_of, cfg, ledger, t0)
+        return evaluate_run_of(profile, cell, workdir, cfg, ledger, t0)
     run_dir = workdir / "run"
     resume = (run_dir / RF.CONFIG).exists()
     d = distill(cfg, run_dir, resume=resume)
@@ -123,13 +123,15 @@ def run_cell(profile: Profile, cell: Cell, workdir: Path, ledger: LedgerEntry) -
     }
 
 
-def evaluate_run_of(profile: Profile, cell: Cell, source: Path, cfg, ledger: LedgerEntry, t0: float) -> dict:
-    """Evaluate on the profile's networks the set that the profile in ``source`` kept for the cell of this name
-    (``sets/<name>.safetensors``, distilled under the config its ``cells/<name>.json`` records)."""
-    from haba_core.data import load_dataset
-    from haba_core.evaluate import evaluate_synset
-    from haba_core.synsets import load_synset
+def evaluate_run_of(profile: Profile, cell: Cell, workdir: Path, cfg, ledger: LedgerEntry, t0: float) -> dict:
+    """Evaluate on the profile's networks the set that the profile ``cell.run_of`` (beside this one) kept for the
+    cell of this name (``sets/<name>.safetensors``, distilled under the config its ``cells/<name>.json`` records).
 
+    Each network's result is kept in ``workdir`` as it finishes (``haba_core.evaluate.evaluate_run``'s cells), so
+    a stopped cell resumes with the networks it has not trained yet: on 2 cores one such cell can take hours."""
+    from haba_core.evaluate import evaluate_run
+
+    source = workdir.parent.parent.parent / cell.run_of
     record, set_file = source / "cells" / f"{cell.name}.json", source / "sets" / f"{cell.name}.safetensors"
     if not record.exists() or not set_file.exists():
         raise SystemExit(f"{cell.name} evaluates the set {set_file}, which is not there yet: run {source.name} first")
@@ -137,19 +139,23 @@ def evaluate_run_of(profile: Profile, cell: Cell, source: Path, cfg, ledger: Led
     same = all(saved.get(k) == mine.get(k) for k in ("synset", "haba", "seed", "iterations"))
     if not same or saved["method"].get("name") != mine["method"].get("name"):
         raise SystemExit(f"{cell.name}: {set_file} was distilled with another config than this cell's")
-    synset = load_synset(set_file)
-    ds = load_dataset(cfg.data.name, root=cfg.data.root)
     look = dataclasses.replace(ledger, config=saved)
-    nets, seeds = profile.eval_nets, profile.eval_seeds
-    ev = evaluate_synset(synset, ds, cfg.eval, nets, seeds, dsa_strategy=cfg.dsa_strategy, seed=cfg.seed, ledger=look)
+    ecfg = dataclasses.replace(cfg.eval, nets=tuple(profile.eval_nets), seeds=profile.eval_seeds)
+    ev = evaluate_run(workdir, cfg, ecfg, set_file, seed=cfg.seed, ledger=look, log=None)
+    if not ev["complete"]:
+        failed = "; ".join(f"{f['task']}: {(f['error'] or '').strip().splitlines()[-1:]}" for f in ev["failed"])
+        raise SystemExit(f"{cell.name}: some networks failed ({failed}); rerun the cell to retry only those")
     return {
-        "eval": ev,
+        "eval": ev["synset"],
         "sec_per_iter": None,
         "iterations": cfg.iterations,
         "wall_s": time.time() - t0,
         "config": saved,
         "distill_seed": cfg.seed,
         "evaluated_set": str(set_file.relative_to(source.parent)),
+        # a resumed cell's wall_s is this invocation's: these say what the earlier ones did
+        "networks_reused": ev["reused_cells"],
+        "compute_s": ev["compute_s"],  # every network's training and testing, reused ones included
     }
 
 
@@ -194,7 +200,7 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "config": res["config"],  # the full resolved config of the cell
-        **({"evaluated_set": res["evaluated_set"]} if "evaluated_set" in res else {}),
+        **{k: res[k] for k in ("evaluated_set", "networks_reused", "compute_s") if k in res},
         "summary": f"{100 * acc['mean']:.2f} +- {100 * sample_std(acc['per_seed']):.2f} % ({net}, sample std over "
         f"n = {n} nets)",
     }

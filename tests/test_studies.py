@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from bench import studies, study_design, study_report
-from bench.cell import child, run_cell
+from bench.cell import cell_overrides, child, run_cell
 from bench.profiles import Cell, Profile
 from haba_core.ledger import LedgerEntry
 
@@ -203,12 +203,51 @@ def test_a_cross_architecture_cell_evaluates_the_set_the_other_study_kept(tmp_pa
     assert set(res["eval"]["nets"]) == {"mlp", "lenet"} and res["distill_seed"] == 1
     assert res["evaluated_set"] == f"fr/sets/{src.name}.safetensors" and not (workdir / "run").exists()
     tested = [json.loads(line) for line in ledger_file.read_text().splitlines()]
-    assert [t["run"] for t in tested].count("xa/" + cell.name) == 1
+    mine = [t for t in tested if t["run"] == "xa/" + cell.name]  # one line per network group, as each lands
+    assert sum(t["networks"] for t in mine) == 4 and {n for t in mine for n in t["nets"]} == {"mlp", "lenet"}
     other = Cell(src.name, 2, "dm", "haba", None, (*sets[:-1], "seed=2"), run_of="fr")
     with pytest.raises(SystemExit, match="another config"):
         run_cell(profile, other, workdir, ledger)
     with pytest.raises(SystemExit, match="not there yet"):
         run_cell(profile, dataclasses.replace(cell, name="ipc2_haba__s2"), workdir, ledger)
+
+
+def test_a_stopped_cross_architecture_cell_resumes_with_the_networks_it_has_not_trained(tmp_path, ledger_file):
+    """A cross-architecture cell keeps each network's result as it lands; a rerun trains only the missing ones,
+    and its accuracies are those the whole-set evaluation (``evaluate_synset``, as the earlier cells ran) gives."""
+    from haba_core import runfolder as RF
+    from haba_core.config import resolve_config
+    from haba_core.data import load_dataset
+    from haba_core.evaluate import evaluate_synset
+    from haba_core.synsets import load_synset
+
+    common = ("data.name=toy", "net.width=16", "haba.extractor_width=16", "snapshot_every=0", "eval.test_batch=200")
+    sets = ("iterations=2", "method.batch_real=16", "synset.n_hallucinators=2", "seed=1")
+    src = Cell("ipc1_haba__s1", 1, "dm", "haba", None, sets)
+    assert child(Profile("fr", "toy", common, ("convnet",), 2, 2, (src,), keep_sets=True), src.name, tmp_path) == 0
+    profile = Profile("xa", "toy", common, ("mlp", "lenet"), 2, 2, ())
+    cell = Cell(src.name, 1, "dm", "haba", None, sets, run_of="fr")
+    workdir = tmp_path / "xa" / "runs" / cell.name
+    ledger = LedgerEntry(tmp_path / "ledger.jsonl", "xa/" + cell.name, "bench cell")
+    first = run_cell(profile, cell, workdir, ledger)
+    assert first["networks_reused"] == 0
+    cells = sorted(workdir.glob("eval/cells/*/lenet*"))
+    assert len(cells) == 2, cells  # one file per network
+    stopped = {n: first["eval"]["nets"][n]["per_seed"] for n in ("mlp", "lenet")}
+    cells[1].unlink()  # as if the cell had been stopped while its last network trained
+    again = run_cell(profile, cell, workdir, ledger)
+    assert again["networks_reused"] == 3 and {n: again["eval"]["nets"][n]["per_seed"] for n in stopped} == stopped
+    assert (workdir / RF.EVALUATION).exists()
+
+    cfg = resolve_config(overrides=cell_overrides(profile, cell, tmp_path))  # the cell's own config
+    ds = load_dataset("toy", root=cfg.data.root)
+    synset = load_synset(tmp_path / "fr" / "sets" / f"{src.name}.safetensors")
+    look = LedgerEntry(tmp_path / "ledger.jsonl", "whole", "bench cell")
+    whole = evaluate_synset(
+        synset, ds, cfg.eval, ("mlp", "lenet"), 2, dsa_strategy=cfg.dsa_strategy, seed=1, ledger=look
+    )
+    assert {n: whole["nets"][n]["per_seed"] for n in stopped} == stopped
+    assert whole["protocol"]["id"] == again["eval"]["protocol"]["id"]
 
 
 def test_a_comparison_is_the_difference_of_means_with_the_unpaired_standard_error():
