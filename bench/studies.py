@@ -304,11 +304,18 @@ STUDIES = {
             cross_arch_arms(),
             nets=("vgg11", "alexnet", "lenet", "mlp"),
             merge_from="frontier",
-            comparisons=(
-                *((f"{k} - pixels", f"ipc1_{k}", "ipc1_pixels") for k in ("haba", "fred", "random_real")),
-                # RQ1's split of HaBa's gain, per network: the resolution trade and the hallucinators
-                ("reduced-resolution pixels - pixels", "ipc1_pixels_lowres", "ipc1_pixels"),
-                ("haba - reduced-resolution pixels", "ipc1_haba", "ipc1_pixels_lowres"),
+            comparisons=tuple(
+                c
+                for b in (1, 10)  # IPC 10: seed 0's sets only, so the differences of those sets, without an se
+                for c in (
+                    *(
+                        (f"IPC {b}: {k} - pixels", f"ipc{b}_{k}", f"ipc{b}_pixels")
+                        for k in ("haba", "fred", "random_real")
+                    ),
+                    # RQ1's split of HaBa's gain, per network: the resolution trade and the hallucinators
+                    (f"IPC {b}: reduced-resolution pixels - pixels", f"ipc{b}_pixels_lowres", f"ipc{b}_pixels"),
+                    (f"IPC {b}: haba - reduced-resolution pixels", f"ipc{b}_haba", f"ipc{b}_pixels_lowres"),
+                )
             ),
         ),
         Study(

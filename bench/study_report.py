@@ -52,16 +52,18 @@ def arm_summary(arm, records: list[dict], nets: tuple[str, ...]) -> dict:
             protocol=records[0]["protocol"],
         )
     for net in nets:
-        sets = [r["accuracy_by_net"][net] for r in records if net in r.get("accuracy_by_net", {})]
-        sets = [s for s in sets if s["per_seed"]]
-        if not sets:
+        done = [(r["seeds"]["distill"], r["accuracy_by_net"].get(net)) for r in records]
+        done = [(seed, s) for seed, s in done if s and s["per_seed"]]
+        if not done:
             continue
+        sets = [s for _, s in done]
         means = [100 * statistics.fmean(s["per_seed"]) for s in sets]
         out["per_net"][net] = {
             "mean": statistics.fmean(means),
             "std_seeds": sample_std(means),  # across distillation seeds (ddof 1)
             "std_nets": statistics.fmean(100 * sample_std(s["per_seed"]) for s in sets),  # within a set, averaged
             "set_means": means,
+            "set_seeds": [seed for seed, _ in done],  # the distillation seed of each of set_means
             "n_seeds": len(sets),
             "n_nets": len(sets[0]["per_seed"]),
         }
@@ -70,28 +72,38 @@ def arm_summary(arm, records: list[dict], nets: tuple[str, ...]) -> dict:
 
 def differences(study, arms: list[dict]) -> list[dict]:
     """Each comparison per network: the difference of the two arms' means and its standard error over the
-    distillation seeds (unpaired: sqrt(s_a^2 / n_a + s_b^2 / n_b)), where both arms have two seeds or more."""
+    distillation seeds (unpaired: sqrt(s_a^2 / n_a + s_b^2 / n_b)) where both arms have two seeds or more; where
+    one has a single seed (a cut of the compute cap), the difference between the sets of the seeds both have
+    (``same_seeds``), with no standard error (``se`` None)."""
     by_name = {a["arm"]: a for a in arms}
     out = []
     for label, arm, base in study.comparisons:
         a, b = by_name.get(arm, {}).get("per_net", {}), by_name.get(base, {}).get("per_net", {})
         for net in study.columns:
             x, y = a.get(net), b.get(net)
-            if not x or not y or min(x["n_seeds"], y["n_seeds"]) < 2:
+            if not x or not y:
                 continue
-            se = math.sqrt(x["std_seeds"] ** 2 / x["n_seeds"] + y["std_seeds"] ** 2 / y["n_seeds"])
-            out.append(
-                {
-                    "label": label,
-                    "arm": arm,
-                    "baseline": base,
-                    "net": net,
-                    "diff": x["mean"] - y["mean"],
-                    "se": se,
-                    "n": [x["n_seeds"], y["n_seeds"]],
-                }
-            )
+            row = {"label": label, "arm": arm, "baseline": base, "net": net, "n": [x["n_seeds"], y["n_seeds"]]}
+            if min(x["n_seeds"], y["n_seeds"]) >= 2:
+                se = math.sqrt(x["std_seeds"] ** 2 / x["n_seeds"] + y["std_seeds"] ** 2 / y["n_seeds"])
+                out.append({**row, "diff": x["mean"] - y["mean"], "se": se})
+                continue
+            same = sorted(set(x["set_seeds"]) & set(y["set_seeds"]))
+            if same:
+                diff = _mean_of_seeds(x, same) - _mean_of_seeds(y, same)
+                out.append({**row, "diff": diff, "se": None, "same_seeds": same})
     return out
+
+
+def _mean_of_seeds(per_net: dict, seeds: list[int]) -> float:
+    return statistics.fmean(m for s, m in zip(per_net["set_seeds"], per_net["set_means"], strict=True) if s in seeds)
+
+
+def difference_text(c: dict) -> str:
+    if c["se"] is None:
+        seeds = ", ".join(map(str, c["same_seeds"]))
+        return f"{c['diff']:+.2f} (the sets of seed {seeds} only: no standard error)"
+    return f"{c['diff']:+.2f} +- {c['se']:.2f} (n = {c['n'][0]}, {c['n'][1]})"
 
 
 def report(study, out_root: Path) -> dict:
@@ -181,10 +193,7 @@ def markdown(r: dict) -> str:
         )
     if r.get("comparisons"):
         lines += ["", "Differences (percentage points, +- the standard error over distillation seeds):", ""]
-        lines += [
-            f"- {c['label']} ({c['net']}): {c['diff']:+.2f} +- {c['se']:.2f} (n = {c['n'][0]}, {c['n'][1]})"
-            for c in r["comparisons"]
-        ]
+        lines += [f"- {c['label']} ({c['net']}): {difference_text(c)}" for c in r["comparisons"]]
     lines += [
         "",
         "Each search's own best on the validation split (an arm whose search has follow-ups takes the best row over "

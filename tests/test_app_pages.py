@@ -586,6 +586,19 @@ def test_findings_shows_every_study_and_overlays_a_run(runs_root, tmp_path, monk
     assert "not the study's protocol" in texts(at.warning)
 
 
+def test_findings_renders_the_committed_results(empty_runs, monkeypatch):
+    """The page on the results this repository holds (the fabricated ones above cannot hold every real case, such
+    as a comparison of one seed's sets, which has no standard error)."""
+    from workbench import findings as FD
+
+    monkeypatch.setenv(FD.FINDINGS_ENV, str(ROOT / "bench" / "results" / "findings"))
+    at = open_page("findings")
+    assert [h.value for h in at.header] == FINDINGS_HEADINGS and not at.exception and not at.error
+    assert len(plotly_charts(at)) >= 4  # every study has committed results
+    labels = [e.label for e in at.expander]
+    assert any(label.startswith("Differences between arms") for label in labels)
+
+
 def test_findings_with_a_broken_file_says_so(empty_runs, tmp_path, monkeypatch):
     from workbench import findings as FD
 

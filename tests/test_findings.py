@@ -90,6 +90,9 @@ def test_cross_architecture_matrix_and_gain_over_pixels():
     assert FD.comparisons_table(s).iloc[0].to_dict() == dict(
         comparison="HaBa - pixels", net="mlp", difference=-1.0, se=0.5, seeds="3 / 2"
     )
+    s["comparisons"] = [{**diff, "se": None, "n": [1, 3], "same_seeds": [0]}]  # one seed: the sets of seed 0
+    row = FD.comparisons_table(s).iloc[0].to_dict()
+    assert row["seeds"] == "seed 0's sets" and row["se"] is None
     # several budgets: each row names its budget, and each gain is over the pixels of its own budget
     twice = study(
         arm("ipc1_pixels", {"kind": "pixels"}, 60.0),

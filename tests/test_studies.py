@@ -258,7 +258,13 @@ def test_a_comparison_is_the_difference_of_means_with_the_unpaired_standard_erro
     ]
     (c,) = study_report.differences(study, arms)
     assert c["diff"] == pytest.approx(4.0) and c["se"] == pytest.approx((0.36 / 3 + 0.64 / 2) ** 0.5)
-    arms[1]["per_net"]["convnet"]["n_seeds"] = 1  # one seed has no spread to speak of: no comparison
+    # one seed has no spread to speak of: the difference of the sets of the seed both arms have, no standard error
+    arms[0]["per_net"]["convnet"].update(set_seeds=[0, 1, 2], set_means=[74.0, 75.0, 76.0])
+    arms[1]["per_net"]["convnet"].update(n_seeds=1, set_seeds=[1], set_means=[70.5])
+    (c,) = study_report.differences(study, arms)
+    assert c["diff"] == pytest.approx(75.0 - 70.5) and c["se"] is None and c["same_seeds"] == [1]
+    assert study_report.difference_text(c) == "+4.50 (the sets of seed 1 only: no standard error)"
+    arms[1]["per_net"]["convnet"]["set_seeds"] = [3]  # no seed in common: nothing to compare
     assert study_report.differences(study, arms) == []
 
 

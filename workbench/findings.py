@@ -139,14 +139,18 @@ def arm_table(study: dict, net: str = "convnet") -> pd.DataFrame:
 
 def comparisons_table(study: dict) -> pd.DataFrame:
     """The study's reported differences (``comparisons``, if it has them): label, net, difference and its standard
-    error in percentage points, seeds of both arms."""
+    error in percentage points, seeds of both arms (or, where an arm has one, the seed whose sets it compares)."""
     rows = [
         {
             "comparison": c.get("label"),
             "net": c.get("net"),
             "difference": c.get("diff"),
             "se": c.get("se"),
-            "seeds": " / ".join(str(n) for n in c.get("n") or []),
+            "seeds": (
+                f"seed {', '.join(map(str, c['same_seeds']))}'s sets"
+                if c.get("same_seeds")
+                else " / ".join(str(n) for n in c.get("n") or [])
+            ),
         }
         for c in study.get("comparisons") or []
     ]

@@ -70,7 +70,8 @@ def differences(study: dict) -> None:
     """The differences the study reports between arms (when its report has them), in an expander."""
     table = FD.comparisons_table(study)
     if not table.empty:
-        with st.expander(f"Differences between arms ({len(table)}), ± the standard error over distillation seeds"):
+        title = f"Differences between arms ({len(table)}), ± the standard error over distillation seeds"
+        with st.expander(title + " (none where an arm has one seed: then the sets of that seed)"):
             config = {"difference": st.column_config.NumberColumn(format="%+.2f"), "se": TABLE_CONFIG["se"]}
             st.dataframe(table, hide_index=True, column_config=config)
 
