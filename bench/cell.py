@@ -64,6 +64,7 @@ def cell_overrides(profile: Profile, cell: Cell, profile_out: Path) -> list[str]
         f"eval.seeds={profile.eval_seeds}",
         f"data.root={ROOT / 'data'}",
     ]
+    overrides += profile.precision_overrides(cell)
     if cell.needs_experts:  # the method names its expert folder's option
         overrides.append(f"method.{cell.expert_field}={experts_dir(profile_out, cell.dataset)}")
     overrides += list(cell.overrides)

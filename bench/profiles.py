@@ -84,6 +84,31 @@ class Profile:
     # study that evaluates or measures them again runs on any machine, without the git-ignored run folders)
     keep_sets: bool = False
     runner: str = "bench.run"  # the module whose `python -m ... --cell C` runs one cell (the studies: bench.studies)
+    # the precision the profile's protocol fixes for distillation and evaluation ("bf16", "fp32"); "" leaves it to
+    # each machine ("auto": bf16 where computed natively), which then records what it ran
+    precision: str = ""
+
+    def precision_overrides(self, cell: Cell) -> list[str]:
+        """The overrides that hold the cell to the profile's precision: evaluation, and distillation where the
+        method has the option."""
+        if not self.precision:
+            return []
+        out = [f"eval.precision={self.precision}"]
+        if cell.method and "precision" in {f.name for f in dataclasses.fields(METHODS.get(cell.method).Config)}:
+            out.append(f"method.precision={self.precision}")
+        return out
+
+    def precision_changes(self, record: dict) -> str | None:
+        """How a cell's result record ran at another precision than the profile fixes (a machine without native
+        bf16 resolves ``auto`` to fp32: another protocol), else None."""
+        if not self.precision:
+            return None
+        ran = {
+            "evaluation": (record.get("protocol") or {}).get("precision"),
+            "distillation": record.get("distill_precision"),
+        }
+        other = [f"{what} in {p}" for what, p in ran.items() if p and p != self.precision]
+        return f"ran {' and '.join(other)}, not {self.precision}" if other else None
 
 
 def _matrix(budgets, methods, presets, haba_sizes, extra=(), per_method=None, per_cell=None) -> tuple[Cell, ...]:

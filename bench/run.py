@@ -77,8 +77,11 @@ def _todo(profile: Profile, cells: list[Cell], out: Path, log) -> list[Cell]:
         if result_path.exists():
             record = json.loads(result_path.read_text())
             changes = cell.changes_since(record)
+            precision = profile.precision_changes(record)
             if protocol_id(record.get("protocol")) in ("legacy", "missing"):
                 log(f"[redo] {cell.name}: its result predates evaluation protocols (not comparable); distilling afresh")
+            elif precision:
+                log(f"[redo] {cell.name}: its result {precision}, this profile's precision (another protocol)")
             elif changes:
                 log(f"[redo] {cell.name}: the cell changed since its result ran: {'; '.join(changes)}")
             else:
@@ -110,8 +113,29 @@ class _Job:
         return self.log_path.read_text(errors="replace").strip().splitlines()[-n:]
 
 
+def check_native_precision(profile: Profile, device: str = "auto") -> None:
+    """Refuse to start a profile that fixes bf16 on a device that computes bf16 only by emulation (a CPU without
+    AVX512-BF16 or AMX): its cells would take many times as long as in float32."""
+    from haba_core.devices import resolve_device
+    from haba_core.protocol import resolve_precision
+
+    dev = resolve_device(device)
+    if profile.precision == "bf16" and resolve_precision("auto", dev) != "bf16":
+        raise SystemExit(
+            f"profile {profile.name!r} runs in bf16 (its committed results' protocol), which this {dev.type} "
+            "computes only by emulation, many times slower than float32 (a CPU needs AVX512-BF16 or AMX). Run it on "
+            "such a machine or a CUDA GPU; --emulated-bf16 runs it here anyway, with the same protocol."
+        )
+
+
 def run_profile(
-    profile: Profile, out_root: Path, only: list[str] | None, log=print, jobs: int | None = None, report=None
+    profile: Profile,
+    out_root: Path,
+    only: list[str] | None,
+    log=print,
+    jobs: int | None = None,
+    report=None,
+    emulated_bf16: bool = False,
 ) -> dict:
     """Run the profile's missing cells, ``jobs`` processes at a time (default: the profile's), longest first;
     each process gets ``cores // jobs`` threads. Cells whose method needs experts (``Cell.needs_experts``: MTT)
@@ -124,6 +148,8 @@ def run_profile(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     cells = [c for c in profile.cells if not only or any(o in c.name for o in only)]
     todo = _todo(profile, cells, out, log)
+    if todo and not emulated_bf16:
+        check_native_precision(profile)
     pending_experts = {c.dataset for c in todo if c.needs_experts}
     for dataset in pending_experts:
         if dataset not in profile.experts:

@@ -360,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, help="cells at once (default 2, one thread each on 2 cores)")
     p.add_argument("--searches", action="store_true", help="first run the validation searches not run yet")
     p.add_argument("--report", action="store_true", help="only rewrite <study>.json and .md from finished cells")
+    p.add_argument(
+        "--emulated-bf16", action="store_true", help="run even where bf16 is emulated (many times slower than fp32)"
+    )
     p.add_argument("--out", default=str(FINDINGS))
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     a = p.parse_args(argv)
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.report:
         for arm in study.pending():
             print(f"[pending] {arm.name}: its shape waits for search {arm.search.name} (--searches runs it)")
-        run_profile(study.profile(), out, a.only, jobs=a.jobs, report=lambda *_: None)
+        run_profile(study.profile(), out, a.only, jobs=a.jobs, report=lambda *_: None, emulated_bf16=a.emulated_bf16)
     r = report(study, out)
     print(markdown(r))
     return 0 if r["complete"] else 1

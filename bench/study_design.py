@@ -189,6 +189,9 @@ class Study:
     merge_from: str = ""  # another study whose cells of the same names add their networks' columns (ConvNet)
     comparisons: tuple[tuple[str, str, str], ...] = ()  # (label, arm, baseline arm): differences reported per net
     seeds: tuple[int, ...] = DISTILL_SEEDS  # the distillation seeds whose sets it runs (or evaluates)
+    # the precision of the protocol every committed result ran under (plain-300ep-dsa-bf16), held fixed so that a
+    # machine without native bf16 cannot run another protocol by resolving "auto" to fp32
+    precision: str = "bf16"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -197,7 +200,14 @@ class Study:
     def profile(self) -> Profile:
         cells = tuple(c for a in self.arms if not a.borrowed_from for c in a.cells(self.seeds_of(a)))
         p = _fmnist(
-            self.name, self.question, EVAL_SEEDS, cells, experts=CPU.experts, keep_sets=True, runner="bench.studies"
+            self.name,
+            self.question,
+            EVAL_SEEDS,
+            cells,
+            experts=CPU.experts,
+            keep_sets=True,
+            runner="bench.studies",
+            precision=self.precision,
         )
         return dataclasses.replace(
             p, eval_nets=self.nets, common=(*p.common[:1], f"eval.nets={','.join(self.nets)}", *p.common[2:])

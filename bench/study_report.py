@@ -110,7 +110,7 @@ def report(study, out_root: Path) -> dict:
     from haba_core import io
     from haba_core.protocol import distinct_protocols
 
-    arms, records_all = [], []
+    arms, records_all, profile = [], [], study.profile()
     for arm in study.arms:
         records, stale = [], []
         for c in arm.cells(study.seeds_of(arm)):
@@ -119,6 +119,8 @@ def report(study, out_root: Path) -> dict:
                 continue
             rec = json.loads(p.read_text())
             changes = c.changes_since(rec)
+            precision = profile.precision_changes(rec)
+            changes += [precision] if precision else []
             if changes:  # e.g. a follow-up search changed the arm's shape: rerun, not counted
                 stale.append(f"{c.name}: {'; '.join(changes)}")
                 continue

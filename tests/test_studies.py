@@ -327,13 +327,16 @@ def test_a_result_of_a_cell_whose_settings_changed_is_redone_and_not_reported(tm
     record = {**_record([0.8, 0.82], 0), "protocol": protocol, "git_commit": "abc"}
     (out / "cells" / f"{cell.name}.json").write_text(json.dumps({**record, **ran}))
     logged = []
-    assert _todo(None, [cell], out, logged.append) == [cell] and not (out / "runs" / cell.name).exists()
+    assert (
+        _todo(Profile("x", "q", (), ("convnet",), 1, 1, ()), [cell], out, logged.append) == [cell]
+        and not (out / "runs" / cell.name).exists()
+    )
     assert logged == [
         "[redo] ipc2_haba__s0: the cell changed since its result ran: synset.basis_size=14 (ran synset.basis_size=20)"
     ]
     current = {**record, "cell": {"overrides": list(cell.overrides), "run_of": ""}}
     (out / "cells" / f"{cell.name}.json").write_text(json.dumps(current))
-    assert _todo(None, [cell], out, logged.append) == []
+    assert _todo(Profile("x", "q", (), ("convnet",), 1, 1, ()), [cell], out, logged.append) == []
 
     arm = studies.Arm("ipc2_haba", 2, "haba", ("method.compile=true", "synset.basis_size=14"))
     cells = tmp_path / "out" / "s" / "cells"
@@ -345,3 +348,42 @@ def test_a_result_of_a_cell_whose_settings_changed_is_redone_and_not_reported(tm
     r = study_report.report(studies.Study("s", "q", (arm,)), tmp_path / "out")
     assert r["arms"][0]["n_seeds"] == 1 and r["arms"][0]["stale"][0].startswith("ipc2_haba__s0: ")
     assert "- ipc2_haba__s0: " in (tmp_path / "out" / "s.md").read_text()
+
+
+def test_a_study_holds_its_precision_so_a_machine_without_native_bf16_cannot_switch_protocols(tmp_path, monkeypatch):
+    """A study fixes bf16 (its committed results' protocol) for evaluation and distillation; a record of another
+    precision is redone and left out of the report; a device without native bf16 is refused unless asked."""
+    from bench import run as bench_run
+    from haba_core import protocol
+
+    profile = studies.STUDIES["constraint"].profile()
+    dm, real = Cell("a", 1, "dm", "haba"), Cell("b", 1, None)
+    assert profile.precision == "bf16"
+    assert profile.precision_overrides(dm) == ["eval.precision=bf16", "method.precision=bf16"]
+    assert profile.precision_overrides(real) == ["eval.precision=bf16"]
+    assert {"eval.precision=bf16", "method.precision=bf16"} <= set(cell_overrides(profile, dm, tmp_path))
+    assert dataclasses.replace(profile, precision="").precision_overrides(dm) == []
+    record = {"protocol": {"precision": "bf16"}, "distill_precision": "bf16", "cell": {"overrides": []}}
+    assert profile.precision_changes(record) is None
+    fp32 = {**record, "protocol": {"precision": "fp32", "id": "f598ca27fd"}, "distill_precision": "fp32"}
+    assert profile.precision_changes(fp32) == "ran evaluation in fp32 and distillation in fp32, not bf16"
+    (tmp_path / profile.name / "cells").mkdir(parents=True)
+    (tmp_path / profile.name / "cells" / "a.json").write_text(json.dumps(fp32))
+    logged = []
+    assert bench_run._todo(profile, [dm], tmp_path / profile.name, logged.append) == [dm]
+    assert "ran evaluation in fp32" in logged[0]
+
+    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "fp32")  # an AVX2-only CPU
+    with pytest.raises(SystemExit, match="only by emulation.*--emulated-bf16"):
+        bench_run.check_native_precision(profile, "cpu")
+    bench_run.check_native_precision(dataclasses.replace(profile, precision=""), "cpu")  # auto: nothing fixed
+    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "bf16")
+    bench_run.check_native_precision(profile, "cpu")
+
+
+def test_every_committed_study_cell_ran_at_its_studys_precision():
+    """The findings compare rows under one protocol: no committed cell ran at another precision."""
+    for study in studies.STUDIES.values():
+        profile = study.profile()
+        for path in sorted((studies.FINDINGS / study.name / "cells").glob("*.json")):
+            assert profile.precision_changes(json.loads(path.read_text())) is None, path
