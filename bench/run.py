@@ -122,7 +122,7 @@ def check_native_precision(profile: Profile, device: str = "auto") -> None:
     dev = resolve_device(device)
     if profile.precision == "bf16" and resolve_precision("auto", dev) != "bf16":
         raise SystemExit(
-            f"profile {profile.name!r} runs in bf16 (its committed results' protocol), which this {dev.type} "
+            f"profile {profile.name!r} holds bf16, its protocol's precision, which this {dev.type} "
             "computes only by emulation, many times slower than float32 (a CPU needs AVX512-BF16 or AMX). Run it on "
             "such a machine or a CUDA GPU; --emulated-bf16 runs it here anyway, with the same protocol."
         )

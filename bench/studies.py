@@ -334,20 +334,24 @@ STUDIES = {
 }
 
 
-def run_searches(study: Study, log=print) -> None:
-    for s in study.searches():
-        if s.best() is None:
-            if s.experts:  # MTT's, trained like the study's (CPU.experts) but never on the held-out images
-                from bench.profiles import CPU
-                from bench.run import experts_command
-                from bench.val_search import VAL_PER_CLASS
+def run_searches(study: Study, log=print, emulated_bf16: bool = False) -> None:
+    missing = [s for s in study.searches() if s.best() is None]
+    if missing and not emulated_bf16:
+        from bench.run import check_native_precision
 
-                out = ROOT / s.experts
-                cmd = [*experts_command(CPU, out.parents[1], out.name), "--set", f"data.val_per_class={VAL_PER_CLASS}"]
-                log("$ " + shlex.join(cmd))
-                subprocess.run(cmd, cwd=ROOT, check=True)
-            log("$ " + shlex.join(s.command()))
-            subprocess.run(s.command(), cwd=ROOT, check=True)
+        check_native_precision(study.profile())
+    for s in missing:
+        if s.experts:  # MTT's, trained like the study's (CPU.experts) but never on the held-out images
+            from bench.profiles import CPU
+            from bench.run import experts_command
+            from bench.val_search import VAL_PER_CLASS
+
+            out = ROOT / s.experts
+            cmd = [*experts_command(CPU, out.parents[1], out.name), "--set", f"data.val_per_class={VAL_PER_CLASS}"]
+            log("$ " + shlex.join(cmd))
+            subprocess.run(cmd, cwd=ROOT, check=True)
+        log("$ " + shlex.join(s.command()))
+        subprocess.run(s.command(), cwd=ROOT, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return child(study.profile(), a.cell, out)
     if a.searches:
-        run_searches(study)
+        run_searches(study, emulated_bf16=a.emulated_bf16)
     if not a.report:
         for arm in study.pending():
             print(f"[pending] {arm.name}: its shape waits for search {arm.search.name} (--searches runs it)")

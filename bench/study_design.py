@@ -23,6 +23,9 @@ EVAL_SEEDS = 3
 DM = "configs/fmnist_cpu_dm.yaml"
 PRESETS = {m: f"configs/fmnist_cpu_{m}.yaml" for m in ("dm", "dc", "dsa", "mtt")}
 FAST = ("method.compile=true",)  # an execution choice (the real batches' pass compiled), not protocol
+# the precision of the protocol every committed result ran under (plain-300ep-dsa-bf16), held fixed by the studies
+# and their searches so that a machine without native bf16 cannot run another protocol by resolving "auto" to fp32
+PRECISION = "bf16"
 _COMPILED = ("dm", "dc", "dsa")  # the backends with a compiled real-batch pass (MTT has none)
 _NOT_SHAPE = ("synset.kind", "synset.budget_ipc")  # what a search's arm sets itself
 
@@ -63,7 +66,8 @@ class Search:
         # the backend of its preset (a config that is not one runs without the compiled pass)
         method = next((m for m, preset in PRESETS.items() if preset == self.config), None)
         experts = [f"method.expert_dir={self.experts}"] if self.experts else []  # from the root, where it runs
-        sets = [*fixed, "eval.compile=true", *fast(method), *experts]
+        precision = [f"eval.precision={PRECISION}", f"method.precision={PRECISION}"]  # DM and MTT have the option
+        sets = [*fixed, "eval.compile=true", *fast(method), *experts, *precision]
         return [
             sys.executable,
             "-m",
@@ -189,9 +193,7 @@ class Study:
     merge_from: str = ""  # another study whose cells of the same names add their networks' columns (ConvNet)
     comparisons: tuple[tuple[str, str, str], ...] = ()  # (label, arm, baseline arm): differences reported per net
     seeds: tuple[int, ...] = DISTILL_SEEDS  # the distillation seeds whose sets it runs (or evaluates)
-    # the precision of the protocol every committed result ran under (plain-300ep-dsa-bf16), held fixed so that a
-    # machine without native bf16 cannot run another protocol by resolving "auto" to fp32
-    precision: str = "bf16"
+    precision: str = PRECISION
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -113,10 +113,19 @@ def test_an_mtt_search_first_trains_experts_that_never_see_the_held_out_images(t
     monkeypatch.setattr(studies.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
     folder = "r/experts/fashion_mnist"  # the dataset's name last, as the experts recipe is per dataset
     mtt = studies.Search("mtt_lr", ("synset.kind=pixels",), ("method.lr_img=30,300",), experts=folder)
-    studies.run_searches(studies.Study("x", "q", (studies.Arm("a", 1, "pixels", search=mtt, method="mtt"),)))
+    study = studies.Study("x", "q", (studies.Arm("a", 1, "pixels", search=mtt, method="mtt"),))
+    from haba_core import protocol
+
+    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "fp32")  # bf16 emulated here
+    with pytest.raises(SystemExit, match="only by emulation"):
+        studies.run_searches(study)
+    assert ran == []  # refused before any search or expert ran
+    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "bf16")
+    studies.run_searches(study)
     experts, search = ran
     assert experts[experts.index("--out") + 1] == str(studies.ROOT / folder) and "experts" in experts
     assert experts[-2:] == ["--set", "data.val_per_class=500"] and search == mtt.command()
+    assert "eval.precision=bf16" in search and "method.precision=bf16" in search  # the studies' protocol
 
 
 def test_the_ipc10_haba_arms_take_dms_lr_searches_but_mtt_takes_the_shape_only():
