@@ -144,7 +144,9 @@ def evaluate_run_of(profile: Profile, cell: Cell, workdir: Path, cfg, ledger: Le
     ecfg = dataclasses.replace(cfg.eval, nets=tuple(profile.eval_nets), seeds=profile.eval_seeds)
     ev = evaluate_run(workdir, cfg, ecfg, set_file, seed=cfg.seed, ledger=look, log=None)
     if not ev["complete"]:
-        failed = "; ".join(f"{f['task']}: {(f['error'] or '').strip().splitlines()[-1:]}" for f in ev["failed"])
+        failed = "; ".join(
+            f"{f['task']}: {((f['error'] or '').strip().splitlines() or [''])[-1]}" for f in ev["failed"]
+        )
         raise SystemExit(f"{cell.name}: some networks failed ({failed}); rerun the cell to retry only those")
     return {
         "eval": ev["synset"],

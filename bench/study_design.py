@@ -66,7 +66,7 @@ class Search:
         # the backend of its preset (a config that is not one runs without the compiled pass)
         method = next((m for m, preset in PRESETS.items() if preset == self.config), None)
         experts = [f"method.expert_dir={self.experts}"] if self.experts else []  # from the root, where it runs
-        precision = [f"eval.precision={PRECISION}", f"method.precision={PRECISION}"]  # DM and MTT have the option
+        precision = [f"eval.precision={PRECISION}", f"method.precision={PRECISION}"]  # every backend has the option
         sets = [*fixed, "eval.compile=true", *fast(method), *experts, *precision]
         return [
             sys.executable,
