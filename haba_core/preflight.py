@@ -11,6 +11,8 @@ allocated (the synthetic set, the networks, the first batch).
   give (:func:`haba_core.devices.memory_available`: free GPU memory, or ``MemAvailable`` and the cgroup's limit).
   A run that cannot fit is refused with the setting to lower; one that may fit runs (the bound is a bound).
 - **Disk.** A note when the disk holding the run folder has less room than the run's snapshots and checkpoints.
+- **Precision.** A note when the run asks for bf16 (``eval.precision`` or ``method.precision``) on a device that
+  computes it only by emulation (a CPU without AVX512-BF16 or AMX), where it is many times slower than float32.
 """
 
 from __future__ import annotations
@@ -127,12 +129,27 @@ def disk_notes(cfg: RunConfig, plan, run_dir: str | Path | None) -> list[str]:
     ]
 
 
+def precision_notes(cfg: RunConfig, device: torch.device) -> list[str]:
+    """A note for each of the run's precisions set to bf16 where ``device`` would not choose it (``auto``)."""
+    from haba_core import protocol
+
+    asked = {"eval.precision": cfg.eval.precision, "method.precision": cfg.method_params.get("precision")}
+    bf16 = [k for k, v in asked.items() if v == "bf16"]
+    if not bf16 or protocol.resolve_precision("auto", device) == "bf16":
+        return []
+    return [
+        f"{' and '.join(f'{k}=bf16' for k in bf16)}: this {device.type} computes bf16 only by emulation, many times "
+        "slower than float32; set auto (float32 here) unless the run must share a bf16 protocol."
+    ]
+
+
 def preflight(cfg: RunConfig, dataset, plan, device: torch.device, run_dir=None) -> tuple[RunConfig, list[str]]:
     """Every check above, in order: the config to run (clamped to the data) and the notes, each also logged as
     ``note: ...`` (Python's logging prints it on stderr when nothing else is configured)."""
     cfg, notes = fit_to_data(cfg, dataset, plan)
     check_memory(cfg, dataset, plan, device)
     notes += disk_notes(cfg, plan, run_dir)
+    notes += precision_notes(cfg, device)
     for note in notes:
         log.warning("note: %s", note)
     return cfg, notes

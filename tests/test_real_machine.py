@@ -198,6 +198,21 @@ def test_a_batch_larger_than_a_class_is_clamped_with_a_note(tmp_path):
     assert d.cfg.method_params["batch_real"] == 20 and "using 20" in d.notes[0]
 
 
+def test_bf16_asked_for_where_it_is_emulated_gets_a_note(monkeypatch):
+    """On a CPU without native bf16 (AVX2 only) a bf16 step takes many times a float32 one: a run that asks for bf16
+    there is told so; where bf16 is native, or where the run leaves precision to ``auto``, nothing is said."""
+    from haba_core import protocol
+
+    cfg = tiny_config("eval.precision=bf16", "method.precision=bf16")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "fp32")  # an AVX2-only CPU
+    (note,) = P.precision_notes(cfg, cpu)
+    assert note.startswith("eval.precision=bf16 and method.precision=bf16: this cpu computes bf16 only by emulation")
+    assert P.precision_notes(tiny_config(), cpu) == []  # auto: float32 here, nothing to say
+    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "bf16")  # AVX512-BF16 or AMX
+    assert P.precision_notes(cfg, cpu) == []
+
+
 def test_settings_that_cannot_fit_in_memory_are_refused_before_allocation(tmp_path):
     args = distill_command(tmp_path / "r", 1, "pixels", "--n-bases", "10000000", sets=("synset.init=noise",))
     r, peak = peak_rss_gb(args)
