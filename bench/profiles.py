@@ -65,6 +65,17 @@ class Cell:
         return out
 
 
+def precision_overrides(precision: str, method: str | None) -> list[str]:
+    """The overrides that hold a run of ``method`` (None: no distillation) to ``precision`` ("": none): evaluation,
+    and distillation where the method has the option."""
+    if not precision:
+        return []
+    out = [f"eval.precision={precision}"]
+    if method and "precision" in {f.name for f in dataclasses.fields(METHODS.get(method).Config)}:
+        out.append(f"method.precision={precision}")
+    return out
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -89,14 +100,14 @@ class Profile:
     precision: str = ""
 
     def precision_overrides(self, cell: Cell) -> list[str]:
-        """The overrides that hold the cell to the profile's precision: evaluation, and distillation where the
-        method has the option."""
-        if not self.precision:
-            return []
-        out = [f"eval.precision={self.precision}"]
-        if cell.method and "precision" in {f.name for f in dataclasses.fields(METHODS.get(cell.method).Config)}:
-            out.append(f"method.precision={self.precision}")
-        return out
+        """The overrides that hold the cell to the profile's precision (:func:`precision_overrides`)."""
+        return precision_overrides(self.precision, cell.method)
+
+    def changes_since(self, cell: Cell, record: dict) -> list[str]:
+        """Why a cell's result record is not this profile's result for it now (empty if it is): the cell changed
+        since (``Cell.changes_since``), or the record ran at another precision than the profile fixes."""
+        precision = self.precision_changes(record)
+        return [*cell.changes_since(record), *([precision] if precision else [])]
 
     def precision_changes(self, record: dict) -> str | None:
         """How a cell's result record ran at another precision than the profile fixes (a machine without native

@@ -76,12 +76,9 @@ def _todo(profile: Profile, cells: list[Cell], out: Path, log) -> list[Cell]:
         result_path = out / "cells" / f"{cell.name}.json"
         if result_path.exists():
             record = json.loads(result_path.read_text())
-            changes = cell.changes_since(record)
-            precision = profile.precision_changes(record)
+            changes = profile.changes_since(cell, record)
             if protocol_id(record.get("protocol")) in ("legacy", "missing"):
                 log(f"[redo] {cell.name}: its result predates evaluation protocols (not comparable); distilling afresh")
-            elif precision:
-                log(f"[redo] {cell.name}: its result {precision}, this profile's precision (another protocol)")
             elif changes:
                 log(f"[redo] {cell.name}: the cell changed since its result ran: {'; '.join(changes)}")
             else:

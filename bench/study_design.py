@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 
 from bench.cell import ROOT
-from bench.profiles import CPU, Cell, Profile, _fmnist
+from bench.profiles import CPU, Cell, Profile, _fmnist, precision_overrides
 
 RESULTS = ROOT / "bench" / "results"
 FINDINGS = RESULTS / "findings"
@@ -66,8 +66,7 @@ class Search:
         # the backend of its preset (a config that is not one runs without the compiled pass)
         method = next((m for m, preset in PRESETS.items() if preset == self.config), None)
         experts = [f"method.expert_dir={self.experts}"] if self.experts else []  # from the root, where it runs
-        precision = [f"eval.precision={PRECISION}", f"method.precision={PRECISION}"]  # every backend has the option
-        sets = [*fixed, "eval.compile=true", *fast(method), *experts, *precision]
+        sets = [*fixed, "eval.compile=true", *fast(method), *experts, *precision_overrides(PRECISION, method)]
         return [
             sys.executable,
             "-m",

@@ -118,9 +118,7 @@ def report(study, out_root: Path) -> dict:
             if not p.exists():
                 continue
             rec = json.loads(p.read_text())
-            changes = c.changes_since(rec)
-            precision = profile.precision_changes(rec)
-            changes += [precision] if precision else []
+            changes = profile.changes_since(c, rec)
             if changes:  # e.g. a follow-up search changed the arm's shape: rerun, not counted
                 stale.append(f"{c.name}: {'; '.join(changes)}")
                 continue
