@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench.profiles import Cell, Profile
+from bench.provenance import machine
 from haba_core import runfolder as RF
 from haba_core.ledger import LedgerEntry, git_state
 
@@ -202,6 +203,7 @@ def child(profile: Profile, cell_name: str, out_root: Path) -> int:
         "wall_s": res["wall_s"],
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
+        "machine": machine(),  # its "bf16" says whether bf16 was native or emulated (haba_core.bf16)
         "config": res["config"],  # the full resolved config of the cell
         **{k: res[k] for k in ("evaluated_set", "networks_reused", "compute_s") if k in res},
         "summary": f"{100 * acc['mean']:.2f} +- {100 * sample_std(acc['per_seed']):.2f} % ({net}, sample std over "

@@ -24,7 +24,8 @@ from haba_core.ledger import git_commit
 
 def machine() -> dict:
     """What ran it: ``cpu`` (its model name), ``cores``, ``torch_threads``, ``cuda`` (the GPU's name or None),
-    ``python``, ``torch`` and ``platform``."""
+    ``python``, ``torch``, ``platform`` and ``bf16`` (``"native"``, or ``"emulated"`` on a CPU without it:
+    ``haba_core.bf16``)."""
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -35,6 +36,8 @@ def machine() -> dict:
         pass
     import torch
 
+    from haba_core.bf16 import bf16_arithmetic
+
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -43,6 +46,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "bf16": bf16_arithmetic("cuda" if torch.cuda.is_available() else "cpu"),
     }
 
 

@@ -110,19 +110,17 @@ class _Job:
         return self.log_path.read_text(errors="replace").strip().splitlines()[-n:]
 
 
-def check_native_precision(profile: Profile, device: str = "auto") -> None:
-    """Refuse to start a profile that fixes bf16 on a device that computes bf16 only by emulation (a CPU without
-    AVX512-BF16 or AMX): its cells would take many times as long as in float32."""
+def precision_note(profile: Profile, device: str = "auto") -> str | None:
+    """What a profile that fixes bf16 is told on a CPU without native bf16: it runs emulated (``haba_core.bf16``)."""
+    from haba_core.bf16 import bf16_arithmetic
     from haba_core.devices import resolve_device
-    from haba_core.protocol import resolve_precision
 
-    dev = resolve_device(device)
-    if profile.precision == "bf16" and resolve_precision("auto", dev) != "bf16":
-        raise SystemExit(
-            f"profile {profile.name!r} holds bf16, its protocol's precision, which this {dev.type} "
-            "computes only by emulation, many times slower than float32 (a CPU needs AVX512-BF16 or AMX). Run it on "
-            "such a machine or a CUDA GPU; --emulated-bf16 runs it here anyway, with the same protocol."
+    if profile.precision == "bf16" and bf16_arithmetic(resolve_device(device)) == "emulated":
+        return (
+            f"profile {profile.name!r} holds bf16, which this CPU lacks: its matrix products and convolutions are "
+            "computed in float32 and rounded to bf16 as a native CPU's are (haba_core.bf16), at about float32's speed"
         )
+    return None
 
 
 def run_profile(
@@ -132,7 +130,6 @@ def run_profile(
     log=print,
     jobs: int | None = None,
     report=None,
-    emulated_bf16: bool = False,
 ) -> dict:
     """Run the profile's missing cells, ``jobs`` processes at a time (default: the profile's), longest first;
     each process gets ``cores // jobs`` threads. Cells whose method needs experts (``Cell.needs_experts``: MTT)
@@ -145,8 +142,8 @@ def run_profile(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     cells = [c for c in profile.cells if not only or any(o in c.name for o in only)]
     todo = _todo(profile, cells, out, log)
-    if todo and not emulated_bf16:
-        check_native_precision(profile)
+    if todo and (note := precision_note(profile)):
+        log(f"note: {note}")
     pending_experts = {c.dataset for c in todo if c.needs_experts}
     for dataset in pending_experts:
         if dataset not in profile.experts:

@@ -334,12 +334,12 @@ STUDIES = {
 }
 
 
-def run_searches(study: Study, log=print, emulated_bf16: bool = False) -> None:
-    missing = [s for s in study.searches() if s.best() is None]
-    if missing and not emulated_bf16:
-        from bench.run import check_native_precision
+def run_searches(study: Study, log=print) -> None:
+    from bench.run import precision_note
 
-        check_native_precision(study.profile())
+    missing = [s for s in study.searches() if s.best() is None]
+    if missing and (note := precision_note(study.profile())):
+        log(f"note: {note}")
     for s in missing:
         if s.experts:  # MTT's, trained like the study's (CPU.experts) but never on the held-out images
             from bench.profiles import CPU
@@ -364,9 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, help="cells at once (default 2, one thread each on 2 cores)")
     p.add_argument("--searches", action="store_true", help="first run the validation searches not run yet")
     p.add_argument("--report", action="store_true", help="only rewrite <study>.json and .md from finished cells")
-    p.add_argument(
-        "--emulated-bf16", action="store_true", help="run even where bf16 is emulated (many times slower than fp32)"
-    )
     p.add_argument("--out", default=str(FINDINGS))
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     a = p.parse_args(argv)
@@ -376,11 +373,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return child(study.profile(), a.cell, out)
     if a.searches:
-        run_searches(study, emulated_bf16=a.emulated_bf16)
+        run_searches(study)
     if not a.report:
         for arm in study.pending():
             print(f"[pending] {arm.name}: its shape waits for search {arm.search.name} (--searches runs it)")
-        run_profile(study.profile(), out, a.only, jobs=a.jobs, report=lambda *_: None, emulated_bf16=a.emulated_bf16)
+        run_profile(study.profile(), out, a.only, jobs=a.jobs, report=lambda *_: None)
     r = report(study, out)
     print(markdown(r))
     return 0 if r["complete"] else 1

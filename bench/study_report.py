@@ -140,6 +140,10 @@ def report(study, out_root: Path) -> dict:
         "question": study.question,
         **provenance("bench.studies", [study.name]),  # the command that reruns it (not --report's)
         "cell_commits": sorted({r["git_commit"][:12] for r in records_all}),
+        # cells that ran where bf16 is emulated (haba_core.bf16); records before the field ran on native bf16
+        "bf16_emulated": sorted(
+            r["cell"]["name"] for r in records_all if r.get("machine", {}).get("bf16") == "emulated"
+        ),
         "protocols": distinct_protocols(r.get("protocol") for r in records_all),
         "distill_seeds": list(study.seeds),
         "eval_seeds": study.profile().eval_seeds,
@@ -170,6 +174,16 @@ def markdown(r: dict) -> str:
         f"Command: `{r['command']}`; cells ran at {', '.join(f'`{c}`' for c in r['cell_commits']) or '-'}; "
         f"{r['machine']['cpu']}, torch {r['machine']['torch']}.",
         "",
+        *(
+            [
+                "bf16 emulated (float32 arithmetic rounded to bf16, `haba_core.bf16`) in cells "
+                + ", ".join(f"`{c}`" for c in r["bf16_emulated"])
+                + "; the others ran on native bf16.",
+                "",
+            ]
+            if r.get("bf16_emulated")
+            else []
+        ),
         f"Protocol: {'; '.join(protos) if protos else '-'}"
         + (" **(several: compare only rows that share one)**" if len(protos) > 1 else "")
         + ".",

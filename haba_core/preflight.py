@@ -12,7 +12,8 @@ allocated (the synthetic set, the networks, the first batch).
   A run that cannot fit is refused with the setting to lower; one that may fit runs (the bound is a bound).
 - **Disk.** A note when the disk holding the run folder has less room than the run's snapshots and checkpoints.
 - **Precision.** A note when the run asks for bf16 (``eval.precision`` or ``method.precision``) on a device that
-  computes it only by emulation (a CPU without AVX512-BF16 or AMX), where it is many times slower than float32.
+  computes it only by emulation (a CPU without AVX512-BF16 or AMX: ``haba_core.bf16``), where it is no faster
+  than float32.
 """
 
 from __future__ import annotations
@@ -138,8 +139,9 @@ def precision_notes(cfg: RunConfig, device: torch.device) -> list[str]:
     if not bf16 or protocol.resolve_precision("auto", device) == "bf16":
         return []
     return [
-        f"{' and '.join(f'{k}=bf16' for k in bf16)}: this {device.type} computes bf16 only by emulation, many times "
-        "slower than float32; set auto (float32 here) unless the run must share a bf16 protocol."
+        f"{' and '.join(f'{k}=bf16' for k in bf16)}: this {device.type} has no native bf16, so bf16 is emulated "
+        "(float32 arithmetic rounded to bf16, the numbers of a native CPU): no faster than float32; set auto "
+        "(float32 here) unless the run must share a bf16 protocol."
     ]
 
 

@@ -165,11 +165,9 @@ def resolve_precision(precision: str, device=None) -> str:
     dev = torch.device(device or "cpu")
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "fp32"
+    from haba_core.bf16 import native_bf16_cpu
+
+    return "bf16" if native_bf16_cpu() else "fp32"
 
 
 def protocol_id(record: Mapping[str, Any] | None) -> str:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haba_core.augment import apply_dsa, sample_dsa_params
+from haba_core.bf16 import ensure_bf16_arithmetic
 from haba_core.nets import create_net
 from haba_core.protocol import EvalProtocol
 
@@ -38,10 +39,13 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def autocast(precision: str, device: torch.device | str):
-    """The forward-pass context for ``precision``: bfloat16 autocast for ``"bf16"``, nothing for ``"fp32"``."""
+    """The forward-pass context for ``precision``: bfloat16 autocast for ``"bf16"``, nothing for ``"fp32"``. On a
+    CPU without native bf16, the thread's matrix products and convolutions of bf16 tensors are computed as a
+    native one computes them, in float32 and rounded (``haba_core.bf16``), not by ATen's slow bf16 fallback."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
+        ensure_bf16_arithmetic(device)
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 

@@ -199,7 +199,7 @@ def test_a_batch_larger_than_a_class_is_clamped_with_a_note(tmp_path):
 
 
 def test_bf16_asked_for_where_it_is_emulated_gets_a_note(monkeypatch):
-    """On a CPU without native bf16 (AVX2 only) a bf16 step takes many times a float32 one: a run that asks for bf16
+    """On a CPU without native bf16 (AVX2 only) bf16 is emulated, no faster than float32: a run that asks for bf16
     there is told so; where bf16 is native, or where the run leaves precision to ``auto``, nothing is said."""
     from haba_core import protocol
 
@@ -207,7 +207,7 @@ def test_bf16_asked_for_where_it_is_emulated_gets_a_note(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "fp32")  # an AVX2-only CPU
     (note,) = P.precision_notes(cfg, cpu)
-    assert note.startswith("eval.precision=bf16 and method.precision=bf16: this cpu computes bf16 only by emulation")
+    assert note.startswith("eval.precision=bf16 and method.precision=bf16: this cpu has no native bf16")
     assert P.precision_notes(tiny_config(), cpu) == []  # auto: float32 here, nothing to say
     monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "bf16")  # AVX512-BF16 or AMX
     assert P.precision_notes(cfg, cpu) == []

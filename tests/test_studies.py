@@ -114,14 +114,7 @@ def test_an_mtt_search_first_trains_experts_that_never_see_the_held_out_images(t
     folder = "r/experts/fashion_mnist"  # the dataset's name last, as the experts recipe is per dataset
     mtt = studies.Search("mtt_lr", ("synset.kind=pixels",), ("method.lr_img=30,300",), experts=folder)
     study = studies.Study("x", "q", (studies.Arm("a", 1, "pixels", search=mtt, method="mtt"),))
-    from haba_core import protocol
-
-    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "fp32")  # bf16 emulated here
-    with pytest.raises(SystemExit, match="only by emulation"):
-        studies.run_searches(study)
-    assert ran == []  # refused before any search or expert ran
-    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "bf16")
-    studies.run_searches(study)
+    studies.run_searches(study, log=lambda *_: None)
     experts, search = ran
     assert experts[experts.index("--out") + 1] == str(studies.ROOT / folder) and "experts" in experts
     assert experts[-2:] == ["--set", "data.val_per_class=500"] and search == mtt.command()
@@ -352,18 +345,20 @@ def test_a_result_of_a_cell_whose_settings_changed_is_redone_and_not_reported(tm
     cells.mkdir(parents=True)
     for s, overrides in ((0, ["synset.basis_size=20"]), (1, [])):
         c = arm.cells()[s]
-        rec = {**record, "cell": {"overrides": overrides or list(c.overrides)}, "seeds": {"distill": s}}
-        (cells / f"{c.name}.json").write_text(json.dumps(rec))
+        rec = {**record, "cell": {"name": c.name, "overrides": overrides or list(c.overrides)}, "seeds": {"distill": s}}
+        (cells / f"{c.name}.json").write_text(json.dumps({**rec, "machine": {"bf16": "emulated"}}))
     r = study_report.report(studies.Study("s", "q", (arm,)), tmp_path / "out")
     assert r["arms"][0]["n_seeds"] == 1 and r["arms"][0]["stale"][0].startswith("ipc2_haba__s0: ")
-    assert "- ipc2_haba__s0: " in (tmp_path / "out" / "s.md").read_text()
+    md = (tmp_path / "out" / "s.md").read_text()
+    assert "- ipc2_haba__s0: " in md
+    assert r["bf16_emulated"] == ["ipc2_haba__s1"] and "bf16 emulated (float32 arithmetic" in md  # the fresh one
 
 
 def test_a_study_holds_its_precision_so_a_machine_without_native_bf16_cannot_switch_protocols(tmp_path, monkeypatch):
     """A study fixes bf16 (its committed results' protocol) for evaluation and distillation; a record of another
-    precision is redone and left out of the report; a device without native bf16 is refused unless asked."""
+    precision is redone and left out of the report; a CPU without native bf16 runs it emulated and is told so."""
     from bench import run as bench_run
-    from haba_core import protocol
+    from haba_core import bf16
 
     profile = studies.STUDIES["constraint"].profile()
     dm, real = Cell("a", 1, "dm", "haba"), Cell("b", 1, None)
@@ -382,12 +377,11 @@ def test_a_study_holds_its_precision_so_a_machine_without_native_bf16_cannot_swi
     assert bench_run._todo(profile, [dm], tmp_path / profile.name, logged.append) == [dm]
     assert "ran evaluation in fp32" in logged[0]
 
-    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "fp32")  # an AVX2-only CPU
-    with pytest.raises(SystemExit, match="only by emulation.*--emulated-bf16"):
-        bench_run.check_native_precision(profile, "cpu")
-    bench_run.check_native_precision(dataclasses.replace(profile, precision=""), "cpu")  # auto: nothing fixed
-    monkeypatch.setattr(protocol, "resolve_precision", lambda p, device=None: "bf16")
-    bench_run.check_native_precision(profile, "cpu")
+    monkeypatch.setattr(bf16, "native_bf16_cpu", lambda: False)  # an AVX2-only CPU
+    assert "holds bf16, which this CPU lacks" in bench_run.precision_note(profile, "cpu")
+    assert bench_run.precision_note(dataclasses.replace(profile, precision=""), "cpu") is None  # auto: nothing fixed
+    monkeypatch.setattr(bf16, "native_bf16_cpu", lambda: True)
+    assert bench_run.precision_note(profile, "cpu") is None
 
 
 def test_every_committed_study_cell_ran_at_its_studys_precision():
