@@ -32,7 +32,8 @@ STUDIES_LEDGER = ROOT / "bench" / "results" / TEST_LEDGER  # where the studies (
 # ----------------------------------------------------------------------------------------- driver (parent)
 
 
-def experts_command(profile: Profile, out: Path, dataset: str) -> list[str]:
+def experts_command(profile: Profile, folder: Path, dataset: str) -> list[str]:
+    """Train ``profile``'s experts for ``dataset`` into ``folder`` (a profile's own: ``cell.experts_dir``)."""
     # the root as the cells read it (data.root, the default lookup), not --data-root, which reads only that folder
     return [
         sys.executable,
@@ -42,7 +43,7 @@ def experts_command(profile: Profile, out: Path, dataset: str) -> list[str]:
         "--dataset",
         dataset,
         "--out",
-        str(experts_dir(out, dataset)),
+        str(folder),
         "--quiet",
         "--set",
         f"data.root={ROOT / 'data'}",
@@ -174,7 +175,7 @@ def run_profile(
                     continue
             queue.remove(entry)
             if kind == "experts":
-                cmd = experts_command(profile, out, item)
+                cmd = experts_command(profile, experts_dir(out, item), item)
                 log("$ " + shlex.join(cmd))
                 job = _Job(f"experts_{item}", cmd, out / "logs" / f"experts_{item}.log", threads)
                 running.append((kind, item, job))

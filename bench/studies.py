@@ -346,8 +346,8 @@ def run_searches(study: Study, log=print) -> None:
             from bench.run import experts_command
             from bench.val_search import VAL_PER_CLASS
 
-            out = ROOT / s.experts
-            cmd = [*experts_command(CPU, out.parents[1], out.name), "--set", f"data.val_per_class={VAL_PER_CLASS}"]
+            folder = ROOT / s.experts  # named after its dataset, as a profile's experts folders are
+            cmd = [*experts_command(CPU, folder, folder.name), "--set", f"data.val_per_class={VAL_PER_CLASS}"]
             log("$ " + shlex.join(cmd))
             subprocess.run(cmd, cwd=ROOT, check=True)
         log("$ " + shlex.join(s.command()))

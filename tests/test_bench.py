@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cell import cell_overrides
+from bench.cell import cell_overrides, experts_dir
 from bench.profiles import PROFILES
 from bench.run import experts_command
 
@@ -71,7 +71,7 @@ def test_mtt_cells_read_the_experts_the_profile_makes():
         mtt = [c for c in profile.cells if c.method == "mtt"]
         assert mtt
         for cell in mtt:
-            cmd = experts_command(profile, out, cell.dataset)
+            cmd = experts_command(profile, experts_dir(out, cell.dataset), cell.dataset)
             made = cmd[cmd.index("--out") + 1]
             assert cmd[cmd.index("--dataset") + 1] == cell.dataset
             assert f"method.expert_dir={made}" in cell_overrides(profile, cell, out)
