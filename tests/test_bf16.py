@@ -2,6 +2,8 @@
 products accumulated in float32, one rounding to bf16), checked against float64 arithmetic rounded to bf16, and it
 sees every forward and backward matrix product of a training step under ``training.autocast``."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,3 +102,34 @@ def test_where_bf16_is_native_nothing_is_installed(monkeypatch):
     assert getattr(bf16._installed, "mode", None) is None
     monkeypatch.setattr(bf16, "native_bf16_cpu", lambda: False)
     assert bf16.bf16_arithmetic("cpu") == "emulated"
+
+
+def test_the_check_times_all_three_arithmetics_and_sets_a_rerun_beside_its_native_record(tmp_path, monkeypatch):
+    from bench import bf16_check
+
+    times = bf16_check.step_times(rounds=1, batch=2)
+    assert set(times) == {"fp32", "aten", "emulated"} and all(len(v) == 1 and v[0] > 0 for v in times.values())
+    findings, reruns = tmp_path / "findings", tmp_path / "reruns"
+    monkeypatch.setattr(bf16_check, "FINDINGS", findings)
+    monkeypatch.setattr(bf16_check, "RERUNS", reruns)
+    cell = {"name": "ipc1_x__s0", "overrides": ["seed=0"]}
+
+    def record(acc, machine):
+        nets = {"convnet": {"mean": acc, "per_seed": [acc]}}
+        return {"cell": cell, "accuracy_by_net": nets, "protocol": {"id": "p"}, "wall_s": 9.0, **machine}
+
+    for folder, rec in ((findings, record(0.70, {})), (reruns, record(0.71, {"machine": {"bf16": "emulated"}}))):
+        (folder / "s" / "cells").mkdir(parents=True)
+        (folder / "s" / "cells" / "ipc1_x__s0.json").write_text(json.dumps(rec))
+    report = {"arms": [{"arm": "ipc1_x", "per_net": {"convnet": {"std_seeds": 0.5}}}]}
+    (findings / "s.json").write_text(json.dumps(report))
+    (row,) = bf16_check.accuracy_rows()
+    assert (
+        row["bf16"] == ["native", "emulated"]
+        and row["same_config"]
+        and row["nets"]["convnet"]["std_seeds_of_arm"] == 0.005
+    )
+    md = bf16_check.markdown(
+        {**bf16_check.provenance("bench.bf16_check", []), "batch": 2, "speed": times, "rows": [row]}
+    )
+    assert "| `s/ipc1_x__s0` | convnet | 70.00 | 71.00 | +1.00 | 0.50 |" in md
