@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -116,8 +117,9 @@ def markdown(r: dict) -> str:
         f"Command: `{r['command']}`; commit `{r['git_commit'][:12]}`; {r['machine']['cpu']}, bf16 "
         f"{r['machine']['bf16']} here, torch {r['machine']['torch']}.",
         "",
-        f"**Speed.** One training step of ConvNet-128 on {r['batch']} images of 1x28x28, one thread, median of "
-        f"{len(t['fp32'])} alternated rounds: float32 {med['fp32']:.3f} s; bf16 in ATen's kernels "
+        f"**Speed.** One eager training step of ConvNet-128 on {r['batch']} images of 1x28x28, one thread, median "
+        f"of {len(t['fp32'])} alternated rounds (load average {r.get('load_before', 0):.1f} before): float32 "
+        f"{med['fp32']:.3f} s; bf16 in ATen's kernels "
         f"{med['aten'] / med['fp32']:.2f}x float32's time; bf16 emulated {med['emulated'] / med['fp32']:.2f}x.",
         "",
         "**Accuracy.** A committed study cell (native bf16) rerun here with the same seed and config (emulated bf16); "
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         **provenance("bench.bf16_check", argv),
         "batch": a.batch,
+        "load_before": os.getloadavg()[0],  # other processes on the machine (the ratios are side by side)
         "speed": step_times(a.rounds, a.batch),
         "rows": accuracy_rows(),
     }

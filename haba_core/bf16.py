@@ -2,9 +2,10 @@
 
 Under ``torch.autocast(dtype=bfloat16)`` the matrix products and convolutions take bf16 operands and return bf16
 results. A CPU with AVX512-BF16 or AMX runs them in oneDNN, which multiplies the bf16 operands and accumulates in
-float32, rounding once to bf16 at the end. Elsewhere (an AVX2-only CPU) ATen falls back to its own bf16 kernels:
-a ConvNet-128 training step took about 11x float32's time, and their convolution backward rounds as it goes,
-so most of its gradient entries differ from the exactly rounded ones (``tests/test_bf16.py`` measures both).
+float32, rounding once to bf16 at the end. Elsewhere (an AVX2-only CPU) ATen falls back to its own bf16 kernels,
+which are many times slower than float32 (``python -m bench.bf16_check`` times a training step), and whose
+convolution backward rounds as it goes, so most of its gradient entries differ from the exactly rounded ones
+(``tests/test_bf16.py``).
 
 :class:`EmulatedBf16` computes those operations the way the native kernels do, at float32's speed: the bf16
 operands are widened to float32 (exactly), the operation runs in float32, and the result is rounded to bf16.
