@@ -597,6 +597,7 @@ def test_findings_renders_the_committed_results(empty_runs, monkeypatch):
     assert len(plotly_charts(at)) >= 4  # every study has committed results
     labels = [e.label for e in at.expander]
     assert any(label.startswith("Differences between arms") for label in labels)
+    assert "bf16 emulated (float32 arithmetic rounded to bf16) in ipc10_" in texts(at.caption)
 
 
 def test_findings_with_a_broken_file_says_so(empty_runs, tmp_path, monkeypatch):

@@ -58,7 +58,11 @@ def arm_status(study: dict, command: str) -> FD.Progress:
     else:
         st.info(p.text(), icon=":material/hourglass_top:")
     commits = ", ".join(study.get("cell_commits") or []) or "-"
-    st.caption(f"Report written at commit `{str(study.get('git_commit', '?'))[:12]}`; cells ran at {commits}.")
+    emulated = study.get("bf16_emulated") or []
+    st.caption(
+        f"Report written at commit `{str(study.get('git_commit', '?'))[:12]}`; cells ran at {commits}."
+        + (f" bf16 emulated (float32 arithmetic rounded to bf16) in {', '.join(emulated)}." if emulated else "")
+    )
     return p
 
 
