@@ -119,7 +119,8 @@ def precision_note(profile: Profile, device: str = "auto") -> str | None:
     if profile.precision == "bf16" and bf16_arithmetic(resolve_device(device)) == "emulated":
         return (
             f"profile {profile.name!r} holds bf16, which this CPU lacks: its matrix products and convolutions are "
-            "computed in float32 and rounded to bf16 as a native CPU's are (haba_core.bf16), at about float32's speed"
+            "computed in float32 and rounded to bf16 as a native CPU's are (haba_core.bf16), eagerly (torch.compile "
+            "captures nothing under the emulation), at about eager float32's speed"
         )
     return None
 
