@@ -15,8 +15,10 @@ in ATen as on any machine.
 
 It is a dispatch mode, so it sees the backward pass's convolutions too; since a backward pass runs after the
 forward's autocast context has closed, :func:`ensure_bf16_arithmetic` installs it in the calling thread for the
-thread's life (``training.autocast`` calls it at each bf16 forward pass). It touches only operations whose
-floating-point tensors are all bf16, so float32 work in the same thread is unchanged.
+thread's life (``training.autocast`` calls it at each bf16 forward pass), beneath any mode already active, so a
+mode that watches operations (a test's, a FLOP counter) sees the bf16 ones a native CPU runs. It touches only
+operations whose floating-point tensors are all bf16, so float32 work in the same thread is unchanged. Under it
+``torch.compile`` captures nothing: emulated runs are eager.
 """
 
 from __future__ import annotations
@@ -94,7 +96,10 @@ def ensure_bf16_arithmetic(device: torch.device | str) -> EmulatedBf16 | None:
     mode = getattr(_installed, "mode", None)
     if mode is None and not native_bf16_cpu():
         mode = _installed.mode = EmulatedBf16()
-        _push_mode(mode)
+        above = [_pop_mode() for _ in range(torch._C._len_torch_dispatch_stack())]
+        _push_mode(mode)  # beneath the modes already active, which then see the bf16 operations
+        for m in reversed(above):
+            _push_mode(m)
     return mode
 
 
@@ -102,7 +107,8 @@ def uninstall() -> None:
     """Remove this thread's :class:`EmulatedBf16` (tests use it to leave the thread as they found it)."""
     mode = getattr(_installed, "mode", None)
     if mode is not None:
-        stack = torch.utils._python_dispatch._get_current_dispatch_mode_stack()
-        if stack and stack[-1] is mode:
-            _pop_mode()
+        above = [_pop_mode() for _ in range(torch._C._len_torch_dispatch_stack())]
+        for m in reversed(above):
+            if m is not mode:
+                _push_mode(m)
         _installed.mode = None

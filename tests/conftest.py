@@ -13,9 +13,14 @@ THREADS = torch.get_num_threads()
 
 @pytest.fixture(autouse=True)
 def _threads_restored():
-    """Every test starts with the suite's thread count (the app sets its server to one thread when AppTest runs it)."""
+    """Every test starts with the suite's thread count (the app sets its server to one thread when AppTest runs it)
+    and without the bf16 emulation a bf16 test installs in the thread on a CPU without native bf16 (under it
+    ``torch.compile`` captures nothing, which a later test of compiling would notice)."""
+    from haba_core import bf16
+
     yield
     torch.set_num_threads(THREADS)
+    bf16.uninstall()
 
 
 def distill_command(run, iterations: int, synset: str, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:

@@ -15,12 +15,6 @@ from haba_core.training import autocast
 aten = torch.ops.aten
 
 
-@pytest.fixture(autouse=True)
-def _leave_the_thread_as_found():
-    yield
-    bf16.uninstall()
-
-
 def _mismatch(got, exact):
     """The share of entries that differ from ``exact`` rounded to bf16, and the largest error in units of the last
     place of the entry's operands' scale (``exact``'s RMS: an entry near 0 is a sum that cancelled)."""
@@ -133,3 +127,28 @@ def test_the_check_times_all_three_arithmetics_and_sets_a_rerun_beside_its_nativ
         {**bf16_check.provenance("bench.bf16_check", []), "batch": 2, "speed": times, "rows": [row]}
     )
     assert "| `s/ipc1_x__s0` | convnet | 70.00 | 71.00 | +1.00 | 0.50 |" in md
+
+
+def test_the_emulation_goes_beneath_a_mode_already_watching_so_the_watcher_sees_bf16(monkeypatch):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Watch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is aten.mm.default:
+                self.seen.add(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(bf16, "native_bf16_cpu", lambda: False)
+    a = torch.randn(4, 4).bfloat16()
+    with Watch() as watch:
+        mode = bf16.ensure_bf16_arithmetic("cpu")  # installed while the watcher is active
+        a @ a
+    assert watch.seen == {torch.bfloat16} and mode.calls == 1  # the watcher saw bf16, the emulation computed it
+    a @ a  # the watcher's exit left the emulation in place
+    assert mode.calls == 2 and torch._C._len_torch_dispatch_stack() == 1
+    bf16.uninstall()
+    assert torch._C._len_torch_dispatch_stack() == 0
