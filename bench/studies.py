@@ -210,7 +210,7 @@ def constraint_arms(budget: float = 1) -> tuple[Arm, ...]:
     """One factor at a time around the chosen HaBa configuration (the frontier's ``ipc<b>_haba`` arm, with all its
     seeds). At IPC 10 each factor runs distillation seed 0 only, the compute cap's cut (as for RQ3 at IPC 10): the
     headline cells are IPC 1's, and an IPC-10 HaBa cell took 6 to 10 minutes on 2 cores with native bf16
-    (36 to 39 where bf16 is emulated)."""
+    (26 to 40 where bf16 is emulated)."""
     chosen = SHAPES[budget]["haba"]
     b = f"ipc{budget:g}"
     seeds = (0,) if budget == 10 else ()
