@@ -138,10 +138,15 @@ def precision_notes(cfg: RunConfig, device: torch.device) -> list[str]:
     bf16 = [k for k, v in asked.items() if v == "bf16"]
     if not bf16 or protocol.resolve_precision("auto", device) == "bf16":
         return []
+    how = (
+        "so bf16 is emulated (float32 arithmetic rounded to bf16, the numbers of a native CPU): no faster than float32"
+        if device.type == "cpu"
+        else "so bf16 may be slow or fail here"
+    )
+    asked_for = " and ".join(f"{k}=bf16" for k in bf16)
     return [
-        f"{' and '.join(f'{k}=bf16' for k in bf16)}: this {device.type} has no native bf16, so bf16 is emulated "
-        "(float32 arithmetic rounded to bf16, the numbers of a native CPU): no faster than float32; set auto "
-        "(float32 here) unless the run must share a bf16 protocol."
+        f"{asked_for}: this {device.type} has no native bf16, {how}; set auto (float32 here) unless the run must "
+        "share a bf16 protocol."
     ]
 
 
