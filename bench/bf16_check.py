@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,11 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.provenance import provenance, write_report
+from bench.study_design import FINDINGS, RESULTS
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 RERUNS = RESULTS / "bf16_emulation"
-FINDINGS = RESULTS / "findings"
 
 
 def step_times(rounds: int = 3, batch: int = 64) -> dict[str, list[float]]:
@@ -68,10 +65,12 @@ def step_times(rounds: int = 3, batch: int = 64) -> dict[str, list[float]]:
 
 
 def rerun(spec: str) -> None:
+    """The study's own command for one cell, into :data:`RERUNS` (its exit status, whether the study is complete,
+    does not matter here)."""
+    from bench import studies
+
     study, cell = spec.split("/")
-    cmd = [sys.executable, "-m", "bench.studies", study, "--jobs", "2", "--only", cell, "--out", str(RERUNS)]
-    print("$ " + " ".join(cmd))
-    subprocess.run(cmd, cwd=ROOT, check=False)  # the study's exit status says whether the study is complete
+    studies.main([study, "--jobs", "2", "--only", cell, "--out", str(RERUNS)])
 
 
 def accuracy_rows() -> list[dict]:
@@ -130,10 +129,12 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
+        comparable = row["same_config"] and len(set(row["protocols"])) == 1
+        flag = "" if comparable else " **(another config or protocol: not comparable)**"
         for net, v in row["nets"].items():
             std = v["std_seeds_of_arm"]
             lines.append(
-                f"| `{row['cell']}` | {net} | {100 * v['native']:.2f} | {100 * v['emulated']:.2f} "
+                f"| `{row['cell']}`{flag} | {net} | {100 * v['native']:.2f} | {100 * v['emulated']:.2f} "
                 f"| {100 * (v['emulated'] - v['native']):+.2f} | {'-' if std is None else f'{100 * std:.2f}'} |"
             )
     if not r["rows"]:

@@ -127,6 +127,11 @@ def test_the_check_times_all_three_arithmetics_and_sets_a_rerun_beside_its_nativ
         {**bf16_check.provenance("bench.bf16_check", []), "batch": 2, "speed": times, "rows": [row]}
     )
     assert "| `s/ipc1_x__s0` | convnet | 70.00 | 71.00 | +1.00 | 0.50 |" in md
+    other = {**row, "protocols": ["p", "q"]}
+    md = bf16_check.markdown(
+        {**bf16_check.provenance("bench.bf16_check", []), "batch": 2, "speed": times, "rows": [other]}
+    )
+    assert "`s/ipc1_x__s0` **(another config or protocol: not comparable)** |" in md
 
 
 def test_the_emulation_goes_beneath_a_mode_already_watching_so_the_watcher_sees_bf16(monkeypatch):
