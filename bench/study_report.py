@@ -144,6 +144,7 @@ def report(study, out_root: Path) -> dict:
         "bf16_emulated": sorted(
             r["cell"]["name"] for r in records_all if r.get("machine", {}).get("bf16") == "emulated"
         ),
+        "cells_done": len(records_all),
         "protocols": distinct_protocols(r.get("protocol") for r in records_all),
         "distill_seeds": list(study.seeds),
         "eval_seeds": study.profile().eval_seeds,
@@ -178,7 +179,7 @@ def markdown(r: dict) -> str:
             [
                 "bf16 emulated (float32 arithmetic rounded to bf16, `haba_core.bf16`) in cells "
                 + ", ".join(f"`{c}`" for c in r["bf16_emulated"])
-                + "; the others ran on native bf16.",
+                + ("; the others ran on native bf16." if r.get("cells_done", 0) > len(r["bf16_emulated"]) else "."),
                 "",
             ]
             if r.get("bf16_emulated")

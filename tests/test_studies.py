@@ -352,6 +352,7 @@ def test_a_result_of_a_cell_whose_settings_changed_is_redone_and_not_reported(tm
     md = (tmp_path / "out" / "s.md").read_text()
     assert "- ipc2_haba__s0: " in md
     assert r["bf16_emulated"] == ["ipc2_haba__s1"] and "bf16 emulated (float32 arithmetic" in md  # the fresh one
+    assert "the others ran on native bf16" not in md  # the only counted cell is the emulated one
 
 
 def test_a_study_holds_its_precision_so_a_machine_without_native_bf16_cannot_switch_protocols(tmp_path, monkeypatch):
