@@ -130,8 +130,13 @@ def evaluate_run_of(profile: Profile, cell: Cell, workdir: Path, cfg, ledger: Le
     cell of this name (``sets/<name>.safetensors``, distilled under the config its ``cells/<name>.json`` records).
 
     Each network's result is kept in ``workdir`` as it finishes (``haba_core.evaluate.evaluate_run``'s cells), so
-    a stopped cell resumes with the networks it has not trained yet: on 2 cores one such cell can take hours."""
+    a stopped cell resumes with the networks it has not trained yet: on 2 cores one such cell can take hours. A cell
+    given several threads (fewer cells at once than cores) trains that many networks at once, one thread each,
+    as the other cells train theirs: small networks on a CPU gain more from processes than from intra-op threads."""
+    import torch
+
     from haba_core.evaluate import evaluate_run
+    from haba_core.executors import make_executor
 
     source = workdir.parent.parent.parent / cell.run_of
     record, set_file = source / "cells" / f"{cell.name}.json", source / "sets" / f"{cell.name}.safetensors"
@@ -143,7 +148,8 @@ def evaluate_run_of(profile: Profile, cell: Cell, workdir: Path, cfg, ledger: Le
         raise SystemExit(f"{cell.name}: {set_file} was distilled with another config than this cell's")
     look = dataclasses.replace(ledger, config=saved)
     ecfg = dataclasses.replace(cfg.eval, nets=tuple(profile.eval_nets), seeds=profile.eval_seeds)
-    ev = evaluate_run(workdir, cfg, ecfg, set_file, seed=cfg.seed, ledger=look, log=None)
+    with make_executor("local", workers=torch.get_num_threads(), threads=1) as executor:
+        ev = evaluate_run(workdir, cfg, ecfg, set_file, seed=cfg.seed, ledger=look, executor=executor, log=None)
     if not ev["complete"]:
         failed = "; ".join(
             f"{f['task']}: {((f['error'] or '').strip().splitlines() or [''])[-1]}" for f in ev["failed"]

@@ -252,6 +252,36 @@ def test_a_stopped_cross_architecture_cell_resumes_with_the_networks_it_has_not_
     assert whole["protocol"]["id"] == again["eval"]["protocol"]["id"]
 
 
+def test_a_cross_architecture_cell_with_two_threads_trains_two_networks_at_once_to_the_same_results(tmp_path):
+    """A cell given 2 threads (``--jobs 1`` on 2 cores) trains its networks in 2 processes of one thread each;
+    every network's accuracy is the one the cell trains in its own process with one thread."""
+    import torch
+
+    from haba_core import io
+    from haba_core import runfolder as RF
+
+    common = ("data.name=toy", "net.width=16", "haba.extractor_width=16", "snapshot_every=0", "eval.test_batch=200")
+    sets = ("iterations=2", "method.batch_real=16", "synset.n_hallucinators=2", "seed=1")
+    src = Cell("ipc1_haba__s1", 1, "dm", "haba", None, sets)
+    assert child(Profile("fr", "toy", common, ("convnet",), 2, 2, (src,), keep_sets=True), src.name, tmp_path) == 0
+    profile = Profile("xa", "toy", common, ("mlp", "lenet"), 2, 2, ())
+    cell = Cell(src.name, 1, "dm", "haba", None, sets, run_of="fr")
+    ledger = LedgerEntry(tmp_path / "ledger.jsonl", "xa/" + cell.name, "bench cell")
+    before = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            workdir = tmp_path / f"xa{threads}" / "runs" / cell.name  # beside fr/, whose set it evaluates
+            res = run_cell(profile, cell, workdir, ledger)
+            results[threads] = {n: res["eval"]["nets"][n]["per_seed"] for n in ("mlp", "lenet")}
+            ex = io.read_json_strict(workdir / RF.EVALUATION)["executor"]
+            assert (ex["workers"], ex["processes"]) == ((1, False) if threads == 1 else (2, True)), ex
+    finally:
+        torch.set_num_threads(before)
+    assert results[2] == results[1]
+
+
 def test_a_comparison_is_the_difference_of_means_with_the_unpaired_standard_error():
     study = studies.Study("s", "q", (), comparisons=(("a - b", "a", "b"),))
     arms = [
