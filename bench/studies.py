@@ -365,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.studies", description=__doc__.split("\n\n")[0])
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("--only", action="append", help="run only cells whose name contains this (repeatable)")
-    p.add_argument("--jobs", type=int, help="cells at once (default 2, one thread each on 2 cores)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="cells at once (default 2, one thread each on 2 cores); an RQ3 cell given more threads trains that "
+        "many networks at once",
+    )
     p.add_argument("--searches", action="store_true", help="first run the validation searches not run yet")
     p.add_argument("--report", action="store_true", help="only rewrite <study>.json and .md from finished cells")
     p.add_argument("--out", default=str(FINDINGS))
