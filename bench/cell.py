@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import resource
 import statistics
 import time
@@ -27,6 +28,7 @@ def peak_rss_mb() -> float:
 
 
 TEST_LEDGER = "test_ledger.jsonl"  # beside the results: bench/results/test_ledger.jsonl for the bench and studies
+PARENT_ENV = "HABA_BENCH_PARENT"  # set by bench.run for its cells: the pid they end with
 
 
 def sample_std(values: list[float]) -> float:
@@ -171,6 +173,10 @@ def evaluate_run_of(profile: Profile, cell: Cell, workdir: Path, cfg, ledger: Le
 
 def child(profile: Profile, cell_name: str, out_root: Path) -> int:
     from haba_core import io
+    from haba_core.executors import die_with_parent
+
+    if parent := os.environ.get(PARENT_ENV):  # started by bench.run: a run stopped with kill takes its cells along
+        die_with_parent(int(parent))
 
     cell = next((c for c in profile.cells if c.name == cell_name), None)
     if cell is None:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cell import ROOT, TEST_LEDGER, child, experts_dir, sample_std
+from bench.cell import PARENT_ENV, ROOT, TEST_LEDGER, child, experts_dir, sample_std
 from bench.profiles import PROFILES, Cell, Profile
 from bench.provenance import provenance
 from haba_core.protocol import distinct_protocols, protocol_id, protocol_label
@@ -61,11 +61,12 @@ def cell_cost(cell: Cell) -> float:
 
 def child_env(threads: int) -> dict:
     """The environment of a cell's process: ``threads`` intra-op threads (torch reads OMP_NUM_THREADS), under
-    jemalloc keeping freed memory where it is installed (``haba_core.memory.allocator_env``)."""
+    jemalloc keeping freed memory where it is installed (``haba_core.memory.allocator_env``), and this process's
+    pid, so that a cell ends with the run that started it (``bench.cell.child``)."""
     from haba_core.memory import allocator_env
 
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **{PARENT_ENV: str(os.getpid())})
     return allocator_env(env)
 
 

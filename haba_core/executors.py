@@ -26,6 +26,8 @@ Ray is an optional extra (``pip install -r requirements-ray.txt``); it is import
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,9 +79,27 @@ class InlineExecutor(Executor):
         return {"kind": "local", "workers": 1, "threads": torch.get_num_threads(), "processes": False}
 
 
-def _init_worker(threads: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have Linux end this process (SIGTERM) when ``parent``, the process that started it, ends: a study or an
+    evaluation stopped with ``kill`` then takes its cells and workers with it instead of leaving them training on
+    and writing results. A parent already gone ends this process now. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _init_worker(threads: int, parent: int) -> None:
     import torch
 
+    die_with_parent(parent)
     torch.set_num_threads(threads)
 
 
@@ -105,7 +125,10 @@ class LocalExecutor(Executor):
         from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(
-            self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(self.threads,)
+            self.workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.threads, os.getpid()),
         )
 
     def map(self, fn, tasks, *, retries=0, on_result=None, log=None):

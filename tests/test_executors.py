@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,11 @@ def die_once(marker: str, x: int) -> int:
 
 def die_always(x: int) -> int:
     os._exit(9)
+
+
+def write_pid_and_wait(pidfile: str) -> None:
+    Path(pidfile).write_text(str(os.getpid()))
+    time.sleep(120)
 
 
 def torch_threads() -> int:
@@ -120,6 +128,80 @@ def test_local_pool_survives_dead_workers(tmp_path):
         assert not out[0].ok and out[0].attempts == 2 and "died" in out[0].error and seen == out
         out = ex.map(square, [Task("after", (5,))])  # the pool works again afterwards
         assert out[0].value == 25
+
+
+def _gone(pid: int, within: float = 15.0) -> bool:
+    """Whether process ``pid`` has ended (or is a zombie) within ``within`` seconds."""
+    t0 = time.time()
+    while time.time() - t0 < within:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _start_and_kill(script: str, pidfile: Path) -> int:
+    """Run ``script`` in a Python process, wait for ``pidfile`` (written by a process it starts), kill the script's
+    process with SIGKILL (no handler can run) and return the pid in ``pidfile``."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=root)
+    try:
+        t0 = time.time()
+        while not (pidfile.exists() and pidfile.read_text()) and time.time() - t0 < 60 and parent.poll() is None:
+            time.sleep(0.2)
+        assert pidfile.exists(), f"the script's worker never started (rc {parent.poll()})"
+    finally:
+        parent.kill()
+        parent.wait()
+    return int(pidfile.read_text())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_pool_worker_ends_with_the_process_that_started_it(tmp_path):
+    """A process pool whose driver is killed outright does not leave its workers training on."""
+    pidfile = tmp_path / "worker.pid"
+    script = (
+        "from haba_core.executors import LocalExecutor, Task\n"
+        "from test_executors import write_pid_and_wait\n"
+        "with LocalExecutor(workers=1, threads=1) as ex:\n"
+        f"    ex.map(write_pid_and_wait, [Task('w', ({str(pidfile)!r},))])\n"
+    )
+    worker = _start_and_kill(script, pidfile)
+    assert _gone(worker), "the pool's worker outlived its driver"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_bench_cell_process_ends_with_the_run_that_started_it(tmp_path):
+    """bench.run starts each cell with its own pid in the environment; a cell asks to end with that process
+    (``bench.cell.child``), so a study killed outright takes its cells along."""
+    pidfile = tmp_path / "cell.pid"
+    cell = (
+        "import os, time\n"
+        "from bench.cell import PARENT_ENV\n"
+        "from haba_core.executors import die_with_parent\n"
+        "die_with_parent(int(os.environ[PARENT_ENV]))\n"
+        f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n"
+    )
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from bench.run import _Job\n"
+        f"_Job('c', [sys.executable, '-c', {cell!r}], Path({str(tmp_path / 'c.log')!r}), 1)\n"
+        "time.sleep(120)\n"
+    )
+    cell_pid = _start_and_kill(script, pidfile)
+    assert _gone(cell_pid), "the cell outlived the run that started it"
+
+
+def test_a_process_whose_parent_is_already_gone_ends_at_once():
+    code = "from haba_core.executors import die_with_parent\ndie_with_parent(1)\nimport time; time.sleep(30)"
+    rc = subprocess.run([sys.executable, "-c", code], timeout=60).returncode  # its parent is not pid 1
+    assert rc == (-signal.SIGTERM if sys.platform.startswith("linux") else 0)
 
 
 # -- Ray -----------------------------------------------------------------------------------------------------
