@@ -203,7 +203,7 @@ def cross_arch_matrix(study: dict) -> pd.DataFrame:
 def with_nets_of(study: dict, other: dict | None) -> dict:
     """``study`` with the networks of ``other``, a study of the same arms on more networks (``cross_arch_resnet18``
     beside ``cross_arch``), as more columns: each arm takes the other's results of its name on the networks it lacks.
-    The other study's seeds may be fewer (ResNet18: seed 0 only); each cell keeps its own ``n_seeds``."""
+    The other study may have fewer seeds done; each cell keeps its own ``n_seeds``."""
     if not other:
         return study
     extra = {a.get("arm"): a.get("per_net") or {} for a in other.get("arms") or []}

@@ -238,7 +238,7 @@ def fake_findings(root: Path) -> Path:
         _fake_arm(f"ipc1_{k}", 1, {"kind": tag}, {n: v for n, v in per_net[k].items() if n != "resnet18"}, 7840)
         for k, (tag, _) in kinds.items()
     ]
-    resnet18 = [  # its own study, as in bench.studies: seed 0's sets on ResNet18 (convnet merged from the frontier)
+    resnet18 = [  # its own study, as in bench.studies: the IPC-1 sets on ResNet18 (convnet merged from the frontier)
         _fake_arm(f"ipc1_{k}", 1, {"kind": tag}, {n: per_net[k][n] for n in nets[:2]}, 7840)
         for k, (tag, _) in kinds.items()
         if k != "haba"

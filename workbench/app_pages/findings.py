@@ -156,7 +156,7 @@ if study is not None:
     resnet, problem = FD.load_study("cross_arch_resnet18", root)
     resnet_command = (resnet or {}).get("command") or "python -m bench.studies cross_arch_resnet18"
     done = FD.progress(resnet).text() if resnet else f"not run yet{f' ({problem})' if problem else ''}."
-    st.caption(f"ResNet18 trains on the IPC-1 sets of distillation seed 0 only (`{resnet_command}`): {done}")
+    st.caption(f"ResNet18 trains on the IPC-1 sets (`{resnet_command}`): {done}")
     study = FD.with_nets_of(study, resnet)
     matrix = FD.cross_arch_matrix(study).dropna(how="all")
     if matrix.empty:
